@@ -1,0 +1,53 @@
+"""Component 2: feature-extraction training (frozen base, train the head)."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from components.container_images import image_reference
+
+
+@dsl.component(base_image=image_reference(kind="train"), install_kfp_package=False)
+def feature_extraction(
+    dataset: Input[Dataset],
+    model: Output[Model],
+    history: Output[Artifact],
+    base: str = "MobileNetV2",
+    alpha: float = 1.0,
+    weights: str = "imagenet",
+    epochs: int = 10,
+    learning_rate: float = 1e-4,
+    batch_size: int = 32,
+    dropout: float = 0.2,
+    seed: int = 42,
+) -> NamedTuple("FeatureExtractionOutputs", [("val_accuracy", float)]):
+    """Trains the classification head on a frozen ImageNet base (features computed once).
+
+    Args:
+        dataset: The data-prep output.
+        model: Output: the Keras model (model.keras) and model_info.json.
+        history: Output: per-epoch loss/accuracy (JSON).
+        base: Keras application name, e.g. MobileNetV2.
+        alpha: Width multiplier of MobileNet bases.
+        weights: ``imagenet``, ``none`` (random) or a local .h5 weights file.
+        epochs: Training epochs of the head.
+        learning_rate: RMSprop learning rate.
+        batch_size: Batch size.
+        dropout: Dropout rate before the Dense layer.
+        seed: Random seed.
+
+    Returns:
+        The validation accuracy after the last epoch.
+    """
+    from collections import namedtuple
+
+    from components.lib.training import save_history, train_head
+
+    result = train_head(
+        dataset.path, model.path, base=base, alpha=alpha, weights=weights, epochs=epochs,
+        learning_rate=learning_rate, batch_size=batch_size, dropout=dropout, seed=seed,
+    )
+    save_history(result, history.path)
+    model.metadata.update({"framework": "tf-keras", "base": base, "weights": weights})
+    return namedtuple("FeatureExtractionOutputs", ["val_accuracy"])(result["val_accuracy"][-1])

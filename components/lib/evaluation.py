@@ -1,0 +1,120 @@
+"""Evaluation in inference mode on every split, and the quality gate.
+
+The gate blesses a model only if it generalises (train - validation accuracy <= max_gap, the
+tutorial's overfitting warning made a rule) and is good enough (test accuracy >= min_accuracy).
+Every failed condition is reported, not just the first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from components.lib import images, model as model_lib
+
+MAX_MISCLASSIFIED_SHOWN = 24
+
+
+def evaluate_model(model_dir: str, dataset_dir: str, batch_size: int = 64) -> dict:
+    """Scores the model on train, val and test. Returns per-split metrics plus, for the test
+    split, the confusion matrix, ROC curve (two classes) and misclassified examples."""
+    import tensorflow as tf
+
+    model = model_lib.load_keras(model_dir)
+    class_names = model_lib.read_info(model_dir)["class_names"]
+    data_classes = images.read_metadata(dataset_dir)["class_names"]
+    if data_classes != class_names:
+        raise ValueError(
+            f"the model was trained on classes {class_names} but the data set has "
+            f"{data_classes}; evaluate on the data set the model was trained on."
+        )
+    num_classes = len(class_names)
+    predict = tf.function(lambda batch: model_lib.probabilities(model(batch, training=False), num_classes))
+    results: dict = {"class_names": class_names}
+    for split in images.SPLITS:
+        labels, probs, misclassified = [], [], []
+        dataset = images.read_split(dataset_dir, split, batch_size, with_source_ids=True)
+        for batch_images, batch_labels, source_ids in dataset:
+            batch_probs = predict(batch_images).numpy()
+            labels.append(batch_labels.numpy())
+            probs.append(batch_probs)
+            if split == "test" and len(misclassified) < MAX_MISCLASSIFIED_SHOWN:
+                predicted = batch_probs.argmax(axis=1)
+                for i in np.flatnonzero(predicted != batch_labels.numpy()):
+                    if len(misclassified) >= MAX_MISCLASSIFIED_SHOWN:
+                        break
+                    misclassified.append({
+                        "source_id": source_ids[i].numpy().decode("utf-8", "replace"),
+                        "true": class_names[int(batch_labels[i])],
+                        "predicted": class_names[int(predicted[i])],
+                        "probability": float(batch_probs[i].max()),
+                        "jpeg": tf.io.encode_jpeg(batch_images[i]).numpy(),
+                    })
+        y_true, y_prob = np.concatenate(labels), np.concatenate(probs)
+        results[split] = split_metrics(y_true, y_prob, num_classes)
+        if split == "test":
+            results["test_details"] = {
+                "confusion_matrix": confusion(y_true, y_prob.argmax(axis=1), num_classes),
+                "roc": roc(y_true, y_prob) if num_classes == 2 else None,
+                "misclassified": misclassified,
+            }
+    return results
+
+
+def split_metrics(y_true: np.ndarray, y_prob: np.ndarray, num_classes: int) -> dict:
+    """accuracy, loss (cross-entropy), precision, recall, AUC (macro over classes if > 2)."""
+    from sklearn import metrics
+
+    y_pred = y_prob.argmax(axis=1)
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(y_prob[np.arange(len(y_true)), y_true], eps, 1.0))))
+    average = "binary" if num_classes == 2 else "macro"
+    labels = list(range(num_classes))
+    present = np.unique(y_true)
+    if len(present) < 2:
+        auc = float("nan")  # undefined with one class present
+    elif num_classes == 2:
+        auc = float(metrics.roc_auc_score(y_true, y_prob[:, 1]))
+    else:
+        auc = float(metrics.roc_auc_score(y_true, y_prob, multi_class="ovr", labels=labels))
+    return {
+        "accuracy": float(np.mean(y_pred == y_true)),
+        "loss": loss,
+        "precision": float(metrics.precision_score(y_true, y_pred, average=average, labels=labels, zero_division=0)),
+        "recall": float(metrics.recall_score(y_true, y_pred, average=average, labels=labels, zero_division=0)),
+        "auc": auc,
+        "examples": int(len(y_true)),
+    }
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[list[int]]:
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist()
+
+
+def roc(y_true: np.ndarray, y_prob: np.ndarray) -> dict | None:
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(y_true)) < 2:
+        return None
+    fpr, tpr, thresholds = roc_curve(y_true, y_prob[:, 1])
+    thresholds = np.clip(thresholds, 0.0, 1.0)  # sklearn puts +inf first
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thresholds.tolist()}
+
+
+def gate(results: dict, max_gap: float, min_accuracy: float) -> tuple[bool, list[str], float]:
+    """Returns (passed, reasons, gap). ``reasons`` lists every failed condition, or, when the
+    gate passes, the conditions that were met."""
+    train, val, test = (results[s]["accuracy"] for s in images.SPLITS)
+    gap = train - val
+    failed, met = [], []
+    gap_text = f"overfitting gap (train {train:.3f} - val {val:.3f}) = {gap:.3f}"
+    (failed if gap > max_gap else met).append(
+        f"{gap_text} {'exceeds' if gap > max_gap else 'is within'} max_gap {max_gap:.3f}"
+    )
+    accuracy_ok = test >= min_accuracy
+    (met if accuracy_ok else failed).append(
+        f"test accuracy {test:.3f} is {'at least' if accuracy_ok else 'below'} "
+        f"min_accuracy {min_accuracy:.3f}"
+    )
+    return (not failed), (failed or met), gap

@@ -1,0 +1,229 @@
+"""The transfer-learning model, as in the tutorial: a frozen ImageNet base, a small head.
+
+Training code uses tf-keras (``import tf_keras``), not Keras 3: Keras 3 fails under
+MultiWorkerMirroredStrategy (keras-team/keras#20585).
+
+Model layout (functional)::
+
+    uint8/float image [0, 255] -> pixel scaling -> base (called with training=False)
+      -> GlobalAveragePooling2D -> feature standardization -> Dropout -> Dense(1 or C) logits
+
+The feature standardization is a fixed per-feature affine map built from the mean and
+variance of the training images' pooled features. With ImageNet weights it is a harmless affine map;
+with random weights (offline runs) the pooled features are tiny (~1e-12) and it is what lets
+the head learn at the tutorial's learning rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from components.lib.specs import BASES, check_fine_tune_at
+
+BASE_LAYER_NAME = "base"
+HEAD_LAYERS = ("pooled_features", "feature_standardization", "head_dropout", "logits")
+
+
+def keras():
+    import tf_keras
+
+    return tf_keras
+
+
+def build_base(base: str, alpha: float, image_size: int, weights: str):
+    """The Keras application without its top. ``weights``: imagenet | none | path to .h5."""
+    keras_ = keras()
+    constructor = getattr(keras_.applications, base)
+    kwargs = {"input_shape": (image_size, image_size, 3), "include_top": False}
+    if BASES[base]["alpha"]:
+        kwargs["alpha"] = alpha
+    if base.startswith("MobileNetV3"):
+        kwargs["include_preprocessing"] = True
+    load_from_file = weights not in ("imagenet", "none")
+    kwargs["weights"] = None if weights == "none" or load_from_file else "imagenet"
+    model = constructor(**kwargs)
+    if load_from_file:
+        model.load_weights(weights)
+    model._name = BASE_LAYER_NAME  # a stable name to find it by, whatever the base
+    return model
+
+
+def base_layer_count(base: str, alpha: float, image_size: int) -> int:
+    """Layer count of the base (what ``fine_tune_at`` indexes). Builds it with random weights."""
+    return len(build_base(base, alpha, image_size, "none").layers)
+
+
+def build_backbone(base: str, alpha: float, image_size: int, weights: str):
+    """Image [0, 255] -> pooled features of the frozen base, in inference mode."""
+    keras_ = keras()
+    base_model = build_base(base, alpha, image_size, weights)
+    base_model.trainable = False
+    inputs = keras_.Input(shape=(image_size, image_size, 3), name="image")
+    if BASES[base]["scaling"] == "minus_one_to_one":
+        x = keras_.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="pixel_scaling")(inputs)
+    else:
+        x = keras_.layers.Rescaling(1.0, name="pixel_scaling")(inputs)
+    # training=False keeps BatchNorm in inference mode even once the base is unfrozen.
+    x = base_model(x, training=False)
+    pooled = keras_.layers.GlobalAveragePooling2D(name="pooled_features")(x)
+    return keras_.Model(inputs, pooled, name="backbone")
+
+
+def build_model(backbone, num_classes: int, dropout: float, feature_mean, feature_variance):
+    """The tutorial's classifier on top of ``backbone``: Dropout, then Dense logits
+    (1 unit for two classes, else one per class), after the feature standardization."""
+    keras_ = keras()
+    # A fixed per-feature affine map (x - mean) / std. Rescaling rather than Normalization:
+    # Normalization floors std at 1e-7, which would erase random-weight features (~1e-12).
+    std = [max(float(v), 0.0) ** 0.5 or 1.0 for v in feature_variance]
+    x = keras_.layers.Rescaling(
+        scale=[1.0 / s for s in std],
+        offset=[-float(m) / s for m, s in zip(feature_mean, std, strict=True)],
+        name="feature_standardization",
+    )(backbone.output)
+    x = keras_.layers.Dropout(dropout, name="head_dropout")(x)
+    units = 1 if num_classes == 2 else num_classes
+    outputs = keras_.layers.Dense(units, name="logits")(x)
+    return keras_.Model(backbone.input, outputs, name="transfer_classifier")
+
+
+def head(model):
+    """Pooled features -> logits, sharing its layers (and weights) with ``model``."""
+    keras_ = keras()
+    width = model.get_layer("pooled_features").output.shape[-1]
+    features = keras_.Input(shape=(width,), name="pooled_features")
+    x = model.get_layer("feature_standardization")(features)
+    x = model.get_layer("head_dropout")(x)
+    return keras_.Model(features, model.get_layer("logits")(x), name="head")
+
+
+def compile_model(model, learning_rate: float, num_classes: int) -> None:
+    """RMSprop as in the tutorial; loss and accuracy on logits."""
+    keras_ = keras()
+    if num_classes == 2:
+        loss = keras_.losses.BinaryCrossentropy(from_logits=True)
+        accuracy = keras_.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")
+    else:
+        loss = keras_.losses.SparseCategoricalCrossentropy(from_logits=True)
+        accuracy = keras_.metrics.SparseCategoricalAccuracy(name="accuracy")
+    model.compile(
+        optimizer=keras_.optimizers.RMSprop(learning_rate=learning_rate),
+        loss=loss,
+        metrics=[accuracy],
+    )
+
+
+def unfreeze(model, fine_tune_at: int, learning_rate: float, num_classes: int) -> int:
+    """Unfreezes the base from layer ``fine_tune_at`` on and recompiles.
+
+    BatchNorm layers stay frozen and in inference mode (their statistics would be wrecked by
+    small batches). Returns the number of trainable weight tensors.
+    """
+    keras_ = keras()
+    base_model = model.get_layer(BASE_LAYER_NAME)
+    check_fine_tune_at(fine_tune_at, len(base_model.layers), base_model.name)
+    base_model.trainable = True
+    for index, layer in enumerate(base_model.layers):
+        frozen = index < fine_tune_at or isinstance(layer, keras_.layers.BatchNormalization)
+        layer.trainable = not frozen
+    compile_model(model, learning_rate, num_classes)
+    return len(model.trainable_variables)
+
+
+def probabilities(logits, num_classes: int):
+    """Logits -> per-class probabilities, shape [N, C] for both the binary and softmax heads."""
+    import tensorflow as tf
+
+    if num_classes == 2:
+        positive = tf.sigmoid(logits)
+        return tf.concat([1.0 - positive, positive], axis=-1)
+    return tf.nn.softmax(logits, axis=-1)
+
+
+# --- saving ---------------------------------------------------------------------------------
+
+KERAS_FILE = "model.keras"
+INFO_FILE = "model_info.json"
+
+
+def save_keras(model, directory: str, info: dict) -> None:
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(directory)
+    model.save(os.path.join(directory, KERAS_FILE))
+    with tf.io.gfile.GFile(os.path.join(directory, INFO_FILE), "w") as handle:
+        json.dump(info, handle, indent=2)
+
+
+def load_keras(directory: str):
+    """Loads a model saved by ``save_keras`` (or a servable export, which carries one)."""
+    import tensorflow as tf
+
+    path = os.path.join(directory, KERAS_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"{directory} holds no {KERAS_FILE}; pass a Model output of the feature-extraction "
+            "or fine-tuning component."
+        )
+    return keras().models.load_model(path, compile=False)
+
+
+def read_info(directory: str) -> dict:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(os.path.join(directory, INFO_FILE)) as handle:
+        return json.load(handle)
+
+
+def export_servable(model, export_dir: str, class_names: list[str], image_size: int, info: dict):
+    """Writes a SavedModel whose serving signature takes encoded image bytes.
+
+    Input ``image_bytes`` (the ``_bytes`` suffix makes Vertex AI's TF serving container decode
+    ``{"b64": ...}``); outputs ``probabilities`` [N, C], ``label`` [N] (class name),
+    ``class_index`` [N] and ``score`` [N]. The directory also holds the Keras model and
+    ``model_info.json`` so evaluation and later phases can load it.
+    """
+    import tensorflow as tf
+
+    from components.lib.images import resize
+
+    num_classes = len(class_names)
+
+    class Servable(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.class_names = tf.constant(class_names)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve(self, image_bytes):
+            def decode(data):
+                image = tf.io.decode_image(data, channels=3, expand_animations=False)
+                return resize(tf.cast(image, tf.float32), image_size)
+
+            images = tf.map_fn(
+                decode,
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+            )
+            images = tf.round(tf.clip_by_value(images, 0.0, 255.0))
+            probs = probabilities(self.model(images, training=False), num_classes)
+            index = tf.argmax(probs, axis=-1, output_type=tf.int32)
+            return {
+                "probabilities": probs,
+                "class_index": index,
+                "label": tf.gather(self.class_names, index),
+                "score": tf.reduce_max(probs, axis=-1),
+            }
+
+    servable = Servable()
+    tf.saved_model.save(servable, export_dir, signatures={"serving_default": servable.serve})
+    save_keras(model, export_dir, info)
+
+
+def load_servable(model_dir: str):
+    """The serving signature of an exported model: call it with ``image_bytes=tf.constant([...])``."""
+    import tensorflow as tf
+
+    return tf.saved_model.load(model_dir).signatures["serving_default"]

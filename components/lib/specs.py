@@ -1,0 +1,193 @@
+"""User-facing settings: parsing and checking, before any expensive work starts.
+
+Everything here is plain Python (no TensorFlow), so the CLI can reject a bad setting in
+milliseconds and the components can check the same rules again where they run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting is wrong. The message is one sentence naming the value and the fix."""
+
+
+# Keras application constructors we support, with how each expects its pixels.
+# "minus_one_to_one": the model scales [0, 255] to [-1, 1] itself (MobileNetV2 tutorial);
+# "raw": the application carries its own preprocessing and takes [0, 255].
+BASES: dict[str, dict] = {
+    "MobileNetV2": {"scaling": "minus_one_to_one", "alpha": True},
+    "MobileNetV3Small": {"scaling": "raw", "alpha": True},
+    "MobileNetV3Large": {"scaling": "raw", "alpha": True},
+    "EfficientNetB0": {"scaling": "raw", "alpha": False},
+    "ResNet50V2": {"scaling": "minus_one_to_one", "alpha": False},
+}
+
+DEFAULT_DATA = "tfds:cats_vs_dogs"
+SAMPLE_PER_CLASS = 300
+MIN_IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the images come from: ``tfds:NAME``, ``folder:PATH`` or ``sample[:N]``."""
+
+    kind: str  # "tfds" | "folder" | "sample"
+    name: str = ""  # tfds data set name
+    path: str = ""  # folder path or gs:// URI
+    per_class: int = SAMPLE_PER_CLASS  # sample images per class
+
+    def __str__(self) -> str:
+        if self.kind == "tfds":
+            return f"tfds:{self.name}"
+        if self.kind == "folder":
+            return f"folder:{self.path}"
+        return f"sample:{self.per_class}"
+
+    @property
+    def short_name(self) -> str:
+        """A registry-friendly name for the data (default registered-model name)."""
+        if self.kind == "tfds":
+            raw = self.name.split("/")[0].split(":")[0]
+        elif self.kind == "folder":
+            raw = os.path.basename(self.path.rstrip("/")) or "images"
+        else:
+            raw = "sample"
+        return re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-") or "images"
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """Parses ``--data``. Raises ConfigError naming the spec and the accepted forms."""
+    forms = "use tfds:NAME (e.g. tfds:cats_vs_dogs), folder:PATH (one subfolder per class) or sample[:N]"
+    spec = (spec or "").strip()
+    kind, _, rest = spec.partition(":")
+    if kind == "tfds" and rest:
+        return DataSpec(kind="tfds", name=rest)
+    if kind == "folder" and rest:
+        return DataSpec(kind="folder", path=rest)
+    if kind == "sample":
+        if not rest:
+            return DataSpec(kind="sample")
+        if rest.isdigit() and int(rest) >= 10:
+            return DataSpec(kind="sample", per_class=int(rest))
+        raise ConfigError(
+            f"--data {spec!r} asks for {rest!r} sample images per class; "
+            "give a whole number of at least 10, e.g. sample:200."
+        )
+    raise ConfigError(f"--data {spec!r} is not a data spec I know; {forms}.")
+
+
+def parse_weights_spec(spec: str) -> str:
+    """Parses ``--weights``: ``imagenet``, ``none`` or a local weights file.
+
+    Returns ``"imagenet"``, ``"none"`` or the absolute path of the file.
+    """
+    value = (spec or "").strip()
+    if value.lower() in ("imagenet", "none"):
+        return value.lower()
+    if value.endswith(".h5") or value.endswith(".weights.h5"):
+        path = os.path.abspath(os.path.expanduser(value))
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"--weights file {value!r} does not exist; give the path of a Keras .h5 weights "
+                "file of the base model without its top, or use imagenet or none."
+            )
+        return path
+    raise ConfigError(
+        f"--weights {spec!r} is not understood; use imagenet, none, or the path of a .h5 "
+        "weights file of the base model without its top."
+    )
+
+
+def parse_devices(spec: str) -> tuple[str, int]:
+    """Parses ``--devices``: ``auto``, ``cpu``, ``cpu:N`` or ``gpu``/``gpu:N``.
+
+    Returns (kind, count); count 0 means "all there are".
+    """
+    value = (spec or "auto").strip().lower()
+    match = re.fullmatch(r"(auto|cpu|gpu)(?::(\d+))?", value)
+    if not match or (match.group(1) == "auto" and match.group(2)):
+        raise ConfigError(
+            f"--devices {spec!r} is not understood; use auto, cpu, cpu:N (N logical CPU devices, "
+            "for testing distribution), or gpu / gpu:N."
+        )
+    count = int(match.group(2)) if match.group(2) else 0
+    if match.group(2) and count < 1:
+        raise ConfigError(f"--devices {spec!r} asks for {count} devices; ask for at least 1.")
+    return match.group(1), count
+
+
+def check_base(base: str, alpha: float, image_size: int, weights: str) -> None:
+    """Checks the base-model settings."""
+    if base not in BASES:
+        raise ConfigError(
+            f"--base {base!r} is not supported; choose one of {', '.join(sorted(BASES))}."
+        )
+    if not (isinstance(image_size, int) and image_size >= MIN_IMAGE_SIZE):
+        raise ConfigError(
+            f"--image-size {image_size!r} is too small; use a whole number of pixels of at least "
+            f"{MIN_IMAGE_SIZE} (the tutorial uses 160)."
+        )
+    if not (alpha > 0 and math.isfinite(alpha)):
+        raise ConfigError(f"--alpha {alpha!r} must be a positive width multiplier, e.g. 1.0 or 0.35.")
+    if alpha != 1.0 and not BASES[base]["alpha"]:
+        raise ConfigError(f"--alpha {alpha} has no meaning for {base}; leave it at 1.0.")
+    imagenet_alphas = {
+        "MobileNetV2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+        "MobileNetV3Small": (0.75, 1.0),
+        "MobileNetV3Large": (0.75, 1.0),
+    }
+    if weights == "imagenet" and base in imagenet_alphas and alpha not in imagenet_alphas[base]:
+        raise ConfigError(
+            f"--alpha {alpha} has no ImageNet weights for {base}; use one of "
+            f"{', '.join(map(str, imagenet_alphas[base]))}, or --weights none."
+        )
+
+
+def check_training_params(
+    *,
+    batch_size: int,
+    epochs: int,
+    fine_tune_epochs: int,
+    learning_rate: float,
+    dropout: float,
+    fine_tune_at: int,
+) -> None:
+    """Checks the training knobs (the layer-count check of fine_tune_at needs the model)."""
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise ConfigError(f"--epochs {epochs!r} must be a whole number of at least 1 (tutorial: 10).")
+    if not (isinstance(fine_tune_epochs, int) and fine_tune_epochs >= 0):
+        raise ConfigError(
+            f"--fine-tune-epochs {fine_tune_epochs!r} must be 0 (skip fine-tuning) or more "
+            "(tutorial: 10)."
+        )
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ConfigError(f"--batch-size {batch_size!r} must be a whole number of at least 1 (tutorial: 32).")
+    if not (learning_rate > 0 and math.isfinite(learning_rate)):
+        raise ConfigError(f"--learning-rate {learning_rate!r} must be a positive number (tutorial: 1e-4).")
+    if not (0.0 <= dropout < 1.0):
+        raise ConfigError(f"--dropout {dropout!r} must be at least 0 and below 1 (tutorial: 0.2).")
+    if not (isinstance(fine_tune_at, int) and fine_tune_at >= 0):
+        raise ConfigError(
+            f"--fine-tune-at {fine_tune_at!r} must be a layer index of 0 or more (tutorial: 100)."
+        )
+
+
+def check_fine_tune_at(fine_tune_at: int, layer_count: int, base: str) -> None:
+    """fine_tune_at must leave at least one layer of the base to train."""
+    if fine_tune_at >= layer_count:
+        raise ConfigError(
+            f"--fine-tune-at {fine_tune_at} is beyond the {layer_count} layers of {base}; "
+            f"use a value below {layer_count} (tutorial: 100)."
+        )
+
+
+def check_gate(max_gap: float, min_accuracy: float) -> None:
+    if not (0.0 <= max_gap <= 1.0):
+        raise ConfigError(f"--max-gap {max_gap!r} must lie between 0 and 1 (default 0.05).")
+    if not (0.0 <= min_accuracy <= 1.0):
+        raise ConfigError(f"--min-accuracy {min_accuracy!r} must lie between 0 and 1 (default 0.90).")

@@ -1,0 +1,231 @@
+"""The two training phases of the tutorial, as plain functions.
+
+Phase 1, feature extraction: the base is frozen and runs in inference mode with no data
+augmentation, so each image's pooled features never change. We compute them once and train
+the head on the cached features: the same model and result as the tutorial's ``model.fit``
+on images, at a fraction of the cost (the base runs once per image instead of once per image
+per epoch).
+
+Phase 2, fine-tuning: the top of the base is unfrozen and the whole model trains on images,
+under the strategy from ``strategy.make_strategy``, with a tenth of the learning rate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from components.lib import images, model as model_lib, specs
+from components.lib.strategy import is_chief, make_strategy
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def extract_features(backbone, dataset_dir: str, split: str, batch_size: int, label: str = ""):
+    """Runs the frozen backbone over one split once. Returns (features [N, D], labels [N])."""
+    import tensorflow as tf
+
+    run_backbone = tf.function(lambda batch: backbone(batch, training=False))
+    total = images.read_metadata(dataset_dir)["num_examples"][split]
+    features, labels, done, started = [], [], 0, time.monotonic()
+    for batch_images, batch_labels in images.read_split(dataset_dir, split, batch_size):
+        features.append(run_backbone(batch_images).numpy())
+        labels.append(batch_labels.numpy())
+        done += len(batch_labels)
+        if done == total or len(features) % 20 == 0:
+            rate = done / max(time.monotonic() - started, 1e-9)
+            print(f"  {label}features {split}: {done}/{total} images ({rate:.0f} img/s)", flush=True)
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def train_head(
+    dataset_dir: str,
+    model_dir: str,
+    *,
+    base: str = "MobileNetV2",
+    alpha: float = 1.0,
+    weights: str = "imagenet",
+    epochs: int = 10,
+    learning_rate: float = 1e-4,
+    batch_size: int = 32,
+    dropout: float = 0.2,
+    seed: int = 42,
+) -> dict:
+    """Phase 1: frozen base, train the head. Saves the full model to ``model_dir``.
+
+    Returns the training history (per epoch: loss, accuracy, val_loss, val_accuracy).
+    """
+    keras = model_lib.keras()
+    metadata = images.read_metadata(dataset_dir)
+    weights = specs.parse_weights_spec(weights)
+    specs.check_base(base, alpha, metadata["image_size"], weights)
+    specs.check_training_params(
+        batch_size=batch_size, epochs=epochs, fine_tune_epochs=0,
+        learning_rate=learning_rate, dropout=dropout, fine_tune_at=0,
+    )
+    class_names = metadata["class_names"]
+    keras.utils.set_random_seed(seed)
+
+    backbone = model_lib.build_backbone(base, alpha, metadata["image_size"], weights)
+    train_x, train_y = extract_features(backbone, dataset_dir, "train", batch_size)
+    val_x, val_y = extract_features(backbone, dataset_dir, "val", batch_size)
+
+    model = model_lib.build_model(
+        backbone, len(class_names), dropout, train_x.mean(axis=0), train_x.var(axis=0)
+    )
+    head = model_lib.head(model)
+    model_lib.compile_model(head, learning_rate, len(class_names))
+    fit = head.fit(
+        train_x, train_y,
+        validation_data=(val_x, val_y),
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=2,
+        callbacks=[_RaiseOnNaN()],
+    )
+    history = _history(fit, phase="feature_extraction")
+    info = {
+        "base": base,
+        "alpha": alpha,
+        "weights": weights,
+        "image_size": metadata["image_size"],
+        "class_names": class_names,
+        "dropout": dropout,
+        "learning_rate": learning_rate,
+        "epochs_done": epochs,
+        "phase": "feature_extraction",
+    }
+    model_lib.save_keras(model, model_dir, info)
+    return history
+
+
+def fine_tune(
+    dataset_dir: str,
+    model_in_dir: str,
+    model_out_dir: str,
+    *,
+    fine_tune_at: int = 100,
+    fine_tune_epochs: int = 10,
+    learning_rate: float = 1e-4,
+    batch_size: int = 32,
+    devices: str = "auto",
+    seed: int = 42,
+    backup_dir: str | None = None,
+) -> tuple[dict, int]:
+    """Phase 2: unfreeze the base from ``fine_tune_at``, train at ``learning_rate / 10``.
+
+    ``learning_rate`` is the base learning rate of phase 1, as in the tutorial. ``batch_size``
+    is per replica; the global batch is ``batch_size x replicas``. Epoch numbers continue from
+    phase 1. Writes a servable SavedModel to ``model_out_dir``. Returns (history, replicas).
+    """
+    import tensorflow as tf
+
+    strategy = make_strategy(devices)  # first: logical devices must be set before TF starts
+    keras = model_lib.keras()
+    specs.check_training_params(
+        batch_size=batch_size, epochs=1, fine_tune_epochs=fine_tune_epochs,
+        learning_rate=learning_rate, dropout=0.0, fine_tune_at=fine_tune_at,
+    )
+    metadata = images.read_metadata(dataset_dir)
+    info = model_lib.read_info(model_in_dir)
+    class_names = info["class_names"]
+    replicas = strategy.num_replicas_in_sync
+    keras.utils.set_random_seed(seed)
+
+    with strategy.scope():
+        model = model_lib.load_keras(model_in_dir)
+        model_lib.unfreeze(model, fine_tune_at, learning_rate / 10, len(class_names))
+    first_epoch = info["epochs_done"]
+    history = {"epoch": [], "phase": "fine_tuning", **{key: [] for key in HISTORY_KEYS}}
+    if fine_tune_epochs > 0:
+        global_batch = batch_size * replicas
+        print(
+            f"  fine-tuning from layer {fine_tune_at}: {replicas} replica(s) in sync, "
+            f"global batch {global_batch}, lr {learning_rate / 10:g}",
+            flush=True,
+        )
+        train = images.read_split(dataset_dir, "train", global_batch, shuffle_seed=seed)
+        val = images.read_split(dataset_dir, "val", global_batch)
+        options = tf.data.Options()
+        # Few shards: shard by element so every worker gets data.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train, val = train.with_options(options), val.with_options(options)
+        callbacks = [_RaiseOnNaN()]
+        if backup_dir:
+            # Preemption: a restarted run resumes from the last finished epoch.
+            callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
+        fit = model.fit(
+            train,
+            validation_data=val,
+            initial_epoch=first_epoch,
+            epochs=first_epoch + fine_tune_epochs,
+            verbose=2,
+            callbacks=callbacks,
+        )
+        history = _history(fit, phase="fine_tuning")
+    info = {
+        **info,
+        "fine_tune_at": fine_tune_at,
+        "fine_tune_learning_rate": learning_rate / 10,
+        "epochs_done": first_epoch + fine_tune_epochs,
+        "replicas": replicas,
+        "phase": "fine_tuning",
+        "data_fingerprint": metadata.get("fingerprint"),
+    }
+    target = model_out_dir if is_chief(os.environ.get("TF_CONFIG")) else tempfile.mkdtemp()
+    model_lib.export_servable(model, target, class_names, info["image_size"], info)
+    if target != model_out_dir:  # non-chief workers write a throwaway copy (collective ops)
+        shutil.rmtree(target, ignore_errors=True)
+    return history, replicas
+
+
+def save_history(history: dict, path: str) -> None:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "w") as handle:
+        json.dump(history, handle, indent=2)
+
+
+def load_history(path: str) -> dict:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle)
+
+
+def _history(fit, phase: str) -> dict:
+    epochs = [epoch + 1 for epoch in fit.epoch]
+    return {
+        "epoch": epochs,
+        "phase": phase,
+        **{key: [float(v) for v in fit.history.get(key, [])] for key in HISTORY_KEYS},
+    }
+
+
+class _RaiseOnNaN:
+    """Stops training with an error (not silently, as TerminateOnNaN does) on a NaN/inf loss."""
+
+    def __new__(cls):
+        keras = model_lib.keras()
+
+        class RaiseOnNaN(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                loss = (logs or {}).get("loss")
+                if loss is not None and not math.isfinite(float(loss)):
+                    raise TrainingDivergedError(
+                        f"the training loss became {loss} at batch {batch}; lower --learning-rate "
+                        "or check the data (nothing was saved or registered)."
+                    )
+
+        return RaiseOnNaN()
