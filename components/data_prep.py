@@ -44,4 +44,6 @@ def data_prep(
     })
     outputs = namedtuple("DataPrepOutputs", ["class_names", "train_images", "val_images", "test_images", "skipped"])
     counts = metadata["num_examples"]
-    return outputs(json.dumps(metadata["class_names"]), counts["train"], counts["val"], counts["test"], len(metadata["skipped"]))
+    return outputs(
+        json.dumps(metadata["class_names"]), counts["train"], counts["val"], counts["test"], len(metadata["skipped"])
+    )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.lib import images, model as model_lib
+from components.lib import images
+from components.lib import model as model_lib
 
 MAX_MISCLASSIFIED_SHOWN = 24
 
@@ -118,3 +119,37 @@ def gate(results: dict, max_gap: float, min_accuracy: float) -> tuple[bool, list
         f"min_accuracy {min_accuracy:.3f}"
     )
     return (not failed), (failed or met), gap
+
+
+def evaluate_and_report(
+    model_dir: str,
+    dataset_dir: str,
+    feature_history_path: str,
+    fine_tune_history_path: str | None,
+    report_path: str,
+    *,
+    max_gap: float = 0.05,
+    min_accuracy: float = 0.90,
+) -> dict:
+    """The evaluation step: metrics, gate and HTML report. Returns passed, reasons,
+    flat_metrics ({split}_{metric} and gap) and the full results."""
+    from components.lib import report, specs
+    from components.lib.training import load_history
+
+    specs.check_gate(max_gap, min_accuracy)
+    results = evaluate_model(model_dir, dataset_dir)
+    passed, reasons, gap = gate(results, max_gap, min_accuracy)
+    feature_history = load_history(feature_history_path)
+    fine_tune_history = load_history(fine_tune_history_path) if fine_tune_history_path else None
+    page = report.render_html(results, passed, reasons, gap, feature_history, fine_tune_history)
+    with open(report_path, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    flat = {
+        f"{split}_{key}": results[split][key]
+        for split in images.SPLITS
+        for key in ("accuracy", "loss", "precision", "recall", "auc")
+        if np.isfinite(results[split][key])
+    }
+    flat["gap"] = gap
+    print(f"  evaluation: gate {'PASSED' if passed else 'FAILED'}: " + "; ".join(reasons), flush=True)
+    return {"passed": passed, "reasons": reasons, "flat_metrics": flat, "results": results}

@@ -11,6 +11,7 @@ fingerprint, the weights spec and the code version, so any version can be traced
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 
@@ -112,7 +113,8 @@ class MlflowRegistry:
                 raise
         for version in self.client.search_model_versions(f"name = '{name}'"):
             if version.tags.get("model_digest") == digest:
-                return Registered(self.uri, name, str(version.version), self._is_champion(name, version.version), existing=True)
+                champion = self._is_champion(name, version.version)
+                return Registered(self.uri, name, str(version.version), champion, existing=True)
 
         run = self.client.create_run(self._experiment_id(), tags={"mlflow.runName": name})
         run_id = run.info.run_id
@@ -165,3 +167,38 @@ class MlflowRegistry:
 
 def open_registry(uri: str) -> MlflowRegistry:
     return MlflowRegistry(uri)
+
+
+def register_model(
+    model_dir: str, dataset_dir: str, metrics: dict, registry_uri: str, model_name: str = ""
+) -> Registered:
+    """The registration step: gathers lineage from the model and data set, then registers."""
+    from components.container_images import project_version
+    from components.lib import images
+    from components.lib import model as model_lib
+    from components.lib.specs import parse_data_spec
+
+    info = model_lib.read_info(model_dir)
+    data = images.read_metadata(dataset_dir)
+    name = model_name or parse_data_spec(data["source"]).short_name
+    params = {
+        key: info[key]
+        for key in ("base", "alpha", "weights", "image_size", "dropout", "learning_rate",
+                    "fine_tune_at", "fine_tune_learning_rate", "epochs_done", "replicas")
+        if key in info
+    }
+    tags = {
+        "data_spec": data["source"],
+        "data_fingerprint": data["fingerprint"],
+        "data_counts": json.dumps(data["num_examples"]),
+        "class_names": json.dumps(info["class_names"]),
+        "weights_spec": info["weights"],
+        "code_version": project_version(),
+    }
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    registered = open_registry(registry_uri).register(
+        model_dir, name, metrics=numeric, params=params, tags=tags
+    )
+    print(f"  registration: {registered.name} version {registered.version} in {registered.registry}"
+          f"{' (champion)' if registered.champion else ''}", flush=True)
+    return registered

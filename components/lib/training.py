@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-from components.lib import images, model as model_lib, specs
+from components.lib import images, specs
+from components.lib import model as model_lib
 from components.lib.strategy import is_chief, make_strategy
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")

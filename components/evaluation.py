@@ -1,0 +1,60 @@
+"""Component 4: evaluation on every split, with the overfitting-gap gate."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components.container_images import image_reference
+
+
+@dsl.component(base_image=image_reference(kind="light"), install_kfp_package=False)
+def evaluation(
+    dataset: Input[Dataset],
+    model: Input[Model],
+    feature_history: Input[Artifact],
+    fine_tune_history: Input[Artifact],
+    metrics: Output[Metrics],
+    classification_metrics: Output[ClassificationMetrics],
+    report: Output[HTML],
+    max_gap: float = 0.05,
+    min_accuracy: float = 0.90,
+) -> NamedTuple("EvaluationOutputs", [("passed", bool), ("reasons", str), ("train_accuracy", float),
+                                      ("val_accuracy", float), ("test_accuracy", float), ("gap", float)]):
+    """Scores the model in inference mode on train, val and test, and applies the gate.
+
+    Args:
+        dataset: The data-prep output.
+        model: The fine-tuned, servable model.
+        feature_history: History of the feature-extraction phase.
+        fine_tune_history: History of the fine-tuning phase.
+        metrics: Output: accuracy, loss, precision, recall, AUC per split, and the gap.
+        classification_metrics: Output: test confusion matrix and ROC curve.
+        report: Output: HTML report (learning curves, confusion matrix, misclassified images).
+        max_gap: Largest allowed train - validation accuracy.
+        min_accuracy: Smallest allowed test accuracy.
+
+    Returns:
+        Whether the gate passed, the reasons (JSON list), the accuracies and the gap.
+    """
+    import json
+    from collections import namedtuple
+
+    from components.lib.evaluation import evaluate_and_report
+
+    outcome = evaluate_and_report(
+        model.path, dataset.path, feature_history.path, fine_tune_history.path, report.path,
+        max_gap=max_gap, min_accuracy=min_accuracy,
+    )
+    for name, value in outcome["flat_metrics"].items():
+        metrics.log_metric(name, value)
+    details = outcome["results"]["test_details"]
+    classification_metrics.log_confusion_matrix(outcome["results"]["class_names"], details["confusion_matrix"])
+    if details["roc"]:
+        roc = details["roc"]
+        classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
+    flat = outcome["flat_metrics"]
+    fields = ["passed", "reasons", "train_accuracy", "val_accuracy", "test_accuracy", "gap"]
+    outputs = namedtuple("EvaluationOutputs", fields)
+    return outputs(outcome["passed"], json.dumps(outcome["reasons"]), flat["train_accuracy"],
+                   flat["val_accuracy"], flat["test_accuracy"], flat["gap"])

@@ -1,0 +1,199 @@
+"""``tlp``: run the pipeline locally, run one component, predict, compile.
+
+    tlp run [--data auto|sample[:N]|folder:PATH|tfds:NAME] [--weights auto|imagenet|none|FILE] ...
+    tlp component NAME --input NAME=PATH ... --param NAME=VALUE ...
+    tlp predict MODEL IMAGE...
+    tlp compile --output pipeline.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from components.lib.specs import ConfigError
+from pipelines import runners
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    defaults = runners.RunConfig()
+    add = parser.add_argument
+    add("--data", default=defaults.data,
+        help="auto (default: tfds:cats_vs_dogs if cached or reachable, else sample), "
+             "tfds:NAME, folder:PATH (one subfolder per class; local or gs://), sample[:N]")
+    add("--weights", default=defaults.weights,
+        help="auto (default: imagenet if cached or reachable, else none), imagenet, none, "
+             "or a .h5 weights file of the base without its top")
+    add("--base", default=defaults.base, help="Keras application (default MobileNetV2)")
+    add("--alpha", type=float, default=defaults.alpha, help="MobileNet width multiplier (1.0)")
+    add("--image-size", type=int, default=defaults.image_size, help="input side in pixels (160)")
+    add("--batch-size", type=int, default=defaults.batch_size, help="batch per replica (32)")
+    add("--epochs", type=int, default=defaults.epochs, help="feature-extraction epochs (10)")
+    add("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs,
+        help="fine-tuning epochs (10; 0 skips)")
+    add("--fine-tune-at", type=int, default=defaults.fine_tune_at,
+        help="first base layer to unfreeze (100)")
+    add("--learning-rate", type=float, default=defaults.learning_rate,
+        help="RMSprop learning rate (1e-4; fine-tuning uses a tenth)")
+    add("--dropout", type=float, default=defaults.dropout, help="dropout before the Dense layer (0.2)")
+    add("--devices", default=defaults.devices,
+        help="auto (all GPUs, else CPU), cpu:N (N logical CPUs), gpu[:N]")
+    add("--max-gap", type=float, default=defaults.max_gap,
+        help="largest allowed train - val accuracy (0.05)")
+    add("--min-accuracy", type=float, default=defaults.min_accuracy,
+        help="smallest allowed test accuracy (0.90)")
+    add("--model-name", default="", help="registered model name (default: from the data spec)")
+    add("--seed", type=int, default=defaults.seed, help="random seed (42)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tlp", description="Transfer-learning pipeline.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the whole pipeline locally through kfp.local")
+    _add_training_options(run)
+    run.add_argument("--output-dir", default=runners.DEFAULT_OUTPUT_DIR,
+                     help="where runs, outputs and the local registry go (tlp-runs)")
+    run.add_argument("--registry", default="",
+                     help="registry URI (default sqlite:///OUTPUT_DIR/registry.db, an MLflow registry)")
+    run.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
+
+    component = commands.add_parser("component", help="run one component locally")
+    component.add_argument("name", choices=sorted(_components()), help="the component")
+    component.add_argument("--input", action="append", default=[], metavar="NAME=PATH",
+                           help="an input artifact (a directory or file of an earlier run)")
+    component.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                           help="a parameter of the component")
+    component.add_argument("--output-dir", default=runners.DEFAULT_OUTPUT_DIR)
+
+    predict = commands.add_parser("predict", help="classify images with a model")
+    predict.add_argument("model", help="a model directory, or NAME/VERSION or NAME@champion in the registry")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--registry", default="",
+                         help=f"registry URI (default sqlite:///{runners.DEFAULT_OUTPUT_DIR}/registry.db)")
+    predict.add_argument("--json", action="store_true", help="print JSON lines")
+
+    compile_ = commands.add_parser("compile", help="write the pipeline as kfp IR YAML")
+    compile_.add_argument("--output", default="pipeline.yaml")
+    compile_.add_argument("--image-repo", default="tlp", help="container image repository")
+    compile_.add_argument("--image-tag", default=None, help="image tag (default: project version)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return command_run(args)
+        if args.command == "component":
+            return command_component(args)
+        if args.command == "predict":
+            return command_predict(args)
+        return command_compile(args)
+    except ConfigError as error:
+        print(f"tlp: error: {error}", file=sys.stderr)
+        return 2
+    except runners.RunFailed as error:
+        print(f"tlp: error: {error}", file=sys.stderr)
+        return 1
+
+
+# --- tlp run --------------------------------------------------------------------------------
+
+
+def command_run(args) -> int:
+    fields = {f.name for f in dataclasses.fields(runners.RunConfig)}
+    config = runners.RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = runners.resolve_auto(config)
+    print(f"tlp run: data {config.data}, weights {config.weights}", flush=True)
+    for note in config.notes:
+        print(f"tlp run: {note}", flush=True)
+    config = runners.validate(config)
+    print(f"tlp run: registry {config.registry}; outputs under {os.path.abspath(config.output_dir)}", flush=True)
+    summary = runners.run_local(config)
+    print(runners.format_summary(summary), flush=True)
+    if args.summary_json:
+        with open(args.summary_json, "w") as handle:
+            json.dump(summary, handle, indent=2)
+        print(f"summary written to {args.summary_json}")
+    return 0
+
+
+# --- tlp component --------------------------------------------------------------------------
+
+
+def _components() -> dict:
+    from components.data_prep import data_prep
+    from components.evaluation import evaluation
+    from components.feature_extraction import feature_extraction
+    from components.fine_tuning import fine_tuning
+    from components.registration import registration
+
+    return {
+        "data-prep": data_prep,
+        "feature-extraction": feature_extraction,
+        "fine-tuning": fine_tuning,
+        "evaluation": evaluation,
+        "registration": registration,
+    }
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"{what} {item!r} is not NAME=VALUE; write it as e.g. {what} epochs=2.")
+        pairs[name.replace("-", "_")] = value
+    return pairs
+
+
+def command_component(args) -> int:
+    from pipelines.single import run_component
+
+    outputs = run_component(
+        args.name, _pairs(args.input, "--input"), _pairs(args.param, "--param"), args.output_dir
+    )
+    print(f"\ntlp component {args.name}: outputs in {outputs['task_dir']}")
+    for name, value in outputs["parameters"].items():
+        print(f"  {name} = {value}")
+    for name, artifact in outputs["artifacts"].items():
+        print(f"  {name}: {artifact['uri']}")
+    return 0
+
+
+# --- tlp predict ----------------------------------------------------------------------------
+
+
+def command_predict(args) -> int:
+    from pipelines.predict import predict_files
+
+    registry = args.registry or "sqlite:///" + os.path.abspath(
+        os.path.join(runners.DEFAULT_OUTPUT_DIR, "registry.db")
+    )
+    for row in predict_files(args.model, args.images, registry):
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{row['image']}\t{row['label']}\t{row['probability']:.4f}")
+    return 0
+
+
+# --- tlp compile ----------------------------------------------------------------------------
+
+
+def command_compile(args) -> int:
+    from kfp import compiler
+
+    from pipelines.training import create_pipeline
+
+    compiler.Compiler().compile(create_pipeline(args.image_repo, args.image_tag), args.output)
+    print(f"pipeline written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
