@@ -259,7 +259,8 @@ def summarize(run_dir: str, config: RunConfig, step_seconds: dict) -> dict:
     dataset_dir = prep["artifacts"]["dataset"]["uri"]
     with open(os.path.join(dataset_dir, "metadata.json")) as handle:
         full_meta = json.load(handle)
-    evaluation = scored["parameters"]
+    evaluation = scored["artifacts"]["metrics"]["metadata"]
+    gate = scored["artifacts"]["report"]["metadata"]
     return {
         "data": {
             "spec": config.data,
@@ -276,11 +277,11 @@ def summarize(run_dir: str, config: RunConfig, step_seconds: dict) -> dict:
             "val_accuracy": evaluation["val_accuracy"],
             "test_accuracy": evaluation["test_accuracy"],
             "gap": evaluation["gap"],
-            **{k: v for k, v in scored["artifacts"]["metrics"]["metadata"].items()},
+            **evaluation,
         },
         "gate": {
-            "passed": bool(evaluation["passed"]),
-            "reasons": json.loads(evaluation["reasons"]),
+            "passed": bool(scored["parameters"]["Output"]),
+            "reasons": gate["gate_reasons"],
             "max_gap": config.max_gap,
             "min_accuracy": config.min_accuracy,
         },

@@ -73,7 +73,7 @@ def create_pipeline(image_repo: str = DEFAULT_REPO, image_tag: str | None = None
             max_gap=max_gap, min_accuracy=min_accuracy,
         )
         scored.set_display_name("evaluation")
-        with dsl.If(scored.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
+        with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             registered = register_op(
                 model=tuned.outputs["model"], dataset=prep.outputs["dataset"],
                 metrics=scored.outputs["metrics"], registry=registry, model_name=model_name,

@@ -38,6 +38,7 @@ class Example:
     label: int
     pixels: np.ndarray | None = None  # uint8 HxWx3
     path: str | None = None  # a file to read instead
+    encoded: bytes | None = None  # already resized and JPEG-encoded
 
 
 @dataclass
@@ -81,7 +82,7 @@ def sample_examples(per_class: int, seed: int) -> PreparedSplits:
     return PreparedSplits(class_names, stratified_split(examples, seed))
 
 
-def folder_examples(root: str, seed: int) -> PreparedSplits:
+def folder_examples(root: str, seed: int, image_size: int) -> PreparedSplits:
     """The user's photos: one subfolder per class (nested folders inside a class are walked)."""
     import tensorflow as tf  # gfile reads local paths and gs:// alike
 
@@ -102,16 +103,46 @@ def folder_examples(root: str, seed: int) -> PreparedSplits:
                 examples.append(Example(path, label, path=path))
             else:
                 skipped.append({"path": path, "reason": "not an image file (by extension)"})
+    _require_two_classes(root, class_names, examples, "with images")
+    examples, skipped = _encode_files(examples, skipped, image_size)
+    _require_two_classes(root, class_names, examples, "with readable images")
+    return PreparedSplits(class_names, stratified_split(examples, seed), skipped)
+
+
+def _require_two_classes(root: str, class_names: list[str], examples: list[Example], what: str) -> None:
     counts = Counter(example.label for example in examples)
-    with_images = [name for label, name in enumerate(class_names) if counts[label] > 0]
-    if len(with_images) < 2:
+    usable = [name for label, name in enumerate(class_names) if counts[label] > 0]
+    if len(usable) < 2:
         found = ", ".join(f"{name!r} ({counts[i]} images)" for i, name in enumerate(class_names))
         raise ConfigError(
-            f"--data folder:{root} has {len(with_images)} class folder(s) with images "
+            f"--data folder:{root} has {len(usable)} class folder(s) {what} "
             f"({found or 'no subfolders'}); put each class's images in its own subfolder, "
             "at least two classes."
         )
-    return PreparedSplits(class_names, stratified_split(examples, seed), skipped)
+
+
+def _encode_files(examples: list[Example], skipped: list[dict], image_size: int):
+    """Decodes and resizes every file once, before splitting, so that unreadable files and
+    exact duplicates never unbalance the split. Resized JPEGs are small (~10 KB at 160 px)."""
+    readable, seen = [], {}
+    for count, example in enumerate(examples, 1):
+        try:
+            with _open(example.path) as handle:
+                data = handle.read()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in seen:
+                skipped.append({"path": example.path, "reason": f"exact duplicate of {seen[digest]}"})
+                continue
+            pixels = decode_bytes(data, image_size)
+            example.encoded = encode_example(pixels, image_size)
+        except Exception as error:  # any decoder failure means "skip and say why"
+            skipped.append({"path": example.path, "reason": f"{type(error).__name__}: {error}"})
+            continue
+        seen[digest] = example.path
+        readable.append(example)
+        if count % 500 == 0:
+            print(f"  data prep: read {count}/{len(examples)} files", flush=True)
+    return readable, skipped
 
 
 def tfds_examples(name: str, data_dir: str | None = None) -> PreparedSplits:
@@ -150,11 +181,11 @@ class _TfdsSplit:
             yield Example(source_id, int(record["label"]), pixels=record["image"])
 
 
-def load_examples(spec: DataSpec, seed: int, tfds_data_dir: str | None = None) -> PreparedSplits:
+def load_examples(spec: DataSpec, seed: int, image_size: int, tfds_data_dir: str | None = None) -> PreparedSplits:
     if spec.kind == "sample":
         return sample_examples(spec.per_class, seed)
     if spec.kind == "folder":
-        return folder_examples(spec.path, seed)
+        return folder_examples(spec.path, seed, image_size)
     return tfds_examples(spec.name, tfds_data_dir)
 
 
@@ -184,14 +215,16 @@ def stratified_split(examples: list[Example], seed: int) -> dict[str, list[Examp
 
 
 def decode_file(path: str, max_side: int) -> np.ndarray:
-    """Reads an image file into uint8 RGB: EXIF orientation applied, palette/grayscale/RGBA/CMYK
-    converted, GIF first frame, and big JPEGs decoded at a reduced scale to bound memory."""
-    import tensorflow as tf
+    with _open(path) as handle:
+        return decode_bytes(handle.read(), max_side)
+
+
+def decode_bytes(data: bytes, max_side: int) -> np.ndarray:
+    """Decodes an image file's bytes into uint8 RGB: EXIF orientation applied, palette/grayscale/
+    RGBA/CMYK converted, GIF first frame, and big JPEGs decoded at a reduced scale to bound memory."""
     from PIL import Image, ImageOps
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    with tf.io.gfile.GFile(path, "rb") as handle:
-        data = handle.read()
     if not data:
         raise ValueError("empty file (0 bytes)")
     with Image.open(io.BytesIO(data)) as image:
@@ -214,6 +247,10 @@ def resize(pixels, image_size: int):
 
 def encode_example(pixels: np.ndarray, image_size: int) -> bytes:
     import tensorflow as tf
+
+    if pixels.ndim == 2:
+        pixels = np.stack([pixels] * 3, axis=-1)
+    pixels = pixels[..., :3]
 
     resized = tf.cast(tf.round(tf.clip_by_value(resize(pixels, image_size), 0, 255)), tf.uint8)
     return tf.io.encode_jpeg(resized, quality=JPEG_QUALITY).numpy()
@@ -246,14 +283,12 @@ def write_prepared(
         writer, in_shard = None, 0
         for example in _iterate(prepared.splits[split]):
             try:
-                pixels = (
-                    example.pixels
-                    if example.pixels is not None
-                    else decode_file(example.path, image_size)
-                )
-                if pixels.ndim == 2:
-                    pixels = np.stack([pixels] * 3, axis=-1)
-                encoded = encode_example(pixels[..., :3], image_size)
+                encoded = example.encoded
+                if encoded is None:
+                    pixels = (
+                        example.pixels if example.pixels is not None else decode_file(example.path, image_size)
+                    )
+                    encoded = encode_example(pixels, image_size)
             except Exception as error:  # any decoder failure means "skip and say why"
                 skipped.append({"path": example.source_id, "reason": f"{type(error).__name__}: {error}"})
                 continue
@@ -367,6 +402,12 @@ def _join(root: str, name: str) -> str:
     return root.rstrip("/") + "/" + name.lstrip("/")
 
 
+def _open(path: str):
+    import tensorflow as tf
+
+    return tf.io.gfile.GFile(path, "rb")
+
+
 def _walk_files(root: str) -> Iterator[str]:
     import tensorflow as tf
 
@@ -389,7 +430,7 @@ def prepare_dataset(
     spec = parse_data_spec(data)
     if not (isinstance(image_size, int) and image_size >= MIN_IMAGE_SIZE):
         raise ConfigError(f"--image-size {image_size!r} must be a whole number of at least {MIN_IMAGE_SIZE}.")
-    prepared = load_examples(spec, seed, tfds_data_dir)
+    prepared = load_examples(spec, seed, image_size, tfds_data_dir)
     print(f"  data prep: {spec} -> {len(prepared.class_names)} classes {prepared.class_names}", flush=True)
     metadata = write_prepared(prepared, output_dir, image_size, str(spec))
     for split in SPLITS:

@@ -1,0 +1,40 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from components.lib import strategy
+from components.lib.specs import ConfigError
+
+CLUSTER = {"worker": ["localhost:1", "localhost:2"]}
+
+
+def test_cluster_size_and_chief():
+    assert strategy.cluster_workers(None) == 0
+    assert strategy.cluster_workers(json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": 1}})) == 2
+    assert strategy.is_chief(None)
+    assert strategy.is_chief(json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": 0}}))
+    assert not strategy.is_chief(json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": 1}}))
+    with_chief = {"chief": ["h:0"], "worker": ["h:1"]}
+    assert strategy.is_chief(json.dumps({"cluster": with_chief, "task": {"type": "chief", "index": 0}}))
+    assert not strategy.is_chief(json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}}))
+
+
+def test_default_strategy_without_gpus_or_cluster():
+    assert strategy.make_strategy("auto", tf_config="").num_replicas_in_sync == 1
+
+
+def test_gpu_request_without_gpus_is_a_clear_error():
+    with pytest.raises(ConfigError, match="asks for GPUs but TensorFlow sees none"):
+        strategy.make_strategy("gpu", tf_config="")
+
+
+def test_logical_cpus_give_mirrored_strategy_in_a_fresh_process():
+    code = (
+        "from components.lib.strategy import make_strategy\n"
+        "s = make_strategy('cpu:3', tf_config='')\n"
+        "print(type(s).__name__, s.num_replicas_in_sync)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "MirroredStrategy 3"
