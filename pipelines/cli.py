@@ -161,7 +161,7 @@ def command_component(args) -> int:
     for name, value in outputs["parameters"].items():
         print(f"  {name} = {value}")
     for name, artifact in outputs["artifacts"].items():
-        print(f"  {name}: {artifact['uri']}")
+        print(f"  {name} -> {artifact['uri']}")
     return 0
 
 

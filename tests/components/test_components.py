@@ -1,0 +1,150 @@
+"""Each kfp component's Python function, called with real kfp artifact objects on tmp_path.
+
+One chain, stage by stage: data prep -> feature extraction -> fine-tuning -> evaluation ->
+registration, each stage's outputs feeding the next, as in the pipeline.
+"""
+
+import json
+import os
+
+import pytest
+from kfp import dsl
+
+from components.data_prep import data_prep
+from components.evaluation import evaluation
+from components.feature_extraction import feature_extraction
+from components.fine_tuning import fine_tuning
+from components.registration import registration
+
+
+def _artifact(cls, root, name):
+    return cls(name=name, uri=os.path.join(str(root), name), metadata={})
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    return {"root": tmp_path_factory.mktemp("chain")}
+
+
+@pytest.fixture(scope="module")
+def prepared(chain):
+    dataset = _artifact(dsl.Dataset, chain["root"], "dataset")
+    result = data_prep.python_func(dataset=dataset, data="sample:30", image_size=64, seed=3)
+    return dataset, result
+
+
+def test_data_prep_writes_splits_and_metadata(prepared):
+    dataset, result = prepared
+    assert json.loads(result.class_names) == ["circles", "squares"]
+    assert (result.train_images, result.val_images, result.test_images, result.skipped) == (48, 6, 6, 0)
+    assert dataset.metadata["num_examples"] == {"train": 48, "val": 6, "test": 6}
+    assert os.path.isfile(os.path.join(dataset.path, "metadata.json"))
+    assert any(name.startswith("train-") for name in os.listdir(dataset.path))
+
+
+@pytest.fixture(scope="module")
+def head(chain, prepared):
+    model = _artifact(dsl.Model, chain["root"], "head_model")
+    history = _artifact(dsl.Artifact, chain["root"], "head_history")
+    result = feature_extraction.python_func(
+        dataset=prepared[0], model=model, history=history, alpha=0.35, weights="none",
+        epochs=4, batch_size=16,
+    )
+    return model, history, result
+
+
+def test_feature_extraction_saves_model_and_history(head):
+    model, history, result = head
+    saved = json.load(open(history.path))
+    assert saved["epoch"] == [1, 2, 3, 4] and len(saved["val_accuracy"]) == 4
+    assert result.val_accuracy == saved["val_accuracy"][-1]
+    info = json.load(open(os.path.join(model.path, "model_info.json")))
+    assert (info["epochs_done"], info["weights"], info["phase"]) == (4, "none", "feature_extraction")
+
+
+@pytest.fixture(scope="module")
+def tuned(chain, prepared, head):
+    model = _artifact(dsl.Model, chain["root"], "model")
+    history = _artifact(dsl.Artifact, chain["root"], "tune_history")
+    result = fine_tuning.python_func(
+        dataset=prepared[0], base_model=head[0], model=model, history=history,
+        fine_tune_at=100, fine_tune_epochs=2, batch_size=16, devices="auto",
+    )
+    return model, history, result
+
+
+def test_fine_tuning_continues_epochs_and_exports_servable(tuned):
+    import tensorflow as tf
+
+    model, history, result = tuned
+    assert result.replicas == 1
+    assert json.load(open(history.path))["epoch"] == [5, 6]  # continues after 4 head epochs
+    assert os.path.isfile(os.path.join(model.path, "saved_model.pb"))
+    signature = tf.saved_model.load(model.path).signatures["serving_default"]
+    assert list(signature.structured_input_signature[1]) == ["image_bytes"]
+    assert set(signature.structured_outputs) == {"probabilities", "label", "class_index", "score"}
+
+
+@pytest.fixture(scope="module")
+def scored(chain, prepared, head, tuned):
+    metrics = _artifact(dsl.Metrics, chain["root"], "metrics")
+    classification = _artifact(dsl.ClassificationMetrics, chain["root"], "classification")
+    report = _artifact(dsl.HTML, chain["root"], "report")
+    passed = evaluation.python_func(
+        dataset=prepared[0], model=tuned[0], feature_history=head[1], fine_tune_history=tuned[1],
+        metrics=metrics, classification_metrics=classification, report=report,
+        max_gap=1.0, min_accuracy=0.0,
+    )
+    return metrics, classification, report, passed
+
+
+def test_evaluation_logs_metrics_matrix_and_report(scored):
+    metrics, classification, report, passed = scored
+    assert passed is True
+    for split in ("train", "val", "test"):
+        for key in ("accuracy", "loss", "precision", "recall"):
+            assert f"{split}_{key}" in metrics.metadata
+    assert metrics.metadata["gap"] == pytest.approx(
+        metrics.metadata["train_accuracy"] - metrics.metadata["val_accuracy"]
+    )
+    rows = classification.metadata["confusionMatrix"]["rows"]
+    assert sum(sum(row["row"]) for row in rows) == 6  # every test image counted once
+    html = open(report.path, encoding="utf-8").read()
+    assert "Learning curves" in html and "Misclassified test images" in html
+    assert "data:image/png;base64," in html and "Confusion matrix" in html
+    assert report.metadata["gate_reasons"]
+
+
+def test_evaluation_gate_fails_with_every_reason(chain, prepared, head, tuned):
+    report = _artifact(dsl.HTML, chain["root"], "report_strict")
+    passed = evaluation.python_func(
+        dataset=prepared[0], model=tuned[0], feature_history=head[1], fine_tune_history=tuned[1],
+        metrics=_artifact(dsl.Metrics, chain["root"], "m2"),
+        classification_metrics=_artifact(dsl.ClassificationMetrics, chain["root"], "c2"),
+        report=report, max_gap=0.0, min_accuracy=1.0,
+    )
+    reasons = report.metadata["gate_reasons"]
+    if passed:  # only possible with a perfect model on every split
+        assert all("within" in r or "at least" in r for r in reasons)
+    else:
+        assert "FAILED" in open(report.path, encoding="utf-8").read()
+        assert all(("exceeds" in r) or ("below" in r) for r in reasons)
+
+
+def test_registration_records_lineage(chain, prepared, tuned, scored):
+    uri = f"sqlite:///{chain['root']}/registry.db"
+    result = registration.python_func(
+        model=tuned[0], dataset=prepared[0], metrics=scored[0], registry=uri, model_name="",
+    )
+    assert (result.name, result.version, result.champion) == ("sample", "1", True)
+    again = registration.python_func(
+        model=tuned[0], dataset=prepared[0], metrics=scored[0], registry=uri, model_name="",
+    )
+    assert again.version == "1"  # the same artifact is registered once
+    from components.lib.registry import open_registry
+
+    version = open_registry(uri).client.get_model_version("sample", "1")
+    assert version.tags["data_spec"] == "sample:30"
+    assert version.tags["weights_spec"] == "none"
+    assert version.tags["data_fingerprint"] == prepared[0].metadata["fingerprint"]
+    assert float(version.tags["metric.test_accuracy"]) == pytest.approx(scored[0].metadata["test_accuracy"], abs=1e-6)

@@ -1,0 +1,64 @@
+"""Bad settings end with one clear sentence naming the value and the fix, before any training."""
+
+import os
+
+import pytest
+
+from pipelines.cli import main
+from tests.conftest import write_image
+
+SMALL = ["--weights", "none", "--data", "sample:10", "--image-size", "32", "--alpha", "0.35"]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--base", "VGG99"], "--base 'VGG99' is not supported"),
+        (["--fine-tune-at", "500"], "--fine-tune-at 500 is beyond the 154 layers of MobileNetV2"),
+        (["--epochs", "0"], "--epochs 0 must be a whole number of at least 1"),
+        (["--epochs", "-2"], "--epochs -2 must be a whole number of at least 1"),
+        (["--fine-tune-epochs", "-1"], "--fine-tune-epochs -1 must be 0"),
+        (["--data", "imagenet:cats"], "--data 'imagenet:cats' is not a data spec I know"),
+        (["--devices", "tpu:8"], "--devices 'tpu:8' is not understood"),
+        (["--registry", "postgres://db"], "--registry 'postgres://db' is not a registry URI"),
+    ],
+)
+def test_bad_parameters_fail_before_running(tmp_path, capsys, args, expected):
+    code = main(["run", *SMALL, *args, "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("tlp: error: ") and expected in err
+    assert len(err.splitlines()) == 1
+    assert not os.path.exists(tmp_path / "out" / "pipeline-root")  # nothing started
+
+
+def test_folder_with_one_class(tmp_path, capsys):
+    write_image(str(tmp_path / "photos" / "cat" / "a.jpg"))
+    code = main(["run", "--data", f"folder:{tmp_path / 'photos'}", "--weights", "none",
+                 "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "has 1 class folder(s) with images ('cat' (1 images))" in err
+
+
+def test_folder_with_no_images(tmp_path, capsys):
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    (tmp_path / "photos" / "dog").mkdir(parents=True)
+    (tmp_path / "photos" / "dog" / "readme.txt").write_text("x")
+    code = main(["run", "--data", f"folder:{tmp_path / 'photos'}", "--weights", "none",
+                 "--output-dir", str(tmp_path / "out")])
+    assert code == 2 and "has 0 class folder(s) with images" in capsys.readouterr().err
+
+
+def test_auto_is_decided_before_the_run_and_announced(monkeypatch):
+    from pipelines import runners
+
+    monkeypatch.setattr(runners, "tfds_cached", lambda name: False)
+    monkeypatch.setattr(runners, "imagenet_weights_cached", lambda *a: False)
+    offline = runners.resolve_auto(runners.RunConfig(), probe=lambda host, port: False)
+    assert (offline.data, offline.weights) == ("sample", "none")
+    assert any("offline" in note for note in offline.notes)
+    online = runners.resolve_auto(runners.RunConfig(), probe=lambda host, port: True)
+    assert (online.data, online.weights) == ("tfds:cats_vs_dogs", "imagenet")
+    explicit = runners.resolve_auto(runners.RunConfig(data="sample:20", weights="imagenet"),
+                                    probe=lambda host, port: False)
+    assert (explicit.data, explicit.weights, explicit.notes) == ("sample:20", "imagenet", [])
