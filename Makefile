@@ -46,3 +46,13 @@ clean: ## Remove .venv and local outputs
 	rm -rf $(VENV) tlp-runs
 
 .PHONY: help install run test lint compile lock clean
+
+images: ## Build both container images (IMAGE_REPO=..., IMAGE_TAG=... default: project version)
+	docker build -f containers/base.Dockerfile -t $(IMAGE_REPO)/tlp:$(IMAGE_TAG) .
+	docker build -f containers/train.Dockerfile -t $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG) .
+
+push: ## Push both images to IMAGE_REPO (e.g. us-docker.pkg.dev/PROJECT/tlp)
+	docker push $(IMAGE_REPO)/tlp:$(IMAGE_TAG)
+	docker push $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG)
+
+.PHONY: images push

@@ -14,6 +14,7 @@ def data_prep(
     data: str = "tfds:cats_vs_dogs",
     image_size: int = 160,
     seed: int = 42,
+    max_skipped_fraction: float = 0.10,
 ) -> NamedTuple("DataPrepOutputs", [("class_names", str), ("train_images", int),
                                     ("val_images", int), ("test_images", int), ("skipped", int)]):
     """Loads images from ``data`` and writes the 80/10/10 splits, resized, as TFRecord shards.
@@ -24,6 +25,7 @@ def data_prep(
             ``sample[:N]`` (generated, N images per class).
         image_size: Side in pixels of the square images the model takes.
         seed: Seed of the stratified split (folder and sample sources).
+        max_skipped_fraction: Fail if more than this fraction of image files are unreadable.
 
     Returns:
         The class names (JSON list), the image count of each split and the skipped-file count.
@@ -33,7 +35,9 @@ def data_prep(
 
     from components.lib.images import prepare_dataset
 
-    metadata = prepare_dataset(data, dataset.path, image_size=image_size, seed=seed)
+    metadata = prepare_dataset(
+        data, dataset.path, image_size=image_size, seed=seed, max_skipped_fraction=max_skipped_fraction
+    )
     dataset.metadata.update({
         "source": metadata["source"],
         "class_names": metadata["class_names"],

@@ -15,8 +15,9 @@ def registration(
     metrics: Input[Metrics],
     registry: str,
     model_name: str = "",
+    champion_tolerance: float = 0.0,
 ) -> NamedTuple("RegistrationOutputs", [("registry", str), ("name", str), ("version", str),
-                                        ("champion", bool)]):
+                                        ("champion", bool), ("reason", str)]):
     """Registers the model as a new version, with its metrics, parameters and lineage.
 
     Args:
@@ -25,14 +26,18 @@ def registration(
         metrics: The evaluation metrics.
         registry: Registry URI, e.g. sqlite:///PATH/registry.db (local MLflow registry).
         model_name: Registered model name; empty means one derived from the data spec.
+        champion_tolerance: The new version becomes the champion if its test accuracy is at
+            least the champion's on the same test split minus this.
 
     Returns:
-        The registry URI, the model name, the new version and whether it is the champion.
+        The registry URI, the model name, the new version, whether it is the champion and why.
     """
     from collections import namedtuple
 
     from components.lib.registry import register_model
 
-    registered = register_model(model.path, dataset.path, dict(metrics.metadata), registry, model_name)
-    outputs = namedtuple("RegistrationOutputs", ["registry", "name", "version", "champion"])
-    return outputs(registered.registry, registered.name, registered.version, registered.champion)
+    registered = register_model(
+        model.path, dataset.path, dict(metrics.metadata), registry, model_name, champion_tolerance
+    )
+    outputs = namedtuple("RegistrationOutputs", ["registry", "name", "version", "champion", "reason"])
+    return outputs(registered.registry, registered.name, registered.version, registered.champion, registered.reason)

@@ -47,6 +47,17 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         help="smallest allowed test accuracy (0.90)")
     add("--model-name", default="", help="registered model name (default: from the data spec)")
     add("--seed", type=int, default=defaults.seed, help="random seed (42)")
+    add("--champion-tolerance", type=float, default=defaults.champion_tolerance,
+        help="a new version becomes champion if its test accuracy >= the champion's on the same "
+             "test split minus this (0.0)")
+    add("--max-skipped-fraction", type=float, default=defaults.max_skipped_fraction,
+        help="fail if more than this fraction of image files are unreadable (0.1)")
+
+
+def _add_image_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-repo", default="tlp",
+                        help="container image repository, e.g. us-docker.pkg.dev/PROJECT/tlp (default tlp)")
+    parser.add_argument("--image-tag", default=None, help="image tag (default: the project version)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--registry", default="",
                      help="registry URI (default sqlite:///OUTPUT_DIR/registry.db, an MLflow registry)")
     run.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
+    run.add_argument("--runner", choices=runners.RUNNERS, default="subprocess",
+                     help="subprocess: this environment (default); docker: the component images")
+    _add_image_options(run)
 
     component = commands.add_parser("component", help="run one component locally")
     component.add_argument("name", choices=sorted(_components()), help="the component")
@@ -78,8 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compile_ = commands.add_parser("compile", help="write the pipeline as kfp IR YAML")
     compile_.add_argument("--output", default="pipeline.yaml")
-    compile_.add_argument("--image-repo", default="tlp", help="container image repository")
-    compile_.add_argument("--image-tag", default=None, help="image tag (default: project version)")
+    _add_image_options(compile_)
     return parser
 
 
@@ -107,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
 def command_run(args) -> int:
     fields = {f.name for f in dataclasses.fields(runners.RunConfig)}
     config = runners.RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if args.runner == "docker" and not args.registry:
+        # Only the pipeline root is mounted into the containers: keep the registry inside it.
+        root = os.path.join(os.path.abspath(config.output_dir), "pipeline-root")
+        config = dataclasses.replace(config, registry=f"sqlite:///{root}/registry.db")
     config = runners.resolve_auto(config)
     print(f"tlp run: data {config.data}, weights {config.weights}", flush=True)
     for note in config.notes:
         print(f"tlp run: {note}", flush=True)
     config = runners.validate(config)
     print(f"tlp run: registry {config.registry}; outputs under {os.path.abspath(config.output_dir)}", flush=True)
-    summary = runners.run_local(config)
+    summary = runners.run_local(config, args.image_repo, args.image_tag, runner=args.runner)
     print(runners.format_summary(summary), flush=True)
     if args.summary_json:
         with open(args.summary_json, "w") as handle:

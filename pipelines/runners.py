@@ -3,12 +3,15 @@ paths and starts kfp. The pipeline factory and the components never do."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +49,8 @@ class RunConfig:
     min_accuracy: float = 0.90
     model_name: str = ""
     seed: int = 42
+    max_skipped_fraction: float = 0.10
+    champion_tolerance: float = 0.0
     registry: str = ""  # default: sqlite:///<output_dir>/registry.db
     output_dir: str = DEFAULT_OUTPUT_DIR
     notes: list[str] = field(default_factory=list)
@@ -53,7 +58,8 @@ class RunConfig:
     PIPELINE_FIELDS = (
         "data", "weights", "base", "alpha", "image_size", "batch_size", "epochs",
         "fine_tune_epochs", "fine_tune_at", "learning_rate", "dropout", "devices", "max_gap",
-        "min_accuracy", "registry", "model_name", "seed",
+        "min_accuracy", "registry", "model_name", "seed", "max_skipped_fraction",
+        "champion_tolerance",
     )
 
     def pipeline_arguments(self) -> dict:
@@ -127,6 +133,10 @@ def validate(config: RunConfig, check_layers: bool = True) -> RunConfig:
         dropout=config.dropout, fine_tune_at=config.fine_tune_at,
     )
     specs.check_gate(config.max_gap, config.min_accuracy)
+    if not 0.0 <= config.max_skipped_fraction <= 1.0:
+        raise specs.ConfigError(
+            f"--max-skipped-fraction {config.max_skipped_fraction!r} must lie between 0 and 1 (default 0.1)."
+        )
     specs.parse_devices(config.devices)
     if data.kind == "folder" and not data.path.startswith("gs://"):
         _check_folder(data.path)
@@ -197,8 +207,95 @@ class _StepClock(logging.Filter):
         return True
 
 
-def run_local(config: RunConfig, image_repo: str = "tlp", image_tag: str | None = None) -> dict:
-    """Runs the whole pipeline with kfp's SubprocessRunner in this environment.
+RUNNERS = ("subprocess", "docker")
+
+
+def check_docker_config(config: RunConfig) -> None:
+    """With --runner docker only the pipeline root is mounted into the containers."""
+    pipeline_root = os.path.join(os.path.abspath(config.output_dir), "pipeline-root")
+    data = specs.parse_data_spec(config.data)
+    if data.kind == "folder" and not data.path.startswith("gs://"):
+        if not os.path.abspath(data.path).startswith(pipeline_root + os.sep):
+            raise specs.ConfigError(
+                f"--runner docker cannot see --data folder:{data.path} (only {pipeline_root} is "
+                "mounted into the containers); copy the photos under it or use the subprocess runner."
+            )
+    if config.weights not in ("imagenet", "none"):
+        raise specs.ConfigError(
+            f"--runner docker cannot see the weights file {config.weights}; use imagenet (baked "
+            "into the training image) or none."
+        )
+    if config.registry.startswith("sqlite:///") and not config.registry[len("sqlite:///"):].startswith(pipeline_root):
+        raise specs.ConfigError(
+            f"--runner docker cannot reach the registry {config.registry}; use --registry "
+            f"sqlite:///{pipeline_root}/registry.db or an MLflow server URL."
+        )
+
+
+class _TailTee:
+    """Passes kfp's output through to the terminal and keeps the last lines, so a failed step's
+    own error sentence can be repeated at the end instead of "see above"."""
+
+    def __init__(self, stream, keep: int = 400):
+        self.stream, self.lines, self._partial = stream, collections.deque(maxlen=keep), ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        *complete, self._partial = (self._partial + text).split("\n")
+        self.lines.extend(complete)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(ConfigError|TrainingDivergedError|\w+Error): (.+)$")
+
+
+def step_error(lines) -> str | None:
+    """The last exception message printed by a failed step (our own error types first)."""
+    found = [m for m in map(_ERROR_LINE.match, lines) if m]
+    ours = [m for m in found if m.group(1) in ("ConfigError", "TrainingDivergedError")]
+    chosen = (ours or found or [None])[-1]
+    return chosen.group(2).strip() if chosen else None
+
+
+@contextlib.contextmanager
+def failures_explained(what: str, clock: _StepClock | None = None, run_dir_of=None):
+    """Runs a kfp.local call; on failure raises RunFailed naming the step and its error."""
+    tee = _TailTee(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(tee):
+            yield
+    except RuntimeError as error:
+        step = (clock.failed if clock else None) or what
+        message = step_error(tee.lines) or "its error is printed above"
+        kept = run_dir_of() if run_dir_of else None
+        where = f"; outputs of the finished steps are kept in {kept}" if kept else ""
+        raise RunFailed(f"step {step} failed: {message}{where}") from error
+
+
+def check_docker_engine() -> None:
+    import docker
+
+    try:
+        docker.from_env().ping()
+    except docker.errors.DockerException as error:
+        reason = str(error).split(":")[0]
+        raise specs.ConfigError(
+            f"--runner docker needs a running Docker engine ({reason}); start Docker, or use "
+            "--runner subprocess (the default)."
+        ) from error
+
+
+def run_local(
+    config: RunConfig, image_repo: str = "tlp", image_tag: str | None = None, runner: str = "subprocess"
+) -> dict:
+    """Runs the whole pipeline through kfp.local: SubprocessRunner in this environment (default),
+    or DockerRunner with the component images (for users with a Docker engine).
 
     ``config`` must have been through ``resolve_auto`` and ``validate``. Returns the summary.
     """
@@ -208,21 +305,21 @@ def run_local(config: RunConfig, image_repo: str = "tlp", image_tag: str | None 
     pipeline_root = os.path.join(output_dir, "pipeline-root")
     os.makedirs(pipeline_root, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children inherit: less C++ noise
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root)
+    if runner == "docker":
+        check_docker_config(config)
+        check_docker_engine()
+        kfp_runner = local.DockerRunner()
+    else:
+        kfp_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=kfp_runner, pipeline_root=pipeline_root)
     before = set(os.listdir(pipeline_root))
     clock = _StepClock()
     root_logger = logging.getLogger()
     root_logger.addFilter(clock)
     started = time.monotonic()
     try:
-        create_pipeline(image_repo, image_tag)(**config.pipeline_arguments())
-    except RuntimeError as error:
-        run_dir = _new_run_dir(pipeline_root, before)
-        step = clock.failed or "a step"
-        raise RunFailed(
-            f"step {step} failed (its error is printed above); outputs of the finished steps "
-            f"are kept in {run_dir}."
-        ) from error
+        with failures_explained("a step", clock, lambda: _new_run_dir(pipeline_root, before)):
+            create_pipeline(image_repo, image_tag)(**config.pipeline_arguments())
     finally:
         root_logger.removeFilter(clock)
     run_dir = _new_run_dir(pipeline_root, before)
@@ -291,6 +388,7 @@ def summarize(run_dir: str, config: RunConfig, step_seconds: dict) -> dict:
                 "name": registered["parameters"]["name"],
                 "version": registered["parameters"]["version"],
                 "champion": bool(registered["parameters"]["champion"]),
+                "reason": registered["parameters"]["reason"],
             }
             if registered
             else None
@@ -325,6 +423,7 @@ def format_summary(summary: dict) -> str:
         lines.append(
             f"  registered {registered['name']} version {registered['version']}{champion} in {registered['registry']}"
         )
+        lines.append(f"            {registered['reason']}")
     else:
         lines.append("  registered nothing (the gate did not pass)")
     lines += [
@@ -335,5 +434,8 @@ def format_summary(summary: dict) -> str:
     ]
     for note in summary.get("notes", []):
         lines.append(f"  note      {note}")
+    skipped = summary["data"]["skipped"]
+    if skipped:
+        lines.append(f"  skipped   {len(skipped)} file(s), each listed with its reason in data.skipped")
     lines.append("=" * 72)
     return "\n".join(lines)

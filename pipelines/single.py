@@ -98,10 +98,8 @@ def run_component(name: str, artifacts: dict[str, str], params: dict[str, str], 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root)
     before = set(os.listdir(pipeline_root))
-    try:
+    with runners.failures_explained(name):
         pipeline()
-    except RuntimeError as error:
-        raise runners.RunFailed(f"component {name} failed (its error is printed above).") from error
     run_dir = sorted(os.path.join(pipeline_root, n) for n in set(os.listdir(pipeline_root)) - before)[-1]
     task = component.name.replace("_", "-")
     outputs = runners.task_outputs(run_dir, task) or {"parameters": {}, "artifacts": {}}

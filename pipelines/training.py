@@ -52,8 +52,10 @@ def create_pipeline(image_repo: str = DEFAULT_REPO, image_tag: str | None = None
         registry: str = "sqlite:///tlp-runs/registry.db",
         model_name: str = "",
         seed: int = 42,
+        max_skipped_fraction: float = 0.10,
+        champion_tolerance: float = 0.0,
     ):
-        prep = prep_op(data=data, image_size=image_size, seed=seed)
+        prep = prep_op(data=data, image_size=image_size, seed=seed, max_skipped_fraction=max_skipped_fraction)
         prep.set_display_name("data-prep")
         head = head_op(
             dataset=prep.outputs["dataset"], base=base, alpha=alpha, weights=weights,
@@ -77,6 +79,7 @@ def create_pipeline(image_repo: str = DEFAULT_REPO, image_tag: str | None = None
             registered = register_op(
                 model=tuned.outputs["model"], dataset=prep.outputs["dataset"],
                 metrics=scored.outputs["metrics"], registry=registry, model_name=model_name,
+                champion_tolerance=champion_tolerance,
             )
             registered.set_display_name("registration")
 

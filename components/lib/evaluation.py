@@ -15,7 +15,9 @@ from components.lib import model as model_lib
 MAX_MISCLASSIFIED_SHOWN = 24
 
 
-def evaluate_model(model_dir: str, dataset_dir: str, batch_size: int = 64) -> dict:
+def evaluate_model(
+    model_dir: str, dataset_dir: str, batch_size: int = 64, splits: tuple[str, ...] = images.SPLITS
+) -> dict:
     """Scores the model on train, val and test. Returns per-split metrics plus, for the test
     split, the confusion matrix, ROC curve (two classes) and misclassified examples."""
     import tensorflow as tf
@@ -31,7 +33,7 @@ def evaluate_model(model_dir: str, dataset_dir: str, batch_size: int = 64) -> di
     num_classes = len(class_names)
     predict = tf.function(lambda batch: model_lib.probabilities(model(batch, training=False), num_classes))
     results: dict = {"class_names": class_names}
-    for split in images.SPLITS:
+    for split in splits:
         labels, probs, misclassified = [], [], []
         dataset = images.read_split(dataset_dir, split, batch_size, with_source_ids=True)
         for batch_images, batch_labels, source_ids in dataset:

@@ -25,7 +25,8 @@ SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # the tutorial's 80/10/10
 METADATA_FILE = "metadata.json"
 SHARD_SIZE = 1000
 JPEG_QUALITY = 95
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_MAX_SKIPPED_FRACTION = 0.10
 # PIL refuses images above ~179 Mpx as decompression bombs; our own ceiling is explicit.
 MAX_PIXELS = 200_000_000
 
@@ -102,7 +103,7 @@ def folder_examples(root: str, seed: int, image_size: int) -> PreparedSplits:
             if path.lower().endswith(IMAGE_EXTENSIONS):
                 examples.append(Example(path, label, path=path))
             else:
-                skipped.append({"path": path, "reason": "not an image file (by extension)"})
+                skipped.append({"path": path, "reason": "not an image file (by extension)", "kind": "not_image"})
     _require_two_classes(root, class_names, examples, "with images")
     examples, skipped = _encode_files(examples, skipped, image_size)
     _require_two_classes(root, class_names, examples, "with readable images")
@@ -131,12 +132,14 @@ def _encode_files(examples: list[Example], skipped: list[dict], image_size: int)
                 data = handle.read()
             digest = hashlib.sha256(data).hexdigest()
             if digest in seen:
-                skipped.append({"path": example.path, "reason": f"exact duplicate of {seen[digest]}"})
+                reason = f"exact duplicate of {seen[digest]} (kept once, in one split)"
+                skipped.append({"path": example.path, "reason": reason, "kind": "duplicate"})
                 continue
             pixels = decode_bytes(data, image_size)
             example.encoded = encode_example(pixels, image_size)
         except Exception as error:  # any decoder failure means "skip and say why"
-            skipped.append({"path": example.path, "reason": f"{type(error).__name__}: {error}"})
+            reason = f"{type(error).__name__}: {error}"
+            skipped.append({"path": example.path, "reason": reason, "kind": "unreadable"})
             continue
         seen[digest] = example.path
         readable.append(example)
@@ -290,7 +293,8 @@ def write_prepared(
                     )
                     encoded = encode_example(pixels, image_size)
             except Exception as error:  # any decoder failure means "skip and say why"
-                skipped.append({"path": example.source_id, "reason": f"{type(error).__name__}: {error}"})
+                reason = f"{type(error).__name__}: {error}"
+                skipped.append({"path": example.source_id, "reason": reason, "kind": "unreadable"})
                 continue
             if writer is None or in_shard >= SHARD_SIZE:
                 if writer is not None:
@@ -422,9 +426,13 @@ def prepare_dataset(
     *,
     image_size: int = 160,
     seed: int = 42,
+    max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION,
     tfds_data_dir: str | None = None,
 ) -> dict:
-    """The data-prep step: parse the spec, load, split 80/10/10, resize, write. Returns metadata."""
+    """The data-prep step: parse the spec, load, split 80/10/10, resize, write. Returns metadata.
+
+    Fails (ConfigError) when more than ``max_skipped_fraction`` of the image files could not be
+    read, or when a class has no image left for some split."""
     from components.lib.specs import MIN_IMAGE_SIZE, parse_data_spec
 
     spec = parse_data_spec(data)
@@ -432,7 +440,19 @@ def prepare_dataset(
         raise ConfigError(f"--image-size {image_size!r} must be a whole number of at least {MIN_IMAGE_SIZE}.")
     prepared = load_examples(spec, seed, image_size, tfds_data_dir)
     print(f"  data prep: {spec} -> {len(prepared.class_names)} classes {prepared.class_names}", flush=True)
+    if not 0.0 <= max_skipped_fraction <= 1.0:
+        raise ConfigError(f"--max-skipped-fraction {max_skipped_fraction!r} must lie between 0 and 1 (default 0.1).")
     metadata = write_prepared(prepared, output_dir, image_size, str(spec))
+    unreadable = sum(1 for s in metadata["skipped"] if s.get("kind") == "unreadable")
+    candidates = unreadable + sum(metadata["num_examples"].values()) + sum(
+        1 for s in metadata["skipped"] if s.get("kind") == "duplicate"
+    )
+    if candidates and unreadable / candidates > max_skipped_fraction:
+        raise ConfigError(
+            f"{unreadable} of {candidates} image files of {spec} could not be read "
+            f"({unreadable / candidates:.0%} > --max-skipped-fraction {max_skipped_fraction:g}); "
+            f"fix or remove them (each is listed in {output_dir}/metadata.json) or raise the limit."
+        )
     for split in SPLITS:
         empty = [name for name, n in metadata["counts"][split].items() if n == 0]
         if empty:

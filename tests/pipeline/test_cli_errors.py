@@ -62,3 +62,28 @@ def test_auto_is_decided_before_the_run_and_announced(monkeypatch):
     explicit = runners.resolve_auto(runners.RunConfig(data="sample:20", weights="imagenet"),
                                     probe=lambda host, port: False)
     assert (explicit.data, explicit.weights, explicit.notes) == ("sample:20", "imagenet", [])
+
+
+def test_docker_runner_without_an_engine_says_so(tmp_path, capsys, monkeypatch):
+    import docker
+
+    def no_engine(*args, **kwargs):
+        raise docker.errors.DockerException("Error while fetching server API version: no socket")
+
+    monkeypatch.setattr(docker, "from_env", no_engine)
+    code = main(["run", *SMALL, "--runner", "docker", "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--runner docker needs a running Docker engine" in err
+
+
+def test_docker_runner_cannot_see_folders_outside_the_pipeline_root(tmp_path):
+    from components.lib.specs import ConfigError
+    from pipelines import runners
+
+    config = runners.RunConfig(data=f"folder:{tmp_path}/photos", weights="none",
+                               output_dir=str(tmp_path / "out"), registry="sqlite:///x.db")
+    with pytest.raises(ConfigError, match="cannot see --data folder"):
+        runners.check_docker_config(config)
+    config = runners.RunConfig(data="sample", weights=str(tmp_path / "w.h5"), output_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="cannot see the weights file"):
+        runners.check_docker_config(config)

@@ -20,10 +20,12 @@ def test_versions_lineage_idempotency_and_lookup(tmp_path):
     tags = {"data_spec": "sample:40", "weights_spec": "none", "data_fingerprint": "abc"}
     first = reg.register(_model_dir(tmp_path, "m1", b"one"), "sample", metrics={"test_accuracy": 0.9},
                          params={"base": "MobileNetV2"}, tags=tags)
-    assert (first.version, first.champion, first.existing) == ("1", True, False)
+    assert (first.version, first.champion, first.existing) == ("1", False, False)
+    assert reg.champion_version("sample") is None  # register() never moves the alias
+    reg.set_champion("sample", "1")
     again = reg.register(_model_dir(tmp_path, "m1", b"one"), "sample", metrics={"test_accuracy": 0.9},
                          params={"base": "MobileNetV2"}, tags=tags)
-    assert (again.version, again.existing) == ("1", True)
+    assert (again.version, again.existing, again.champion) == ("1", True, True)
     second = reg.register(_model_dir(tmp_path, "m2", b"two"), "sample", metrics={"test_accuracy": 0.95},
                           params={"base": "MobileNetV2"}, tags=tags)
     assert (second.version, second.champion) == ("2", False)
@@ -49,3 +51,30 @@ def test_registry_uris_are_checked():
         registry.check_registry_uri("postgres://x")
     with pytest.raises(ConfigError, match="not available yet"):
         registry.check_registry_uri("vertex://p/r/m")
+    with pytest.raises(ConfigError, match="holds credentials in its URI") as error:
+        registry.check_registry_uri("https://alice:s3cret@mlflow.example.com")
+    assert "s3cret" not in str(error.value)
+
+
+def test_racing_registrations_from_two_processes_both_land(tmp_path):
+    """Two processes register different models into one SQLite registry at the same moment."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path}/race/registry.db"
+    code = (
+        "import sys\n"
+        "from components.lib.registry import open_registry\n"
+        "r = open_registry(sys.argv[1]).register(sys.argv[2], 'raced', metrics={'test_accuracy': 0.9},\n"
+        "    params={}, tags={})\n"
+        "print('VERSION', r.version)\n"
+    )
+    dirs = [_model_dir(tmp_path, f"m{i}", f"model {i}".encode()) for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri, d], stdout=subprocess.PIPE, text=True)
+             for d in dirs]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    versions = sorted(line.split()[1] for out in outputs for line in out.splitlines() if line.startswith("VERSION"))
+    assert versions == ["1", "2"]
+    reg = registry.open_registry(uri)
+    assert len(reg.client.search_model_versions("name = 'raced'")) == 2  # still readable
