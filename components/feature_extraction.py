@@ -40,6 +40,7 @@ def feature_extraction(
     Returns:
         The validation accuracy after the last epoch.
     """
+    import os
     from collections import namedtuple
 
     from components.lib.training import save_history, train_head
@@ -47,6 +48,8 @@ def feature_extraction(
     result = train_head(
         dataset.path, model.path, base=base, alpha=alpha, weights=weights, epochs=epochs,
         learning_rate=learning_rate, batch_size=batch_size, dropout=dropout, seed=seed,
+        # Beside the output: a retried (preempted) task finds it and resumes.
+        backup_dir=os.path.join(os.path.dirname(model.path), "backup"),
     )
     save_history(result, history.path)
     model.metadata.update({"framework": "tf-keras", "base": base, "weights": weights})

@@ -61,9 +61,12 @@ def train_head(
     batch_size: int = 32,
     dropout: float = 0.2,
     seed: int = 42,
+    backup_dir: str | None = None,
 ) -> dict:
     """Phase 1: frozen base, train the head. Saves the full model to ``model_dir``.
 
+    With ``backup_dir``, the extracted features and each finished epoch are kept there, so a
+    restarted (preempted) run skips the extraction and resumes after the last finished epoch.
     Returns the training history (per epoch: loss, accuracy, val_loss, val_accuracy).
     """
     keras = model_lib.keras()
@@ -78,24 +81,34 @@ def train_head(
     keras.utils.set_random_seed(seed)
 
     backbone = model_lib.build_backbone(base, alpha, metadata["image_size"], weights)
-    train_x, train_y = extract_features(backbone, dataset_dir, "train", batch_size)
-    val_x, val_y = extract_features(backbone, dataset_dir, "val", batch_size)
+    cache = os.path.join(backup_dir, "features.npz") if backup_dir else None
+    if cache and os.path.isfile(cache):
+        with np.load(cache) as saved:
+            train_x, train_y, val_x, val_y = (saved[k] for k in ("train_x", "train_y", "val_x", "val_y"))
+        print(f"  features: reused {len(train_y) + len(val_y)} cached feature vectors from {cache}", flush=True)
+    else:
+        train_x, train_y = extract_features(backbone, dataset_dir, "train", batch_size)
+        val_x, val_y = extract_features(backbone, dataset_dir, "val", batch_size)
+        if cache:
+            os.makedirs(backup_dir, exist_ok=True)
+            np.savez(cache + ".tmp.npz", train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y)
+            os.replace(cache + ".tmp.npz", cache)  # atomic: a kill never leaves half a file
 
     model = model_lib.build_model(
         backbone, len(class_names), dropout, train_x.mean(axis=0), train_x.var(axis=0)
     )
     head = model_lib.head(model)
     model_lib.compile_model(head, learning_rate, len(class_names))
-    fit = head.fit(
+    head.fit(
         train_x, train_y,
         validation_data=(val_x, val_y),
         epochs=epochs,
         batch_size=batch_size,
         shuffle=True,
         verbose=2,
-        callbacks=[_RaiseOnNaN()],
+        callbacks=_callbacks(backup_dir, "head"),
     )
-    history = _history(fit, phase="feature_extraction")
+    history = _history(backup_dir, "head", phase="feature_extraction")
     info = {
         "base": base,
         "alpha": alpha,
@@ -108,6 +121,7 @@ def train_head(
         "phase": "feature_extraction",
     }
     model_lib.save_keras(model, model_dir, info)
+    _discard_backup(backup_dir)  # the saved model now holds everything the backup did
     return history
 
 
@@ -162,19 +176,15 @@ def fine_tune(
         # Few shards: shard by element so every worker gets data.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train, val = train.with_options(options), val.with_options(options)
-        callbacks = [_RaiseOnNaN()]
-        if backup_dir:
-            # Preemption: a restarted run resumes from the last finished epoch.
-            callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
-        fit = model.fit(
+        model.fit(
             train,
             validation_data=val,
             initial_epoch=first_epoch,
             epochs=first_epoch + fine_tune_epochs,
             verbose=2,
-            callbacks=callbacks,
+            callbacks=_callbacks(backup_dir, "fine_tune"),
         )
-        history = _history(fit, phase="fine_tuning")
+        history = _history(backup_dir, "fine_tune", phase="fine_tuning")
     info = {
         **info,
         "fine_tune_at": fine_tune_at,
@@ -188,6 +198,7 @@ def fine_tune(
     model_lib.export_servable(model, target, class_names, info["image_size"], info)
     if target != model_out_dir:  # non-chief workers write a throwaway copy (collective ops)
         shutil.rmtree(target, ignore_errors=True)
+    _discard_backup(backup_dir)
     return history, replicas
 
 
@@ -205,12 +216,44 @@ def load_history(path: str) -> dict:
         return json.load(handle)
 
 
-def _history(fit, phase: str) -> dict:
-    epochs = [epoch + 1 for epoch in fit.epoch]
+def _callbacks(backup_dir: str | None, phase: str) -> list:
+    """NaN guard, per-epoch history log, and (with a backup dir) preemption recovery:
+    BackupAndRestore checkpoints each finished epoch and a restart resumes after it."""
+    keras = model_lib.keras()
+    if not is_chief(os.environ.get("TF_CONFIG")):
+        backup_dir = os.path.join(backup_dir, f"worker-{os.getpid()}") if backup_dir else None
+    directory = backup_dir or tempfile.mkdtemp(prefix="tlp-history-")
+    os.makedirs(directory, exist_ok=True)
+    _HISTORY_DIRS[phase] = directory
+    callbacks = [_RaiseOnNaN(), keras.callbacks.CSVLogger(os.path.join(directory, f"{phase}.csv"), append=True)]
+    if backup_dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(backup_dir, phase)))
+    return callbacks
+
+
+_HISTORY_DIRS: dict[str, str] = {}
+
+
+def _discard_backup(backup_dir: str | None) -> None:
+    if backup_dir and is_chief(os.environ.get("TF_CONFIG")):
+        shutil.rmtree(backup_dir, ignore_errors=True)
+
+
+def _history(backup_dir: str | None, phase_key: str, phase: str) -> dict:
+    """The whole phase's history from the per-epoch CSV log, including epochs finished before
+    a restart (Keras' own History object only knows the epochs of the last call)."""
+    import csv
+
+    path = os.path.join(backup_dir or _HISTORY_DIRS[phase_key], f"{phase_key}.csv")
+    by_epoch: dict[int, dict] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            by_epoch[int(row["epoch"]) + 1] = row  # a re-run epoch replaces its earlier row
+    epochs = sorted(by_epoch)
     return {
         "epoch": epochs,
         "phase": phase,
-        **{key: [float(v) for v in fit.history.get(key, [])] for key in HISTORY_KEYS},
+        **{key: [float(by_epoch[e][key]) for e in epochs if key in by_epoch[e]] for key in HISTORY_KEYS},
     }
 
 

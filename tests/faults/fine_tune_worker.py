@@ -1,0 +1,27 @@
+"""Runs the fine-tuning function in its own process (for kill/restart and distribution tests).
+
+usage: python -m tests.faults.fine_tune_worker DATASET MODEL_IN MODEL_OUT BACKUP EPOCHS BATCH DEVICES
+Prints "HISTORY <json>" and "REPLICAS <n>" when done.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv):
+    dataset, model_in, model_out, backup, epochs, batch, devices = argv
+    from components.lib.training import fine_tune
+
+    history, replicas = fine_tune(
+        dataset, model_in, model_out, fine_tune_at=100, fine_tune_epochs=int(epochs),
+        batch_size=int(batch), devices=devices, seed=11, backup_dir=backup or None,
+    )
+    print("HISTORY", json.dumps(history), flush=True)
+    print("REPLICAS", replicas, flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
