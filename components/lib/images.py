@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -27,7 +28,7 @@ SHARD_SIZE = 1000
 JPEG_QUALITY = 95
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_SKIPPED_FRACTION = 0.10
-# PIL refuses images above ~179 Mpx as decompression bombs; our own ceiling is explicit.
+# PIL refuses images above ~179 Mpx as decompression bombs; our own ceiling is explicit (decode_bytes).
 MAX_PIXELS = 200_000_000
 
 
@@ -132,7 +133,10 @@ def _encode_files(examples: list[Example], skipped: list[dict], image_size: int)
                 data = handle.read()
             digest = hashlib.sha256(data).hexdigest()
             if digest in seen:
-                reason = f"exact duplicate of {seen[digest]} (kept once, in one split)"
+                original, original_label = seen[digest]
+                reason = f"exact duplicate of {original} (kept once, in one split)"
+                if original_label != example.label:  # the same photo filed under two classes
+                    reason = f"same bytes as {original} in another class folder: a labelling conflict, kept there only"
                 skipped.append({"path": example.path, "reason": reason, "kind": "duplicate"})
                 continue
             pixels = decode_bytes(data, image_size)
@@ -141,7 +145,7 @@ def _encode_files(examples: list[Example], skipped: list[dict], image_size: int)
             reason = f"{type(error).__name__}: {error}"
             skipped.append({"path": example.path, "reason": reason, "kind": "unreadable"})
             continue
-        seen[digest] = example.path
+        seen[digest] = (example.path, example.label)
         readable.append(example)
         if count % 500 == 0:
             print(f"  data prep: read {count}/{len(examples)} files", flush=True)
@@ -231,6 +235,9 @@ def decode_bytes(data: bytes, max_side: int) -> np.ndarray:
     if not data:
         raise ValueError("empty file (0 bytes)")
     with Image.open(io.BytesIO(data)) as image:
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make the ceiling a hard one.
+        if image.width * image.height > MAX_PIXELS:
+            raise ValueError(f"{image.width}x{image.height} pixels is above the {MAX_PIXELS:,} pixel ceiling")
         image.draft("RGB", (max_side * 2, max_side * 2))  # JPEG only: decode near target size
         image.seek(0)
         image = ImageOps.exif_transpose(image)
@@ -413,9 +420,27 @@ def _open(path: str):
 
 
 def _walk_files(root: str) -> Iterator[str]:
-    import tensorflow as tf
+    """Every file under root. Local folders follow symlinks (photo libraries often link folders in)
+    but enter each real directory once: gfile.walk loops on a link back up the tree until ELOOP."""
+    if "://" in root:
+        import tensorflow as tf
 
-    for directory, _subdirs, names in tf.io.gfile.walk(root):
+        for directory, _subdirs, names in tf.io.gfile.walk(root):
+            for name in names:
+                yield _join(directory, name)
+        return
+    top = os.path.realpath(root)
+    seen = {top}
+    for directory, subdirs, names in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(subdirs):
+            real = os.path.realpath(os.path.join(directory, name))
+            if top.startswith(real.rstrip(os.sep) + os.sep):
+                continue  # a link up the tree would pull in the other classes
+            if real not in seen:  # marked here, not on entry, so two links to one folder count once
+                seen.add(real)
+                kept.append(name)
+        subdirs[:] = kept
         for name in names:
             yield _join(directory, name)
 

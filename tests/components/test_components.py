@@ -148,3 +148,31 @@ def test_registration_records_lineage(chain, prepared, tuned, scored):
     assert version.tags["weights_spec"] == "none"
     assert version.tags["data_fingerprint"] == prepared[0].metadata["fingerprint"]
     assert float(version.tags["metric.test_accuracy"]) == pytest.approx(scored[0].metadata["test_accuracy"], abs=1e-6)
+
+
+def test_champion_moves_only_to_a_challenger_at_least_as_good(chain, prepared, head, tuned, scored):
+    """Champion/challenger on the current test split: a worse version is registered but does
+    not take the alias; an equal-or-better one (or one within the tolerance) does."""
+    import shutil
+
+    from components.lib.registry import open_registry, register_model
+
+    uri = f"sqlite:///{chain['root']}/champion/registry.db"
+    dataset = prepared[0].path
+    first = register_model(tuned[0].path, dataset, dict(scored[0].metadata), uri, "pets")
+    assert first.champion and "first version" in first.reason
+
+    worse = register_model(head[0].path, dataset, {"test_accuracy": 0.0}, uri, "pets")
+    assert (worse.version, worse.champion) == ("2", False)
+    assert "stays behind champion version 1" in worse.reason and "same test split" in worse.reason
+
+    within = str(chain["root"] / "within_tolerance")
+    shutil.copytree(head[0].path, within)
+    with open(os.path.join(within, "note.txt"), "w") as handle:
+        handle.write("a different artifact")  # new bytes: a new version
+    tolerated = register_model(within, dataset, {"test_accuracy": 0.0}, uri, "pets", champion_tolerance=1.0)
+    assert (tolerated.version, tolerated.champion) == ("3", True) and "takes over" in tolerated.reason
+
+    registry = open_registry(uri)
+    assert registry.champion_version("pets") == "3"
+    assert registry.client.get_model_version("pets", "2").tags["champion_decision"] == worse.reason

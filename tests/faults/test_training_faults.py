@@ -116,7 +116,7 @@ def test_two_multi_worker_processes_equal_one_device(sample_dataset, head_withou
         workers.append((out, subprocess.Popen(
             [*WORKER, sample_dataset, head_without_dropout, out, "", "1", "8", "auto"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)))
-    for out, process in workers:
+    for _out, process in workers:
         stdout = process.communicate(timeout=900)[0]
         assert process.returncode == 0, stdout[-3000:]
         assert "REPLICAS 2" in stdout

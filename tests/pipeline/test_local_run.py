@@ -42,6 +42,7 @@ def test_full_run_on_two_logical_cpus_registers_a_version(passing_run):
         assert 0.0 <= summary["metrics"][key] <= 1.0 or key == "gap"
     assert summary["gate"]["passed"] is True and len(summary["gate"]["reasons"]) == 2
     assert summary["registered"]["version"] == "1" and summary["registered"]["name"] == "sample"
+    assert summary["registered"]["champion"] is True and "first version" in summary["registered"]["reason"]
     assert summary["registered"]["registry"] == f"sqlite:///{out}/registry.db"
     assert set(summary["steps"]) == {"data-prep", "feature-extraction", "fine-tuning", "evaluation", "registration"}
     assert all(seconds > 0 for seconds in summary["steps"].values())
@@ -143,3 +144,24 @@ def test_failed_gate_registers_nothing(tmp_path):
 
     client = open_registry(f"sqlite:///{tmp_path / 'out' / 'registry.db'}").client
     assert client.search_model_versions("name = 'noise'") == []
+
+
+@pytest.mark.slow
+def test_a_failing_step_ends_with_its_own_error_sentence(tmp_path):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(10):
+            colour = (i * 20, 0, 0) if name == "a" else (0, 0, i * 20)  # no duplicates across classes
+            Image.new("RGB", (20, 20), colour).save(tmp_path / "photos" / name / f"{i}.png")
+        for i in range(3):
+            (tmp_path / "photos" / name / f"broken{i}.jpg").write_bytes(b"not really a jpeg")
+    result = subprocess.run(
+        [*TLP, "run", "--data", f"folder:{tmp_path / 'photos'}", *SMALL, "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("tlp: error: step data-prep failed: 6 of 26 image files")
+    assert "--max-skipped-fraction 0.1" in last
