@@ -20,6 +20,9 @@ def fine_tuning(
     batch_size: int = 32,
     devices: str = "auto",
     seed: int = 42,
+    mixed_precision: str = "float32",
+    xla: bool = False,
+    steps_per_execution: int = 1,
 ) -> NamedTuple("FineTuningOutputs", [("replicas", int)]):
     """Unfreezes the base from ``fine_tune_at`` and trains at ``learning_rate / 10``.
 
@@ -35,6 +38,9 @@ def fine_tuning(
         batch_size: Batch size per replica.
         devices: auto, cpu:N (N logical CPUs, for tests) or gpu[:N].
         seed: Random seed.
+        mixed_precision: float32, mixed_float16 or mixed_bfloat16 (GPU/TPU speed-up).
+        xla: Compile the training step with XLA.
+        steps_per_execution: Batches per compiled call (fewer host round trips on GPUs).
 
     Returns:
         The number of replicas in sync.
@@ -48,6 +54,7 @@ def fine_tuning(
         dataset.path, base_model.path, model.path, fine_tune_at=fine_tune_at,
         fine_tune_epochs=fine_tune_epochs, learning_rate=learning_rate, batch_size=batch_size,
         devices=devices, seed=seed, backup_dir=os.path.join(os.path.dirname(model.path), "backup"),
+        precision=mixed_precision, xla=xla, steps_per_execution=steps_per_execution,
     )
     save_history(result, history.path)
     model.metadata.update({"framework": "tensorflow", "format": "saved_model", "replicas": replicas})

@@ -47,6 +47,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         help="smallest allowed test accuracy (0.90)")
     add("--model-name", default="", help="registered model name (default: from the data spec)")
     add("--seed", type=int, default=defaults.seed, help="random seed (42)")
+    add("--mixed-precision", default=defaults.mixed_precision, choices=("float32", "mixed_float16", "mixed_bfloat16"),
+        help="Keras mixed precision for both training steps (GPUs: mixed_float16; TPUs/recent GPUs: "
+             "mixed_bfloat16; default float32)")
+    add("--xla", action="store_true", help="compile the training steps with XLA (jit_compile)")
+    add("--steps-per-execution", type=int, default=defaults.steps_per_execution,
+        help="batches per compiled call (1; try 8-32 on GPUs)")
     add("--champion-tolerance", type=float, default=defaults.champion_tolerance,
         help="a new version becomes champion if its test accuracy >= the champion's on the same "
              "test split minus this (0.0)")

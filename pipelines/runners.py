@@ -51,6 +51,9 @@ class RunConfig:
     seed: int = 42
     max_skipped_fraction: float = 0.10
     champion_tolerance: float = 0.0
+    mixed_precision: str = "float32"
+    xla: bool = False
+    steps_per_execution: int = 1
     registry: str = ""  # default: sqlite:///<output_dir>/registry.db
     output_dir: str = DEFAULT_OUTPUT_DIR
     notes: list[str] = field(default_factory=list)
@@ -59,7 +62,7 @@ class RunConfig:
         "data", "weights", "base", "alpha", "image_size", "batch_size", "epochs",
         "fine_tune_epochs", "fine_tune_at", "learning_rate", "dropout", "devices", "max_gap",
         "min_accuracy", "registry", "model_name", "seed", "max_skipped_fraction",
-        "champion_tolerance",
+        "champion_tolerance", "mixed_precision", "xla", "steps_per_execution",
     )
 
     def pipeline_arguments(self) -> dict:
@@ -138,6 +141,7 @@ def validate(config: RunConfig, check_layers: bool = True) -> RunConfig:
             f"--max-skipped-fraction {config.max_skipped_fraction!r} must lie between 0 and 1 (default 0.1)."
         )
     specs.parse_devices(config.devices)
+    specs.check_accelerator_options(config.mixed_precision, config.xla, config.steps_per_execution, weights)
     if data.kind == "folder" and not data.path.startswith("gs://"):
         _check_folder(data.path)
     registry = config.registry or "sqlite:///" + os.path.join(

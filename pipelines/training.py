@@ -54,19 +54,23 @@ def create_pipeline(image_repo: str = DEFAULT_REPO, image_tag: str | None = None
         seed: int = 42,
         max_skipped_fraction: float = 0.10,
         champion_tolerance: float = 0.0,
+        mixed_precision: str = "float32",
+        xla: bool = False,
+        steps_per_execution: int = 1,
     ):
+        speedups = {"mixed_precision": mixed_precision, "xla": xla, "steps_per_execution": steps_per_execution}
         prep = prep_op(data=data, image_size=image_size, seed=seed, max_skipped_fraction=max_skipped_fraction)
         prep.set_display_name("data-prep")
         head = head_op(
             dataset=prep.outputs["dataset"], base=base, alpha=alpha, weights=weights,
             epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, dropout=dropout,
-            seed=seed,
+            seed=seed, **speedups,
         )
         head.set_display_name("feature-extraction")
         tuned = tune_op(
             dataset=prep.outputs["dataset"], base_model=head.outputs["model"],
             fine_tune_at=fine_tune_at, fine_tune_epochs=fine_tune_epochs,
-            learning_rate=learning_rate, batch_size=batch_size, devices=devices, seed=seed,
+            learning_rate=learning_rate, batch_size=batch_size, devices=devices, seed=seed, **speedups,
         )
         tuned.set_display_name("fine-tuning")
         scored = eval_op(

@@ -28,6 +28,7 @@ BASES: dict[str, dict] = {
 }
 
 DEFAULT_DATA = "tfds:cats_vs_dogs"
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SAMPLE_PER_CLASS = 300
 MIN_IMAGE_SIZE = 32
 
@@ -191,3 +192,17 @@ def check_gate(max_gap: float, min_accuracy: float) -> None:
         raise ConfigError(f"--max-gap {max_gap!r} must lie between 0 and 1 (default 0.05).")
     if not (0.0 <= min_accuracy <= 1.0):
         raise ConfigError(f"--min-accuracy {min_accuracy!r} must lie between 0 and 1 (default 0.90).")
+
+
+def check_accelerator_options(precision: str, xla: bool, steps_per_execution: int, weights: str) -> None:
+    """The GPU knobs: mixed precision, XLA, steps per execution."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--mixed-precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if precision == "mixed_float16" and weights == "none":
+        # Random-weight features are ~1e-12, far below float16's smallest value (6e-8).
+        raise ConfigError(
+            "--mixed-precision mixed_float16 with --weights none would underflow the random-weight "
+            "features to zero; use mixed_bfloat16, float32, or ImageNet weights."
+        )
+    if not (isinstance(steps_per_execution, int) and steps_per_execution >= 1):
+        raise ConfigError(f"--steps-per-execution {steps_per_execution!r} must be a whole number of at least 1.")

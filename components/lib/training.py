@@ -32,11 +32,13 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def extract_features(backbone, dataset_dir: str, split: str, batch_size: int, label: str = ""):
-    """Runs the frozen backbone over one split once. Returns (features [N, D], labels [N])."""
+def extract_features(backbone, dataset_dir: str, split: str, batch_size: int, label: str = "", xla: bool = False):
+    """Runs the frozen backbone over one split once. Returns (features [N, D] float32, labels [N])."""
     import tensorflow as tf
 
-    run_backbone = tf.function(lambda batch: backbone(batch, training=False))
+    run_backbone = tf.function(
+        lambda batch: tf.cast(backbone(batch, training=False), tf.float32), jit_compile=xla or None
+    )
     total = images.read_metadata(dataset_dir)["num_examples"][split]
     features, labels, done, started = [], [], 0, time.monotonic()
     for batch_images, batch_labels in images.read_split(dataset_dir, split, batch_size):
@@ -62,8 +64,14 @@ def train_head(
     dropout: float = 0.2,
     seed: int = 42,
     backup_dir: str | None = None,
+    precision: str = "float32",
+    xla: bool = False,
+    steps_per_execution: int = 1,
 ) -> dict:
     """Phase 1: frozen base, train the head. Saves the full model to ``model_dir``.
+
+    ``precision`` (float32 | mixed_float16 | mixed_bfloat16) and ``xla`` are GPU speed-ups;
+    the feature extraction runs the base under the policy (XLA-compiled if asked).
 
     With ``backup_dir``, the extracted features and each finished epoch are kept there, so a
     restarted (preempted) run skips the extraction and resumes after the last finished epoch.
@@ -77,9 +85,23 @@ def train_head(
         batch_size=batch_size, epochs=epochs, fine_tune_epochs=0,
         learning_rate=learning_rate, dropout=dropout, fine_tune_at=0,
     )
-    class_names = metadata["class_names"]
+    specs.check_accelerator_options(precision, xla, steps_per_execution, weights)
     keras.utils.set_random_seed(seed)
+    with model_lib.precision_policy(precision):
+        history, info = _train_head_under_policy(
+            dataset_dir, model_dir, metadata, base=base, alpha=alpha, weights=weights, epochs=epochs,
+            learning_rate=learning_rate, batch_size=batch_size, dropout=dropout, backup_dir=backup_dir,
+            precision=precision, xla=xla, steps_per_execution=steps_per_execution,
+        )
+    _discard_backup(backup_dir)  # the saved model now holds everything the backup did
+    return history
 
+
+def _train_head_under_policy(
+    dataset_dir, model_dir, metadata, *, base, alpha, weights, epochs, learning_rate, batch_size, dropout,
+    backup_dir, precision, xla, steps_per_execution,
+):
+    class_names = metadata["class_names"]
     backbone = model_lib.build_backbone(base, alpha, metadata["image_size"], weights)
     cache = os.path.join(backup_dir, "features.npz") if backup_dir else None
     if cache and os.path.isfile(cache):
@@ -87,8 +109,8 @@ def train_head(
             train_x, train_y, val_x, val_y = (saved[k] for k in ("train_x", "train_y", "val_x", "val_y"))
         print(f"  features: reused {len(train_y) + len(val_y)} cached feature vectors from {cache}", flush=True)
     else:
-        train_x, train_y = extract_features(backbone, dataset_dir, "train", batch_size)
-        val_x, val_y = extract_features(backbone, dataset_dir, "val", batch_size)
+        train_x, train_y = extract_features(backbone, dataset_dir, "train", batch_size, xla=xla)
+        val_x, val_y = extract_features(backbone, dataset_dir, "val", batch_size, xla=xla)
         if cache:
             os.makedirs(backup_dir, exist_ok=True)
             np.savez(cache + ".tmp.npz", train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y)
@@ -98,7 +120,9 @@ def train_head(
         backbone, len(class_names), dropout, train_x.mean(axis=0), train_x.var(axis=0)
     )
     head = model_lib.head(model)
-    model_lib.compile_model(head, learning_rate, len(class_names))
+    model_lib.compile_model(
+        head, learning_rate, len(class_names), jit_compile=xla, steps_per_execution=steps_per_execution
+    )
     head.fit(
         train_x, train_y,
         validation_data=(val_x, val_y),
@@ -119,10 +143,10 @@ def train_head(
         "learning_rate": learning_rate,
         "epochs_done": epochs,
         "phase": "feature_extraction",
+        "precision": precision,
     }
     model_lib.save_keras(model, model_dir, info)
-    _discard_backup(backup_dir)  # the saved model now holds everything the backup did
-    return history
+    return history, info
 
 
 def fine_tune(
@@ -137,12 +161,16 @@ def fine_tune(
     devices: str = "auto",
     seed: int = 42,
     backup_dir: str | None = None,
+    precision: str = "float32",
+    xla: bool = False,
+    steps_per_execution: int = 1,
 ) -> tuple[dict, int]:
     """Phase 2: unfreeze the base from ``fine_tune_at``, train at ``learning_rate / 10``.
 
     ``learning_rate`` is the base learning rate of phase 1, as in the tutorial. ``batch_size``
     is per replica; the global batch is ``batch_size x replicas``. Epoch numbers continue from
     phase 1. Writes a servable SavedModel to ``model_out_dir``. Returns (history, replicas).
+    ``precision`` must be the one phase 1 used (the saved layers carry their policy).
     """
     import tensorflow as tf
 
@@ -154,13 +182,22 @@ def fine_tune(
     )
     metadata = images.read_metadata(dataset_dir)
     info = model_lib.read_info(model_in_dir)
+    specs.check_accelerator_options(precision, xla, steps_per_execution, info["weights"])
+    if info.get("precision", "float32") != precision:
+        raise specs.ConfigError(
+            f"--mixed-precision {precision} differs from the {info.get('precision', 'float32')} the "
+            "feature-extraction phase used; use the same for both phases."
+        )
     class_names = info["class_names"]
     replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(seed)
 
-    with strategy.scope():
+    with strategy.scope(), model_lib.precision_policy(precision):
         model = model_lib.load_keras(model_in_dir)
-        model_lib.unfreeze(model, fine_tune_at, learning_rate / 10, len(class_names))
+        model_lib.unfreeze(
+            model, fine_tune_at, learning_rate / 10, len(class_names),
+            jit_compile=xla, steps_per_execution=steps_per_execution,
+        )
     first_epoch = info["epochs_done"]
     history = {"epoch": [], "phase": "fine_tuning", **{key: [] for key in HISTORY_KEYS}}
     if fine_tune_epochs > 0:
@@ -170,12 +207,22 @@ def fine_tune(
             f"global batch {global_batch}, lr {learning_rate / 10:g}",
             flush=True,
         )
-        train = images.read_split(dataset_dir, "train", global_batch, shuffle_seed=seed)
+        # TFRecords have no known length; with several steps per execution Keras needs the
+        # step counts, so the training stream repeats and each epoch is counted in batches.
+        counted = steps_per_execution > 1
+        steps = {
+            "steps_per_epoch": math.ceil(metadata["num_examples"]["train"] / global_batch),
+            "validation_steps": math.ceil(metadata["num_examples"]["val"] / global_batch),
+        } if counted else {}
+        train = images.read_split(dataset_dir, "train", global_batch, shuffle_seed=seed, repeat=counted)
         val = images.read_split(dataset_dir, "val", global_batch)
         options = tf.data.Options()
         # Few shards: shard by element so every worker gets data.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train, val = train.with_options(options), val.with_options(options)
+        if replicas == 1 and tf.config.list_logical_devices("GPU"):
+            # One GPU, no distribution: stage the next batches on the GPU while it computes.
+            train = train.apply(tf.data.experimental.prefetch_to_device("/gpu:0"))
         model.fit(
             train,
             validation_data=val,
@@ -183,6 +230,7 @@ def fine_tune(
             epochs=first_epoch + fine_tune_epochs,
             verbose=2,
             callbacks=_callbacks(backup_dir, "fine_tune"),
+            **steps,
         )
         history = _history(backup_dir, "fine_tune", phase="fine_tuning")
     info = {
