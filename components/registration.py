@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from components.container_images import image_reference
 
@@ -13,6 +13,8 @@ def registration(
     model: Input[Model],
     dataset: Input[Dataset],
     metrics: Input[Metrics],
+    report: Input[HTML],
+    registered_report: Output[HTML],
     registry: str,
     model_name: str = "",
     champion_tolerance: float = 0.0,
@@ -24,6 +26,8 @@ def registration(
         model: The servable model that passed the gate.
         dataset: The data it was trained and evaluated on (for its spec and fingerprint).
         metrics: The evaluation metrics.
+        report: The evaluation report.
+        registered_report: Output: the same report with the registration and champion decision.
         registry: Registry URI, e.g. sqlite:///PATH/registry.db (local MLflow registry).
         model_name: Registered model name; empty means one derived from the data spec.
         champion_tolerance: The new version becomes the champion if its test accuracy is at
@@ -35,9 +39,11 @@ def registration(
     from collections import namedtuple
 
     from components.lib.registry import register_model
+    from components.lib.report import add_registration
 
     registered = register_model(
         model.path, dataset.path, dict(metrics.metadata), registry, model_name, champion_tolerance
     )
+    add_registration(report.path, registered_report.path, registered.as_dict())
     outputs = namedtuple("RegistrationOutputs", ["registry", "name", "version", "champion", "reason"])
     return outputs(registered.registry, registered.name, registered.version, registered.champion, registered.reason)

@@ -399,7 +399,8 @@ def summarize(run_dir: str, config: RunConfig, step_seconds: dict) -> dict:
         ),
         "replicas": int(tuned["parameters"]["replicas"]),
         "model": tuned["artifacts"]["model"]["uri"],
-        "report": scored["artifacts"]["report"]["uri"],
+        # After registration, its copy of the report also says which version and why.
+        "report": (registered or scored)["artifacts"]["registered_report" if registered else "report"]["uri"],
         "run_dir": run_dir,
         "steps": {name: step_seconds.get(name) for name in STEP_NAMES if name in step_seconds},
     }

@@ -82,7 +82,8 @@ def create_pipeline(image_repo: str = DEFAULT_REPO, image_tag: str | None = None
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             registered = register_op(
                 model=tuned.outputs["model"], dataset=prep.outputs["dataset"],
-                metrics=scored.outputs["metrics"], registry=registry, model_name=model_name,
+                metrics=scored.outputs["metrics"], report=scored.outputs["report"],
+                registry=registry, model_name=model_name,
                 champion_tolerance=champion_tolerance,
             )
             registered.set_display_name("registration")

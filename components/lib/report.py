@@ -96,3 +96,20 @@ figure img {{ width: 160px; height: 160px; object-fit: cover; }}
 <div class="grid">{grid}</div>
 </body></html>
 """
+
+
+def add_registration(report_path: str, output_path: str, registered: dict) -> None:
+    """Copies the evaluation report, adding what was registered and the champion decision."""
+    esc = html.escape
+    with open(report_path, encoding="utf-8") as handle:
+        page = handle.read()
+    status = "the champion" if registered["champion"] else "not the champion"
+    section = (
+        f"<h2>Registration</h2><p>Registered <b>{esc(registered['name'])}</b> version "
+        f"<b>{esc(str(registered['version']))}</b> in {esc(registered['registry'])}: {status}.</p>"
+        f"<p>{esc(registered['reason'])}</p>"
+    )
+    marker = "<h2>Metrics"
+    page = page.replace(marker, section + marker, 1) if marker in page else page.replace("</body>", section + "</body>")
+    with open(output_path, "w", encoding="utf-8") as handle:
+        handle.write(page)

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from components.lib import images, model as model_lib
+from components.lib import images
+from components.lib import model as model_lib
 from components.lib.specs import ConfigError
 from components.lib.training import fine_tune, train_head
 

@@ -133,12 +133,18 @@ def test_evaluation_gate_fails_with_every_reason(chain, prepared, head, tuned):
 
 def test_registration_records_lineage(chain, prepared, tuned, scored):
     uri = f"sqlite:///{chain['root']}/registry.db"
+    final_report = _artifact(dsl.HTML, chain["root"], "registered_report")
     result = registration.python_func(
-        model=tuned[0], dataset=prepared[0], metrics=scored[0], registry=uri, model_name="",
+        model=tuned[0], dataset=prepared[0], metrics=scored[0], report=scored[2],
+        registered_report=final_report, registry=uri, model_name="",
     )
     assert (result.name, result.version, result.champion) == ("sample", "1", True)
+    page = open(final_report.path, encoding="utf-8").read()
+    assert "Registered <b>sample</b> version <b>1</b>" in page and "first version of the model" in page
+    assert "Learning curves" in page  # the evaluation report is kept whole
     again = registration.python_func(
-        model=tuned[0], dataset=prepared[0], metrics=scored[0], registry=uri, model_name="",
+        model=tuned[0], dataset=prepared[0], metrics=scored[0], report=scored[2],
+        registered_report=_artifact(dsl.HTML, chain["root"], "again_report"), registry=uri, model_name="",
     )
     assert again.version == "1"  # the same artifact is registered once
     from components.lib.registry import open_registry

@@ -47,7 +47,8 @@ def test_full_run_on_two_logical_cpus_registers_a_version(passing_run):
     assert set(summary["steps"]) == {"data-prep", "feature-extraction", "fine-tuning", "evaluation", "registration"}
     assert all(seconds > 0 for seconds in summary["steps"].values())
     assert os.path.isfile(os.path.join(summary["model"], "saved_model.pb"))
-    assert "<html" in open(summary["report"], encoding="utf-8").read()
+    report = open(summary["report"], encoding="utf-8").read()
+    assert "<html" in report and "Registered <b>sample</b> version <b>1</b>" in report
 
 
 def _test_images(summary, directory):
