@@ -8,13 +8,14 @@ pipeline, so memory stays flat however many images there are.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +42,7 @@ class Example:
     pixels: np.ndarray | None = None  # uint8 HxWx3
     path: str | None = None  # a file to read instead
     encoded: bytes | None = None  # already resized and JPEG-encoded
+    generate: Callable[[], np.ndarray] | None = None  # makes the pixels on demand (sample data)
 
 
 @dataclass
@@ -60,28 +62,34 @@ def sample_examples(per_class: int, seed: int) -> PreparedSplits:
     from shape and one with random weights still learns it from colour statistics; that keeps
     offline runs meaningful. Made on the fly: no binary files in git, no network.
     """
-    rng = np.random.default_rng(seed)
     class_names = ["circles", "squares"]
-    size = 192
-    yy, xx = np.mgrid[0:size, 0:size]
-    examples = []
-    for label, _name in enumerate(class_names):
-        for index in range(per_class):
-            warm = np.array([215.0, 115.0, 45.0])
-            cool = np.array([45.0, 115.0, 215.0])
-            tint = warm if label == 0 else cool
-            background = 0.45 * tint + rng.normal(70, 25, 3)
-            image = background + rng.normal(0, 18, (size, size, 3))
-            radius = rng.uniform(size * 0.15, size * 0.35)
-            cy, cx = rng.uniform(radius, size - radius, 2)
-            if label == 0:
-                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
-            else:
-                mask = (np.abs(yy - cy) <= radius) & (np.abs(xx - cx) <= radius)
-            image[mask] = tint + rng.normal(0, 20, 3)
-            pixels = np.clip(image, 0, 255).astype(np.uint8)
-            examples.append(Example(f"sample/{class_names[label]}/{index:05d}", label, pixels=pixels))
+    examples = [
+        Example(
+            f"sample/{class_names[label]}/{index:05d}", label,
+            generate=functools.partial(_sample_pixels, label, (seed, label, index)),
+        )
+        for label in range(2)
+        for index in range(per_class)
+    ]
     return PreparedSplits(class_names, stratified_split(examples, seed))
+
+
+def _sample_pixels(label: int, seed: tuple, size: int = 192) -> np.ndarray:
+    """One sample image, drawn when written: memory stays flat however many are asked for."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    warm, cool = np.array([215.0, 115.0, 45.0]), np.array([45.0, 115.0, 215.0])
+    tint = warm if label == 0 else cool
+    background = 0.45 * tint + rng.normal(70, 25, 3)
+    image = background + rng.normal(0, 18, (size, size, 3))
+    radius = rng.uniform(size * 0.15, size * 0.35)
+    cy, cx = rng.uniform(radius, size - radius, 2)
+    if label == 0:
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+    else:
+        mask = (np.abs(yy - cy) <= radius) & (np.abs(xx - cx) <= radius)
+    image[mask] = tint + rng.normal(0, 20, 3)
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def folder_examples(root: str, seed: int, image_size: int) -> PreparedSplits:
@@ -295,9 +303,12 @@ def write_prepared(
             try:
                 encoded = example.encoded
                 if encoded is None:
-                    pixels = (
-                        example.pixels if example.pixels is not None else decode_file(example.path, image_size)
-                    )
+                    if example.pixels is not None:
+                        pixels = example.pixels
+                    elif example.generate is not None:
+                        pixels = example.generate()
+                    else:
+                        pixels = decode_file(example.path, image_size)
                     encoded = encode_example(pixels, image_size)
             except Exception as error:  # any decoder failure means "skip and say why"
                 reason = f"{type(error).__name__}: {error}"
@@ -357,8 +368,12 @@ def read_split(
     shuffle_seed: int | None = None,
     with_source_ids: bool = False,
     repeat: bool = False,
+    cache_decoded: bool = False,
 ):
-    """A tf.data pipeline over one split: (uint8 image, label) or (image, label, source_id)."""
+    """A tf.data pipeline over one split: (uint8 image, label) or (image, label, source_id).
+
+    ``cache_decoded`` keeps the decoded images in memory after the first pass, so later epochs
+    spend no CPU on JPEG decoding (on a CPU-only machine that CPU is taken from training)."""
     import tensorflow as tf
 
     metadata = read_metadata(dataset_dir)
@@ -381,11 +396,14 @@ def read_split(
         return image, parsed["label"]
 
     dataset = tf.data.TFRecordDataset(paths)
+    if cache_decoded:
+        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     if shuffle_seed is not None:
         dataset = dataset.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if not cache_decoded:
+        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if batch_size:
         dataset = dataset.batch(batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
