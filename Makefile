@@ -29,7 +29,7 @@ test: $(STAMP) ## Lint, then run the test suite
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## ruff on the code, hadolint on every Dockerfile
-	$(BIN)/ruff check components pipelines tests
+	$(BIN)/ruff check components pipelines tests bench
 	$(BIN)/hadolint containers/*.Dockerfile
 
 compile: $(STAMP) ## Write the pipeline as kfp IR YAML to pipeline.yaml
@@ -56,3 +56,10 @@ push: ## Push both images to IMAGE_REPO (e.g. us-docker.pkg.dev/PROJECT/tlp)
 	docker push $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG)
 
 .PHONY: images push
+
+BENCH_ARGS ?=
+
+bench: $(STAMP) ## Benchmark suite, about 20 min (BENCH_ARGS=--quick: about 3 min); writes bench/results.json
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+.PHONY: bench

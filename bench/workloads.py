@@ -1,0 +1,554 @@
+"""The measured work. Each workload runs alone in a child process of its own, either forked
+from the fork server (``python -m bench.workloads --serve``, the default: TensorFlow is imported
+once, before any TensorFlow runtime starts) or as a fresh interpreter:
+
+    python -m bench.workloads NAME ARGS_JSON RESULT_JSON
+
+A workload times only its own work (``time.perf_counter``) and returns a JSON-able dict; ``main``
+adds the process's peak RSS (VmHWM) and writes the result file. Whoever started the child also
+reads its peak RSS from ``wait4`` and its wall time, so nothing the parent holds beyond the
+preloaded modules (which every component process imports too) counts in a measurement.
+
+Instrumentation of the code under test is kept to two harness-only patches, applied in the
+child and never to files: a timing callback appended to every ``tf_keras`` ``Model.fit`` call
+(the library builds its own callback list), and, where only epochs are measured, a no-op in
+place of the SavedModel export at the end of ``fine_tune``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import sys
+import time
+import traceback
+
+WORKLOADS = {}
+
+
+def workload(func):
+    WORKLOADS[func.__name__] = func
+    return func
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (VmHWM), in MB (10^6 bytes)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 1)
+
+
+def _since(start: float) -> float:
+    return round(time.perf_counter() - start, 3)
+
+
+def _cpu_since(start: float) -> float:
+    """CPU seconds this process (all its threads) used since ``start`` (a ``time.process_time``).
+    Unlike wall time it barely moves when other processes load the machine."""
+    return round(time.process_time() - start, 3)
+
+
+# --- timing Keras epochs ----------------------------------------------------------------------
+
+
+def make_epoch_timer(batches: bool = False):
+    """A tf_keras callback that records, per epoch: wall seconds, the training part, the
+    validation part and (with ``batches``) every batch's duration. Epoch seconds run from
+    ``on_epoch_begin`` to ``on_epoch_end`` of this callback, which is appended last, so they
+    include the other callbacks' end-of-epoch work (e.g. checkpoints)."""
+    import tf_keras as keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self._supports_tf_logs = True  # never forces a tensor -> numpy copy of the logs
+            self.epochs: list[dict] = []
+            self._current: dict | None = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            now = time.perf_counter()
+            self._current = {"epoch": epoch + 1, "begin": now, "last": now, "train_batches": [], "val_batches": [],
+                             "cpu_begin": time.process_time()}
+
+        def on_test_begin(self, logs=None):
+            if self._current is not None:  # validation inside fit (not a separate evaluate)
+                now = time.perf_counter()
+                self._current["train_end"] = self._current["last"] = now
+                self._current["train_cpu_end"] = time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            now, cpu, current = time.perf_counter(), time.process_time(), self._current
+            if current is None:
+                return
+            train_end = current.get("train_end", now)
+            self.epochs.append({
+                "epoch": current["epoch"],
+                "seconds": round(now - current["begin"], 4),
+                "train_seconds": round(train_end - current["begin"], 4),
+                "val_seconds": round(now - train_end, 4),
+                "cpu_seconds": round(cpu - current["cpu_begin"], 4),
+                "train_cpu_seconds": round(current.get("train_cpu_end", cpu) - current["cpu_begin"], 4),
+                "train_batches": [round(b, 4) for b in current["train_batches"]],
+                "val_batches": [round(b, 4) for b in current["val_batches"]],
+                "logs": {key: float(value) for key, value in (logs or {}).items()},
+            })
+            self._current = None
+
+        def _tick(self, key):
+            if self._current is not None:
+                now = time.perf_counter()
+                self._current[key].append(now - self._current["last"])
+                self._current["last"] = now
+
+    class BatchTimer(EpochTimer):
+        def on_train_batch_end(self, batch, logs=None):
+            self._tick("train_batches")
+
+        def on_test_batch_end(self, batch, logs=None):
+            self._tick("val_batches")
+
+    return BatchTimer() if batches else EpochTimer()
+
+
+def first_epoch_adjusted(epoch: dict) -> float:
+    """An epoch's seconds without the one-off cost of its first training and first validation
+    batch (tf.function tracing in epoch 1): each first batch is counted at the median batch time."""
+    seconds = epoch["seconds"]
+    for key in ("train_batches", "val_batches"):
+        seconds -= _first_batch_excess(epoch[key])
+    return round(seconds, 4)
+
+
+def training_part_adjusted(epoch: dict) -> float:
+    """The training part of an epoch (no validation, no end-of-epoch callbacks) without the
+    one-off cost of its first batch: what a single (first) epoch tells about steady throughput."""
+    return round(epoch["train_seconds"] - _first_batch_excess(epoch["train_batches"]), 4)
+
+
+def _first_batch_excess(times: list) -> float:
+    return max(0.0, times[0] - statistics.median(times[1:])) if len(times) >= 2 else 0.0
+
+
+def _append_callback_to_every_fit(callback) -> None:
+    import tf_keras as keras
+
+    original = keras.Model.fit
+
+    def fit(self, *args, **kwargs):
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), callback]
+        return original(self, *args, **kwargs)
+
+    keras.Model.fit = fit
+
+
+def _timed_export(skip: bool) -> list:
+    """Replaces the SavedModel export used by ``fine_tune`` with a timed (or skipped) one."""
+    from components.lib import model as model_lib
+
+    seconds: list = []
+    original = model_lib.export_servable
+
+    def export(*args, **kwargs):
+        start = time.perf_counter()
+        if not skip:
+            original(*args, **kwargs)
+        seconds.append(_since(start))
+
+    model_lib.export_servable = export
+    return seconds
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@workload
+def make_datasets(root: str, sets: dict, image_size: int, seed: int) -> dict:
+    """Writes prepared data sets with exact split sizes (``sets``: name -> {train, val, test}),
+    all drawn from one pool of the project's generated sample images, so a smaller set is a
+    subset of a bigger one."""
+    from components.lib import images
+
+    start = time.perf_counter()
+    need = {split: max(counts[split] for counts in sets.values()) for split in images.SPLITS}
+    pool = images.sample_examples(sum(need.values()) // 2 + 3, seed)
+    by_class: dict[int, list] = {}
+    for members in pool.splits.values():
+        for example in members:
+            by_class.setdefault(example.label, []).append(example)
+    chosen, taken = {}, dict.fromkeys(by_class, 0)
+    for split in images.SPLITS:
+        picked = []
+        for label in sorted(by_class):
+            count = need[split] // 2 + (need[split] % 2 if label == 0 else 0)
+            picked += by_class[label][taken[label] : taken[label] + count]
+            taken[label] += count
+        random.Random(f"{seed}-{split}").shuffle(picked)
+        chosen[split] = picked
+    for members in chosen.values():
+        for example in members:
+            pixels = example.pixels
+            if pixels is None:  # drawn on demand by newer versions of sample_examples
+                pixels = example.generate()
+            example.encoded = images.encode_example(pixels, image_size)
+            example.pixels = None
+    generated = _since(start)
+    written = {}
+    for name, counts in sets.items():
+        splits = {split: chosen[split][: counts[split]] for split in images.SPLITS}
+        prepared = images.PreparedSplits(pool.class_names, splits)
+        metadata = images.write_prepared(
+            prepared, os.path.join(root, name), image_size, f"bench:{name}", progress=False
+        )
+        written[name] = metadata["num_examples"]
+    return {"generate_seconds": generated, "seconds": _since(start), "sets": written}
+
+
+@workload
+def make_folder(root: str, count: int, size: int, seed: int) -> dict:
+    """``count`` JPEG files in two class folders, like the sample data (tinted noisy background,
+    circle or square), generated quickly with PIL (no TensorFlow)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    noise = [rng.normal(0, 18, (size, size, 3)).astype(np.float32) for _ in range(16)]
+    tints = (np.array([215.0, 115.0, 45.0]), np.array([45.0, 115.0, 215.0]))
+    for name in ("circles", "squares"):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+    for index in range(count):
+        label = index % 2
+        background = 0.45 * tints[label] + rng.normal(70, 25, 3)
+        pixels = np.clip(noise[index % 16] + background.astype(np.float32), 0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels)
+        radius = rng.uniform(size * 0.15, size * 0.35)
+        cy, cx = rng.uniform(radius, size - radius, 2)
+        box = (cx - radius, cy - radius, cx + radius, cy + radius)
+        fill = tuple(int(v) for v in np.clip(tints[label] + rng.normal(0, 20, 3), 0, 255))
+        draw = ImageDraw.Draw(image)
+        (draw.ellipse if label == 0 else draw.rectangle)(box, fill=fill)
+        image.save(os.path.join(root, ("circles", "squares")[label], f"{index:06d}.jpg"), quality=90)
+    return {"seconds": _since(start), "files": count}
+
+
+@workload
+def prep(data: str, output_dir: str, image_size: int, seed: int) -> dict:
+    """The data-prep step's function, ``prepare_dataset``."""
+    from components.lib import images
+
+    start, cpu = time.perf_counter(), time.process_time()
+    metadata = images.prepare_dataset(data, output_dir, image_size=image_size, seed=seed)
+    return {"seconds": _since(start), "cpu_seconds": _cpu_since(cpu), "num_examples": metadata["num_examples"],
+            "peak_rss_mb": peak_rss_mb()}
+
+
+@workload
+def reader(dataset_dir: str, split: str, batch_size: int, passes: int, seed: int) -> dict:
+    """Iterates the prepared split exactly as fine-tuning reads it (parse, decode, shuffle, batch,
+    prefetch), ``passes`` times."""
+    from components.lib import images
+
+    dataset = images.read_split(dataset_dir, split, batch_size, shuffle_seed=seed)
+    runs = []
+    for _ in range(passes):
+        start, count = time.perf_counter(), 0
+        for _batch_images, labels in dataset:
+            count += int(labels.shape[0])
+        runs.append({"images": count, "seconds": _since(start)})
+    return {"passes": runs}
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+@workload
+def train_head(dataset_dir: str, run_dir: str, alpha: float, weights: str, epochs: int, batch_size: int,
+               seed: int) -> dict:
+    """Ours: ``training.train_head`` as the feature-extraction component calls it (with a backup
+    directory beside the model), end to end: build, extract features once, fit the head, save."""
+    from components.lib import training
+
+    start, cpu = time.perf_counter(), time.process_time()
+    history = training.train_head(
+        dataset_dir, os.path.join(run_dir, "model"), base="MobileNetV2", alpha=alpha, weights=weights,
+        epochs=epochs, batch_size=batch_size, seed=seed, backup_dir=os.path.join(run_dir, "backup"),
+    )
+    return {
+        "seconds": _since(start),
+        "cpu_seconds": _cpu_since(cpu),
+        "val_accuracy": history["val_accuracy"][-1],
+        "history": history,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+@workload
+def tutorial(dataset_dir: str, image_size: int, epochs: int, batch_size: int, learning_rate: float,
+             dropout: float, seed: int) -> dict:
+    """The tutorial's way: the frozen base inside the model, ``model.fit`` on images every epoch,
+    validation every epoch. Same reader and images as ours; end to end = build + fit."""
+    import tf_keras as keras
+
+    from components.lib import images
+
+    start, cpu = time.perf_counter(), time.process_time()
+    keras.utils.set_random_seed(seed)
+    shape = (image_size, image_size, 3)
+    base = keras.applications.MobileNetV2(input_shape=shape, include_top=False, weights=None)
+    base.trainable = False
+    inputs = keras.Input(shape=shape)
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(dropout)(x)
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")],
+    )
+    train = images.read_split(dataset_dir, "train", batch_size, shuffle_seed=seed)
+    val = images.read_split(dataset_dir, "val", batch_size)
+    timer = make_epoch_timer()
+    history = model.fit(train, validation_data=val, epochs=epochs, verbose=2, callbacks=[timer])
+    return {
+        "seconds": _since(start),
+        "cpu_seconds": _cpu_since(cpu),
+        "val_accuracy": float(history.history["val_accuracy"][-1]),
+        "history": {key: [float(v) for v in values] for key, values in history.history.items()},
+        "epochs": [{k: v for k, v in e.items() if not k.endswith("_batches")} for e in timer.epochs],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+@workload
+def fine_tune_plain(dataset_dir: str, model_in: str, epochs: int, batch_size: int, seed: int, fine_tune_at: int,
+                    learning_rate: float) -> dict:
+    """Baseline: the same model (the same feature-extraction output, unfrozen from the same layer,
+    same optimizer) trained by a plain ``model.fit`` on in-memory tensors of the same images."""
+    import numpy as np
+    import tf_keras as keras
+
+    from components.lib import images
+    from components.lib import model as model_lib
+
+    def load(split):
+        xs, ys = [], []
+        for batch_images, labels in images.read_split(dataset_dir, split, 256):
+            xs.append(batch_images.numpy())
+            ys.append(labels.numpy())
+        return np.concatenate(xs), np.concatenate(ys)
+
+    train_x, train_y = load("train")
+    val_x, val_y = load("val")
+    keras.utils.set_random_seed(seed)
+    model = model_lib.load_keras(model_in)
+    num_classes = len(model_lib.read_info(model_in)["class_names"])
+    model_lib.unfreeze(model, fine_tune_at, learning_rate / 10, num_classes)
+    timer = make_epoch_timer(batches=True)
+    start = time.perf_counter()
+    model.fit(
+        train_x, train_y, batch_size=batch_size, epochs=epochs, validation_data=(val_x, val_y), shuffle=True,
+        verbose=2, callbacks=[timer],
+    )
+    return {"seconds": _since(start), "epochs": timer.epochs, "peak_rss_mb": peak_rss_mb()}
+
+
+@workload
+def head_then_tune(dataset_dir: str, run_dir: str, alpha: float, weights: str, head_epochs: int, tune_epochs: int,
+                   batch_size: int, seed: int, fine_tune_at: int, learning_rate: float, export: bool = False) -> dict:
+    """``train_head`` as the feature-extraction component calls it (timed; peak RSS read when it
+    returns), then optionally ``fine_tune`` as the fine-tuning component calls it (backup
+    directory: per-epoch checkpoints, NaN guard, CSV history) for ``tune_epochs``, with an epoch
+    timer; its SavedModel export is timed, or skipped when not ``export`` (it is in no epoch)."""
+    from components.lib import training
+
+    start, cpu = time.perf_counter(), time.process_time()
+    training.train_head(
+        dataset_dir, os.path.join(run_dir, "head"), base="MobileNetV2", alpha=alpha, weights=weights,
+        epochs=head_epochs, batch_size=batch_size, seed=seed, backup_dir=os.path.join(run_dir, "head-backup"),
+    )
+    result = {"head_seconds": _since(start), "head_cpu_seconds": _cpu_since(cpu), "head_peak_rss_mb": peak_rss_mb()}
+    if tune_epochs:
+        timer = make_epoch_timer(batches=True)
+        _append_callback_to_every_fit(timer)
+        export_seconds = _timed_export(skip=not export)
+        start = time.perf_counter()
+        training.fine_tune(
+            dataset_dir, os.path.join(run_dir, "head"), os.path.join(run_dir, "tuned"), fine_tune_at=fine_tune_at,
+            fine_tune_epochs=tune_epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+            backup_dir=os.path.join(run_dir, "tune-backup"),
+        )
+        result["tune_seconds"] = _since(start)
+        result["tune_epochs"] = timer.epochs
+        result["exported"] = export
+        result["export_seconds"] = export_seconds[0] if export_seconds else None
+    return result
+
+
+# --- the pipeline's functions in one process -------------------------------------------------
+
+
+@workload
+def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights: str, image_size: int,
+                    epochs: int, fine_tune_epochs: int, max_gap: float, min_accuracy: float, seed: int) -> dict:
+    """The component core functions called directly, in one process, on the settings ``tlp run``
+    gets; each step timed (imports happen lazily, inside the first step that needs them)."""
+    seconds = {}
+
+    def task(name):
+        return os.path.join(work_dir, name)
+
+    dataset = os.path.join(task("data-prep"), "dataset")
+    start = time.perf_counter()
+    from components.lib import images
+
+    images.prepare_dataset(data, dataset, image_size=image_size, seed=seed)
+    seconds["data-prep"] = _since(start)
+    if "feature-extraction" in steps:
+        start = time.perf_counter()
+        from components.lib import training
+
+        history = training.train_head(
+            dataset, os.path.join(task("feature-extraction"), "model"), base="MobileNetV2", alpha=alpha,
+            weights=weights, epochs=epochs, seed=seed, backup_dir=os.path.join(task("feature-extraction"), "backup"),
+        )
+        training.save_history(history, os.path.join(task("feature-extraction"), "history"))
+        seconds["feature-extraction"] = _since(start)
+    if "fine-tuning" in steps:
+        start = time.perf_counter()
+        from components.lib import training
+
+        history, _replicas = training.fine_tune(
+            dataset, os.path.join(task("feature-extraction"), "model"), os.path.join(task("fine-tuning"), "model"),
+            fine_tune_epochs=fine_tune_epochs, seed=seed, backup_dir=os.path.join(task("fine-tuning"), "backup"),
+        )
+        training.save_history(history, os.path.join(task("fine-tuning"), "history"))
+        seconds["fine-tuning"] = _since(start)
+    if "evaluation" in steps:
+        start = time.perf_counter()
+        from components.lib.evaluation import evaluate_and_report
+
+        outcome = evaluate_and_report(
+            os.path.join(task("fine-tuning"), "model"), dataset, os.path.join(task("feature-extraction"), "history"),
+            os.path.join(task("fine-tuning"), "history"), os.path.join(work_dir, "report.html"),
+            max_gap=max_gap, min_accuracy=min_accuracy,
+        )
+        seconds["evaluation"] = _since(start)
+    if "registration" in steps and outcome["passed"]:
+        start = time.perf_counter()
+        from components.lib.registry import register_model
+
+        register_model(
+            os.path.join(task("fine-tuning"), "model"), dataset, outcome["flat_metrics"],
+            "sqlite:///" + os.path.join(work_dir, "registry.db"),
+        )
+        seconds["registration"] = _since(start)
+    return {"steps": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+# --- child entry points -----------------------------------------------------------------------
+
+PRELOAD = ("numpy", "PIL.Image", "tensorflow", "tf_keras", "components.lib.images", "components.lib.model",
+           "components.lib.training")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one workload: ``NAME ARGS_JSON RESULT_JSON``; ``--serve`` starts the fork server."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--serve"]:
+        return serve()
+    name, args_json, result_path = argv
+    start = time.perf_counter()
+    if name != "direct_pipeline":  # import as the fork server does, so no workload times an import
+        _preload()
+    try:
+        payload = {"ok": True, "result": WORKLOADS[name](**json.loads(args_json))}
+    except BaseException as error:  # report any failure to the parent, with its traceback
+        payload = {"ok": False, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+    payload["child_seconds"] = round(time.perf_counter() - start, 3)
+    payload["vm_hwm_mb"] = peak_rss_mb()
+    with open(result_path, "w") as handle:
+        json.dump(payload, handle, default=str)
+    return 0 if payload["ok"] else 1
+
+
+def serve() -> int:
+    """The fork server: imports TensorFlow, tf_keras and the project's libraries once (no
+    TensorFlow runtime is started), then for each request read from stdin (one JSON line:
+    workload, args, result, log, timeout) forks a child that runs the workload with its output
+    sent to the log, waits for it with ``wait4`` and answers one JSON line (exit code, wall
+    seconds, the child's own peak RSS). Each workload still runs in a process of its own,
+    without paying the ~6 s import of TensorFlow again."""
+    import signal
+
+    start = time.monotonic()
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything a library prints goes to the log, not into the replies
+    _preload()
+    ready = {"ready": True, "preload_seconds": round(time.monotonic() - start, 2), "rss_mb": _rss_mb()}
+    replies.write(json.dumps(ready) + "\n")
+    replies.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        start = time.monotonic()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into this loop
+            code = 1
+            try:
+                log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.close(log)
+                code = main([request["workload"], json.dumps(request["args"]), request["result"]])
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        killed = False
+        while True:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done:
+                break
+            if not killed and time.monotonic() - start > request["timeout"]:
+                os.kill(pid, signal.SIGKILL)  # the child this server forked
+                killed = True
+            time.sleep(0.05)
+        reply = {
+            "exit_code": os.waitstatus_to_exitcode(status), "wall_seconds": round(time.monotonic() - start, 2),
+            "peak_rss_mb": round(usage.ru_maxrss * 1024 / 1e6, 1), "timed_out": killed,
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        }
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+    return 0
+
+
+def _preload() -> None:
+    import importlib
+
+    for module in PRELOAD:
+        importlib.import_module(module)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    return 0.0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
