@@ -44,7 +44,8 @@ def data_prep(
         "image_size": image_size,
         "num_examples": metadata["num_examples"],
         "fingerprint": metadata["fingerprint"],
-        "skipped": len(metadata["skipped"]),
+        "skipped_count": len(metadata["skipped"]),
+        "skipped": metadata["skipped"],  # every skipped file with its reason
     })
     outputs = namedtuple("DataPrepOutputs", ["class_names", "train_images", "val_images", "test_images", "skipped"])
     counts = metadata["num_examples"]

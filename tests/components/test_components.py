@@ -38,6 +38,7 @@ def test_data_prep_writes_splits_and_metadata(prepared):
     assert json.loads(result.class_names) == ["circles", "squares"]
     assert (result.train_images, result.val_images, result.test_images, result.skipped) == (48, 6, 6, 0)
     assert dataset.metadata["num_examples"] == {"train": 48, "val": 6, "test": 6}
+    assert dataset.metadata["skipped"] == [] and dataset.metadata["skipped_count"] == 0
     assert os.path.isfile(os.path.join(dataset.path, "metadata.json"))
     assert any(name.startswith("train-") for name in os.listdir(dataset.path))
 
