@@ -293,7 +293,7 @@ def train_head(dataset_dir: str, run_dir: str, alpha: float, weights: str, epoch
 
 @workload
 def tutorial(dataset_dir: str, image_size: int, epochs: int, batch_size: int, learning_rate: float,
-             dropout: float, seed: int) -> dict:
+             dropout: float, seed: int, weights: str = "none") -> dict:
     """The tutorial's way: the frozen base inside the model, ``model.fit`` on images every epoch,
     validation every epoch. Same reader and images as ours; end to end = build + fit."""
     import tf_keras as keras
@@ -303,7 +303,11 @@ def tutorial(dataset_dir: str, image_size: int, epochs: int, batch_size: int, le
     start, cpu = time.perf_counter(), time.process_time()
     keras.utils.set_random_seed(seed)
     shape = (image_size, image_size, 3)
-    base = keras.applications.MobileNetV2(input_shape=shape, include_top=False, weights=None)
+    base = keras.applications.MobileNetV2(
+        input_shape=shape, include_top=False, weights="imagenet" if weights == "imagenet" else None
+    )
+    if weights not in ("imagenet", "none"):
+        base.load_weights(weights)  # a .h5 file of the base without its top
     base.trainable = False
     inputs = keras.Input(shape=shape)
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
