@@ -28,7 +28,8 @@ def registration(
         metrics: The evaluation metrics.
         report: The evaluation report.
         registered_report: Output: the same report with the registration and champion decision.
-        registry: Registry URI, e.g. sqlite:///PATH/registry.db (local MLflow registry).
+        registry: Registry URI: sqlite:///PATH/registry.db (local MLflow registry), an MLflow
+            server URL, or vertex://PROJECT/REGION[/MODEL] (Vertex AI Model Registry).
         model_name: Registered model name; empty means one derived from the data spec.
         champion_tolerance: The new version becomes the champion if its test accuracy is at
             least the champion's on the same test split minus this.

@@ -2,7 +2,7 @@
 
 - ``sqlite:///path/registry.db`` (the local default), or any MLflow tracking URI
   (``http://mlflow:5000``...): an MLflow Model Registry. With SQLite it is embedded: no server.
-- ``vertex://PROJECT/REGION/MODEL``: the Vertex AI Model Registry (cloud issue).
+- ``vertex://PROJECT/REGION[/MODEL]``: the Vertex AI Model Registry (``vertex_registry.py``).
 
 Every registered version carries the metrics, the training parameters, the data spec and
 fingerprint, the weights spec and the code version, so any version can be traced.
@@ -47,11 +47,15 @@ class Registered:
 
 def check_registry_uri(uri: str) -> str:
     """Validates a registry URI early (before any training). Returns it normalised."""
-    if uri.startswith("vertex://") or uri == "vertex":
+    if uri == "vertex":
         raise ConfigError(
-            f"--registry {uri} (Vertex AI Model Registry) is not available yet in this version; "
-            "use an MLflow URI such as sqlite:///tlp-runs/registry.db."
+            "--registry vertex needs a project and region, which only a cloud run (tlp submit) knows; "
+            "here write vertex://PROJECT/REGION[/MODEL]."
         )
+    if uri.startswith("vertex://"):
+        from components.lib.vertex_registry import parse_vertex_uri
+
+        return str(parse_vertex_uri(uri))
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///"):]
         return "sqlite:///" + os.path.abspath(path)
@@ -67,7 +71,7 @@ def check_registry_uri(uri: str) -> str:
         return uri
     raise ConfigError(
         f"--registry {uri!r} is not a registry URI I know; use sqlite:///PATH.db (local MLflow "
-        "registry), http(s)://HOST (an MLflow server)."
+        "registry), http(s)://HOST (an MLflow server) or vertex://PROJECT/REGION[/MODEL] (Vertex AI)."
     )
 
 
@@ -102,6 +106,8 @@ def _retrying(action, attempts: int = 20):
 
 
 class MlflowRegistry:
+    default_name = ""  # the model name comes from the run, not the URI
+
     def __init__(self, uri: str):
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -204,8 +210,9 @@ class MlflowRegistry:
     def set_champion(self, name: str, version: str) -> None:
         _retrying(lambda: self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version))
 
-    def tag_version(self, name: str, version: str, key: str, value: str) -> None:
-        _retrying(lambda: self.client.set_model_version_tag(name, version, key, value))
+    def record_decision(self, name: str, version: str, promoted: bool, reason: str) -> None:
+        del promoted  # the alias says it; the tag says why
+        _retrying(lambda: self.client.set_model_version_tag(name, version, "champion_decision", reason))
 
     def model_dir(self, reference: str) -> str:
         """``NAME/VERSION``, ``NAME@ALIAS`` or ``models:/...`` -> a local model directory."""
@@ -229,12 +236,17 @@ class MlflowRegistry:
         )
 
 
-def open_registry(uri: str) -> MlflowRegistry:
+def open_registry(uri: str):
+    """The registry behind ``uri``: Vertex AI for vertex://, MLflow otherwise."""
+    if uri.startswith("vertex://"):
+        from components.lib.vertex_registry import VertexRegistry
+
+        return VertexRegistry(uri)
     return MlflowRegistry(uri)
 
 
 def challenge(
-    registry: MlflowRegistry, name: str, candidate_version: str, candidate_accuracy: float,
+    registry, name: str, candidate_version: str, candidate_accuracy: float,
     dataset_dir: str, tolerance: float,
 ) -> tuple[bool, str]:
     """Champion/challenger: the candidate takes the ``champion`` alias only if its test accuracy
@@ -272,7 +284,8 @@ def register_model(
 
     info = model_lib.read_info(model_dir)
     data = images.read_metadata(dataset_dir)
-    name = model_name or parse_data_spec(data["source"]).short_name
+    registry = open_registry(registry_uri)
+    name = registry.default_name or model_name or parse_data_spec(data["source"]).short_name
     params = {
         key: info[key]
         for key in ("base", "alpha", "weights", "image_size", "dropout", "learning_rate",
@@ -288,7 +301,6 @@ def register_model(
         "code_version": project_version(),
     }
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-    registry = open_registry(registry_uri)
     registered = registry.register(model_dir, name, metrics=numeric, params=params, tags=tags)
     if registered.existing:
         registered.reason = "this model artifact was registered before: same version, nothing changed"
@@ -301,7 +313,7 @@ def register_model(
             if promote:
                 registry.set_champion(name, registered.version)
             registered.champion = promote
-            registry.tag_version(name, registered.version, "champion_decision", registered.reason)
+            registry.record_decision(name, registered.version, promote, registered.reason)
     print(f"  registration: {registered.name} version {registered.version} in {registered.registry}: "
           f"{registered.reason}", flush=True)
     return registered

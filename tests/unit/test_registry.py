@@ -49,8 +49,14 @@ def test_registry_uris_are_checked():
     assert registry.check_registry_uri("sqlite:///rel/r.db").startswith("sqlite:////")
     with pytest.raises(ConfigError, match="not a registry URI"):
         registry.check_registry_uri("postgres://x")
-    with pytest.raises(ConfigError, match="not available yet"):
-        registry.check_registry_uri("vertex://p/r/m")
+    assert registry.check_registry_uri("vertex://my-project/us-central1/cats") == "vertex://my-project/us-central1/cats"
+    for bad, why in (("vertex", "only a cloud run"), ("vertex://my-project", "not a Vertex AI registry URI"),
+                     ("vertex://P/us-central1", "not a Google Cloud project ID"),
+                     ("vertex://my-project/moon/m", "not a region"),
+                     ("vertex://my-project/us-central1/m?colour=red", "unknown option"),
+                     ("vertex://my-project/us-central1?staging_bucket=/tmp", "must be a gs:// URI")):
+        with pytest.raises(ConfigError, match=why):
+            registry.check_registry_uri(bad)
     with pytest.raises(ConfigError, match="holds credentials in its URI") as error:
         registry.check_registry_uri("https://alice:s3cret@mlflow.example.com")
     assert "s3cret" not in str(error.value)

@@ -1,0 +1,227 @@
+"""The Vertex AI Model Registry behind ``vertex://PROJECT/REGION[/MODEL][?OPTIONS]`` URIs.
+
+Same interface as the MLflow registry (``register``, ``champion_version``, ``set_champion``,
+``record_decision``, ``model_dir``), so registration and champion/challenger read the same for
+both. The first registration creates the model; later ones upload new versions under it
+(``parent_model``). The ``champion`` version alias marks the champion, and the champion is
+also the model's default version, so ``Model(NAME)`` and endpoints get it.
+
+Options (URI query): ``api_endpoint`` (a private or regional endpoint host; an ``http://`` URL
+talks REST over plain HTTP, e.g. to a stand-in), ``staging_bucket`` (``gs://...``: where a
+model on a local disk is uploaded first; not needed in cloud runs, whose models are in GCS)
+and ``serving_image`` (the serving container; default: Vertex AI's prebuilt TF CPU image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from components.lib.specs import ConfigError
+
+SCHEME = "vertex://"
+CHAMPION_ALIAS = "champion"
+# Vertex AI's prebuilt TensorFlow serving image: it serves the SavedModel's serving signature and
+# decodes {"b64": ...} for our `image_bytes` input. 2.15 is the newest prebuilt TF release.
+SERVING_IMAGE = "{region}-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+# The prebuilt images live in three multi-region registries.
+_IMAGE_REGIONS = {"us": "us", "northamerica": "us", "southamerica": "us", "europe": "europe"}
+OPTIONS = ("api_endpoint", "staging_bucket", "serving_image")
+_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_REGION = re.compile(r"[a-z]+-[a-z]+\d+")
+_LABEL_VALUE = re.compile(r"[^a-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class VertexUri:
+    project: str
+    region: str
+    model: str = ""
+    options: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        path = "/".join(p for p in (self.project, self.region, self.model) if p)
+        query = f"?{urlencode(sorted(self.options.items()), safe=':/')}" if self.options else ""
+        return f"{SCHEME}{path}{query}"
+
+
+def parse_vertex_uri(uri: str) -> VertexUri:
+    """Parses and checks ``vertex://PROJECT/REGION[/MODEL][?OPTIONS]``."""
+    form = "vertex://PROJECT/REGION[/MODEL], e.g. vertex://my-project/us-central1/cats-vs-dogs"
+    parts = urlsplit(uri)
+    path = [p for p in (parts.netloc + parts.path).split("/") if p]
+    if parts.scheme != "vertex" or len(path) not in (2, 3):
+        raise ConfigError(f"--registry {uri!r} is not a Vertex AI registry URI; write it as {form}.")
+    project, region = path[0], path[1]
+    if not _PROJECT.fullmatch(project):
+        raise ConfigError(
+            f"--registry {uri!r}: {project!r} is not a Google Cloud project ID (6-30 lowercase letters, "
+            f"digits or hyphens); write it as {form}."
+        )
+    if not _REGION.fullmatch(region):
+        raise ConfigError(f"--registry {uri!r}: {region!r} is not a region such as us-central1; write it as {form}.")
+    options = dict(parse_qsl(parts.query))
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"--registry {uri!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}.")
+    bucket = options.get("staging_bucket", "")
+    if bucket and not bucket.startswith("gs://"):
+        raise ConfigError(f"--registry {uri!r}: staging_bucket must be a gs:// URI, not {bucket!r}.")
+    return VertexUri(project, region, path[2] if len(path) == 3 else "", options)
+
+
+def label_value(value) -> str:
+    """Vertex labels allow 63 lowercase letters, digits, ``_`` and ``-``: 0.9812 -> 0_9812."""
+    text = f"{value:.4f}" if isinstance(value, float) else str(value)
+    return _LABEL_VALUE.sub("_", text.lower().replace(".", "_"))[:63]
+
+
+def gcs_uri(path: str) -> str | None:
+    """The gs:// URI of a path on Vertex AI's GCS mount (``/gcs/BUCKET/...``), else None."""
+    if path.startswith("gs://"):
+        return path
+    if path.startswith("/gcs/"):
+        return "gs://" + path[len("/gcs/"):]
+    return None
+
+
+class VertexRegistry:
+    def __init__(self, uri: str):
+        from google.cloud import aiplatform
+
+        self.location = parse_vertex_uri(uri)
+        self.uri = str(self.location)
+        self.default_name = self.location.model
+        endpoint = self.location.options.get("api_endpoint")
+        transport = {"api_transport": "rest"} if endpoint and endpoint.startswith("http://") else {}
+        aiplatform.init(
+            project=self.location.project, location=self.location.region,
+            **({"api_endpoint": endpoint} if endpoint else {}), **transport,
+        )
+        self._aiplatform = aiplatform
+
+    @contextlib.contextmanager
+    def lock(self):
+        yield  # the service orders concurrent uploads itself
+
+    def _parent(self, name: str):
+        """The registered model called ``name`` (the oldest, if several share the name), or None."""
+        models = self._aiplatform.Model.list(filter=f'display_name="{name}"', order_by="create_time")
+        return models[0] if models else None
+
+    def _versions(self, name: str):
+        parent = self._parent(name)
+        if parent is None:
+            return None, []
+        return parent, self._aiplatform.models.ModelRegistry(parent).list_versions()
+
+    def register(self, model_dir: str, name: str, *, metrics: dict, params: dict, tags: dict):
+        from components.lib.registry import Registered, model_digest
+
+        digest = model_digest(model_dir)[:40]
+        parent = self._parent(name)
+        if parent is not None:
+            same = self._aiplatform.models.ModelRegistry(parent).list_versions(
+                filter=f'labels.model_digest="{digest}"'
+            )
+            if same:
+                version = same[0].version_id
+                return Registered(self.uri, name, version, self.champion_version(name) == version, existing=True)
+        artifact_uri = gcs_uri(model_dir)
+        staging = self.location.options.get("staging_bucket")
+        if artifact_uri is None and not staging:
+            raise ConfigError(
+                f"the model at {model_dir} is on a local disk and {self.uri} names no staging bucket to upload "
+                "it to; add ?staging_bucket=gs://BUCKET to the registry URI."
+            )
+        if artifact_uri is None:
+            _check_bucket(staging, self.location.project)
+        labels = {"model_digest": digest, "tlp_code_version": label_value(tags.get("code_version", ""))}
+        labels.update({label_value(k): label_value(float(v)) for k, v in metrics.items()})
+        description = json.dumps({"metrics": metrics, "params": params, "tags": tags}, sort_keys=True)
+        serving_image = self.location.options.get("serving_image") or SERVING_IMAGE.format(
+            region=_IMAGE_REGIONS.get(self.location.region.split("-")[0], "asia")
+        )
+        model = self._aiplatform.Model.upload(
+            display_name=name,
+            artifact_uri=artifact_uri or model_dir,
+            serving_container_image_uri=serving_image,
+            parent_model=parent.resource_name if parent is not None else None,
+            # The champion alias decides the default version, not the upload order.
+            is_default_version=parent is None,
+            version_description=description[:2000],
+            labels=labels,
+            staging_bucket=staging,
+        )
+        print(f"  registration: uploaded {model.resource_name} version {model.version_id} "
+              f"(serving image {serving_image})", flush=True)
+        return Registered(self.uri, name, str(model.version_id), False)
+
+    def champion_version(self, name: str) -> str | None:
+        _parent, versions = self._versions(name)
+        for version in versions:
+            if CHAMPION_ALIAS in (version.version_aliases or []):
+                return str(version.version_id)
+        return None
+
+    def set_champion(self, name: str, version: str) -> None:
+        parent = self._parent(name)
+        # "default" moves too, so serving Model(NAME) or deploying it without a version gets the champion.
+        self._aiplatform.models.ModelRegistry(parent).add_version_aliases([CHAMPION_ALIAS, "default"], version)
+
+    def record_decision(self, name: str, version: str, promoted: bool, reason: str) -> None:
+        # Labels cannot hold a sentence: the reason stays in the run's outputs and report; the
+        # registry shows the decision through the champion alias.
+        del name, version, promoted, reason
+
+    def model_dir(self, reference: str) -> str:
+        """``NAME/VERSION`` or ``NAME@ALIAS`` -> a local directory holding that version's model."""
+        name, alias_sep, alias = reference.partition("@")
+        version = alias if alias_sep else None
+        if not alias_sep:
+            name, _, version = reference.rpartition("/")
+        parent = self._parent(name) if name else None
+        if parent is None or not version:
+            raise ConfigError(
+                f"model {reference!r} is not in the registry {self.uri}; use NAME/VERSION or NAME@champion "
+                "of a registered model."
+            )
+        artifact_uri = self._aiplatform.models.ModelRegistry(parent).get_model(version).uri
+        mounted = "/gcs/" + artifact_uri[len("gs://"):]
+        if os.path.isdir(mounted):  # on Vertex AI, buckets are mounted under /gcs
+            return mounted
+        return _download(artifact_uri, self.location.project)
+
+
+def _check_bucket(uri: str, project: str) -> None:
+    from google.cloud import storage
+
+    name = uri[len("gs://"):].split("/", 1)[0]
+    if not storage.Client(project=project).bucket(name).exists():
+        raise ConfigError(
+            f"the staging bucket {uri} does not exist; create it (gcloud storage buckets create gs://{name}) or "
+            "name another in ?staging_bucket=."
+        )
+
+
+def _download(uri: str, project: str) -> str:
+    """Copies every object under a gs:// prefix to a new local directory."""
+    from google.cloud import storage
+
+    bucket_name, _, prefix = uri[len("gs://"):].partition("/")
+    prefix = prefix.rstrip("/") + "/"
+    target = tempfile.mkdtemp(prefix="tlp-vertex-model-")
+    blobs = list(storage.Client(project=project).list_blobs(bucket_name, prefix=prefix))
+    if not blobs:
+        raise ConfigError(f"the registered model's files at {uri} are gone; nothing to load.")
+    for blob in blobs:
+        path = os.path.join(target, blob.name[len(prefix):])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not blob.name.endswith("/"):
+            blob.download_to_filename(path)
+    return target
