@@ -3,7 +3,10 @@
     tlp run [--data auto|sample[:N]|folder:PATH|tfds:NAME] [--weights auto|imagenet|none|FILE] ...
     tlp component NAME --input NAME=PATH ... --param NAME=VALUE ...
     tlp predict MODEL IMAGE...
-    tlp compile --output pipeline.yaml
+    tlp compile --output pipeline.yaml [--gpus N --accelerator TYPE --machine-type TYPE --replicas K]
+    tlp submit --project P --region R --pipeline-root gs://BUCKET/tlp [--wait] ...   (Vertex AI)
+    tlp submit --kfp-host URL ...                                                     (Kubeflow Pipelines)
+    tlp schedule create --cron "TZ=Europe/Berlin 0 3 * * 1" --name NAME ... | list | pause | resume | delete
 """
 
 from __future__ import annotations
@@ -66,6 +69,35 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-tag", default=None, help="image tag (default: the project version)")
 
 
+def _add_hardware_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--gpus", type=int, default=0, help="GPUs per fine-tuning machine (MirroredStrategy over them)")
+    add("--accelerator", default="", help="GPU type, a Vertex AI AcceleratorType such as NVIDIA_L4 or NVIDIA_TESLA_T4")
+    add("--machine-type", default="", help="fine-tuning machine type, e.g. g2-standard-8 (runs it as a custom job)")
+    add("--replicas", type=int, default=1,
+        help="fine-tuning machines; more than 1 runs a Vertex AI custom job with MultiWorkerMirroredStrategy")
+
+
+def _add_cloud_options(parser: argparse.ArgumentParser) -> None:
+    _add_training_options(parser)
+    add = parser.add_argument
+    add("--project", default="", help="Google Cloud project ID (default: $GOOGLE_CLOUD_PROJECT)")
+    add("--region", default="", help="Vertex AI region, e.g. us-central1 (default: $GOOGLE_CLOUD_REGION)")
+    add("--pipeline-root", default="", help="gs://BUCKET/PATH where the run keeps its data and models")
+    add("--service-account", default="", help="service account the run (and its custom jobs) runs as")
+    add("--labels", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]", help="labels on the run")
+    add("--no-cache", action="store_true", help="re-run every step instead of reusing cached results")
+    add("--network", default="", help="VPC network to peer, projects/NUMBER/global/networks/NAME")
+    add("--api-endpoint", default="", help="Vertex AI API endpoint (private or regional), host[:port] or URL")
+    add("--kfp-host", default="", help="submit to this Kubeflow Pipelines API instead of Vertex AI")
+    add("--display-name", default="", help="run name (default transfer-learning-TIMESTAMP)")
+    add("--registry", default="vertex",
+        help="vertex (default: the Vertex AI Model Registry of --project/--region), vertex://PROJECT/REGION[/MODEL] "
+             "or an MLflow server URL")
+    _add_image_options(parser)
+    _add_hardware_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlp", description="Transfer-learning pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +131,33 @@ def build_parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser("compile", help="write the pipeline as kfp IR YAML")
     compile_.add_argument("--output", default="pipeline.yaml")
     _add_image_options(compile_)
+    _add_hardware_options(compile_)
+
+    submit = commands.add_parser("submit", help="submit a run to Vertex AI Pipelines (or --kfp-host)")
+    _add_cloud_options(submit)
+    submit.add_argument("--wait", action="store_true", help="follow the run's state until it ends")
+
+    schedule = commands.add_parser("schedule", help="scheduled retraining on Vertex AI (or --kfp-host)")
+    actions = schedule.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="run the pipeline on a cron schedule")
+    _add_cloud_options(create)
+    create.add_argument("--cron", required=True,
+                        help='"[TZ=Area/City ]minute hour day-of-month month day-of-week", '
+                             'e.g. "TZ=Europe/Berlin 0 3 * * 1"')
+    create.add_argument("--name", required=True, help="schedule name")
+    create.add_argument("--max-concurrent", type=int, default=1, help="runs at once (1)")
+    create.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (default: no limit)")
+    create.add_argument("--start", default="", help="first possible run, ISO 8601 (default: now)")
+    create.add_argument("--end", default="", help="no runs after, ISO 8601 (default: never)")
+    for action in ("list", "pause", "resume", "delete"):
+        sub = actions.add_parser(action, help=f"{action} schedules" if action == "list" else f"{action} a schedule")
+        if action != "list":
+            sub.add_argument("name", help="schedule display name, ID or resource name")
+        for flag, help_text in (("--project", "Google Cloud project ID (default: $GOOGLE_CLOUD_PROJECT)"),
+                                ("--region", "Vertex AI region (default: $GOOGLE_CLOUD_REGION)"),
+                                ("--api-endpoint", "Vertex AI API endpoint"),
+                                ("--kfp-host", "a Kubeflow Pipelines API instead of Vertex AI")):
+            sub.add_argument(flag, default="", help=help_text)
     return parser
 
 
@@ -111,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             return command_component(args)
         if args.command == "predict":
             return command_predict(args)
+        if args.command == "submit":
+            return command_submit(args)
+        if args.command == "schedule":
+            return command_schedule(args)
         return command_compile(args)
     except ConfigError as error:
         print(f"tlp: error: {error}", file=sys.stderr)
@@ -209,13 +272,86 @@ def command_predict(args) -> int:
 
 
 def command_compile(args) -> int:
-    from kfp import compiler
+    from pipelines import cloud
 
-    from pipelines.training import create_pipeline
-
-    compiler.Compiler().compile(create_pipeline(args.image_repo, args.image_tag), args.output)
+    config = cloud.check_hardware(_cloud_config(args), "auto")
+    cloud.compile_pipeline(config, args.output)
     print(f"pipeline written to {args.output}")
     return 0
+
+
+# --- tlp submit / tlp schedule --------------------------------------------------------------
+
+
+def _cloud_config(args):
+    from pipelines import cloud
+
+    fields = {f.name for f in dataclasses.fields(cloud.CloudConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields and k != "labels"}
+    config = cloud.CloudConfig(**values, labels=cloud.parse_labels(getattr(args, "labels", [])))
+    if getattr(args, "no_cache", False):
+        config = dataclasses.replace(config, enable_caching=False)
+    return config
+
+
+def _cloud_run(args):
+    from pipelines import cloud
+
+    fields = {f.name for f in dataclasses.fields(runners.RunConfig)} - {"output_dir", "notes"}
+    run = runners.RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    run, config = cloud.resolve_cloud(run, _cloud_config(args))
+    for note in run.notes:
+        print(f"tlp {args.command}: {note}", flush=True)
+    where = config.kfp_host or f"{config.project}/{config.region}"
+    print(f"tlp {args.command}: {where}, data {run.data}, weights {run.weights}, registry {run.registry}", flush=True)
+    return run, config
+
+
+def command_submit(args) -> int:
+    from pipelines import cloud
+
+    run, config = _cloud_run(args)
+    cloud.submit(run, config, wait=args.wait)
+    return 0
+
+
+def command_schedule(args) -> int:
+    from pipelines import cloud
+
+    if args.action == "create":
+        request = cloud.ScheduleRequest(args.cron, args.name, args.max_concurrent, args.max_runs, args.start, args.end)
+        cloud.check_schedule(request)  # a bad cron fails before anything else is checked
+        run, config = _cloud_run(args)
+        cloud.create_schedule(run, config, request)
+        return 0
+    config = _schedule_target(args)
+    if args.action == "list":
+        rows = cloud.list_schedules(config)
+        for row in rows:
+            print(f"{row.state:<8} {row.display_name:<30} {row.cron:<28} {row.next_run:<26} {row.name}")
+        if not rows:
+            print("no schedules")
+        return 0
+    name = cloud.change_schedule(config, args.name, args.action)
+    print(f"{args.action}d schedule {name}" if args.action != "resume" else f"resumed schedule {name}")
+    return 0
+
+
+def _schedule_target(args):
+    """Project/region (or KFP host) for list/pause/resume/delete, checked like a submission's."""
+    from pipelines import cloud
+
+    config = cloud.CloudConfig(project=args.project, region=args.region, api_endpoint=args.api_endpoint,
+                               kfp_host=args.kfp_host, pipeline_root="gs://unused")
+    if config.on_vertex:
+        project = config.project or os.environ.get("GOOGLE_CLOUD_PROJECT", "")
+        region = config.region or os.environ.get("GOOGLE_CLOUD_REGION", "")
+        if not project or not region:
+            raise ConfigError("pass --project PROJECT_ID and --region REGION (or set GOOGLE_CLOUD_PROJECT and "
+                              "GOOGLE_CLOUD_REGION).")
+        cloud.check_credentials()
+        config = dataclasses.replace(config, project=project, region=region)
+    return config
 
 
 if __name__ == "__main__":

@@ -68,10 +68,12 @@ def build_single_pipeline(component, artifacts: dict[str, str], params: dict[str
             raise ConfigError(f"--param {name}={text!r} is not a valid {kind}; fix the value.") from error
     imports = {}
     for name, path in artifacts.items():
-        if not os.path.exists(path):
+        metadata = artifact_metadata(path)
+        # Metrics artifacts are metadata only: kfp writes no file for them, only the record.
+        if not os.path.exists(path) and not metadata:
             raise ConfigError(f"--input {name}={path} does not exist; give the path of an output of an earlier step.")
         artifact_class = _ARTIFACT_CLASSES.get(inputs[name].type.split("@")[0], dsl.Artifact)
-        imports[name] = (os.path.abspath(path), artifact_class, artifact_metadata(path))
+        imports[name] = (os.path.abspath(path), artifact_class, metadata)
 
     @dsl.pipeline(name=f"tlp-component-{component.name.replace('_', '-')}")
     def single_step():

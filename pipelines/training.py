@@ -1,5 +1,8 @@
 """The pipeline factory. Every setting is a pipeline parameter with the tutorial's default;
-only the container images are fixed when the pipeline is built (compile time)."""
+only the container images and the fine-tuning hardware are fixed when the pipeline is built
+(compile time)."""
+
+from dataclasses import dataclass
 
 from kfp import dsl
 
@@ -14,18 +17,68 @@ PIPELINE_NAME = "transfer-learning"
 STEP_NAMES = ("data-prep", "feature-extraction", "fine-tuning", "evaluation", "registration")
 
 
+@dataclass(frozen=True)
+class FineTuneHardware:
+    """Where fine-tuning runs on Vertex AI (ignored by the local runner).
+
+    ``gpus`` GPUs of type ``accelerator`` (a Vertex AI AcceleratorType name, e.g. NVIDIA_L4) on
+    each of ``replicas`` machines. With ``machine_type`` set or more than one replica, the step
+    runs as a Vertex AI custom job (google-cloud-pipeline-components), which takes an exact
+    machine type and gives replicas beyond the first a TF_CONFIG; otherwise the step asks the
+    pipeline for the GPUs and Vertex AI picks the machine.
+    """
+
+    gpus: int = 0
+    accelerator: str = ""
+    machine_type: str = ""
+    replicas: int = 1
+    # A custom job does not inherit the pipeline's identity or network: pass them on.
+    service_account: str = ""
+    network: str = ""
+
+    @property
+    def as_custom_job(self) -> bool:
+        return bool(self.machine_type) or self.replicas > 1
+
+
+DEFAULT_MACHINE_TYPE = "n1-standard-8"
+
+
+def _on_hardware(tune_op, hardware: FineTuneHardware):
+    """The fine-tuning component, wrapped as a custom job when the hardware asks for one."""
+    if not hardware.as_custom_job:
+        return tune_op
+    from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
+
+    return create_custom_training_job_from_component(
+        tune_op,
+        display_name="fine-tuning",
+        replica_count=hardware.replicas,
+        machine_type=hardware.machine_type or DEFAULT_MACHINE_TYPE,
+        accelerator_type=hardware.accelerator if hardware.gpus else "",
+        accelerator_count=hardware.gpus if hardware.gpus else 1,
+        # BackupAndRestore resumes from the last epoch when Vertex AI restarts a preempted worker.
+        restart_job_on_worker_restart=True,
+        service_account=hardware.service_account,
+        network=hardware.network,
+    )
+
+
 def _on_image(component, image: str):
     """The same component, set to run in ``image``."""
     return dsl.component(component.python_func, base_image=image, install_kfp_package=False)
 
 
-def create_pipeline(image_repo: str = DEFAULT_REPO, image_tag: str | None = None):
-    """Builds the pipeline. ``image_repo``/``image_tag`` choose the component images."""
+def create_pipeline(
+    image_repo: str = DEFAULT_REPO, image_tag: str | None = None, hardware: FineTuneHardware = FineTuneHardware()
+):
+    """Builds the pipeline. ``image_repo``/``image_tag`` choose the component images,
+    ``hardware`` where fine-tuning runs on Vertex AI."""
     light = image_reference(image_repo, image_tag, kind="light")
     train = image_reference(image_repo, image_tag, kind="train")
     prep_op = _on_image(data_prep, light)
     head_op = _on_image(feature_extraction, train)
-    tune_op = _on_image(fine_tuning, train)
+    tune_op = _on_hardware(_on_image(fine_tuning, train), hardware)
     eval_op = _on_image(evaluation, light)
     register_op = _on_image(registration, light)
 
@@ -73,6 +126,8 @@ def create_pipeline(image_repo: str = DEFAULT_REPO, image_tag: str | None = None
             learning_rate=learning_rate, batch_size=batch_size, devices=devices, seed=seed, **speedups,
         )
         tuned.set_display_name("fine-tuning")
+        if hardware.gpus and not hardware.as_custom_job:
+            tuned.set_accelerator_type(hardware.accelerator).set_accelerator_limit(hardware.gpus)
         scored = eval_op(
             dataset=prep.outputs["dataset"], model=tuned.outputs["model"],
             feature_history=head.outputs["history"], fine_tune_history=tuned.outputs["history"],
