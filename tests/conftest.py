@@ -6,6 +6,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+# The loopback Google Cloud / Kubeflow Pipelines stand-in, for any test that talks to "the cloud".
+from tests.cloud.conftest import standin  # noqa: E402, F401
+
 SMALL = {"image_size": 64, "alpha": 0.35, "weights": "none"}
 
 

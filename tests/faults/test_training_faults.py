@@ -108,10 +108,13 @@ def _free_port():
 
 @pytest.mark.slow
 def test_two_multi_worker_processes_equal_one_device(sample_dataset, head_without_dropout, tmp_path):
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    # The TF_CONFIG layout Vertex AI gives a 2-replica custom job: worker pool 0 is the chief,
+    # worker pool 1 the workers.
+    cluster = {"chief": [f"127.0.0.1:{_free_port()}"], "worker": [f"127.0.0.1:{_free_port()}"]}
     workers = []
-    for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+    for task in ({"type": "chief", "index": 0}, {"type": "worker", "index": 0}):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
+        index = len(workers)
         out = str(tmp_path / f"worker{index}")
         workers.append((out, subprocess.Popen(
             [*WORKER, sample_dataset, head_without_dropout, out, "", "1", "8", "auto"],

@@ -166,3 +166,30 @@ def test_a_failing_step_ends_with_its_own_error_sentence(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("tlp: error: step data-prep failed: 6 of 26 image files")
     assert "--max-skipped-fraction 0.1" in last
+
+
+@pytest.mark.slow
+def test_local_run_registers_into_vertex_ai_and_predicts_from_it(passing_run, standin, tmp_path):
+    """A local run's registration step, through kfp.local, into the Vertex AI Model Registry
+    (the stand-in); then `tlp predict` fetches the champion back from there."""
+    out, summary, _ = passing_run
+    run_dir = summary["run_dir"]
+    standin.add_bucket("tlp-staging")
+    registry = f"vertex://tlp-test/us-central1/shapes?api_endpoint={standin.url}&staging_bucket=gs://tlp-staging"
+    stdout = tlp(
+        "component", "registration",
+        "--input", f"model={summary['model']}", "--input", f"dataset={run_dir}/data-prep/dataset",
+        "--input", f"metrics={run_dir}/evaluation/metrics", "--input", f"report={run_dir}/evaluation/report",
+        "--param", f"registry={registry}", "--output-dir", str(tmp_path),
+    )
+    printed = _printed_outputs(stdout, "registration")
+    assert printed["name"] == "shapes" and printed["version"] == "1" and printed["champion"] == "True"
+    [upload] = standin.find("POST", r"/models:upload$")
+    assert upload.body["model"]["labels"]["test_accuracy"] == f"{summary['metrics']['test_accuracy']:.4f}".replace(
+        ".", "_")
+
+    paths, _labels = _test_images(summary, str(tmp_path))
+    from_vertex = tlp("predict", "shapes@champion", *paths, "--registry", registry, "--json")
+    by_dir = tlp("predict", summary["model"], *paths, "--json")
+    assert [json.loads(line)["probability"] for line in from_vertex.strip().splitlines()] == pytest.approx(
+        [json.loads(line)["probability"] for line in by_dir.strip().splitlines()])

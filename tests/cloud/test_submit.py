@@ -1,0 +1,193 @@
+"""`tlp submit` and `tlp schedule` drive the real google-cloud-aiplatform client (and kfp.Client)
+against the loopback stand-in; the tests assert the requests that would reach Google."""
+
+import pytest
+
+from pipelines import cli
+
+SA = "trainer@tlp-test.iam.gserviceaccount.com"
+STEPS = {"data-prep", "feature-extraction", "fine-tuning", "evaluation", "registration"}
+# Small settings keep the early layer check (it builds the base) quick.
+SMALL = ["--data", "sample:40", "--weights", "none", "--alpha", "0.35", "--image-size", "96", "--fine-tune-at", "50"]
+
+
+def _vertex(standin, *extra):
+    return ["--project", "tlp-test", "--region", "us-central1", "--pipeline-root", "gs://tlp-bucket/runs",
+            "--api-endpoint", standin.url, *SMALL, *extra]
+
+
+def _tasks(spec: dict) -> dict:
+    """Every task of the compiled pipeline, the ones inside the gate's condition included."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def _executor(spec: dict, task_name: str) -> dict:
+    component = _tasks(spec)[task_name]["componentRef"]["name"]
+    executor = spec["components"][component]["executorLabel"]
+    return spec["deploymentSpec"]["executors"][executor]
+
+
+def test_submit_sends_the_pipeline_with_every_setting_and_waits(standin, capsys):
+    code = cli.main(["submit", *_vertex(standin), "--service-account", SA, "--labels", "team=vision,env=test",
+                     "--no-cache", "--network", "projects/123456789012/global/networks/vpc", "--epochs", "3",
+                     "--gpus", "2", "--accelerator", "NVIDIA_L4", "--image-repo", "us-docker.pkg.dev/tlp-test/tlp",
+                     "--image-tag", "1.2.3", "--display-name", "nightly", "--wait"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+
+    [create] = standin.find("POST", r"/pipelineJobs$")
+    job = create.body
+    spec = job["pipelineSpec"]
+    names = {task.get("taskInfo", {}).get("name") for task in _tasks(spec).values()}
+    assert STEPS <= names
+    assert job["displayName"] == "nightly"
+    assert job["serviceAccount"] == SA and job["network"] == "projects/123456789012/global/networks/vpc"
+    assert job["labels"]["team"] == "vision" and job["labels"]["env"] == "test"
+    runtime = job["runtimeConfig"]
+    assert runtime["gcsOutputDirectory"] == "gs://tlp-bucket/runs"
+    values = runtime["parameterValues"]
+    assert values["data"] == "sample:40" and values["epochs"] == 3 and values["alpha"] == 0.35
+    assert values["registry"] == f"vertex://tlp-test/us-central1?api_endpoint={standin.url}"
+    assert all(task.get("cachingOptions", {}).get("enableCache") is not True for task in _tasks(spec).values())
+    # The GPUs sit on the fine-tuning step only, in the training image.
+    tune = _executor(spec, "fine-tuning")["container"]
+    assert tune["resources"]["accelerator"]["type"] == "NVIDIA_L4"
+    assert int(tune["resources"]["accelerator"]["count"]) == 2
+    assert tune["image"] == "us-docker.pkg.dev/tlp-test/tlp/tlp-train:1.2.3"
+    assert "accelerator" not in _executor(spec, "evaluation")["container"].get("resources", {})
+
+    resource = standin.pipeline_jobs[next(iter(standin.pipeline_jobs))]["name"]
+    assert f"submitted {resource}" in out
+    assert "console.cloud.google.com/vertex-ai/pipelines/locations/us-central1/runs/" in out
+    assert "PIPELINE_STATE_SUCCEEDED" in out
+
+
+def test_replicas_run_fine_tuning_as_a_custom_job_with_k_machines(standin, capsys):
+    code = cli.main(["submit", *_vertex(standin), "--service-account", SA, "--replicas", "3", "--gpus", "4",
+                     "--accelerator", "NVIDIA_TESLA_T4", "--machine-type", "n1-standard-16"])
+    assert code == 0, capsys.readouterr()
+    spec = standin.find("POST", r"/pipelineJobs$")[0].body["pipelineSpec"]
+    tune = _executor(spec, "fine-tuning")["container"]
+    assert "google-cloud-pipeline-components" in tune["image"]  # the custom job launcher
+    component = _tasks(spec)["fine-tuning"]["componentRef"]["name"]
+    inputs = spec["components"][component]["inputDefinitions"]["parameters"]
+    pools = inputs["worker_pool_specs"]["defaultValue"]
+    assert [int(pool["replica_count"]) for pool in pools] == [1, 2]  # chief + 2 workers = 3 machines
+    for pool in pools:
+        machine = pool["machine_spec"]
+        assert machine == {"machine_type": "n1-standard-16", "accelerator_type": "NVIDIA_TESLA_T4",
+                           "accelerator_count": 4}
+        assert pool["container_spec"]["image_uri"] == "tlp/tlp-train:0.1.0"
+    assert inputs["service_account"]["defaultValue"] == SA
+    assert inputs["restart_job_on_worker_restart"]["defaultValue"] is True
+
+
+def test_a_failed_run_exits_1_naming_its_state(standin, capsys):
+    standin.job_final_state = "PIPELINE_STATE_FAILED"
+    code = cli.main(["submit", *_vertex(standin), "--service-account", SA, "--wait"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "ended PIPELINE_STATE_FAILED" in captured.err
+
+
+def test_schedule_create_list_pause_resume_delete(standin, capsys):
+    target = ["--project", "tlp-test", "--region", "us-central1", "--api-endpoint", standin.url]
+    code = cli.main(["schedule", "create", *_vertex(standin), "--service-account", SA,
+                     "--cron", "TZ=Europe/Berlin 0 3 * * 1", "--name", "weekly-retrain", "--max-concurrent", "2",
+                     "--max-runs", "10", "--start", "2027-01-01T00:00:00Z", "--end", "2027-12-31T00:00:00+00:00"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    [create] = standin.find("POST", r"/schedules$")
+    body = create.body
+    assert body["displayName"] == "weekly-retrain" and body["cron"] == "TZ=Europe/Berlin 0 3 * * 1"
+    assert int(body["maxConcurrentRunCount"]) == 2 and int(body["maxRunCount"]) == 10
+    assert body["startTime"].startswith("2027-01-01T00:00:00") and body["endTime"].startswith("2027-12-31")
+    job = body["createPipelineJobRequest"]["pipelineJob"]
+    assert job["serviceAccount"] == SA and STEPS <= {t["taskInfo"]["name"] for t in _tasks(job["pipelineSpec"])
+                                                     .values()}
+    assert "next runs" in out and "03:00+01:00" in out  # Mondays at 03:00 Berlin time (winter)
+
+    assert cli.main(["schedule", "list", *target]) == 0
+    listed = capsys.readouterr().out
+    assert "weekly-retrain" in listed and "ACTIVE" in listed
+    assert cli.main(["schedule", "pause", "weekly-retrain", *target]) == 0
+    assert standin.find("POST", r"/schedules/[^/]+:pause$")
+    assert cli.main(["schedule", "list", *target]) == 0
+    assert "PAUSED" in capsys.readouterr().out
+    assert cli.main(["schedule", "resume", "weekly-retrain", *target]) == 0
+    assert standin.find("POST", r"/schedules/[^/]+:resume$")
+    assert cli.main(["schedule", "delete", "weekly-retrain", *target]) == 0
+    assert standin.find("DELETE", r"/schedules/[^/]+$")
+    assert cli.main(["schedule", "list", *target]) == 0
+    assert "no schedules" in capsys.readouterr().out
+    assert cli.main(["schedule", "pause", "weekly-retrain", *target]) == 2
+    assert "no schedule called 'weekly-retrain'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["submit", "--region", "us-central1", "--pipeline-root", "gs://b/r"], "no Google Cloud project"),
+        (["submit", "--project", "tlp-test", "--pipeline-root", "gs://b/r"], "no region"),
+        (["submit", "--project", "tlp-test", "--region", "us-central1", "--pipeline-root", "/tmp/runs"],
+         "must be a Cloud Storage URI"),
+        (["submit", "--project", "tlp-test", "--region", "us-central1", "--pipeline-root", "gs://b/r",
+          "--replicas", "2", "--devices", "gpu"], "gives the machines none"),
+        (["submit", "--project", "tlp-test", "--region", "us-central1", "--pipeline-root", "gs://b/r",
+          "--accelerator", "NVIDIA_T4"], "not a Vertex AI accelerator type; use one of NVIDIA_TESLA_T4"),
+        (["submit", "--project", "tlp-test", "--region", "us-central1", "--pipeline-root", "gs://b/r",
+          "--gpus", "2"], "needs --accelerator"),
+        (["schedule", "create", "--project", "tlp-test", "--region", "us-central1", "--pipeline-root", "gs://b/r",
+          "--cron", "0 3 * *", "--name", "n"], "not a cron schedule of five fields"),
+        (["schedule", "create", "--project", "tlp-test", "--region", "us-central1", "--pipeline-root", "gs://b/r",
+          "--cron", "TZ=Mars/Olympus 0 3 * * *", "--name", "n"], "not a time zone"),
+        (["schedule", "create", "--project", "tlp-test", "--region", "us-central1", "--pipeline-root", "gs://b/r",
+          "--cron", "0 3 * * *", "--name", "n", "--start", "2027-02-01", "--end", "2027-01-01"], "is not after"),
+        (["submit", "--project", "tlp-test", "--region", "us-central1", "--pipeline-root", "gs://b/r",
+          "--data", "folder:/tmp"], "cannot see"),
+        (["submit", "--project", "tlp-test", "--region", "us-central1", "--pipeline-root", "gs://b/r",
+          "--registry", "sqlite:///r.db"], "cannot reach"),
+        (["submit", "--kfp-host", "http://kfp:8080"], "needs --registry"),
+    ],
+)
+def test_mistakes_are_caught_before_any_request(standin, capsys, monkeypatch, argv, says):
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT")  # the project must come from --project here
+    if "--kfp-host" not in argv:  # should a check slip, the request still goes to the stand-in
+        argv = [*argv, "--api-endpoint", standin.url]
+    standin.requests.clear()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert standin.requests == []
+
+
+def test_no_credentials_says_how_to_log_in(standin, monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no gcloud application-default credentials either
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")  # and not on a Google Cloud machine
+    assert cli.main(["submit", *_vertex(standin)]) == 2
+    err = capsys.readouterr().err
+    assert "no Google Cloud credentials found" in err and "gcloud auth application-default login" in err
+    assert standin.requests == []
+
+
+def test_kfp_host_submit_and_recurring_run(standin, capsys):
+    common = ["--kfp-host", standin.url, *SMALL, "--registry", "http://mlflow.internal:5000"]
+    assert cli.main(["submit", *common, "--wait"]) == 0, capsys.readouterr()
+    [run] = standin.kfp_runs.values()
+    spec = run["pipeline_spec"]
+    assert STEPS <= {t["taskInfo"]["name"] for t in _tasks(spec).values()}
+    assert run["runtime_config"]["parameters"]["registry"] == "http://mlflow.internal:5000"
+    assert "SUCCEEDED" in capsys.readouterr().out
+
+    assert cli.main(["schedule", "create", *common, "--cron", "30 2 * * *", "--name", "nightly",
+                     "--max-concurrent", "1"]) == 0, capsys.readouterr()
+    [recurring] = standin.kfp_recurring_runs.values()
+    assert recurring["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * *"  # KFP's cron leads with seconds
+    assert recurring["display_name"] == "nightly" and int(recurring["max_concurrency"]) == 1
+    assert cli.main(["schedule", "create", *common, "--cron", "TZ=Europe/Berlin 30 2 * * *", "--name", "x"]) == 2
+    assert "drop TZ=" in capsys.readouterr().err

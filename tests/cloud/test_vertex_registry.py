@@ -1,0 +1,105 @@
+"""Registration into the Vertex AI Model Registry, through the real aiplatform client against the
+stand-in: first run creates the model, later runs add versions under it (parent_model), labels
+carry the metrics, the champion alias (and default version) moves by champion/challenger."""
+
+import shutil
+
+import pytest
+
+from components.lib.registry import open_registry, register_model
+from components.lib.specs import ConfigError
+
+METRICS = {"test_accuracy": 0.975, "val_accuracy": 0.96, "train_accuracy": 0.98, "gap": 0.02}
+
+
+def _uri(standin, model="cats"):
+    return (f"vertex://tlp-test/us-central1/{model}?api_endpoint={standin.url}"
+            "&staging_bucket=gs://tlp-staging")
+
+
+@pytest.fixture(autouse=True)
+def staging_bucket(standin):
+    standin.add_bucket("tlp-staging")
+
+
+@pytest.fixture
+def model_dir(tuned_model):
+    return tuned_model[0]
+
+
+def _copy(model_dir, tmp_path, name, marker):
+    """The same servable model with different bytes: a different artifact to register."""
+    target = tmp_path / name
+    shutil.copytree(model_dir, target)
+    (target / "assets").mkdir(exist_ok=True)
+    (target / "assets" / "marker.txt").write_text(marker)
+    return str(target)
+
+
+def test_versions_go_under_one_model_and_the_champion_alias_moves(standin, sample_dataset, model_dir, tmp_path):
+    first = register_model(_copy(model_dir, tmp_path, "one", "1"), sample_dataset, METRICS, _uri(standin))
+    assert (first.name, first.version, first.champion) == ("cats", "1", True)
+
+    # The champion is re-scored on this test split (1.0 on the sample data); the challenger matches it.
+    second = register_model(_copy(model_dir, tmp_path, "two", "2"), sample_dataset,
+                            {**METRICS, "test_accuracy": 1.0}, _uri(standin))
+    assert second.version == "2"
+    assert second.champion and "takes over as champion" in second.reason
+
+    uploads = standin.find("POST", r"/models:upload$")
+    assert len(uploads) == 2
+    first_model, second_model = (upload.body["model"] for upload in uploads)
+    assert "parentModel" not in uploads[0].body or not uploads[0].body["parentModel"]
+    [model_name] = standin.models  # one model, two versions
+    assert uploads[1].body["parentModel"].endswith(f"/models/{model_name}")
+    for model in (first_model, second_model):
+        assert model["displayName"] == "cats"
+        assert model["containerSpec"]["imageUri"] == (
+            "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest")
+        assert model["labels"]["gap"] == "0_0200"
+        assert model["artifactUri"].startswith("gs://tlp-staging/")  # the local model was uploaded first
+    assert first_model["labels"]["test_accuracy"] == "0_9750" and second_model["labels"]["test_accuracy"] == "1_0000"
+    staged = [name for (bucket, name) in standin.objects if bucket == "tlp-staging"]
+    assert any(name.endswith("saved_model.pb") for name in staged)
+
+    registry = open_registry(_uri(standin))
+    assert registry.champion_version("cats") == "2"
+    aliases = standin.find("POST", r":mergeVersionAliases$")
+    assert aliases and set(aliases[-1].body["versionAliases"]) >= {"champion", "default"}
+
+
+def test_the_same_artifact_is_registered_once(standin, sample_dataset, model_dir, tmp_path):
+    model_dir = _copy(model_dir, tmp_path, "m", "same")
+    first = register_model(model_dir, sample_dataset, METRICS, _uri(standin))
+    again = register_model(model_dir, sample_dataset, METRICS, _uri(standin))
+    assert again.version == first.version and again.existing
+    assert len(standin.find("POST", r"/models:upload$")) == 1
+
+
+def test_a_weaker_challenger_does_not_take_the_alias(standin, sample_dataset, model_dir, tmp_path):
+    register_model(_copy(model_dir, tmp_path, "one", "1"), sample_dataset, METRICS, _uri(standin))
+    # The champion is re-scored on this test split; a challenger claiming 0 accuracy cannot beat it.
+    weaker = register_model(_copy(model_dir, tmp_path, "two", "2"), sample_dataset,
+                            {**METRICS, "test_accuracy": 0.0}, _uri(standin))
+    assert not weaker.champion and "stays behind champion version 1" in weaker.reason
+    assert open_registry(_uri(standin)).champion_version("cats") == "1"
+
+
+def test_model_dir_fetches_a_registered_version(standin, sample_dataset, model_dir, tmp_path):
+    register_model(_copy(model_dir, tmp_path, "one", "fetch-me"), sample_dataset, METRICS, _uri(standin))
+    registry = open_registry(_uri(standin))
+    fetched = registry.model_dir("cats@champion")
+    with open(f"{fetched}/assets/marker.txt") as handle:
+        assert handle.read() == "fetch-me"
+    with pytest.raises(ConfigError, match="is not in the registry"):
+        registry.model_dir("dogs/1")
+
+
+def test_a_local_model_needs_an_existing_staging_bucket(standin, sample_dataset, model_dir):
+    with pytest.raises(ConfigError, match="staging_bucket=gs://BUCKET"):
+        register_model(model_dir, sample_dataset, METRICS,
+                       f"vertex://tlp-test/us-central1/cats?api_endpoint={standin.url}")
+    with pytest.raises(ConfigError, match="staging bucket gs://nowhere does not exist"):
+        register_model(model_dir, sample_dataset, METRICS,
+                       f"vertex://tlp-test/us-central1/cats?api_endpoint={standin.url}&staging_bucket=gs://nowhere")
+    assert not standin.find("POST", r"/models:upload$")
