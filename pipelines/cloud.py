@@ -362,7 +362,7 @@ def create_schedule(run: runners.RunConfig, cloud: CloudConfig, request: Schedul
         template = compile_pipeline(cloud, os.path.join(scratch, "pipeline.yaml"))
         if not cloud.on_vertex:
             return _create_kfp_recurring_run(run, cloud, request, template, start, end, echo)
-        job = _vertex_job(dataclasses.replace(run), dataclasses.replace(cloud, display_name=request.name), template)
+        job = _vertex_job(run, dataclasses.replace(cloud, display_name=request.name), template)
         schedule = job.create_schedule(
             cron=request.cron, display_name=request.name, max_concurrent_run_count=request.max_concurrent,
             max_run_count=request.max_runs, start_time=start and start.isoformat(), end_time=end and end.isoformat(),
@@ -422,8 +422,10 @@ def _find_schedule(cloud: CloudConfig, name: str):
     aiplatform = _init_vertex(cloud)
     if name.startswith("projects/"):
         return aiplatform.PipelineJobSchedule.get(name)
-    matches = [s for s in aiplatform.PipelineJobSchedule.list() if name in (s.display_name, s.resource_name
-                                                                               .rsplit("/", 1)[-1])]
+    matches = [
+        schedule for schedule in aiplatform.PipelineJobSchedule.list()
+        if name in (schedule.display_name, schedule.resource_name.rsplit("/", 1)[-1])
+    ]
     if len(matches) != 1:
         found = "no schedule" if not matches else f"{len(matches)} schedules"
         raise ConfigError(f"{found} called {name!r} in {cloud.project}/{cloud.region}; see `tlp schedule list` and "
