@@ -185,7 +185,7 @@ def resolve_cloud(run: runners.RunConfig, cloud: CloudConfig) -> tuple[runners.R
     if cloud.on_vertex:
         check_credentials()
     run = dataclasses.replace(run, data=data, weights=weights, registry=registry, notes=notes)
-    return runners.validate(run), cloud
+    return runners.validate(run, local=False), cloud
 
 
 # --- compiling --------------------------------------------------------------------------------

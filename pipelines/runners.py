@@ -125,8 +125,9 @@ def resolve_auto(config: RunConfig, probe=reachable) -> RunConfig:
 # --- checking everything before anything runs -----------------------------------------------
 
 
-def validate(config: RunConfig, check_layers: bool = True) -> RunConfig:
-    """Raises ConfigError (one sentence) on any bad setting. Returns the config normalised."""
+def validate(config: RunConfig, check_layers: bool = True, local: bool = True) -> RunConfig:
+    """Raises ConfigError (one sentence) on any bad setting. Returns the config normalised.
+    ``local``: the run happens on this machine (not submitted to the cloud)."""
     data = specs.parse_data_spec(config.data)
     weights = specs.parse_weights_spec(config.weights)
     specs.check_base(config.base, config.alpha, config.image_size, weights)
@@ -148,12 +149,27 @@ def validate(config: RunConfig, check_layers: bool = True) -> RunConfig:
         os.path.abspath(config.output_dir), "registry.db"
     )
     registry = check_registry_uri(registry)
+    if local and registry.startswith("vertex://"):
+        _check_local_vertex_registry(registry)
     if check_layers and config.fine_tune_epochs > 0:
         from components.lib.model import base_layer_count
 
         count = base_layer_count(config.base, config.alpha, config.image_size)
         specs.check_fine_tune_at(config.fine_tune_at, count, config.base)
     return dataclasses.replace(config, data=str(data), weights=weights, registry=registry)
+
+
+def _check_local_vertex_registry(uri: str) -> None:
+    """A local run uploads its model to Vertex AI: say what is missing before training, not after."""
+    from components.lib.vertex_registry import parse_vertex_uri
+    from pipelines.cloud import check_credentials
+
+    if "staging_bucket" not in parse_vertex_uri(uri).options:
+        raise specs.ConfigError(
+            f"--registry {uri}: a local run's model is uploaded to Cloud Storage first; add "
+            "?staging_bucket=gs://BUCKET to the URI."
+        )
+    check_credentials()
 
 
 def _check_folder(path: str) -> None:

@@ -21,6 +21,8 @@ SMALL = ["--weights", "none", "--data", "sample:10", "--image-size", "32", "--al
         (["--data", "imagenet:cats"], "--data 'imagenet:cats' is not a data spec I know"),
         (["--devices", "tpu:8"], "--devices 'tpu:8' is not understood"),
         (["--registry", "postgres://db"], "--registry 'postgres://db' is not a registry URI"),
+        (["--registry", "vertex"], "only a cloud run (tlp submit) knows"),
+        (["--registry", "vertex://my-project/us-central1/cats"], "add ?staging_bucket=gs://BUCKET"),
     ],
 )
 def test_bad_parameters_fail_before_running(tmp_path, capsys, args, expected):
@@ -30,6 +32,14 @@ def test_bad_parameters_fail_before_running(tmp_path, capsys, args, expected):
     assert err.startswith("tlp: error: ") and expected in err
     assert len(err.splitlines()) == 1
     assert not os.path.exists(tmp_path / "out" / "pipeline-root")  # nothing started
+
+
+def test_local_run_into_vertex_needs_credentials_before_training(tmp_path, capsys, standin, monkeypatch):
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+    registry = f"vertex://tlp-test/us-central1/cats?api_endpoint={standin.url}&staging_bucket=gs://b-tlp"
+    code = main(["run", *SMALL, "--registry", registry, "--output-dir", str(tmp_path / "out")])
+    assert code == 2 and "no Google Cloud credentials found" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out" / "pipeline-root") and standin.requests == []
 
 
 def test_folder_with_one_class(tmp_path, capsys):
