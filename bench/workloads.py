@@ -11,7 +11,8 @@ preloaded modules (which every component process imports too) counts in a measur
 
 Instrumentation of the code under test is kept to two harness-only patches, applied in the
 child and never to files: a timing callback appended to every ``tf_keras`` ``Model.fit`` call
-(the library builds its own callback list), and, where only epochs are measured, a no-op in
+(the library builds its own callback list; in benchmark 3's lockstep pair it also waits for its
+turn between epochs, outside the timed epochs), and, where only epochs are measured, a no-op in
 place of the SavedModel export at the end of ``fine_tune``.
 """
 
@@ -60,11 +61,81 @@ def _cpu_since(start: float) -> float:
 # --- timing Keras epochs ----------------------------------------------------------------------
 
 
-def make_epoch_timer(batches: bool = False):
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def others_share(machine_before: tuple, machine_after: tuple, own_cpu_seconds: float) -> float | None:
+    """The share of all CPUs that processes other than this one used between two ``machine_cpu``
+    readings, given this process's CPU seconds over the same interval."""
+    busy, total = (after - before for after, before in zip(machine_after, machine_before, strict=True))
+    if total <= 0:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return round(max(0.0, busy / ticks - own_cpu_seconds) / (total / ticks), 3)
+
+
+class Lockstep:
+    """Takes turns with one other process, an epoch each: the two sides of benchmark 3 train
+    alternately (ours epoch 1, plain epoch 1, ours epoch 2, ...), so both see the same machine
+    load at nearly the same time, and neither runs while the other's epoch is timed.
+
+    ``spec``: {"wait": FIFO this side reads its turn from, "pass": FIFO of the other side,
+    "first": whether this side trains first}. Both sides open both FIFOs read-write (never blocks,
+    never fails for want of a reader). Protocol: before its first epoch the second side says it is
+    ready (a token to the first) and waits; the first waits for that token, so no epoch overlaps
+    the other side's setup. After each epoch a side passes the turn and waits for it back, except
+    the second side after its last epoch (the first side waits for that last epoch too, so
+    neither side's teardown overlaps a timed epoch)."""
+
+    def __init__(self, spec: dict, timeout: float = 600.0):
+        self.first, self.timeout = bool(spec["first"]), timeout
+        self._wait = os.open(spec["wait"], os.O_RDWR | os.O_NONBLOCK)
+        self._pass = os.open(spec["pass"], os.O_RDWR | os.O_NONBLOCK)
+        self.waited = 0.0
+
+    def start(self) -> None:
+        if not self.first:
+            self._give()
+        self._take()
+
+    def after_epoch(self, last: bool) -> None:
+        self._give()
+        if self.first or not last:
+            self._take()
+
+    def _give(self) -> None:
+        os.write(self._pass, b".")
+
+    def _take(self) -> None:
+        import select
+
+        start = time.perf_counter()
+        ready, _, _ = select.select([self._wait], [], [], self.timeout)
+        if not ready:
+            raise TimeoutError(f"the other side of the lockstep gave no turn in {self.timeout:.0f} s")
+        os.read(self._wait, 1)
+        self.waited += time.perf_counter() - start
+
+
+def make_epoch_timer(batches: bool = False, lockstep=None):
     """A tf_keras callback that records, per epoch: wall seconds, the training part, the
-    validation part and (with ``batches``) every batch's duration. Epoch seconds run from
-    ``on_epoch_begin`` to ``on_epoch_end`` of this callback, which is appended last, so they
-    include the other callbacks' end-of-epoch work (e.g. checkpoints)."""
+    validation part, this process's CPU seconds, the share of the CPUs other processes used
+    meanwhile (``others_cpu_share``, from /proc/stat) and (with ``batches``) every batch's wall
+    and CPU seconds. Epoch seconds run from ``on_epoch_begin`` to ``on_epoch_end`` of this
+    callback, which is appended last, so they include the other callbacks' end-of-epoch work
+    (e.g. checkpoints).
+
+    With ``lockstep`` (a ``Lockstep``), the process waits for its turn before its first epoch
+    and hands the turn over after each epoch (after the epoch is recorded; it waits before the
+    next epoch starts), so two processes train one epoch at a time, alternately."""
     import tf_keras as keras
 
     class EpochTimer(keras.callbacks.Callback):
@@ -73,17 +144,24 @@ def make_epoch_timer(batches: bool = False):
             self._supports_tf_logs = True  # never forces a tensor -> numpy copy of the logs
             self.epochs: list[dict] = []
             self._current: dict | None = None
+            self._last_epoch = None
+
+        def on_train_begin(self, logs=None):
+            self._last_epoch = (self.params or {}).get("epochs")
+            if lockstep is not None:
+                lockstep.start()
 
         def on_epoch_begin(self, epoch, logs=None):
             now = time.perf_counter()
-            self._current = {"epoch": epoch + 1, "begin": now, "last": now, "train_batches": [], "val_batches": [],
-                             "cpu_begin": time.process_time()}
+            self._current = {"epoch": epoch + 1, "begin": now, "last": now, "last_cpu": time.process_time(),
+                             "train_batches": [], "val_batches": [], "train_batches_cpu": [],
+                             "cpu_begin": time.process_time(), "machine_begin": machine_cpu()}
 
         def on_test_begin(self, logs=None):
             if self._current is not None:  # validation inside fit (not a separate evaluate)
                 now = time.perf_counter()
                 self._current["train_end"] = self._current["last"] = now
-                self._current["train_cpu_end"] = time.process_time()
+                self._current["train_cpu_end"] = self._current["last_cpu"] = time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):
             now, cpu, current = time.perf_counter(), time.process_time(), self._current
@@ -97,17 +175,23 @@ def make_epoch_timer(batches: bool = False):
                 "val_seconds": round(now - train_end, 4),
                 "cpu_seconds": round(cpu - current["cpu_begin"], 4),
                 "train_cpu_seconds": round(current.get("train_cpu_end", cpu) - current["cpu_begin"], 4),
+                "others_cpu_share": others_share(current["machine_begin"], machine_cpu(), cpu - current["cpu_begin"]),
                 "train_batches": [round(b, 4) for b in current["train_batches"]],
+                "train_batches_cpu": [round(b, 4) for b in current["train_batches_cpu"]],
                 "val_batches": [round(b, 4) for b in current["val_batches"]],
                 "logs": {key: float(value) for key, value in (logs or {}).items()},
             })
             self._current = None
+            if lockstep is not None:
+                lockstep.after_epoch(last=self._last_epoch is not None and epoch + 1 >= self._last_epoch)
 
         def _tick(self, key):
             if self._current is not None:
-                now = time.perf_counter()
+                now, cpu = time.perf_counter(), time.process_time()
                 self._current[key].append(now - self._current["last"])
-                self._current["last"] = now
+                if key == "train_batches":
+                    self._current["train_batches_cpu"].append(cpu - self._current["last_cpu"])
+                self._current["last"], self._current["last_cpu"] = now, cpu
 
     class BatchTimer(EpochTimer):
         def on_train_batch_end(self, batch, logs=None):
@@ -138,13 +222,13 @@ def _first_batch_excess(times: list) -> float:
     return max(0.0, times[0] - statistics.median(times[1:])) if len(times) >= 2 else 0.0
 
 
-def _append_callback_to_every_fit(callback) -> None:
+def _append_callback_to_every_fit(*callbacks) -> None:
     import tf_keras as keras
 
     original = keras.Model.fit
 
     def fit(self, *args, **kwargs):
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), callback]
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *callbacks]
         return original(self, *args, **kwargs)
 
     keras.Model.fit = fit
@@ -267,6 +351,95 @@ def reader(dataset_dir: str, split: str, batch_size: int, passes: int, seed: int
     return {"passes": runs}
 
 
+# --- calibrated random weights ----------------------------------------------------------------
+
+CALIBRATIONS = ("gain", "channels")
+
+
+@workload
+def calibrate_weights(dataset_dir: str, output: str, alpha: float, image_size: int, seed: int,
+                      method: str = "gain", images_count: int = 64) -> dict:
+    """Calibrated random weights for the suite: MobileNetV2 without its top, random weights from
+    ``seed`` (``weights=None``), then BatchNormalization moving statistics set from the first
+    ``images_count`` training images of ``dataset_dir``, layer by layer in network order (each
+    layer calibrated on the output of the already calibrated layers before it: a data-dependent
+    initialisation, as in LSUV). Saved with ``save_weights`` to ``output`` (.h5), the format
+    ``--weights FILE`` takes. The suite runs this in a child of its own; no timing includes it.
+
+    Uncalibrated, every BatchNorm has moving mean 0 and variance 1, the random convolutions
+    shrink activations block after block and the pooled features come out near 1e-12.
+
+    ``gain`` (the default): every BatchNorm outside a residual branch gets moving mean 0 and one
+    moving variance for all its channels, the mean square of its input, so its output has unit
+    root-mean-square; the BatchNorms inside residual branches keep 0 / 1. Each gain is one scalar
+    per layer and the branches keep their ratio to the skip connections, so the network computes
+    almost the same function as uncalibrated, only rescaled: pooled features of order 1 (as with
+    trained weights) that keep the class signal the uncalibrated ones have.
+
+    ``channels``: every BatchNorm's moving mean and variance set to its input's per-channel mean
+    and variance (zero mean, unit variance per channel everywhere). Also order-1 features, but
+    with every residual branch as strong as its skip the random network mixes its input so much
+    that little class signal survives: on the sample images neither head gets far above chance
+    in 10 epochs (see bench/README.md)."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from components.lib import images
+
+    if method not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration {method!r}; use one of {CALIBRATIONS}")
+    start = time.perf_counter()
+    keras.utils.set_random_seed(seed)
+    base = keras.applications.MobileNetV2(
+        input_shape=(image_size, image_size, 3), include_top=False, weights=None, alpha=alpha
+    )
+    batches, count = [], 0
+    for batch_images, _labels in images.read_split(dataset_dir, "train", 32):
+        batches.append(batch_images)
+        count += int(batch_images.shape[0])
+        if count >= images_count:
+            break
+    pixels = tf.cast(tf.concat(batches, axis=0)[:images_count], tf.float32) / 127.5 - 1.0  # as the model scales
+    layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
+    names = {layer.name for layer in layers}
+    # One forward pass in network order, each tensor kept until its last consumer has run.
+    values, uses = {id(base.inputs[0]): pixels}, {}
+    for layer in layers:
+        for tensor in tf.nest.flatten(layer.input):
+            uses[id(tensor)] = uses.get(id(tensor), 0) + 1
+    calibrated = 0
+    for layer in layers:
+        inputs = [values[id(tensor)] for tensor in tf.nest.flatten(layer.input)]
+        for tensor in tf.nest.flatten(layer.input):
+            uses[id(tensor)] -= 1
+            if not uses[id(tensor)]:
+                del values[id(tensor)]
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean, variance = tf.nn.moments(inputs[0], axes=[0, 1, 2])
+            block = "_".join(layer.name.split("_")[:2])  # block_N; residual blocks have a block_N_add
+            if method == "channels":
+                layer.moving_mean.assign(mean)
+                layer.moving_variance.assign(variance)
+                calibrated += 1
+            elif not (block.startswith("block_") and f"{block}_add" in names):
+                mean_square = tf.reduce_mean(variance + tf.square(mean))
+                layer.moving_mean.assign(tf.zeros_like(mean))
+                layer.moving_variance.assign(tf.fill(mean.shape, mean_square))
+                calibrated += 1
+        values[id(layer.output)] = layer(inputs if isinstance(layer.input, list) else inputs[0], training=False)
+    pooled = tf.reduce_mean(base(pixels, training=False), axis=[1, 2]).numpy()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    base.save_weights(output)
+    return {
+        "seconds": _since(start), "path": output, "method": method, "seed": seed, "images": int(pixels.shape[0]),
+        "batchnorm_layers": sum(isinstance(layer, keras.layers.BatchNormalization) for layer in layers),
+        "batchnorm_layers_calibrated": calibrated,
+        "pooled_feature_mean": round(float(np.mean(pooled)), 4),
+        "pooled_feature_std_across_images": round(float(np.mean(np.std(pooled, axis=0))), 4),
+    }
+
+
 # --- training ---------------------------------------------------------------------------------
 
 
@@ -336,9 +509,10 @@ def tutorial(dataset_dir: str, image_size: int, epochs: int, batch_size: int, le
 
 @workload
 def fine_tune_plain(dataset_dir: str, model_in: str, epochs: int, batch_size: int, seed: int, fine_tune_at: int,
-                    learning_rate: float) -> dict:
+                    learning_rate: float, lockstep: dict | None = None) -> dict:
     """Baseline: the same model (the same feature-extraction output, unfrozen from the same layer,
-    same optimizer) trained by a plain ``model.fit`` on in-memory tensors of the same images."""
+    same optimizer) trained by a plain ``model.fit`` on in-memory tensors of the same images
+    (epochs taken in turn with ``fine_tune_ours`` when given a ``lockstep``)."""
     import numpy as np
     import tf_keras as keras
 
@@ -358,13 +532,62 @@ def fine_tune_plain(dataset_dir: str, model_in: str, epochs: int, batch_size: in
     model = model_lib.load_keras(model_in)
     num_classes = len(model_lib.read_info(model_in)["class_names"])
     model_lib.unfreeze(model, fine_tune_at, learning_rate / 10, num_classes)
-    timer = make_epoch_timer(batches=True)
+    turns = Lockstep(lockstep) if lockstep else None
+    timer = make_epoch_timer(batches=True, lockstep=turns)
     start = time.perf_counter()
+
+    def result():
+        return {"seconds": _since(start), "waited_seconds": round(turns.waited, 3) if turns else 0.0,
+                "epochs": timer.epochs, "peak_rss_mb": peak_rss_mb()}
+
+    callbacks = [timer, _end_process_callback(result)] if turns else [timer]
     model.fit(
         train_x, train_y, batch_size=batch_size, epochs=epochs, validation_data=(val_x, val_y), shuffle=True,
-        verbose=2, callbacks=[timer],
+        verbose=2, callbacks=callbacks,
     )
-    return {"seconds": _since(start), "epochs": timer.epochs, "peak_rss_mb": peak_rss_mb()}
+    return result()
+
+
+def _end_process_callback(result):
+    """A callback whose ``on_train_end`` finishes the workload with ``result()`` and ends the
+    process at once (``end_process``). For the lockstep pair: once its epochs are recorded a side
+    has nothing left to measure, and after the idle turns tf.data's teardown at the end of
+    ``fit`` sometimes stalls for several seconds (no CPU used), which only lengthens the run."""
+    import tf_keras as keras
+
+    class EndProcess(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            end_process(result())
+
+    return EndProcess()
+
+
+@workload
+def fine_tune_ours(dataset_dir: str, model_in: str, run_dir: str, epochs: int, batch_size: int, seed: int,
+                   fine_tune_at: int, learning_rate: float, lockstep: dict | None = None) -> dict:
+    """Ours: ``training.fine_tune`` as the fine-tuning component calls it (backup directory:
+    per-epoch BackupAndRestore checkpoints, NaN guard, CSV history; streaming reader) from the
+    feature-extraction model ``model_in``, with an epoch timer appended to its ``fit``
+    (epochs taken in turn with ``fine_tune_plain`` when given a ``lockstep``). What follows the
+    last epoch is not measured: the SavedModel export is skipped, and in lockstep the process
+    ends as soon as training ends (before ``fine_tune`` reads its history and removes its backup)."""
+    from components.lib import training
+
+    turns = Lockstep(lockstep) if lockstep else None
+    timer = make_epoch_timer(batches=True, lockstep=turns)
+    start = time.perf_counter()
+
+    def result():
+        return {"seconds": _since(start), "waited_seconds": round(turns.waited, 3) if turns else 0.0,
+                "epochs": timer.epochs, "peak_rss_mb": peak_rss_mb()}
+
+    _append_callback_to_every_fit(*([timer, _end_process_callback(result)] if turns else [timer]))
+    _timed_export(skip=True)
+    training.fine_tune(
+        dataset_dir, model_in, os.path.join(run_dir, "tuned"), fine_tune_at=fine_tune_at, fine_tune_epochs=epochs,
+        learning_rate=learning_rate, batch_size=batch_size, seed=seed, backup_dir=os.path.join(run_dir, "backup"),
+    )
+    return result()
 
 
 @workload
@@ -466,24 +689,40 @@ PRELOAD = ("numpy", "PIL.Image", "tensorflow", "tf_keras", "components.lib.image
            "components.lib.training")
 
 
+_RUNNING: dict = {}  # the workload this process runs: its result file and start time
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs one workload: ``NAME ARGS_JSON RESULT_JSON``; ``--serve`` starts the fork server."""
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--serve"]:
         return serve()
     name, args_json, result_path = argv
-    start = time.perf_counter()
+    _RUNNING.update(result_path=result_path, start=time.perf_counter())
     if name != "direct_pipeline":  # import as the fork server does, so no workload times an import
         _preload()
     try:
         payload = {"ok": True, "result": WORKLOADS[name](**json.loads(args_json))}
     except BaseException as error:  # report any failure to the parent, with its traceback
         payload = {"ok": False, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-    payload["child_seconds"] = round(time.perf_counter() - start, 3)
-    payload["vm_hwm_mb"] = peak_rss_mb()
-    with open(result_path, "w") as handle:
-        json.dump(payload, handle, default=str)
+    _write_result(payload)
     return 0 if payload["ok"] else 1
+
+
+def end_process(result: dict) -> None:
+    """Finishes the running workload with ``result`` (written as ``main`` writes it) and ends
+    the process immediately, skipping whatever the workload had left to do."""
+    _write_result({"ok": True, "result": result, "ended_early": True})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _write_result(payload: dict) -> None:
+    payload["child_seconds"] = round(time.perf_counter() - _RUNNING["start"], 3)
+    payload["vm_hwm_mb"] = peak_rss_mb()
+    with open(_RUNNING["result_path"], "w") as handle:
+        json.dump(payload, handle, default=str)
 
 
 def serve() -> int:
@@ -492,9 +731,9 @@ def serve() -> int:
     workload, args, result, log, timeout) forks a child that runs the workload with its output
     sent to the log, waits for it with ``wait4`` and answers one JSON line (exit code, wall
     seconds, the child's own peak RSS). Each workload still runs in a process of its own,
-    without paying the ~6 s import of TensorFlow again."""
-    import signal
-
+    without paying the ~6 s import of TensorFlow again. A request with ``jobs`` (a list of such
+    workload/args/result/log) forks one child per job, all running at once, and answers
+    ``{"runs": [...]}`` when all have ended."""
     start = time.monotonic()
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything a library prints goes to the log, not into the replies
@@ -504,39 +743,58 @@ def serve() -> int:
     replies.flush()
     for line in sys.stdin:
         request = json.loads(line)
-        start = time.monotonic()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        runs = _fork_and_wait(request.get("jobs") or [request], request["timeout"])
+        reply = {"runs": runs} if "jobs" in request else runs[0]
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+    return 0
+
+
+def _fork_and_wait(jobs: list, timeout: float) -> list:
+    """Forks one child per job (each runs ``main`` on its workload, output to its log), waits for
+    all with ``wait4``; returns each child's exit code, wall seconds, peak RSS and CPU seconds."""
+    import signal
+
+    start = time.monotonic()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pids = []
+    for job in jobs:
         pid = os.fork()
-        if pid == 0:  # the child: never returns into this loop
+        if pid == 0:  # the child: never returns into the server's loop
             code = 1
             try:
-                log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(log, 1)
                 os.dup2(log, 2)
                 os.close(log)
-                code = main([request["workload"], json.dumps(request["args"]), request["result"]])
+                code = main([job["workload"], json.dumps(job["args"]), job["result"]])
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        killed = False
-        while True:
+        pids.append(pid)
+    runs: dict[int, dict] = {}
+    killed = False
+    while len(runs) < len(pids):
+        for pid in pids:
+            if pid in runs:
+                continue
             done, status, usage = os.wait4(pid, os.WNOHANG)
             if done:
-                break
-            if not killed and time.monotonic() - start > request["timeout"]:
-                os.kill(pid, signal.SIGKILL)  # the child this server forked
-                killed = True
-            time.sleep(0.05)
-        reply = {
-            "exit_code": os.waitstatus_to_exitcode(status), "wall_seconds": round(time.monotonic() - start, 2),
-            "peak_rss_mb": round(usage.ru_maxrss * 1024 / 1e6, 1), "timed_out": killed,
-            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-        }
-        replies.write(json.dumps(reply) + "\n")
-        replies.flush()
-    return 0
+                runs[pid] = {
+                    "exit_code": os.waitstatus_to_exitcode(status),
+                    "wall_seconds": round(time.monotonic() - start, 2),
+                    "peak_rss_mb": round(usage.ru_maxrss * 1024 / 1e6, 1), "timed_out": killed,
+                    "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+                }
+        if not killed and time.monotonic() - start > timeout:
+            for pid in pids:
+                if pid not in runs:
+                    os.kill(pid, signal.SIGKILL)  # a child this server forked
+            killed = True
+        time.sleep(0.05)
+    return [runs[pid] for pid in pids]
 
 
 def _preload() -> None:
