@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from bench.workloads import first_epoch_adjusted, training_part_adjusted
+from bench.workloads import first_epoch_adjusted, machine_cpu, training_part_adjusted
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "bench" / "results.json"
@@ -199,7 +199,7 @@ class Suite:
         (wait4: the process and the descendants it waited for). Kills its session on timeout."""
         log_path = self.logs / f"{label}.log"
         print(f"    {label} ...", flush=True)
-        start, machine = time.monotonic(), _machine_cpu()
+        start, machine = time.monotonic(), machine_cpu()
         killed = False
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
@@ -224,7 +224,7 @@ class Suite:
     def _finish(self, run: dict, machine: tuple, own_cpu: float | None = None) -> dict:
         """Adds how busy the rest of the machine was while the child ran (``own_cpu``: the CPU
         seconds not to count as other processes', default the child's own), records and prints it."""
-        busy, total = (now - before for now, before in zip(_machine_cpu(), machine, strict=True))
+        busy, total = (now - before for now, before in zip(machine_cpu(), machine, strict=True))
         if total > 0:
             ticks = os.sysconf("SC_CLK_TCK")
             own = run["cpu_seconds"] if own_cpu is None else own_cpu
@@ -263,7 +263,7 @@ class Suite:
         paths = [self._prepare(label, args) for _workload, label, args in jobs]
         for _workload, label, _args in jobs:
             print(f"    {label} ...", flush=True)
-        machine, start = _machine_cpu(), time.monotonic()
+        machine, start = machine_cpu(), time.monotonic()
         if self.fork:
             self._start_server()
             request = {"jobs": [{"workload": workload, "args": args, "result": str(path),
@@ -358,7 +358,7 @@ class Suite:
         request = {"workload": workload, "args": args, "result": str(result_path), "log": str(log_path),
                    "timeout": timeout}
         print(f"    {label} ...", flush=True)
-        machine = _machine_cpu()
+        machine = machine_cpu()
         self.server.stdin.write(json.dumps(request) + "\n")
         self.server.stdin.flush()
         line = self.server.stdout.readline()
@@ -466,17 +466,6 @@ class Suite:
             batch_size=c["batch_size"], seed=c["seed"], fine_tune_at=c["fine_tune_at"],
             learning_rate=c["learning_rate"],
         )
-
-
-def _machine_cpu() -> tuple[int, int]:
-    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
-    try:
-        with open("/proc/stat") as handle:
-            fields = [int(v) for v in handle.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return 0, 0
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
 
 
 def _tail(path: str, lines: int = 25) -> str:

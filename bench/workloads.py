@@ -532,6 +532,17 @@ def fine_tune_plain(dataset_dir: str, model_in: str, epochs: int, batch_size: in
     model = model_lib.load_keras(model_in)
     num_classes = len(model_lib.read_info(model_in)["class_names"])
     model_lib.unfreeze(model, fine_tune_at, learning_rate / 10, num_classes)
+    timer, callbacks, result = _paired_epoch_timing(lockstep)
+    model.fit(
+        train_x, train_y, batch_size=batch_size, epochs=epochs, validation_data=(val_x, val_y), shuffle=True,
+        verbose=2, callbacks=callbacks,
+    )
+    return result()
+
+
+def _paired_epoch_timing(lockstep):
+    """The epoch timer of one side of a paired run, its callbacks, and a ``result()`` that reports
+    it; in lockstep the process also ends as soon as training ends."""
     turns = Lockstep(lockstep) if lockstep else None
     timer = make_epoch_timer(batches=True, lockstep=turns)
     start = time.perf_counter()
@@ -540,12 +551,7 @@ def fine_tune_plain(dataset_dir: str, model_in: str, epochs: int, batch_size: in
         return {"seconds": _since(start), "waited_seconds": round(turns.waited, 3) if turns else 0.0,
                 "epochs": timer.epochs, "peak_rss_mb": peak_rss_mb()}
 
-    callbacks = [timer, _end_process_callback(result)] if turns else [timer]
-    model.fit(
-        train_x, train_y, batch_size=batch_size, epochs=epochs, validation_data=(val_x, val_y), shuffle=True,
-        verbose=2, callbacks=callbacks,
-    )
-    return result()
+    return timer, ([timer, _end_process_callback(result)] if turns else [timer]), result
 
 
 def _end_process_callback(result):
@@ -573,15 +579,8 @@ def fine_tune_ours(dataset_dir: str, model_in: str, run_dir: str, epochs: int, b
     ends as soon as training ends (before ``fine_tune`` reads its history and removes its backup)."""
     from components.lib import training
 
-    turns = Lockstep(lockstep) if lockstep else None
-    timer = make_epoch_timer(batches=True, lockstep=turns)
-    start = time.perf_counter()
-
-    def result():
-        return {"seconds": _since(start), "waited_seconds": round(turns.waited, 3) if turns else 0.0,
-                "epochs": timer.epochs, "peak_rss_mb": peak_rss_mb()}
-
-    _append_callback_to_every_fit(*([timer, _end_process_callback(result)] if turns else [timer]))
+    timer, callbacks, result = _paired_epoch_timing(lockstep)
+    _append_callback_to_every_fit(*callbacks)
     _timed_export(skip=True)
     training.fine_tune(
         dataset_dir, model_in, os.path.join(run_dir, "tuned"), fine_tune_at=fine_tune_at, fine_tune_epochs=epochs,
