@@ -17,6 +17,8 @@ import json
 import os
 import sys
 
+from google.api_core.exceptions import GoogleAPICallError
+
 from components.lib.specs import ConfigError
 from pipelines import runners
 
@@ -180,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except runners.RunFailed as error:
         print(f"tlp: error: {error}", file=sys.stderr)
+        return 1
+    except GoogleAPICallError as error:  # e.g. a missing permission or API, or no route to Google
+        print(f"tlp: error: Google Cloud refused the request: {error.code} {error.message}; check the project, "
+              "region, that the Vertex AI API is enabled and your account's roles.", file=sys.stderr)
         return 1
 
 

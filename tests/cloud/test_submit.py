@@ -191,3 +191,13 @@ def test_kfp_host_submit_and_recurring_run(standin, capsys):
     assert recurring["display_name"] == "nightly" and int(recurring["max_concurrency"]) == 1
     assert cli.main(["schedule", "create", *common, "--cron", "TZ=Europe/Berlin 30 2 * * *", "--name", "x"]) == 2
     assert "drop TZ=" in capsys.readouterr().err
+
+
+def test_a_refused_request_ends_in_one_sentence(standin, capsys):
+    argv = ["submit", *_vertex(standin), "--service-account", SA]
+    argv[argv.index("tlp-test")] = "someone-else"  # the stand-in answers 403 for other projects
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    # (Above it, the SDK logs the bucket check it swallowed; tlp's own word is the last line.)
+    assert err[-1].startswith("tlp: error: Google Cloud refused the request: 403"), err[-3:]
+    assert sum(line.startswith("tlp: error:") for line in err) == 1
