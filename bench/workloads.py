@@ -236,7 +236,7 @@ def _append_callback_to_every_fit(*callbacks) -> None:
 
 def _timed_export(skip: bool) -> list:
     """Replaces the SavedModel export used by ``fine_tune`` with a timed (or skipped) one."""
-    from components.lib import model as model_lib
+    from tlp.components.lib import model as model_lib
 
     seconds: list = []
     original = model_lib.export_servable
@@ -259,7 +259,7 @@ def make_datasets(root: str, sets: dict, image_size: int, seed: int) -> dict:
     """Writes prepared data sets with exact split sizes (``sets``: name -> {train, val, test}),
     all drawn from one pool of the project's generated sample images, so a smaller set is a
     subset of a bigger one."""
-    from components.lib import images
+    from tlp.components.lib import images
 
     start = time.perf_counter()
     need = {split: max(counts[split] for counts in sets.values()) for split in images.SPLITS}
@@ -327,7 +327,7 @@ def make_folder(root: str, count: int, size: int, seed: int) -> dict:
 @workload
 def prep(data: str, output_dir: str, image_size: int, seed: int) -> dict:
     """The data-prep step's function, ``prepare_dataset``."""
-    from components.lib import images
+    from tlp.components.lib import images
 
     start, cpu = time.perf_counter(), time.process_time()
     metadata = images.prepare_dataset(data, output_dir, image_size=image_size, seed=seed)
@@ -339,7 +339,7 @@ def prep(data: str, output_dir: str, image_size: int, seed: int) -> dict:
 def reader(dataset_dir: str, split: str, batch_size: int, passes: int, seed: int) -> dict:
     """Iterates the prepared split exactly as fine-tuning reads it (parse, decode, shuffle, batch,
     prefetch), ``passes`` times."""
-    from components.lib import images
+    from tlp.components.lib import images
 
     dataset = images.read_split(dataset_dir, split, batch_size, shuffle_seed=seed)
     runs = []
@@ -385,7 +385,7 @@ def calibrate_weights(dataset_dir: str, output: str, alpha: float, image_size: i
     import tensorflow as tf
     import tf_keras as keras
 
-    from components.lib import images
+    from tlp.components.lib import images
 
     if method not in CALIBRATIONS:
         raise ValueError(f"unknown calibration {method!r}; use one of {CALIBRATIONS}")
@@ -448,7 +448,7 @@ def train_head(dataset_dir: str, run_dir: str, alpha: float, weights: str, epoch
                seed: int) -> dict:
     """Ours: ``training.train_head`` as the feature-extraction component calls it (with a backup
     directory beside the model), end to end: build, extract features once, fit the head, save."""
-    from components.lib import training
+    from tlp.components.lib import training
 
     start, cpu = time.perf_counter(), time.process_time()
     history = training.train_head(
@@ -471,7 +471,7 @@ def tutorial(dataset_dir: str, image_size: int, epochs: int, batch_size: int, le
     validation every epoch. Same reader and images as ours; end to end = build + fit."""
     import tf_keras as keras
 
-    from components.lib import images
+    from tlp.components.lib import images
 
     start, cpu = time.perf_counter(), time.process_time()
     keras.utils.set_random_seed(seed)
@@ -516,8 +516,8 @@ def fine_tune_plain(dataset_dir: str, model_in: str, epochs: int, batch_size: in
     import numpy as np
     import tf_keras as keras
 
-    from components.lib import images
-    from components.lib import model as model_lib
+    from tlp.components.lib import images
+    from tlp.components.lib import model as model_lib
 
     def load(split):
         xs, ys = [], []
@@ -577,7 +577,7 @@ def fine_tune_ours(dataset_dir: str, model_in: str, run_dir: str, epochs: int, b
     (epochs taken in turn with ``fine_tune_plain`` when given a ``lockstep``). What follows the
     last epoch is not measured: the SavedModel export is skipped, and in lockstep the process
     ends as soon as training ends (before ``fine_tune`` reads its history and removes its backup)."""
-    from components.lib import training
+    from tlp.components.lib import training
 
     timer, callbacks, result = _paired_epoch_timing(lockstep)
     _append_callback_to_every_fit(*callbacks)
@@ -596,7 +596,7 @@ def head_then_tune(dataset_dir: str, run_dir: str, alpha: float, weights: str, h
     returns), then optionally ``fine_tune`` as the fine-tuning component calls it (backup
     directory: per-epoch checkpoints, NaN guard, CSV history) for ``tune_epochs``, with an epoch
     timer; its SavedModel export is timed, or skipped when not ``export`` (it is in no epoch)."""
-    from components.lib import training
+    from tlp.components.lib import training
 
     start, cpu = time.perf_counter(), time.process_time()
     training.train_head(
@@ -636,13 +636,13 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
 
     dataset = os.path.join(task("data-prep"), "dataset")
     start = time.perf_counter()
-    from components.lib import images
+    from tlp.components.lib import images
 
     images.prepare_dataset(data, dataset, image_size=image_size, seed=seed)
     seconds["data-prep"] = _since(start)
     if "feature-extraction" in steps:
         start = time.perf_counter()
-        from components.lib import training
+        from tlp.components.lib import training
 
         history = training.train_head(
             dataset, os.path.join(task("feature-extraction"), "model"), base="MobileNetV2", alpha=alpha,
@@ -652,7 +652,7 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
         seconds["feature-extraction"] = _since(start)
     if "fine-tuning" in steps:
         start = time.perf_counter()
-        from components.lib import training
+        from tlp.components.lib import training
 
         history, _replicas = training.fine_tune(
             dataset, os.path.join(task("feature-extraction"), "model"), os.path.join(task("fine-tuning"), "model"),
@@ -662,7 +662,7 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
         seconds["fine-tuning"] = _since(start)
     if "evaluation" in steps:
         start = time.perf_counter()
-        from components.lib.evaluation import evaluate_and_report
+        from tlp.components.lib.evaluation import evaluate_and_report
 
         outcome = evaluate_and_report(
             os.path.join(task("fine-tuning"), "model"), dataset, os.path.join(task("feature-extraction"), "history"),
@@ -672,7 +672,7 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
         seconds["evaluation"] = _since(start)
     if "registration" in steps and outcome["passed"]:
         start = time.perf_counter()
-        from components.lib.registry import register_model
+        from tlp.components.lib.registry import register_model
 
         register_model(
             os.path.join(task("fine-tuning"), "model"), dataset, outcome["flat_metrics"],
@@ -684,8 +684,8 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
 
 # --- child entry points -----------------------------------------------------------------------
 
-PRELOAD = ("numpy", "PIL.Image", "tensorflow", "tf_keras", "components.lib.images", "components.lib.model",
-           "components.lib.training")
+PRELOAD = ("numpy", "PIL.Image", "tensorflow", "tf_keras", "tlp.components.lib.images", "tlp.components.lib.model",
+           "tlp.components.lib.training")
 
 
 _RUNNING: dict = {}  # the workload this process runs: its result file and start time

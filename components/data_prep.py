@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components.container_images import image_reference
+from tlp.components.container_images import image_reference
 
 
 @dsl.component(base_image=image_reference(kind="light"), install_kfp_package=False)
@@ -33,7 +33,7 @@ def data_prep(
     import json
     from collections import namedtuple
 
-    from components.lib.images import prepare_dataset
+    from tlp.components.lib.images import prepare_dataset
 
     metadata = prepare_dataset(
         data, dataset.path, image_size=image_size, seed=seed, max_skipped_fraction=max_skipped_fraction

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from components.container_images import image_reference
+from tlp.components.container_images import image_reference
 
 
 @dsl.component(base_image=image_reference(kind="light"), install_kfp_package=False)
@@ -37,7 +37,7 @@ def evaluation(
         single ``Output``, not on named outputs (kfp 2.17).
     """
 
-    from components.lib.evaluation import evaluate_and_report
+    from tlp.components.lib.evaluation import evaluate_and_report
 
     outcome = evaluate_and_report(
         model.path, dataset.path, feature_history.path, fine_tune_history.path, report.path,

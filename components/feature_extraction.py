@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components.container_images import image_reference
+from tlp.components.container_images import image_reference
 
 
 @dsl.component(base_image=image_reference(kind="train"), install_kfp_package=False)
@@ -49,7 +49,7 @@ def feature_extraction(
     import os
     from collections import namedtuple
 
-    from components.lib.training import save_history, train_head
+    from tlp.components.lib.training import save_history, train_head
 
     result = train_head(
         dataset.path, model.path, base=base, alpha=alpha, weights=weights, epochs=epochs,

@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components.container_images import image_reference
+from tlp.components.container_images import image_reference
 
 
 @dsl.component(base_image=image_reference(kind="train"), install_kfp_package=False)
@@ -48,7 +48,7 @@ def fine_tuning(
     import os
     from collections import namedtuple
 
-    from components.lib.training import fine_tune, save_history
+    from tlp.components.lib.training import fine_tune, save_history
 
     result, replicas = fine_tune(
         dataset.path, base_model.path, model.path, fine_tune_at=fine_tune_at,

@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from components.container_images import image_reference
+from tlp.components.container_images import image_reference
 
 
 @dsl.component(base_image=image_reference(kind="light"), install_kfp_package=False)
@@ -39,8 +39,8 @@ def registration(
     """
     from collections import namedtuple
 
-    from components.lib.registry import register_model
-    from components.lib.report import add_registration
+    from tlp.components.lib.registry import register_model
+    from tlp.components.lib.report import add_registration
 
     registered = register_model(
         model.path, dataset.path, dict(metrics.metadata), registry, model_name, champion_tolerance

@@ -19,8 +19,8 @@ import sys
 
 from google.api_core.exceptions import GoogleAPICallError
 
-from components.lib.specs import ConfigError
-from pipelines import runners
+from tlp.components.lib.specs import ConfigError
+from tlp.pipelines import docker_runner, runners
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--registry", default="",
                      help="registry URI (default sqlite:///OUTPUT_DIR/registry.db, an MLflow registry)")
     run.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
-    run.add_argument("--runner", choices=runners.RUNNERS, default="subprocess",
+    run.add_argument("--runner", choices=docker_runner.RUNNERS, default="subprocess",
                      help="subprocess: this environment (default); docker: the component images")
     _add_image_options(run)
 
@@ -218,11 +218,11 @@ def command_run(args) -> int:
 
 
 def _components() -> dict:
-    from components.data_prep import data_prep
-    from components.evaluation import evaluation
-    from components.feature_extraction import feature_extraction
-    from components.fine_tuning import fine_tuning
-    from components.registration import registration
+    from tlp.components.data_prep import data_prep
+    from tlp.components.evaluation import evaluation
+    from tlp.components.feature_extraction import feature_extraction
+    from tlp.components.fine_tuning import fine_tuning
+    from tlp.components.registration import registration
 
     return {
         "data-prep": data_prep,
@@ -244,7 +244,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def command_component(args) -> int:
-    from pipelines.single import run_component
+    from tlp.pipelines.single import run_component
 
     outputs = run_component(
         args.name, _pairs(args.input, "--input"), _pairs(args.param, "--param"), args.output_dir
@@ -261,7 +261,7 @@ def command_component(args) -> int:
 
 
 def command_predict(args) -> int:
-    from pipelines.predict import predict_files
+    from tlp.pipelines.predict import predict_files
 
     registry = args.registry or "sqlite:///" + os.path.abspath(
         os.path.join(runners.DEFAULT_OUTPUT_DIR, "registry.db")
@@ -278,7 +278,7 @@ def command_predict(args) -> int:
 
 
 def command_compile(args) -> int:
-    from pipelines import cloud
+    from tlp.pipelines import cloud
 
     config = cloud.check_hardware(_cloud_config(args), "auto")
     cloud.compile_pipeline(config, args.output)
@@ -290,7 +290,7 @@ def command_compile(args) -> int:
 
 
 def _cloud_config(args):
-    from pipelines import cloud
+    from tlp.pipelines import cloud
 
     fields = {f.name for f in dataclasses.fields(cloud.CloudConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields and k != "labels"}
@@ -301,7 +301,7 @@ def _cloud_config(args):
 
 
 def _cloud_run(args):
-    from pipelines import cloud
+    from tlp.pipelines import cloud
 
     fields = {f.name for f in dataclasses.fields(runners.RunConfig)} - {"output_dir", "notes"}
     run = runners.RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -314,7 +314,7 @@ def _cloud_run(args):
 
 
 def command_submit(args) -> int:
-    from pipelines import cloud
+    from tlp.pipelines import cloud
 
     run, config = _cloud_run(args)
     cloud.submit(run, config, wait=args.wait)
@@ -322,7 +322,7 @@ def command_submit(args) -> int:
 
 
 def command_schedule(args) -> int:
-    from pipelines import cloud
+    from tlp.pipelines import cloud
 
     if args.action == "create":
         request = cloud.ScheduleRequest(args.cron, args.name, args.max_concurrent, args.max_runs, args.start, args.end)
@@ -345,7 +345,7 @@ def command_schedule(args) -> int:
 
 def _schedule_target(args):
     """Project/region (or KFP host) for list/pause/resume/delete, checked like a submission's."""
-    from pipelines import cloud
+    from tlp.pipelines import cloud
 
     config = cloud.CloudConfig(project=args.project, region=args.region, api_endpoint=args.api_endpoint,
                                kfp_host=args.kfp_host, pipeline_root="gs://unused")

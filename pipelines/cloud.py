@@ -13,10 +13,10 @@ import tempfile
 import zoneinfo
 from dataclasses import dataclass, field
 
-from components.lib import specs
-from components.lib.specs import ConfigError
-from pipelines import runners
-from pipelines.training import PIPELINE_NAME, FineTuneHardware, create_pipeline
+from tlp.components.lib import specs
+from tlp.components.lib.specs import ConfigError
+from tlp.pipelines import runners
+from tlp.pipelines.training import PIPELINE_NAME, FineTuneHardware, create_pipeline
 
 CONSOLE = "https://console.cloud.google.com/vertex-ai"
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")

@@ -15,9 +15,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from components.lib import specs
-from components.lib.registry import check_registry_uri
-from pipelines.training import PIPELINE_NAME, STEP_NAMES, create_pipeline
+from tlp.components.lib import specs
+from tlp.components.lib.registry import check_registry_uri
+from tlp.pipelines import docker_runner
+from tlp.pipelines.training import PIPELINE_NAME, STEP_NAMES, create_pipeline
 
 DEFAULT_OUTPUT_DIR = "tlp-runs"
 # Hosts the real downloads come from; "reachable" means a TCP connection opens quickly.
@@ -152,7 +153,7 @@ def validate(config: RunConfig, check_layers: bool = True, local: bool = True) -
     if local and registry.startswith("vertex://"):
         _check_local_vertex_registry(registry)
     if check_layers and config.fine_tune_epochs > 0:
-        from components.lib.model import base_layer_count
+        from tlp.components.lib.model import base_layer_count
 
         count = base_layer_count(config.base, config.alpha, config.image_size)
         specs.check_fine_tune_at(config.fine_tune_at, count, config.base)
@@ -161,8 +162,8 @@ def validate(config: RunConfig, check_layers: bool = True, local: bool = True) -
 
 def _check_local_vertex_registry(uri: str) -> None:
     """A local run uploads its model to Vertex AI: say what is missing before training, not after."""
-    from components.lib.vertex_registry import parse_vertex_uri
-    from pipelines.cloud import check_credentials
+    from tlp.components.lib.vertex_registry import parse_vertex_uri
+    from tlp.pipelines.cloud import check_credentials
 
     if "staging_bucket" not in parse_vertex_uri(uri).options:
         raise specs.ConfigError(
@@ -173,7 +174,7 @@ def _check_local_vertex_registry(uri: str) -> None:
 
 
 def _check_folder(path: str) -> None:
-    from components.lib.images import IMAGE_EXTENSIONS
+    from tlp.components.lib.images import IMAGE_EXTENSIONS
 
     if not os.path.isdir(path):
         raise specs.ConfigError(
@@ -227,31 +228,6 @@ class _StepClock(logging.Filter):
         return True
 
 
-RUNNERS = ("subprocess", "docker")
-
-
-def check_docker_config(config: RunConfig) -> None:
-    """With --runner docker only the pipeline root is mounted into the containers."""
-    pipeline_root = os.path.join(os.path.abspath(config.output_dir), "pipeline-root")
-    data = specs.parse_data_spec(config.data)
-    if data.kind == "folder" and not data.path.startswith("gs://"):
-        if not os.path.abspath(data.path).startswith(pipeline_root + os.sep):
-            raise specs.ConfigError(
-                f"--runner docker cannot see --data folder:{data.path} (only {pipeline_root} is "
-                "mounted into the containers); copy the photos under it or use the subprocess runner."
-            )
-    if config.weights not in ("imagenet", "none"):
-        raise specs.ConfigError(
-            f"--runner docker cannot see the weights file {config.weights}; use imagenet (baked "
-            "into the training image) or none."
-        )
-    if config.registry.startswith("sqlite:///") and not config.registry[len("sqlite:///"):].startswith(pipeline_root):
-        raise specs.ConfigError(
-            f"--runner docker cannot reach the registry {config.registry}; use --registry "
-            f"sqlite:///{pipeline_root}/registry.db or an MLflow server URL."
-        )
-
-
 class _TailTee:
     """Passes kfp's output through to the terminal and keeps the last lines, so a failed step's
     own error sentence can be repeated at the end instead of "see above"."""
@@ -298,19 +274,6 @@ def failures_explained(what: str, clock: _StepClock | None = None, run_dir_of=No
         raise RunFailed(f"step {step} failed: {message}{where}") from error
 
 
-def check_docker_engine() -> None:
-    import docker
-
-    try:
-        docker.from_env().ping()
-    except docker.errors.DockerException as error:
-        reason = str(error).split(":")[0]
-        raise specs.ConfigError(
-            f"--runner docker needs a running Docker engine ({reason}); start Docker, or use "
-            "--runner subprocess (the default)."
-        ) from error
-
-
 def run_local(
     config: RunConfig, image_repo: str = "tlp", image_tag: str | None = None, runner: str = "subprocess"
 ) -> dict:
@@ -326,9 +289,7 @@ def run_local(
     os.makedirs(pipeline_root, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children inherit: less C++ noise
     if runner == "docker":
-        check_docker_config(config)
-        check_docker_engine()
-        kfp_runner = local.DockerRunner()
+        kfp_runner = docker_runner.make_runner(config)
     else:
         kfp_runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=kfp_runner, pipeline_root=pipeline_root)

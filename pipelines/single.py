@@ -13,8 +13,8 @@ import os
 
 from kfp import dsl
 
-from components.lib.specs import ConfigError
-from pipelines import runners
+from tlp.components.lib.specs import ConfigError
+from tlp.pipelines import runners
 
 _TYPES = {"Integer": int, "Float": float, "Boolean": lambda v: v.lower() in ("1", "true", "yes"), "String": str}
 _ARTIFACT_CLASSES = {
@@ -91,7 +91,7 @@ def run_component(name: str, artifacts: dict[str, str], params: dict[str, str], 
     """Runs component ``name`` locally; returns its task directory, parameters and artifacts."""
     from kfp import local
 
-    from pipelines.cli import _components
+    from tlp.pipelines.cli import _components
 
     component = _components()[name]
     pipeline = build_single_pipeline(component, artifacts, params)

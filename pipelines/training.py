@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from kfp import dsl
 
-from components.container_images import DEFAULT_REPO, image_reference
-from components.data_prep import data_prep
-from components.evaluation import evaluation
-from components.feature_extraction import feature_extraction
-from components.fine_tuning import fine_tuning
-from components.registration import registration
+from tlp.components.container_images import DEFAULT_REPO, image_reference
+from tlp.components.data_prep import data_prep
+from tlp.components.evaluation import evaluation
+from tlp.components.feature_extraction import feature_extraction
+from tlp.components.fine_tuning import fine_tuning
+from tlp.components.registration import registration
 
 PIPELINE_NAME = "transfer-learning"
 STEP_NAMES = ("data-prep", "feature-extraction", "fine-tuning", "evaluation", "registration")

@@ -15,7 +15,7 @@ SMALL = {"image_size": 64, "alpha": 0.35, "weights": "none"}
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory):
     """A prepared sample data set: 2 classes x 40 images, 64 px."""
-    from components.lib.images import prepare_dataset
+    from tlp.components.lib.images import prepare_dataset
 
     directory = str(tmp_path_factory.mktemp("data") / "dataset")
     prepare_dataset("sample:40", directory, image_size=SMALL["image_size"], seed=7)
@@ -25,7 +25,7 @@ def sample_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def head_model(sample_dataset, tmp_path_factory):
     """Feature-extraction output (model dir, history) on the sample data set."""
-    from components.lib.training import train_head
+    from tlp.components.lib.training import train_head
 
     directory = str(tmp_path_factory.mktemp("head") / "model")
     history = train_head(
@@ -38,7 +38,7 @@ def head_model(sample_dataset, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tuned_model(sample_dataset, head_model, tmp_path_factory):
     """Fine-tuning output (servable model dir, history), one epoch, default strategy."""
-    from components.lib.training import fine_tune
+    from tlp.components.lib.training import fine_tune
 
     directory = str(tmp_path_factory.mktemp("tuned") / "model")
     history, replicas = fine_tune(

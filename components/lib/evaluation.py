@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.lib import images
-from components.lib import model as model_lib
+from tlp.components.lib import images
+from tlp.components.lib import model as model_lib
 
 MAX_MISCLASSIFIED_SHOWN = 24
 
@@ -135,8 +135,8 @@ def evaluate_and_report(
 ) -> dict:
     """The evaluation step: metrics, gate and HTML report. Returns passed, reasons,
     flat_metrics ({split}_{metric} and gap) and the full results."""
-    from components.lib import report, specs
-    from components.lib.training import load_history
+    from tlp.components.lib import report, specs
+    from tlp.components.lib.training import load_history
 
     specs.check_gate(max_gap, min_accuracy)
     results = evaluate_model(model_dir, dataset_dir)

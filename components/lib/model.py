@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 
-from components.lib.specs import BASES, check_fine_tune_at
+from tlp.components.lib.specs import BASES, check_fine_tune_at
 
 BASE_LAYER_NAME = "base"
 HEAD_LAYERS = ("pooled_features", "feature_standardization", "head_dropout", "logits")
@@ -207,7 +207,7 @@ def export_servable(model, export_dir: str, class_names: list[str], image_size: 
     """
     import tensorflow as tf
 
-    from components.lib.images import resize
+    from tlp.components.lib.images import resize
 
     num_classes = len(class_names)
 

@@ -19,7 +19,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from components.lib.specs import ConfigError
+from tlp.components.lib.specs import ConfigError
 
 CHAMPION_ALIAS = "champion"
 EXPERIMENT = "transfer-learning"
@@ -53,7 +53,7 @@ def check_registry_uri(uri: str) -> str:
             "here write vertex://PROJECT/REGION[/MODEL]."
         )
     if uri.startswith("vertex://"):
-        from components.lib.vertex_registry import parse_vertex_uri
+        from tlp.components.lib.vertex_registry import parse_vertex_uri
 
         return str(parse_vertex_uri(uri))
     if uri.startswith("sqlite:///"):
@@ -239,7 +239,7 @@ class MlflowRegistry:
 def open_registry(uri: str):
     """The registry behind ``uri``: Vertex AI for vertex://, MLflow otherwise."""
     if uri.startswith("vertex://"):
-        from components.lib.vertex_registry import VertexRegistry
+        from tlp.components.lib.vertex_registry import VertexRegistry
 
         return VertexRegistry(uri)
     return MlflowRegistry(uri)
@@ -251,7 +251,7 @@ def challenge(
 ) -> tuple[bool, str]:
     """Champion/challenger: the candidate takes the ``champion`` alias only if its test accuracy
     is at least the champion's on the *same* (current) test split, minus ``tolerance``."""
-    from components.lib.evaluation import evaluate_model
+    from tlp.components.lib.evaluation import evaluate_model
 
     champion = registry.champion_version(name)
     if champion is None:
@@ -277,10 +277,10 @@ def register_model(
 ) -> Registered:
     """The registration step: gathers lineage from the model and data set, registers a new
     version, then lets it challenge the champion."""
-    from components.container_images import project_version
-    from components.lib import images
-    from components.lib import model as model_lib
-    from components.lib.specs import parse_data_spec
+    from tlp.components.container_images import project_version
+    from tlp.components.lib import images
+    from tlp.components.lib import model as model_lib
+    from tlp.components.lib.specs import parse_data_spec
 
     info = model_lib.read_info(model_dir)
     data = images.read_metadata(dataset_dir)

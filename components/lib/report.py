@@ -6,7 +6,7 @@ import base64
 import html
 import io
 
-from components.lib import images
+from tlp.components.lib import images
 
 
 def learning_curves_png(feature_history: dict, fine_tune_history: dict | None) -> bytes:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 
-from components.lib.specs import ConfigError, parse_devices
+from tlp.components.lib.specs import ConfigError, parse_devices
 
 
 def cluster_workers(tf_config: str | None) -> int:

@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from components.lib import images, specs
-from components.lib import model as model_lib
-from components.lib.strategy import is_chief, make_strategy
+from tlp.components.lib import images, specs
+from tlp.components.lib import model as model_lib
+from tlp.components.lib.strategy import is_chief, make_strategy
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # Fine-tuning keeps decoded images in memory up to this size (20k images at 160 px: 1.5 GB).

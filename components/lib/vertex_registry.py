@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from components.lib.specs import ConfigError
+from tlp.components.lib.specs import ConfigError
 
 SCHEME = "vertex://"
 CHAMPION_ALIAS = "champion"
@@ -121,7 +121,7 @@ class VertexRegistry:
         return parent, self._aiplatform.models.ModelRegistry(parent).list_versions()
 
     def register(self, model_dir: str, name: str, *, metrics: dict, params: dict, tags: dict):
-        from components.lib.registry import Registered, model_digest
+        from tlp.components.lib.registry import Registered, model_digest
 
         digest = model_digest(model_dir)[:40]
         parent = self._parent(name)

@@ -3,7 +3,7 @@ against the loopback stand-in; the tests assert the requests that would reach Go
 
 import pytest
 
-from pipelines import cli
+from tlp.pipelines import cli
 
 SA = "trainer@tlp-test.iam.gserviceaccount.com"
 STEPS = {"data-prep", "feature-extraction", "fine-tuning", "evaluation", "registration"}

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from components.lib import images
-from components.lib import model as model_lib
-from components.lib.specs import ConfigError
-from components.lib.training import fine_tune, train_head
+from tlp.components.lib import images
+from tlp.components.lib import model as model_lib
+from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.training import fine_tune, train_head
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import os
 import pytest
 from kfp import dsl
 
-from components.data_prep import data_prep
-from components.evaluation import evaluation
-from components.feature_extraction import feature_extraction
-from components.fine_tuning import fine_tuning
-from components.registration import registration
+from tlp.components.data_prep import data_prep
+from tlp.components.evaluation import evaluation
+from tlp.components.feature_extraction import feature_extraction
+from tlp.components.fine_tuning import fine_tuning
+from tlp.components.registration import registration
 
 
 def _artifact(cls, root, name):
@@ -148,7 +148,7 @@ def test_registration_records_lineage(chain, prepared, tuned, scored):
         registered_report=_artifact(dsl.HTML, chain["root"], "again_report"), registry=uri, model_name="",
     )
     assert again.version == "1"  # the same artifact is registered once
-    from components.lib.registry import open_registry
+    from tlp.components.lib.registry import open_registry
 
     version = open_registry(uri).client.get_model_version("sample", "1")
     assert version.tags["data_spec"] == "sample:30"
@@ -162,7 +162,7 @@ def test_champion_moves_only_to_a_challenger_at_least_as_good(chain, prepared, h
     not take the alias; an equal-or-better one (or one within the tolerance) does."""
     import shutil
 
-    from components.lib.registry import open_registry, register_model
+    from tlp.components.lib.registry import open_registry, register_model
 
     uri = f"sqlite:///{chain['root']}/champion/registry.db"
     dataset = prepared[0].path

@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main(argv):
     dataset, model_in, model_out, backup, epochs, batch, devices = argv
-    from components.lib.training import fine_tune
+    from tlp.components.lib.training import fine_tune
 
     history, replicas = fine_tune(
         dataset, model_in, model_out, fine_tune_at=100, fine_tune_epochs=int(epochs),

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from components.lib import model as model_lib
-from components.lib.training import TrainingDivergedError, train_head
+from tlp.components.lib import model as model_lib
+from tlp.components.lib.training import TrainingDivergedError, train_head
 
 WORKER = [sys.executable, "-m", "tests.faults.fine_tune_worker"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,7 +58,7 @@ def test_killed_fine_tuning_resumes_from_last_finished_epoch(sample_dataset, hea
     serve = model_lib.load_servable(out)
     import tensorflow as tf
 
-    from components.lib import images
+    from tlp.components.lib import images
 
     batch, _ = next(iter(images.read_split(sample_dataset, "test", 2)))
     result = serve(image_bytes=tf.constant([tf.io.encode_jpeg(i).numpy() for i in batch]))

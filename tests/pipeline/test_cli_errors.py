@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from pipelines.cli import main
 from tests.conftest import write_image
+from tlp.pipelines import docker_runner
+from tlp.pipelines.cli import main
 
 SMALL = ["--weights", "none", "--data", "sample:10", "--image-size", "32", "--alpha", "0.35"]
 
@@ -60,7 +61,7 @@ def test_folder_with_no_images(tmp_path, capsys):
 
 
 def test_auto_is_decided_before_the_run_and_announced(monkeypatch):
-    from pipelines import runners
+    from tlp.pipelines import runners
 
     monkeypatch.setattr(runners, "tfds_cached", lambda name: False)
     monkeypatch.setattr(runners, "imagenet_weights_cached", lambda *a: False)
@@ -87,13 +88,13 @@ def test_docker_runner_without_an_engine_says_so(tmp_path, capsys, monkeypatch):
 
 
 def test_docker_runner_cannot_see_folders_outside_the_pipeline_root(tmp_path):
-    from components.lib.specs import ConfigError
-    from pipelines import runners
+    from tlp.components.lib.specs import ConfigError
+    from tlp.pipelines import runners
 
     config = runners.RunConfig(data=f"folder:{tmp_path}/photos", weights="none",
                                output_dir=str(tmp_path / "out"), registry="sqlite:///x.db")
     with pytest.raises(ConfigError, match="cannot see --data folder"):
-        runners.check_docker_config(config)
+        docker_runner.check_docker_config(config)
     config = runners.RunConfig(data="sample", weights=str(tmp_path / "w.h5"), output_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="cannot see the weights file"):
-        runners.check_docker_config(config)
+        docker_runner.check_docker_config(config)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kfp import compiler
 
-from pipelines.training import FineTuneHardware, create_pipeline
+from tlp.pipelines.training import FineTuneHardware, create_pipeline
 
 GOLDEN = Path(__file__).parent / "golden"
 VARIANTS = {

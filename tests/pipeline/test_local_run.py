@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-TLP = [sys.executable, "-m", "pipelines.cli"]
+TLP = [sys.executable, "-m", "tlp.pipelines.cli"]
 SMALL = ["--weights", "none", "--alpha", "0.35", "--image-size", "64", "--batch-size", "16"]
 
 
@@ -55,7 +55,7 @@ def _test_images(summary, directory):
     """Writes two test-split images to files; returns their paths and true labels."""
     import tensorflow as tf
 
-    from components.lib import images
+    from tlp.components.lib import images
 
     dataset = os.path.join(summary["run_dir"], "data-prep", "dataset")
     batch, labels = next(iter(images.read_split(dataset, "test", 6)))
@@ -141,7 +141,7 @@ def test_failed_gate_registers_nothing(tmp_path):
     assert summary["gate"]["passed"] is False and summary["registered"] is None
     assert "registered nothing" in stdout
     assert all(("exceeds" in r) or ("below" in r) for r in summary["gate"]["reasons"])
-    from components.lib.registry import open_registry
+    from tlp.components.lib.registry import open_registry
 
     client = open_registry(f"sqlite:///{tmp_path / 'out' / 'registry.db'}").client
     assert client.search_model_versions("name = 'noise'") == []

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.lib import images
-from components.lib.specs import ConfigError
 from tests.conftest import write_image
+from tlp.components.lib import images
+from tlp.components.lib.specs import ConfigError
 
 SIZE = 32  # the smallest allowed --image-size keeps data prep fast
 

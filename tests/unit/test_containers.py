@@ -78,7 +78,7 @@ def test_build_context_is_small():
 def test_compiled_tasks_use_the_configured_images(tmp_path):
     from kfp import compiler
 
-    from pipelines.training import create_pipeline
+    from tlp.pipelines.training import create_pipeline
 
     package = tmp_path / "pipeline.yaml"
     compiler.Compiler().compile(create_pipeline("us-docker.pkg.dev/p/tlp", "9.9.9"), str(package))
@@ -98,7 +98,7 @@ def test_compiled_tasks_use_the_configured_images(tmp_path):
 
 
 def test_default_tag_is_the_project_version(tmp_path):
-    from components.container_images import image_reference, project_version
+    from tlp.components.container_images import image_reference, project_version
 
     assert image_reference(kind="train") == f"tlp/tlp-train:{project_version()}"
     assert project_version() == "0.1.0"

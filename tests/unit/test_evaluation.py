@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from components.lib import evaluation
+from tlp.components.lib import evaluation
 
 
 def _results(train, val, test):

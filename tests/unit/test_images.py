@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from components.lib import images
-from components.lib.specs import ConfigError
 from tests.conftest import write_image
+from tlp.components.lib import images
+from tlp.components.lib.specs import ConfigError
 
 
 def test_sample_is_deterministic_and_balanced():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from components.lib import model as model_lib
-from components.lib.specs import ConfigError
+from tlp.components.lib import model as model_lib
+from tlp.components.lib.specs import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from components.lib import registry
-from components.lib.specs import ConfigError
+from tlp.components.lib import registry
+from tlp.components.lib.specs import ConfigError
 
 
 def _model_dir(tmp_path, name, content):
@@ -70,7 +70,7 @@ def test_racing_registrations_from_two_processes_both_land(tmp_path):
     uri = f"sqlite:///{tmp_path}/race/registry.db"
     code = (
         "import sys\n"
-        "from components.lib.registry import open_registry\n"
+        "from tlp.components.lib.registry import open_registry\n"
         "r = open_registry(sys.argv[1]).register(sys.argv[2], 'raced', metrics={'test_accuracy': 0.9},\n"
         "    params={}, tags={})\n"
         "print('VERSION', r.version)\n"

@@ -1,7 +1,7 @@
 import pytest
 
-from components.lib import specs
-from components.lib.specs import ConfigError
+from tlp.components.lib import specs
+from tlp.components.lib.specs import ConfigError
 
 
 def test_data_specs_parse():

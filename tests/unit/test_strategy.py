@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from components.lib import strategy
-from components.lib.specs import ConfigError
+from tlp.components.lib import strategy
+from tlp.components.lib.specs import ConfigError
 
 CLUSTER = {"worker": ["localhost:1", "localhost:2"]}
 
@@ -32,7 +32,7 @@ def test_gpu_request_without_gpus_is_a_clear_error():
 
 def test_logical_cpus_give_mirrored_strategy_in_a_fresh_process():
     code = (
-        "from components.lib.strategy import make_strategy\n"
+        "from tlp.components.lib.strategy import make_strategy\n"
         "s = make_strategy('cpu:3', tf_config='')\n"
         "print(type(s).__name__, s.num_replicas_in_sync)\n"
     )
