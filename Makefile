@@ -28,6 +28,10 @@ test: $(STAMP) ## Lint, then run the test suite
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest
 
+test-fast: $(STAMP) ## The inner loop: lint and every test except whole-pipeline runs (-m "not slow")
+	$(MAKE) --no-print-directory lint
+	$(BIN)/python -m pytest -m "not slow"
+
 lint: $(STAMP) ## ruff on the code, hadolint on every Dockerfile
 	$(BIN)/ruff check components pipelines tests bench
 	$(BIN)/hadolint containers/*.Dockerfile
@@ -45,7 +49,7 @@ lock: ## Re-resolve constraints.txt from pyproject.toml in a scratch venv
 clean: ## Remove .venv and local outputs
 	rm -rf $(VENV) tlp-runs
 
-.PHONY: help install run test lint compile lock clean
+.PHONY: help install run test test-fast lint compile lock clean
 
 images: ## Build both container images (IMAGE_REPO=..., IMAGE_TAG=... default: project version)
 	docker build -f containers/base.Dockerfile -t $(IMAGE_REPO)/tlp:$(IMAGE_TAG) .

@@ -33,11 +33,12 @@ from importlib import metadata
 from pathlib import Path
 
 from bench.workloads import first_epoch_adjusted, machine_cpu, training_part_adjusted
+from tlp.components.lib.steps import STEP_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "bench" / "results.json"
 MEMORY_LIMIT_MB = 2500.0  # 2.5 GB, decimal
-PIPELINE_STEPS = ["data-prep", "feature-extraction", "fine-tuning", "evaluation", "registration"]
+PIPELINE_STEPS = list(STEP_NAMES)
 
 COMMON = {
     "image_size": 160, "alpha": 1.0, "batch_size": 32, "weights": "calibrated", "seed": 42,

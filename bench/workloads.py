@@ -443,6 +443,13 @@ def calibrate_weights(dataset_dir: str, output: str, alpha: float, image_size: i
 # --- training ---------------------------------------------------------------------------------
 
 
+def _settings(**values):
+    """The project's settings with these options (names as declared in settings.py)."""
+    from tlp.components.lib.settings import Settings
+
+    return Settings.from_values(values)
+
+
 @workload
 def train_head(dataset_dir: str, run_dir: str, alpha: float, weights: str, epochs: int, batch_size: int,
                seed: int) -> dict:
@@ -452,8 +459,9 @@ def train_head(dataset_dir: str, run_dir: str, alpha: float, weights: str, epoch
 
     start, cpu = time.perf_counter(), time.process_time()
     history = training.train_head(
-        dataset_dir, os.path.join(run_dir, "model"), base="MobileNetV2", alpha=alpha, weights=weights,
-        epochs=epochs, batch_size=batch_size, seed=seed, backup_dir=os.path.join(run_dir, "backup"),
+        dataset_dir, os.path.join(run_dir, "model"),
+        _settings(alpha=alpha, weights=weights, epochs=epochs, batch_size=batch_size, seed=seed),
+        backup_dir=os.path.join(run_dir, "backup"),
     )
     return {
         "seconds": _since(start),
@@ -583,8 +591,10 @@ def fine_tune_ours(dataset_dir: str, model_in: str, run_dir: str, epochs: int, b
     _append_callback_to_every_fit(*callbacks)
     _timed_export(skip=True)
     training.fine_tune(
-        dataset_dir, model_in, os.path.join(run_dir, "tuned"), fine_tune_at=fine_tune_at, fine_tune_epochs=epochs,
-        learning_rate=learning_rate, batch_size=batch_size, seed=seed, backup_dir=os.path.join(run_dir, "backup"),
+        dataset_dir, model_in, os.path.join(run_dir, "tuned"),
+        _settings(fine_tune_at=fine_tune_at, fine_tune_epochs=epochs, learning_rate=learning_rate,
+                  batch_size=batch_size, seed=seed),
+        backup_dir=os.path.join(run_dir, "backup"),
     )
     return result()
 
@@ -600,8 +610,9 @@ def head_then_tune(dataset_dir: str, run_dir: str, alpha: float, weights: str, h
 
     start, cpu = time.perf_counter(), time.process_time()
     training.train_head(
-        dataset_dir, os.path.join(run_dir, "head"), base="MobileNetV2", alpha=alpha, weights=weights,
-        epochs=head_epochs, batch_size=batch_size, seed=seed, backup_dir=os.path.join(run_dir, "head-backup"),
+        dataset_dir, os.path.join(run_dir, "head"),
+        _settings(alpha=alpha, weights=weights, epochs=head_epochs, batch_size=batch_size, seed=seed),
+        backup_dir=os.path.join(run_dir, "head-backup"),
     )
     result = {"head_seconds": _since(start), "head_cpu_seconds": _cpu_since(cpu), "head_peak_rss_mb": peak_rss_mb()}
     if tune_epochs:
@@ -610,8 +621,9 @@ def head_then_tune(dataset_dir: str, run_dir: str, alpha: float, weights: str, h
         export_seconds = _timed_export(skip=not export)
         start = time.perf_counter()
         training.fine_tune(
-            dataset_dir, os.path.join(run_dir, "head"), os.path.join(run_dir, "tuned"), fine_tune_at=fine_tune_at,
-            fine_tune_epochs=tune_epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+            dataset_dir, os.path.join(run_dir, "head"), os.path.join(run_dir, "tuned"),
+            _settings(fine_tune_at=fine_tune_at, fine_tune_epochs=tune_epochs, learning_rate=learning_rate,
+                      batch_size=batch_size, seed=seed),
             backup_dir=os.path.join(run_dir, "tune-backup"),
         )
         result["tune_seconds"] = _since(start)
@@ -645,8 +657,9 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
         from tlp.components.lib import training
 
         history = training.train_head(
-            dataset, os.path.join(task("feature-extraction"), "model"), base="MobileNetV2", alpha=alpha,
-            weights=weights, epochs=epochs, seed=seed, backup_dir=os.path.join(task("feature-extraction"), "backup"),
+            dataset, os.path.join(task("feature-extraction"), "model"),
+            _settings(alpha=alpha, weights=weights, epochs=epochs, seed=seed),
+            backup_dir=os.path.join(task("feature-extraction"), "backup"),
         )
         training.save_history(history, os.path.join(task("feature-extraction"), "history"))
         seconds["feature-extraction"] = _since(start)
@@ -656,7 +669,8 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
 
         history, _replicas = training.fine_tune(
             dataset, os.path.join(task("feature-extraction"), "model"), os.path.join(task("fine-tuning"), "model"),
-            fine_tune_epochs=fine_tune_epochs, seed=seed, backup_dir=os.path.join(task("fine-tuning"), "backup"),
+            _settings(fine_tune_epochs=fine_tune_epochs, seed=seed),
+            backup_dir=os.path.join(task("fine-tuning"), "backup"),
         )
         training.save_history(history, os.path.join(task("fine-tuning"), "history"))
         seconds["fine-tuning"] = _since(start)
@@ -667,12 +681,12 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
         outcome = evaluate_and_report(
             os.path.join(task("fine-tuning"), "model"), dataset, os.path.join(task("feature-extraction"), "history"),
             os.path.join(task("fine-tuning"), "history"), os.path.join(work_dir, "report.html"),
-            max_gap=max_gap, min_accuracy=min_accuracy,
+            _settings(max_gap=max_gap, min_accuracy=min_accuracy),
         )
         seconds["evaluation"] = _since(start)
     if "registration" in steps and outcome["passed"]:
         start = time.perf_counter()
-        from tlp.components.lib.registry import register_model
+        from tlp.components.lib.registry.champion import register_model
 
         register_model(
             os.path.join(task("fine-tuning"), "model"), dataset, outcome["flat_metrics"],

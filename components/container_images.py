@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from importlib import metadata
+from tlp.components.lib.version import project_version
 
 DEFAULT_REPO = "tlp"
-
-
-def project_version() -> str:
-    try:
-        return metadata.version("tlp")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 def image_reference(repo: str = DEFAULT_REPO, tag: str | None = None, kind: str = "light") -> str:

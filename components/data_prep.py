@@ -11,21 +11,16 @@ from tlp.components.container_images import image_reference
 @dsl.component(base_image=image_reference(kind="light"), install_kfp_package=False)
 def data_prep(
     dataset: Output[Dataset],
-    data: str = "tfds:cats_vs_dogs",
-    image_size: int = 160,
-    seed: int = 42,
-    max_skipped_fraction: float = 0.10,
+    options: dict,
 ) -> NamedTuple("DataPrepOutputs", [("class_names", str), ("train_images", int),
                                     ("val_images", int), ("test_images", int), ("skipped", int)]):
-    """Loads images from ``data`` and writes the 80/10/10 splits, resized, as TFRecord shards.
+    """Loads the images named by the ``data`` option and writes the 80/10/10 splits, resized,
+    as TFRecord shards.
 
     Args:
         dataset: Output directory: TFRecord shards per split and metadata.json.
-        data: ``tfds:NAME``, ``folder:PATH`` (local or gs://, one subfolder per class) or
-            ``sample[:N]`` (generated, N images per class).
-        image_size: Side in pixels of the square images the model takes.
-        seed: Seed of the stratified split (folder and sample sources).
-        max_skipped_fraction: Fail if more than this fraction of image files are unreadable.
+        options: The options this step reads (``data``, ``image_size``, ``seed``,
+            ``max_skipped_fraction``; declared in tlp.components.lib.settings).
 
     Returns:
         The class names (JSON list), the image count of each split and the skipped-file count.
@@ -34,14 +29,18 @@ def data_prep(
     from collections import namedtuple
 
     from tlp.components.lib.images import prepare_dataset
+    from tlp.components.lib.settings import Settings
+    from tlp.components.lib.steps import DATA_PREP
 
+    settings = Settings.for_step(DATA_PREP, options)
     metadata = prepare_dataset(
-        data, dataset.path, image_size=image_size, seed=seed, max_skipped_fraction=max_skipped_fraction
+        settings.data.data, dataset.path, image_size=settings.model.image_size, seed=settings.training.seed,
+        max_skipped_fraction=settings.data.max_skipped_fraction,
     )
     dataset.metadata.update({
         "source": metadata["source"],
         "class_names": metadata["class_names"],
-        "image_size": image_size,
+        "image_size": metadata["image_size"],
         "num_examples": metadata["num_examples"],
         "fingerprint": metadata["fingerprint"],
         "skipped_count": len(metadata["skipped"]),

@@ -15,8 +15,7 @@ def evaluation(
     metrics: Output[Metrics],
     classification_metrics: Output[ClassificationMetrics],
     report: Output[HTML],
-    max_gap: float = 0.05,
-    min_accuracy: float = 0.90,
+    options: dict,
 ) -> bool:
     """Scores the model in inference mode on train, val and test, and applies the gate.
 
@@ -28,20 +27,21 @@ def evaluation(
         metrics: Output: accuracy, loss, precision, recall, AUC per split, and the gap.
         classification_metrics: Output: test confusion matrix and ROC curve.
         report: Output: HTML report (learning curves, confusion matrix, misclassified images).
-        max_gap: Largest allowed train - validation accuracy.
-        min_accuracy: Smallest allowed test accuracy.
+        options: The options this step reads (the gate's ``max_gap``, largest allowed train -
+            validation accuracy, and ``min_accuracy``, smallest allowed test accuracy).
 
     Returns:
         Whether the gate passed. The reasons go in the report's metadata (``gate_reasons``).
         A single output on purpose: kfp.local resolves ``dsl.If`` conditions only on a task's
         single ``Output``, not on named outputs (kfp 2.17).
     """
-
     from tlp.components.lib.evaluation import evaluate_and_report
+    from tlp.components.lib.settings import Settings
+    from tlp.components.lib.steps import EVALUATION
 
     outcome = evaluate_and_report(
         model.path, dataset.path, feature_history.path, fine_tune_history.path, report.path,
-        max_gap=max_gap, min_accuracy=min_accuracy,
+        Settings.for_step(EVALUATION, options),
     )
     for name, value in outcome["flat_metrics"].items():
         metrics.log_metric(name, value)

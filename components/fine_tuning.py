@@ -14,15 +14,7 @@ def fine_tuning(
     base_model: Input[Model],
     model: Output[Model],
     history: Output[Artifact],
-    fine_tune_at: int = 100,
-    fine_tune_epochs: int = 10,
-    learning_rate: float = 1e-4,
-    batch_size: int = 32,
-    devices: str = "auto",
-    seed: int = 42,
-    mixed_precision: str = "float32",
-    xla: bool = False,
-    steps_per_execution: int = 1,
+    options: dict,
 ) -> NamedTuple("FineTuningOutputs", [("replicas", int)]):
     """Unfreezes the base from ``fine_tune_at`` and trains at ``learning_rate / 10``.
 
@@ -32,15 +24,8 @@ def fine_tuning(
         model: Output: a SavedModel whose serving signature takes encoded image bytes
             (``image_bytes``) and returns probabilities and label; also model.keras.
         history: Output: per-epoch loss/accuracy of this phase (JSON).
-        fine_tune_at: First layer of the base to train.
-        fine_tune_epochs: Epochs of fine-tuning (0 skips it).
-        learning_rate: The base learning rate of the first phase (divided by 10 here).
-        batch_size: Batch size per replica.
-        devices: auto, cpu:N (N logical CPUs, for tests) or gpu[:N].
-        seed: Random seed.
-        mixed_precision: float32, mixed_float16 or mixed_bfloat16 (GPU/TPU speed-up).
-        xla: Compile the training step with XLA.
-        steps_per_execution: Batches per compiled call (fewer host round trips on GPUs).
+        options: The options this step reads (fine-tuning, training and runtime options;
+            declared in tlp.components.lib.settings).
 
     Returns:
         The number of replicas in sync.
@@ -48,13 +33,13 @@ def fine_tuning(
     import os
     from collections import namedtuple
 
+    from tlp.components.lib.settings import Settings
+    from tlp.components.lib.steps import FINE_TUNING
     from tlp.components.lib.training import fine_tune, save_history
 
     result, replicas = fine_tune(
-        dataset.path, base_model.path, model.path, fine_tune_at=fine_tune_at,
-        fine_tune_epochs=fine_tune_epochs, learning_rate=learning_rate, batch_size=batch_size,
-        devices=devices, seed=seed, backup_dir=os.path.join(os.path.dirname(model.path), "backup"),
-        precision=mixed_precision, xla=xla, steps_per_execution=steps_per_execution,
+        dataset.path, base_model.path, model.path, Settings.for_step(FINE_TUNING, options),
+        backup_dir=os.path.join(os.path.dirname(model.path), "backup"),
     )
     save_history(result, history.path)
     model.metadata.update({"framework": "tensorflow", "format": "saved_model", "replicas": replicas})

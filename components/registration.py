@@ -15,9 +15,7 @@ def registration(
     metrics: Input[Metrics],
     report: Input[HTML],
     registered_report: Output[HTML],
-    registry: str,
-    model_name: str = "",
-    champion_tolerance: float = 0.0,
+    options: dict,
 ) -> NamedTuple("RegistrationOutputs", [("registry", str), ("name", str), ("version", str),
                                         ("champion", bool), ("reason", str)]):
     """Registers the model as a new version, with its metrics, parameters and lineage.
@@ -28,23 +26,26 @@ def registration(
         metrics: The evaluation metrics.
         report: The evaluation report.
         registered_report: Output: the same report with the registration and champion decision.
-        registry: Registry URI: sqlite:///PATH/registry.db (local MLflow registry), an MLflow
-            server URL, or vertex://PROJECT/REGION[/MODEL] (Vertex AI Model Registry).
-        model_name: Registered model name; empty means one derived from the data spec.
-        champion_tolerance: The new version becomes the champion if its test accuracy is at
-            least the champion's on the same test split minus this.
+        options: The options this step reads: ``registry`` (sqlite:///PATH/registry.db, an
+            MLflow server URL, or vertex://PROJECT/REGION[/MODEL]), ``model_name`` (empty: derived
+            from the data spec) and ``champion_tolerance`` (declared in tlp.components.lib.settings).
 
     Returns:
         The registry URI, the model name, the new version, whether it is the champion and why.
     """
+    import dataclasses
     from collections import namedtuple
 
-    from tlp.components.lib.registry import register_model
+    from tlp.components.lib.registry.champion import register_model
     from tlp.components.lib.report import add_registration
+    from tlp.components.lib.settings import Settings
+    from tlp.components.lib.steps import REGISTRATION
 
+    chosen = Settings.for_step(REGISTRATION, options).registry
     registered = register_model(
-        model.path, dataset.path, dict(metrics.metadata), registry, model_name, champion_tolerance
+        model.path, dataset.path, dict(metrics.metadata), chosen.registry, chosen.model_name,
+        chosen.champion_tolerance,
     )
-    add_registration(report.path, registered_report.path, registered.as_dict())
+    add_registration(report.path, registered_report.path, dataclasses.asdict(registered))
     outputs = namedtuple("RegistrationOutputs", ["registry", "name", "version", "champion", "reason"])
     return outputs(registered.registry, registered.name, registered.version, registered.champion, registered.reason)

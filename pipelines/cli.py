@@ -1,4 +1,4 @@
-"""``tlp``: run the pipeline locally, run one component, predict, compile.
+"""``tlp``: run the pipeline locally, run one component, predict, compile, submit, schedule.
 
     tlp run [--data auto|sample[:N]|folder:PATH|tfds:NAME] [--weights auto|imagenet|none|FILE] ...
     tlp component NAME --input NAME=PATH ... --param NAME=VALUE ...
@@ -7,180 +7,97 @@
     tlp submit --project P --region R --pipeline-root gs://BUCKET/tlp [--wait] ...   (Vertex AI)
     tlp submit --kfp-host URL ...                                                     (Kubeflow Pipelines)
     tlp schedule create --cron "TZ=Europe/Berlin 0 3 * * 1" --name NAME ... | list | pause | resume | delete
+
+The options' flags, defaults, help and checks come from their declarations in
+``tlp/components/lib/settings.py``; this module only maps commands onto the runners.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 
 from google.api_core.exceptions import GoogleAPICallError
 
+from tlp.components.lib.options import add_flags, group_from_values, iter_options, markdown_table
+from tlp.components.lib.settings import (
+    ALL_GROUPS,
+    PIPELINE_GROUPS,
+    CloudOptions,
+    HardwareOptions,
+    ImageOptions,
+    LocalRunOptions,
+    ScheduleOptions,
+    Settings,
+)
 from tlp.components.lib.specs import ConfigError
-from tlp.pipelines import docker_runner, runners
-
-
-def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    defaults = runners.RunConfig()
-    add = parser.add_argument
-    add("--data", default=defaults.data,
-        help="auto (default: tfds:cats_vs_dogs if cached or reachable, else sample), "
-             "tfds:NAME, folder:PATH (one subfolder per class; local or gs://), sample[:N]")
-    add("--weights", default=defaults.weights,
-        help="auto (default: imagenet if cached or reachable, else none), imagenet, none, "
-             "or a .h5 weights file of the base without its top")
-    add("--base", default=defaults.base, help="Keras application (default MobileNetV2)")
-    add("--alpha", type=float, default=defaults.alpha, help="MobileNet width multiplier (1.0)")
-    add("--image-size", type=int, default=defaults.image_size, help="input side in pixels (160)")
-    add("--batch-size", type=int, default=defaults.batch_size, help="batch per replica (32)")
-    add("--epochs", type=int, default=defaults.epochs, help="feature-extraction epochs (10)")
-    add("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs,
-        help="fine-tuning epochs (10; 0 skips)")
-    add("--fine-tune-at", type=int, default=defaults.fine_tune_at,
-        help="first base layer to unfreeze (100)")
-    add("--learning-rate", type=float, default=defaults.learning_rate,
-        help="RMSprop learning rate (1e-4; fine-tuning uses a tenth)")
-    add("--dropout", type=float, default=defaults.dropout, help="dropout before the Dense layer (0.2)")
-    add("--devices", default=defaults.devices,
-        help="auto (all GPUs, else CPU), cpu:N (N logical CPUs), gpu[:N]")
-    add("--max-gap", type=float, default=defaults.max_gap,
-        help="largest allowed train - val accuracy (0.05)")
-    add("--min-accuracy", type=float, default=defaults.min_accuracy,
-        help="smallest allowed test accuracy (0.90)")
-    add("--model-name", default="", help="registered model name (default: from the data spec)")
-    add("--seed", type=int, default=defaults.seed, help="random seed (42)")
-    add("--mixed-precision", default=defaults.mixed_precision, choices=("float32", "mixed_float16", "mixed_bfloat16"),
-        help="Keras mixed precision for both training steps (GPUs: mixed_float16; TPUs/recent GPUs: "
-             "mixed_bfloat16; default float32)")
-    add("--xla", action="store_true", help="compile the training steps with XLA (jit_compile)")
-    add("--steps-per-execution", type=int, default=defaults.steps_per_execution,
-        help="batches per compiled call (1; try 8-32 on GPUs)")
-    add("--champion-tolerance", type=float, default=defaults.champion_tolerance,
-        help="a new version becomes champion if its test accuracy >= the champion's on the same "
-             "test split minus this (0.0)")
-    add("--max-skipped-fraction", type=float, default=defaults.max_skipped_fraction,
-        help="fail if more than this fraction of image files are unreadable (0.1)")
-
-
-def _add_image_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-repo", default="tlp",
-                        help="container image repository, e.g. us-docker.pkg.dev/PROJECT/tlp (default tlp)")
-    parser.add_argument("--image-tag", default=None, help="image tag (default: the project version)")
-
-
-def _add_hardware_options(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--gpus", type=int, default=0, help="GPUs per fine-tuning machine (MirroredStrategy over them)")
-    add("--accelerator", default="", help="GPU type, a Vertex AI AcceleratorType such as NVIDIA_L4 or NVIDIA_TESLA_T4")
-    add("--machine-type", default="", help="fine-tuning machine type, e.g. g2-standard-8 (runs it as a custom job)")
-    add("--replicas", type=int, default=1,
-        help="fine-tuning machines; more than 1 runs a Vertex AI custom job with MultiWorkerMirroredStrategy")
-
-
-def _add_cloud_options(parser: argparse.ArgumentParser) -> None:
-    _add_training_options(parser)
-    add = parser.add_argument
-    add("--project", default="", help="Google Cloud project ID (default: $GOOGLE_CLOUD_PROJECT)")
-    add("--region", default="", help="Vertex AI region, e.g. us-central1 (default: $GOOGLE_CLOUD_REGION)")
-    add("--pipeline-root", default="", help="gs://BUCKET/PATH where the run keeps its data and models")
-    add("--service-account", default="", help="service account the run (and its custom jobs) runs as")
-    add("--labels", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]", help="labels on the run")
-    add("--no-cache", action="store_true", help="re-run every step instead of reusing cached results")
-    add("--network", default="", help="VPC network to peer, projects/NUMBER/global/networks/NAME")
-    add("--api-endpoint", default="", help="Vertex AI API endpoint (private or regional), host[:port] or URL")
-    add("--kfp-host", default="", help="submit to this Kubeflow Pipelines API instead of Vertex AI")
-    add("--display-name", default="", help="run name (default transfer-learning-TIMESTAMP)")
-    add("--registry", default="vertex",
-        help="vertex (default: the Vertex AI Model Registry of --project/--region), vertex://PROJECT/REGION[/MODEL] "
-             "or an MLflow server URL")
-    _add_image_options(parser)
-    _add_hardware_options(parser)
+from tlp.components.lib.steps import STEPS
+from tlp.pipelines import checks, cloud, runners, single
+from tlp.pipelines.console import RunFailed
+from tlp.pipelines.environment import check_credentials, quiet_tensorflow
+from tlp.pipelines.predict import predict_files
+from tlp.pipelines.resolve import default_registry, resolve_local
+from tlp.pipelines.summary import format_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlp", description="Transfer-learning pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the whole pipeline locally through kfp.local")
-    _add_training_options(run)
-    run.add_argument("--output-dir", default=runners.DEFAULT_OUTPUT_DIR,
-                     help="where runs, outputs and the local registry go (tlp-runs)")
-    run.add_argument("--registry", default="",
-                     help="registry URI (default sqlite:///OUTPUT_DIR/registry.db, an MLflow registry)")
-    run.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
-    run.add_argument("--runner", choices=docker_runner.RUNNERS, default="subprocess",
-                     help="subprocess: this environment (default); docker: the component images")
-    _add_image_options(run)
+    def command(name: str, help_text: str, key: str | None = None, parent=commands):
+        sub = parent.add_parser(name, help=help_text)
+        add_flags(sub, ALL_GROUPS, key or name)
+        return sub
 
-    component = commands.add_parser("component", help="run one component locally")
-    component.add_argument("name", choices=sorted(_components()), help="the component")
+    command("run", "run the whole pipeline locally through kfp.local")
+
+    component = command("component", "run one pipeline step locally")
+    component.add_argument("name", choices=[step.name for step in STEPS], help="the step")
     component.add_argument("--input", action="append", default=[], metavar="NAME=PATH",
                            help="an input artifact (a directory or file of an earlier run)")
     component.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                           help="a parameter of the component")
-    component.add_argument("--output-dir", default=runners.DEFAULT_OUTPUT_DIR)
+                           help="an option the step reads, e.g. --param epochs=2")
 
-    predict = commands.add_parser("predict", help="classify images with a model")
+    predict = command("predict", "classify images with a model")
     predict.add_argument("model", help="a model directory, or NAME/VERSION or NAME@champion in the registry")
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--registry", default="",
-                         help=f"registry URI (default sqlite:///{runners.DEFAULT_OUTPUT_DIR}/registry.db)")
+                         help=f"registry URI (default {default_registry(LocalRunOptions().output_dir)})")
     predict.add_argument("--json", action="store_true", help="print JSON lines")
 
-    compile_ = commands.add_parser("compile", help="write the pipeline as kfp IR YAML")
+    compile_ = command("compile", "write the pipeline as kfp IR YAML")
     compile_.add_argument("--output", default="pipeline.yaml")
-    _add_image_options(compile_)
-    _add_hardware_options(compile_)
 
-    submit = commands.add_parser("submit", help="submit a run to Vertex AI Pipelines (or --kfp-host)")
-    _add_cloud_options(submit)
-    submit.add_argument("--wait", action="store_true", help="follow the run's state until it ends")
+    command("submit", "submit a run to Vertex AI Pipelines (or --kfp-host)")
+
+    listing = commands.add_parser("options", help="list every option of a command, with its group and default")
+    listing.add_argument("for_command", nargs="?", default="run", help="the command (default run)")
+    listing.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
 
     schedule = commands.add_parser("schedule", help="scheduled retraining on Vertex AI (or --kfp-host)")
     actions = schedule.add_subparsers(dest="action", required=True)
-    create = actions.add_parser("create", help="run the pipeline on a cron schedule")
-    _add_cloud_options(create)
-    create.add_argument("--cron", required=True,
-                        help='"[TZ=Area/City ]minute hour day-of-month month day-of-week", '
-                             'e.g. "TZ=Europe/Berlin 0 3 * * 1"')
-    create.add_argument("--name", required=True, help="schedule name")
-    create.add_argument("--max-concurrent", type=int, default=1, help="runs at once (1)")
-    create.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (default: no limit)")
-    create.add_argument("--start", default="", help="first possible run, ISO 8601 (default: now)")
-    create.add_argument("--end", default="", help="no runs after, ISO 8601 (default: never)")
-    for action in ("list", "pause", "resume", "delete"):
-        sub = actions.add_parser(action, help=f"{action} schedules" if action == "list" else f"{action} a schedule")
-        if action != "list":
-            sub.add_argument("name", help="schedule display name, ID or resource name")
-        for flag, help_text in (("--project", "Google Cloud project ID (default: $GOOGLE_CLOUD_PROJECT)"),
-                                ("--region", "Vertex AI region (default: $GOOGLE_CLOUD_REGION)"),
-                                ("--api-endpoint", "Vertex AI API endpoint"),
-                                ("--kfp-host", "a Kubeflow Pipelines API instead of Vertex AI")):
-            sub.add_argument(flag, default="", help=help_text)
+    command("create", "run the pipeline on a cron schedule", "schedule create", actions)
+    command("list", "list schedules", "schedule list", actions)
+    for action in ("pause", "resume", "delete"):
+        sub = command(action, f"{action} a schedule", "schedule change", actions)
+        sub.add_argument("schedule", help="schedule display name, ID or resource name")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()
     args = build_parser().parse_args(argv)
+    handlers = {"run": command_run, "component": command_component, "predict": command_predict,
+                "compile": command_compile, "submit": command_submit, "schedule": command_schedule,
+                "options": command_options}
     try:
-        if args.command == "run":
-            return command_run(args)
-        if args.command == "component":
-            return command_component(args)
-        if args.command == "predict":
-            return command_predict(args)
-        if args.command == "submit":
-            return command_submit(args)
-        if args.command == "schedule":
-            return command_schedule(args)
-        return command_compile(args)
+        return handlers[args.command](args)
     except ConfigError as error:
         print(f"tlp: error: {error}", file=sys.stderr)
         return 2
-    except runners.RunFailed as error:
+    except RunFailed as error:
         print(f"tlp: error: {error}", file=sys.stderr)
         return 1
     except GoogleAPICallError as error:  # e.g. a missing permission or API, or no route to Google
@@ -189,48 +106,41 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-# --- tlp run --------------------------------------------------------------------------------
+def _settings(args) -> Settings:
+    given = vars(args)
+    return Settings.from_values({opt.name: given[opt.name] for opt in iter_options(PIPELINE_GROUPS)})
+
+
+def _group(group_class, args):
+    return group_from_values(group_class, vars(args))
+
+
+# --- tlp run ----------------------------------------------------------------------------------
 
 
 def command_run(args) -> int:
-    fields = {f.name for f in dataclasses.fields(runners.RunConfig)}
-    config = runners.RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    if args.runner == "docker" and not args.registry:
+    settings, local, images = _settings(args), _group(LocalRunOptions, args), _group(ImageOptions, args)
+    if local.runner == "docker" and not settings.registry.registry:
         # Only the pipeline root is mounted into the containers: keep the registry inside it.
-        root = os.path.join(os.path.abspath(config.output_dir), "pipeline-root")
-        config = dataclasses.replace(config, registry=f"sqlite:///{root}/registry.db")
-    config = runners.resolve_auto(config)
-    print(f"tlp run: data {config.data}, weights {config.weights}", flush=True)
-    for note in config.notes:
+        settings = settings.replace(registry=f"sqlite:///{runners.pipeline_root(local.output_dir)}/registry.db")
+    settings, notes = resolve_local(settings, local.output_dir)
+    print(f"tlp run: data {settings.data.data}, weights {settings.model.weights}", flush=True)
+    for note in notes:
         print(f"tlp run: {note}", flush=True)
-    config = runners.validate(config)
-    print(f"tlp run: registry {config.registry}; outputs under {os.path.abspath(config.output_dir)}", flush=True)
-    summary = runners.run_local(config, args.image_repo, args.image_tag, runner=args.runner)
-    print(runners.format_summary(summary), flush=True)
-    if args.summary_json:
-        with open(args.summary_json, "w") as handle:
+    settings = checks.check_settings(settings)
+    print(f"tlp run: registry {settings.registry.registry}; outputs under {os.path.abspath(local.output_dir)}",
+          flush=True)
+    summary = runners.run_local(settings, local, images, notes)
+
+    print(format_summary(summary), flush=True)
+    if local.summary_json:
+        with open(local.summary_json, "w") as handle:
             json.dump(summary, handle, indent=2)
-        print(f"summary written to {args.summary_json}")
+        print(f"summary written to {local.summary_json}")
     return 0
 
 
-# --- tlp component --------------------------------------------------------------------------
-
-
-def _components() -> dict:
-    from tlp.components.data_prep import data_prep
-    from tlp.components.evaluation import evaluation
-    from tlp.components.feature_extraction import feature_extraction
-    from tlp.components.fine_tuning import fine_tuning
-    from tlp.components.registration import registration
-
-    return {
-        "data-prep": data_prep,
-        "feature-extraction": feature_extraction,
-        "fine-tuning": fine_tuning,
-        "evaluation": evaluation,
-        "registration": registration,
-    }
+# --- tlp component ----------------------------------------------------------------------------
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -244,10 +154,9 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def command_component(args) -> int:
-    from tlp.pipelines.single import run_component
-
-    outputs = run_component(
-        args.name, _pairs(args.input, "--input"), _pairs(args.param, "--param"), args.output_dir
+    local = _group(LocalRunOptions, args)
+    outputs = single.run_component(
+        args.name, _pairs(args.input, "--input"), _pairs(args.param, "--param"), local.output_dir
     )
     print(f"\ntlp component {args.name}: outputs in {outputs['task_dir']}")
     for name, value in outputs["parameters"].items():
@@ -257,15 +166,12 @@ def command_component(args) -> int:
     return 0
 
 
-# --- tlp predict ----------------------------------------------------------------------------
+# --- tlp predict ------------------------------------------------------------------------------
 
 
 def command_predict(args) -> int:
-    from tlp.pipelines.predict import predict_files
 
-    registry = args.registry or "sqlite:///" + os.path.abspath(
-        os.path.join(runners.DEFAULT_OUTPUT_DIR, "registry.db")
-    )
+    registry = args.registry or default_registry(LocalRunOptions().output_dir)
     for row in predict_files(args.model, args.images, registry):
         if args.json:
             print(json.dumps(row))
@@ -274,90 +180,71 @@ def command_predict(args) -> int:
     return 0
 
 
-# --- tlp compile ----------------------------------------------------------------------------
+# --- tlp compile ------------------------------------------------------------------------------
 
 
 def command_compile(args) -> int:
-    from tlp.pipelines import cloud
-
-    config = cloud.check_hardware(_cloud_config(args), "auto")
-    cloud.compile_pipeline(config, args.output)
+    hardware = checks.check_hardware(_group(HardwareOptions, args), "auto")
+    cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output)
     print(f"pipeline written to {args.output}")
     return 0
 
 
-# --- tlp submit / tlp schedule --------------------------------------------------------------
+# --- tlp options ------------------------------------------------------------------------------
 
 
-def _cloud_config(args):
-    from tlp.pipelines import cloud
+def command_options(args) -> int:
+    if args.markdown:
+        print(markdown_table(ALL_GROUPS, args.for_command))
+        return 0
+    for opt in iter_options(ALL_GROUPS):
+        if args.for_command in opt.spec.commands:
+            steps = ", ".join(opt.spec.steps) or "runner"
+            print(f"{opt.flag:<24} {opt.group:<12} {str(opt.default) or '-':<12} {steps:<40} {opt.spec.help}")
+    return 0
 
-    fields = {f.name for f in dataclasses.fields(cloud.CloudConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields and k != "labels"}
-    config = cloud.CloudConfig(**values, labels=cloud.parse_labels(getattr(args, "labels", [])))
-    if getattr(args, "no_cache", False):
-        config = dataclasses.replace(config, enable_caching=False)
-    return config
+
+# --- tlp submit / tlp schedule ----------------------------------------------------------------
 
 
-def _cloud_run(args):
-    from tlp.pipelines import cloud
-
-    fields = {f.name for f in dataclasses.fields(runners.RunConfig)} - {"output_dir", "notes"}
-    run = runners.RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    run, config = cloud.resolve_cloud(run, _cloud_config(args))
-    for note in run.notes:
+def _cloud_run(args) -> cloud.CloudRun:
+    run, notes = cloud.plan_run(
+        _settings(args), _group(CloudOptions, args), _group(HardwareOptions, args), _group(ImageOptions, args)
+    )
+    for note in notes:
         print(f"tlp {args.command}: {note}", flush=True)
-    where = config.kfp_host or f"{config.project}/{config.region}"
-    print(f"tlp {args.command}: {where}, data {run.data}, weights {run.weights}, registry {run.registry}", flush=True)
-    return run, config
+    where = run.cloud.kfp_host or f"{run.cloud.project}/{run.cloud.region}"
+    settings = run.settings
+    print(f"tlp {args.command}: {where}, data {settings.data.data}, weights {settings.model.weights}, registry "
+          f"{settings.registry.registry}", flush=True)
+    return run
 
 
 def command_submit(args) -> int:
-    from tlp.pipelines import cloud
-
-    run, config = _cloud_run(args)
-    cloud.submit(run, config, wait=args.wait)
+    cloud.submit(_cloud_run(args))
     return 0
 
 
 def command_schedule(args) -> int:
-    from tlp.pipelines import cloud
-
     if args.action == "create":
-        request = cloud.ScheduleRequest(args.cron, args.name, args.max_concurrent, args.max_runs, args.start, args.end)
+        request = _group(ScheduleOptions, args)
         cloud.check_schedule(request)  # a bad cron fails before anything else is checked
-        run, config = _cloud_run(args)
-        cloud.create_schedule(run, config, request)
+        cloud.create_schedule(_cloud_run(args), request)
         return 0
-    config = _schedule_target(args)
+    target = checks.check_cloud_target(_group(CloudOptions, args), needs_root=False)
+    if target.on_vertex:
+
+        check_credentials()
     if args.action == "list":
-        rows = cloud.list_schedules(config)
+        rows = cloud.list_schedules(target)
         for row in rows:
             print(f"{row.state:<8} {row.display_name:<30} {row.cron:<28} {row.next_run:<26} {row.name}")
         if not rows:
             print("no schedules")
         return 0
-    name = cloud.change_schedule(config, args.name, args.action)
+    name = cloud.change_schedule(target, args.schedule, args.action)
     print(f"{args.action}d schedule {name}" if args.action != "resume" else f"resumed schedule {name}")
     return 0
-
-
-def _schedule_target(args):
-    """Project/region (or KFP host) for list/pause/resume/delete, checked like a submission's."""
-    from tlp.pipelines import cloud
-
-    config = cloud.CloudConfig(project=args.project, region=args.region, api_endpoint=args.api_endpoint,
-                               kfp_host=args.kfp_host, pipeline_root="gs://unused")
-    if config.on_vertex:
-        project = config.project or os.environ.get("GOOGLE_CLOUD_PROJECT", "")
-        region = config.region or os.environ.get("GOOGLE_CLOUD_REGION", "")
-        if not project or not region:
-            raise ConfigError("pass --project PROJECT_ID and --region REGION (or set GOOGLE_CLOUD_PROJECT and "
-                              "GOOGLE_CLOUD_REGION).")
-        cloud.check_credentials()
-        config = dataclasses.replace(config, project=project, region=region)
-    return config
 
 
 if __name__ == "__main__":

@@ -6,28 +6,29 @@ from __future__ import annotations
 import os
 
 from tlp.components.lib import specs
+from tlp.components.lib.settings import LocalRunOptions, Settings
 
-RUNNERS = ("subprocess", "docker")
 
-
-def check_docker_config(config) -> None:
+def check_docker_config(settings: Settings, local: LocalRunOptions) -> None:
     """With --runner docker only the pipeline root is mounted into the containers."""
-    pipeline_root = os.path.join(os.path.abspath(config.output_dir), "pipeline-root")
-    data = specs.parse_data_spec(config.data)
+    pipeline_root = os.path.join(os.path.abspath(local.output_dir), "pipeline-root")
+    data = specs.parse_data_spec(settings.data.data)
     if data.kind == "folder" and not data.path.startswith("gs://"):
         if not os.path.abspath(data.path).startswith(pipeline_root + os.sep):
             raise specs.ConfigError(
                 f"--runner docker cannot see --data folder:{data.path} (only {pipeline_root} is "
                 "mounted into the containers); copy the photos under it or use the subprocess runner."
             )
-    if config.weights not in ("imagenet", "none"):
+    weights = settings.model.weights
+    if weights not in ("imagenet", "none"):
         raise specs.ConfigError(
-            f"--runner docker cannot see the weights file {config.weights}; use imagenet (baked "
+            f"--runner docker cannot see the weights file {weights}; use imagenet (baked "
             "into the training image) or none."
         )
-    if config.registry.startswith("sqlite:///") and not config.registry[len("sqlite:///"):].startswith(pipeline_root):
+    registry = settings.registry.registry
+    if registry.startswith("sqlite:///") and not registry[len("sqlite:///"):].startswith(pipeline_root):
         raise specs.ConfigError(
-            f"--runner docker cannot reach the registry {config.registry}; use --registry "
+            f"--runner docker cannot reach the registry {registry}; use --registry "
             f"sqlite:///{pipeline_root}/registry.db or an MLflow server URL."
         )
 
@@ -45,11 +46,10 @@ def check_docker_engine() -> None:
         ) from error
 
 
+def make_runner(settings: Settings, local: LocalRunOptions):
+    """A kfp DockerRunner for the (resolved, checked) settings, after every check passed."""
+    from kfp import local as kfp_local
 
-def make_runner(config):
-    """A kfp DockerRunner for ``config`` (a validated RunConfig), after every check passed."""
-    from kfp import local
-
-    check_docker_config(config)
+    check_docker_config(settings, local)
     check_docker_engine()
-    return local.DockerRunner()
+    return kfp_local.DockerRunner()

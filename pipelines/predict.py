@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from tlp.components.lib.model import load_servable
+from tlp.components.lib.registry import open_registry
 from tlp.components.lib.specs import ConfigError
 
 
@@ -16,7 +18,6 @@ def resolve_model(model: str, registry_uri: str) -> str:
             f"model {model!r} is neither a directory nor NAME/VERSION or NAME@champion; "
             "pass a model directory or a registered version."
         )
-    from tlp.components.lib.registry import open_registry
 
     return open_registry(registry_uri).model_dir(model)
 
@@ -24,7 +25,6 @@ def resolve_model(model: str, registry_uri: str) -> str:
 def predict_files(model: str, image_paths: list[str], registry_uri: str) -> list[dict]:
     import tensorflow as tf
 
-    from tlp.components.lib.model import load_servable
 
     for path in image_paths:
         if not os.path.isfile(path):

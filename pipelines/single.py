@@ -13,10 +13,15 @@ import os
 
 from kfp import dsl
 
+from tlp.components.catalogue import COMPONENTS
+from tlp.components.lib.settings import Settings, step_values
 from tlp.components.lib.specs import ConfigError
-from tlp.pipelines import runners
+from tlp.pipelines import environment
+from tlp.pipelines.console import failures_explained
+from tlp.pipelines.resolve import resolve_local
+from tlp.pipelines.runners import new_run_dir
+from tlp.pipelines.summary import task_outputs
 
-_TYPES = {"Integer": int, "Float": float, "Boolean": lambda v: v.lower() in ("1", "true", "yes"), "String": str}
 _ARTIFACT_CLASSES = {
     "system.Dataset": dsl.Dataset,
     "system.Model": dsl.Model,
@@ -41,31 +46,20 @@ def artifact_metadata(path: str) -> dict:
     return {}
 
 
-def build_single_pipeline(component, artifacts: dict[str, str], params: dict[str, str]):
-    """A one-step pipeline: importers for the artifact inputs, then ``component``."""
-    spec = component.component_spec
-    inputs = spec.inputs or {}
+def build_single_pipeline(step_name: str, artifacts: dict[str, str], options: dict):
+    """A one-step pipeline: importers for the artifact inputs, then the step's component with
+    ``options`` (checked values of the options the step reads)."""
+    component = COMPONENTS[step_name]
+    inputs = component.component_spec.inputs or {}
     artifact_names = {n for n, s in inputs.items() if "." in s.type}
-    unknown = (set(artifacts) | set(params)) - set(inputs)
+    unknown = sorted(set(artifacts) - artifact_names)
     if unknown:
         raise ConfigError(
-            f"{component.name} has no input(s) {sorted(unknown)}; its inputs are {sorted(inputs)}."
+            f"{step_name} has no artifact input(s) {unknown}; its inputs are {sorted(artifact_names)}."
         )
     missing = sorted(n for n in artifact_names if n not in artifacts)
     if missing:
-        raise ConfigError(
-            f"{component.name} needs artifact input(s) {missing}; pass each as --input NAME=PATH."
-        )
-    wrong = sorted(n for n in params if n in artifact_names)
-    if wrong:
-        raise ConfigError(f"{wrong} are artifacts; pass them with --input, not --param.")
-    values = {}
-    for name, text in params.items():
-        kind = inputs[name].type
-        try:
-            values[name] = _TYPES.get(kind, str)(text)
-        except ValueError as error:
-            raise ConfigError(f"--param {name}={text!r} is not a valid {kind}; fix the value.") from error
+        raise ConfigError(f"{step_name} needs artifact input(s) {missing}; pass each as --input NAME=PATH.")
     imports = {}
     for name, path in artifacts.items():
         metadata = artifact_metadata(path)
@@ -75,9 +69,9 @@ def build_single_pipeline(component, artifacts: dict[str, str], params: dict[str
         artifact_class = _ARTIFACT_CLASSES.get(inputs[name].type.split("@")[0], dsl.Artifact)
         imports[name] = (os.path.abspath(path), artifact_class, metadata)
 
-    @dsl.pipeline(name=f"tlp-component-{component.name.replace('_', '-')}")
+    @dsl.pipeline(name=f"tlp-component-{step_name}")
     def single_step():
-        arguments = dict(values)
+        arguments = {"options": options}
         for name, (uri, artifact_class, metadata) in imports.items():
             arguments[name] = dsl.importer(
                 artifact_uri=uri, artifact_class=artifact_class, metadata=metadata
@@ -87,22 +81,30 @@ def build_single_pipeline(component, artifacts: dict[str, str], params: dict[str
     return single_step
 
 
+def step_options(step_name: str, params: dict[str, str], output_dir: str) -> tuple[dict, list[str]]:
+    """``--param NAME=VALUE`` -> the options the step reads, checked by their declarations, with
+    ``auto`` and the default registry resolved as for a whole run."""
+    settings = Settings.from_values(step_values(step_name, params, strict=True))
+    settings, notes = resolve_local(settings, output_dir)
+    return step_values(step_name, Settings.from_values(settings.values()).values()), notes
+
+
 def run_component(name: str, artifacts: dict[str, str], params: dict[str, str], output_dir: str) -> dict:
     """Runs component ``name`` locally; returns its task directory, parameters and artifacts."""
     from kfp import local
 
-    from tlp.pipelines.cli import _components
-
-    component = _components()[name]
-    pipeline = build_single_pipeline(component, artifacts, params)
-    pipeline_root = os.path.join(os.path.abspath(output_dir), "components")
-    os.makedirs(pipeline_root, exist_ok=True)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root)
-    before = set(os.listdir(pipeline_root))
-    with runners.failures_explained(name):
+    options, notes = step_options(name, params, output_dir)
+    for note in notes:
+        print(f"tlp component: {note}", flush=True)
+    pipeline = build_single_pipeline(name, artifacts, options)
+    root = os.path.join(os.path.abspath(output_dir), "components")
+    os.makedirs(root, exist_ok=True)
+    environment.quiet_tensorflow()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root)
+    before = set(os.listdir(root))
+    with failures_explained(name):
         pipeline()
-    run_dir = sorted(os.path.join(pipeline_root, n) for n in set(os.listdir(pipeline_root)) - before)[-1]
-    task = component.name.replace("_", "-")
-    outputs = runners.task_outputs(run_dir, task) or {"parameters": {}, "artifacts": {}}
+    run_dir = new_run_dir(root, before, prefix=f"tlp-component-{name}")
+    task = COMPONENTS[name].name.replace("_", "-")
+    outputs = task_outputs(run_dir, task) or {"parameters": {}, "artifacts": {}}
     return {"task_dir": os.path.join(run_dir, task), **outputs}

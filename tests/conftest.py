@@ -28,10 +28,8 @@ def head_model(sample_dataset, tmp_path_factory):
     from tlp.components.lib.training import train_head
 
     directory = str(tmp_path_factory.mktemp("head") / "model")
-    history = train_head(
-        sample_dataset, directory, base="MobileNetV2", alpha=SMALL["alpha"],
-        weights="none", epochs=3, batch_size=16,
-    )
+    history = train_head(sample_dataset, directory, settings(alpha=SMALL["alpha"], weights="none", epochs=3,
+                                                          batch_size=16))
     return directory, history
 
 
@@ -42,10 +40,17 @@ def tuned_model(sample_dataset, head_model, tmp_path_factory):
 
     directory = str(tmp_path_factory.mktemp("tuned") / "model")
     history, replicas = fine_tune(
-        sample_dataset, head_model[0], directory, fine_tune_at=100, fine_tune_epochs=1,
-        batch_size=16, devices="auto",
+        sample_dataset, head_model[0], directory, settings(fine_tune_at=100, fine_tune_epochs=1, batch_size=16)
     )
     return directory, history, replicas
+
+
+def settings(check=True, **values):
+    """Settings with these options changed (option names as declared in settings.py);
+    ``check=False`` skips the checks, to show that the step itself refuses a bad value."""
+    from tlp.components.lib.settings import Settings
+
+    return Settings.from_values(values, check=check)
 
 
 def write_image(path, size=(40, 30), color=(200, 50, 50), mode="RGB", fmt=None):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tlp.components.lib import images
+from tlp.components.lib import images, report
 from tlp.components.lib import model as model_lib
+from tlp.components.lib.settings import Settings
+from tlp.components.lib.training import load_history
 
 MAX_MISCLASSIFIED_SHOWN = 24
 
@@ -129,23 +131,18 @@ def evaluate_and_report(
     feature_history_path: str,
     fine_tune_history_path: str | None,
     report_path: str,
-    *,
-    max_gap: float = 0.05,
-    min_accuracy: float = 0.90,
+    settings: Settings,
 ) -> dict:
     """The evaluation step: metrics, gate and HTML report. Returns passed, reasons,
     flat_metrics ({split}_{metric} and gap) and the full results."""
-    from tlp.components.lib import report, specs
-    from tlp.components.lib.training import load_history
 
-    specs.check_gate(max_gap, min_accuracy)
     results = evaluate_model(model_dir, dataset_dir)
-    passed, reasons, gap = gate(results, max_gap, min_accuracy)
+    passed, reasons, gap = gate(results, settings.gate.max_gap, settings.gate.min_accuracy)
     feature_history = load_history(feature_history_path)
     fine_tune_history = load_history(fine_tune_history_path) if fine_tune_history_path else None
-    page = report.render_html(results, passed, reasons, gap, feature_history, fine_tune_history)
-    with open(report_path, "w", encoding="utf-8") as handle:
-        handle.write(page)
+    report.write_report(
+        report_path, report.report_context(results, passed, reasons, gap, feature_history, fine_tune_history)
+    )
     flat = {
         f"{split}_{key}": results[split][key]
         for split in images.SPLITS

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tlp.components.lib.specs import ConfigError, DataSpec
+from tlp.components.lib.specs import MIN_IMAGE_SIZE, ConfigError, DataSpec, parse_data_spec
 
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # the tutorial's 80/10/10
@@ -476,7 +476,6 @@ def prepare_dataset(
 
     Fails (ConfigError) when more than ``max_skipped_fraction`` of the image files could not be
     read, or when a class has no image left for some split."""
-    from tlp.components.lib.specs import MIN_IMAGE_SIZE, parse_data_spec
 
     spec = parse_data_spec(data)
     if not (isinstance(image_size, int) and image_size >= MIN_IMAGE_SIZE):

@@ -20,10 +20,10 @@ import contextlib
 import json
 import os
 
+from tlp.components.lib.images import resize
 from tlp.components.lib.specs import BASES, check_fine_tune_at
 
 BASE_LAYER_NAME = "base"
-HEAD_LAYERS = ("pooled_features", "feature_standardization", "head_dropout", "logits")
 
 
 def keras():
@@ -207,7 +207,6 @@ def export_servable(model, export_dir: str, class_names: list[str], image_size: 
     """
     import tensorflow as tf
 
-    from tlp.components.lib.images import resize
 
     num_classes = len(class_names)
 

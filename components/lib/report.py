@@ -1,12 +1,59 @@
-"""The evaluation report: one self-contained HTML file (plots and images inlined)."""
+"""The evaluation report: one self-contained HTML file (plots and images inlined), rendered
+from a Jinja2 template. The data it shows is kept beside it as JSON (``context_path``), so the
+registration step renders the same report again with its decision added."""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
+import json
 
 from tlp.components.lib import images
+from tlp.components.lib.specs import ConfigError
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }
+table { border-collapse: collapse; margin: 1em 0; }
+td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+.verdict { color: {{ "#1a7f37" if passed else "#cf222e" }}; font-weight: bold; }
+.grid { display: flex; flex-wrap: wrap; gap: 10px; }
+figure { margin: 0; width: 170px; font-size: 12px; }
+figure img { width: 160px; height: 160px; object-fit: cover; }
+</style></head><body>
+<h1>{{ title }}</h1>
+<h2>Gate: <span class="verdict">{{ "PASSED" if passed else "FAILED" }}</span></h2>
+<p>Overfitting gap (train - validation accuracy): {{ "%.4f"|format(gap) }}</p>
+<ul>{% for reason in reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
+{% if registered %}
+<h2>Registration</h2>
+<p>Registered <b>{{ registered.name }}</b> version <b>{{ registered.version }}</b> in {{ registered.registry }}:
+{{ "the champion" if registered.champion else "not the champion" }}.</p>
+<p>{{ registered.reason }}</p>
+{% endif %}
+<h2>Metrics (inference mode)</h2>
+<table><tr><th>split</th><th>accuracy</th><th>loss</th><th>precision</th><th>recall</th><th>AUC</th><th>images</th></tr>
+{% for split in splits %}<tr><th>{{ split }}</th>
+{% for key in ("accuracy", "loss", "precision", "recall", "auc") %}
+<td>{{ "%.4f"|format(results[split][key]) }}</td>{% endfor %}
+<td>{{ results[split].examples }}</td></tr>
+{% endfor %}</table>
+<h2>Learning curves</h2>
+<img src="data:image/png;base64,{{ curves_png }}" alt="learning curves">
+<h2>Confusion matrix (test)</h2>
+<table><tr><th>true \\ predicted</th>{% for name in class_names %}<th>{{ name }}</th>{% endfor %}</tr>
+{% for name, row in confusion %}<tr><th>{{ name }}</th>{% for n in row %}<td>{{ n }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+<h2>Misclassified test images</h2>
+<div class="grid">
+{% for m in misclassified %}<figure><img src="data:image/jpeg;base64,{{ m.jpeg }}" alt="{{ m.source_id }}">
+<figcaption>true <b>{{ m.true }}</b>, predicted <b>{{ m.predicted }}</b> ({{ "%.2f"|format(m.probability) }})<br>
+<small>{{ m.source_id }}</small></figcaption></figure>
+{% else %}<p>No misclassified test images.</p>{% endfor %}
+</div>
+</body></html>
+"""
 
 
 def learning_curves_png(feature_history: dict, fine_tune_history: dict | None) -> bytes:
@@ -38,78 +85,56 @@ def learning_curves_png(feature_history: dict, fine_tune_history: dict | None) -
     return buffer.getvalue()
 
 
-def render_html(
-    results: dict,
-    passed: bool,
-    reasons: list[str],
-    gap: float,
-    feature_history: dict,
-    fine_tune_history: dict | None,
-    title: str = "Transfer-learning evaluation",
-) -> str:
-    esc = html.escape
-    class_names = results["class_names"]
-    rows = "".join(
-        f"<tr><th>{split}</th>" + "".join(
-            f"<td>{results[split][key]:.4f}</td>" for key in ("accuracy", "loss", "precision", "recall", "auc")
-        ) + f"<td>{results[split]['examples']}</td></tr>"
-        for split in images.SPLITS
-    )
+def report_context(
+    results: dict, passed: bool, reasons: list[str], gap: float, feature_history: dict,
+    fine_tune_history: dict | None, title: str = "Transfer-learning evaluation",
+) -> dict:
+    """Everything the report shows, as JSON-ready data (images as base64)."""
     details = results["test_details"]
-    matrix = details["confusion_matrix"]
-    matrix_html = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{esc(c)}</th>" for c in class_names) + "</tr>"
-    for name, row in zip(class_names, matrix, strict=True):
-        matrix_html += f"<tr><th>{esc(name)}</th>" + "".join(f"<td>{n}</td>" for n in row) + "</tr>"
-    grid = "".join(
-        f'<figure><img src="data:image/jpeg;base64,{base64.b64encode(m["jpeg"]).decode()}" '
-        f'alt="{esc(m["source_id"])}"><figcaption>true <b>{esc(m["true"])}</b>, predicted '
-        f'<b>{esc(m["predicted"])}</b> ({m["probability"]:.2f})<br><small>{esc(m["source_id"])}'
-        "</small></figcaption></figure>"
-        for m in details["misclassified"]
-    ) or "<p>No misclassified test images.</p>"
-    curves = base64.b64encode(learning_curves_png(feature_history, fine_tune_history)).decode()
-    verdict = "PASSED" if passed else "FAILED"
-    colour = "#1a7f37" if passed else "#cf222e"
-    reason_items = "".join(f"<li>{esc(r)}</li>" for r in reasons)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-.verdict {{ color: {colour}; font-weight: bold; }}
-.grid {{ display: flex; flex-wrap: wrap; gap: 10px; }}
-figure {{ margin: 0; width: 170px; font-size: 12px; }}
-figure img {{ width: 160px; height: 160px; object-fit: cover; }}
-</style></head><body>
-<h1>{esc(title)}</h1>
-<h2>Gate: <span class="verdict">{verdict}</span></h2>
-<p>Overfitting gap (train - validation accuracy): {gap:.4f}</p>
-<ul>{reason_items}</ul>
-<h2>Metrics (inference mode)</h2>
-<table><tr><th>split</th><th>accuracy</th><th>loss</th><th>precision</th><th>recall</th><th>AUC</th><th>images</th></tr>{rows}</table>
-<h2>Learning curves</h2>
-<img src="data:image/png;base64,{curves}" alt="learning curves">
-<h2>Confusion matrix (test)</h2>
-<table>{matrix_html}</table>
-<h2>Misclassified test images</h2>
-<div class="grid">{grid}</div>
-</body></html>
-"""
+    return {
+        "title": title,
+        "passed": passed,
+        "reasons": reasons,
+        "gap": gap,
+        "splits": list(images.SPLITS),
+        "results": {split: results[split] for split in images.SPLITS},
+        "class_names": results["class_names"],
+        "confusion": list(zip(results["class_names"], details["confusion_matrix"], strict=True)),
+        "curves_png": base64.b64encode(learning_curves_png(feature_history, fine_tune_history)).decode(),
+        "misclassified": [
+            {**{k: v for k, v in m.items() if k != "jpeg"}, "jpeg": base64.b64encode(m["jpeg"]).decode()}
+            for m in details["misclassified"]
+        ],
+        "registered": None,
+    }
+
+
+def render_html(context: dict) -> str:
+    import jinja2
+
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    return environment.from_string(TEMPLATE).render(**context)
+
+
+def context_path(report_path: str) -> str:
+    return report_path + ".json"
+
+
+def write_report(report_path: str, context: dict) -> None:
+    with open(report_path, "w", encoding="utf-8") as handle:
+        handle.write(render_html(context))
+    with open(context_path(report_path), "w", encoding="utf-8") as handle:
+        json.dump(context, handle, default=float)  # numpy scalars
 
 
 def add_registration(report_path: str, output_path: str, registered: dict) -> None:
-    """Copies the evaluation report, adding what was registered and the champion decision."""
-    esc = html.escape
-    with open(report_path, encoding="utf-8") as handle:
-        page = handle.read()
-    status = "the champion" if registered["champion"] else "not the champion"
-    section = (
-        f"<h2>Registration</h2><p>Registered <b>{esc(registered['name'])}</b> version "
-        f"<b>{esc(str(registered['version']))}</b> in {esc(registered['registry'])}: {status}.</p>"
-        f"<p>{esc(registered['reason'])}</p>"
-    )
-    marker = "<h2>Metrics"
-    page = page.replace(marker, section + marker, 1) if marker in page else page.replace("</body>", section + "</body>")
-    with open(output_path, "w", encoding="utf-8") as handle:
-        handle.write(page)
+    """The evaluation report again, with what was registered and the champion decision."""
+    try:
+        with open(context_path(report_path), encoding="utf-8") as handle:
+            context = json.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{report_path} has no {context_path(report_path)} beside it; pass the report output of the evaluation "
+            "step of this version of tlp (re-run evaluation)."
+        ) from None
+    write_report(output_path, {**context, "registered": registered})

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 
 class ConfigError(ValueError):
@@ -149,32 +150,12 @@ def check_base(base: str, alpha: float, image_size: int, weights: str) -> None:
         )
 
 
-def check_training_params(
-    *,
-    batch_size: int,
-    epochs: int,
-    fine_tune_epochs: int,
-    learning_rate: float,
-    dropout: float,
-    fine_tune_at: int,
-) -> None:
-    """Checks the training knobs (the layer-count check of fine_tune_at needs the model)."""
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise ConfigError(f"--epochs {epochs!r} must be a whole number of at least 1 (tutorial: 10).")
-    if not (isinstance(fine_tune_epochs, int) and fine_tune_epochs >= 0):
+def check_precision(precision: str, weights: str) -> None:
+    if precision == "mixed_float16" and weights == "none":
+        # Random-weight features are ~1e-12, far below float16's smallest value (6e-8).
         raise ConfigError(
-            f"--fine-tune-epochs {fine_tune_epochs!r} must be 0 (skip fine-tuning) or more "
-            "(tutorial: 10)."
-        )
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ConfigError(f"--batch-size {batch_size!r} must be a whole number of at least 1 (tutorial: 32).")
-    if not (learning_rate > 0 and math.isfinite(learning_rate)):
-        raise ConfigError(f"--learning-rate {learning_rate!r} must be a positive number (tutorial: 1e-4).")
-    if not (0.0 <= dropout < 1.0):
-        raise ConfigError(f"--dropout {dropout!r} must be at least 0 and below 1 (tutorial: 0.2).")
-    if not (isinstance(fine_tune_at, int) and fine_tune_at >= 0):
-        raise ConfigError(
-            f"--fine-tune-at {fine_tune_at!r} must be a layer index of 0 or more (tutorial: 100)."
+            "--mixed-precision mixed_float16 with --weights none would underflow the random-weight "
+            "features to zero; use mixed_bfloat16, float32, or ImageNet weights."
         )
 
 
@@ -187,22 +168,77 @@ def check_fine_tune_at(fine_tune_at: int, layer_count: int, base: str) -> None:
         )
 
 
-def check_gate(max_gap: float, min_accuracy: float) -> None:
-    if not (0.0 <= max_gap <= 1.0):
-        raise ConfigError(f"--max-gap {max_gap!r} must lie between 0 and 1 (default 0.05).")
-    if not (0.0 <= min_accuracy <= 1.0):
-        raise ConfigError(f"--min-accuracy {min_accuracy!r} must lie between 0 and 1 (default 0.90).")
+# --- registry URIs ----------------------------------------------------------------------------
+
+VERTEX_SCHEME = "vertex://"
+VERTEX_OPTIONS = ("api_endpoint", "staging_bucket", "serving_image")
+_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_REGION = re.compile(r"[a-z]+-[a-z]+\d+")
 
 
-def check_accelerator_options(precision: str, xla: bool, steps_per_execution: int, weights: str) -> None:
-    """The GPU knobs: mixed precision, XLA, steps per execution."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--mixed-precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
-    if precision == "mixed_float16" and weights == "none":
-        # Random-weight features are ~1e-12, far below float16's smallest value (6e-8).
+@dataclass(frozen=True)
+class VertexUri:
+    project: str
+    region: str
+    model: str = ""
+    options: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        path = "/".join(p for p in (self.project, self.region, self.model) if p)
+        query = f"?{urlencode(sorted(self.options.items()), safe=':/')}" if self.options else ""
+        return f"{VERTEX_SCHEME}{path}{query}"
+
+
+def parse_vertex_uri(uri: str) -> VertexUri:
+    """Parses and checks ``vertex://PROJECT/REGION[/MODEL][?OPTIONS]``."""
+    form = "vertex://PROJECT/REGION[/MODEL], e.g. vertex://my-project/us-central1/cats-vs-dogs"
+    parts = urlsplit(uri)
+    path = [p for p in (parts.netloc + parts.path).split("/") if p]
+    if parts.scheme != "vertex" or len(path) not in (2, 3):
+        raise ConfigError(f"--registry {uri!r} is not a Vertex AI registry URI; write it as {form}.")
+    project, region = path[0], path[1]
+    if not _PROJECT.fullmatch(project):
         raise ConfigError(
-            "--mixed-precision mixed_float16 with --weights none would underflow the random-weight "
-            "features to zero; use mixed_bfloat16, float32, or ImageNet weights."
+            f"--registry {uri!r}: {project!r} is not a Google Cloud project ID (6-30 lowercase letters, "
+            f"digits or hyphens); write it as {form}."
         )
-    if not (isinstance(steps_per_execution, int) and steps_per_execution >= 1):
-        raise ConfigError(f"--steps-per-execution {steps_per_execution!r} must be a whole number of at least 1.")
+    if not _REGION.fullmatch(region):
+        raise ConfigError(f"--registry {uri!r}: {region!r} is not a region such as us-central1; write it as {form}.")
+    options = dict(parse_qsl(parts.query))
+    unknown = sorted(set(options) - set(VERTEX_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"--registry {uri!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(VERTEX_OPTIONS)}."
+        )
+    bucket = options.get("staging_bucket", "")
+    if bucket and not bucket.startswith("gs://"):
+        raise ConfigError(f"--registry {uri!r}: staging_bucket must be a gs:// URI, not {bucket!r}.")
+    return VertexUri(project, region, path[2] if len(path) == 3 else "", options)
+
+
+def check_registry_uri(uri: str) -> str:
+    """Validates a registry URI early (before any training). Returns it normalised."""
+    if uri == "vertex":
+        raise ConfigError(
+            "--registry vertex needs a project and region, which only a cloud run (tlp submit) knows; "
+            "here write vertex://PROJECT/REGION[/MODEL]."
+        )
+    if uri.startswith("vertex://"):
+        return str(parse_vertex_uri(uri))
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        return "sqlite:///" + os.path.abspath(path)
+    if uri.startswith(("http://", "https://", "databricks")):
+        from urllib.parse import urlsplit
+
+        if urlsplit(uri).password or urlsplit(uri).username:
+            # A URI is a pipeline parameter: it would land in logs and compiled pipelines.
+            raise ConfigError(
+                "--registry holds credentials in its URI; remove them and set "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead."
+            )
+        return uri
+    raise ConfigError(
+        f"--registry {uri!r} is not a registry URI I know; use sqlite:///PATH.db (local MLflow "
+        "registry), http(s)://HOST (an MLflow server) or vertex://PROJECT/REGION[/MODEL] (Vertex AI)."
+    )

@@ -26,8 +26,15 @@ def cluster_workers(tf_config: str | None) -> int:
     return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
 
 
-def is_chief(tf_config: str | None) -> bool:
+def cluster_spec() -> str | None:
+    """The cluster this process belongs to: Vertex AI (and any TF cluster) says so in TF_CONFIG,
+    which is read here and nowhere else."""
+    return os.environ.get("TF_CONFIG")
+
+
+def is_chief(tf_config: str | None = None) -> bool:
     """Whether this process writes the final outputs in a multi-worker cluster."""
+    tf_config = cluster_spec() if tf_config is None else tf_config
     if not tf_config:
         return True
     config = json.loads(tf_config)
@@ -43,7 +50,7 @@ def make_strategy(devices: str = "auto", tf_config: str | None = None):
 
     kind, count = parse_devices(devices)
     if tf_config is None:
-        tf_config = os.environ.get("TF_CONFIG")
+        tf_config = cluster_spec()
     if cluster_workers(tf_config) > 1:
         # MultiWorkerMirroredStrategy reads TF_CONFIG from the environment itself.
         os.environ["TF_CONFIG"] = tf_config

@@ -23,6 +23,7 @@ import numpy as np
 
 from tlp.components.lib import images, specs
 from tlp.components.lib import model as model_lib
+from tlp.components.lib.settings import Settings
 from tlp.components.lib.strategy import is_chief, make_strategy
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -53,27 +54,11 @@ def extract_features(backbone, dataset_dir: str, split: str, batch_size: int, la
     return np.concatenate(features), np.concatenate(labels)
 
 
-def train_head(
-    dataset_dir: str,
-    model_dir: str,
-    *,
-    base: str = "MobileNetV2",
-    alpha: float = 1.0,
-    weights: str = "imagenet",
-    epochs: int = 10,
-    learning_rate: float = 1e-4,
-    batch_size: int = 32,
-    dropout: float = 0.2,
-    seed: int = 42,
-    backup_dir: str | None = None,
-    precision: str = "float32",
-    xla: bool = False,
-    steps_per_execution: int = 1,
-) -> dict:
+def train_head(dataset_dir: str, model_dir: str, settings: Settings, *, backup_dir: str | None = None) -> dict:
     """Phase 1: frozen base, train the head. Saves the full model to ``model_dir``.
 
-    ``precision`` (float32 | mixed_float16 | mixed_bfloat16) and ``xla`` are GPU speed-ups;
-    the feature extraction runs the base under the policy (XLA-compiled if asked).
+    ``runtime.mixed_precision`` and ``runtime.xla`` are GPU speed-ups; the feature extraction
+    runs the base under the policy (XLA-compiled if asked).
 
     With ``backup_dir``, the extracted features and each finished epoch are kept there, so a
     restarted (preempted) run skips the extraction and resumes after the last finished epoch.
@@ -81,137 +66,112 @@ def train_head(
     """
     keras = model_lib.keras()
     metadata = images.read_metadata(dataset_dir)
-    weights = specs.parse_weights_spec(weights)
-    specs.check_base(base, alpha, metadata["image_size"], weights)
-    specs.check_training_params(
-        batch_size=batch_size, epochs=epochs, fine_tune_epochs=0,
-        learning_rate=learning_rate, dropout=dropout, fine_tune_at=0,
-    )
-    specs.check_accelerator_options(precision, xla, steps_per_execution, weights)
-    keras.utils.set_random_seed(seed)
-    with model_lib.precision_policy(precision):
-        history, info = _train_head_under_policy(
-            dataset_dir, model_dir, metadata, base=base, alpha=alpha, weights=weights, epochs=epochs,
-            learning_rate=learning_rate, batch_size=batch_size, dropout=dropout, backup_dir=backup_dir,
-            precision=precision, xla=xla, steps_per_execution=steps_per_execution,
-        )
+    chosen, runtime = settings.model, settings.runtime
+    weights = specs.parse_weights_spec(chosen.weights)
+    specs.check_base(chosen.base, chosen.alpha, metadata["image_size"], weights)
+    specs.check_precision(runtime.mixed_precision, weights)
+    keras.utils.set_random_seed(settings.training.seed)
+    with model_lib.precision_policy(runtime.mixed_precision):
+        history = _train_head_under_policy(dataset_dir, model_dir, metadata, settings, weights, backup_dir)
     _discard_backup(backup_dir)  # the saved model now holds everything the backup did
     return history
 
 
-def _train_head_under_policy(
-    dataset_dir, model_dir, metadata, *, base, alpha, weights, epochs, learning_rate, batch_size, dropout,
-    backup_dir, precision, xla, steps_per_execution,
-):
+def _train_head_under_policy(dataset_dir, model_dir, metadata, settings: Settings, weights: str, backup_dir):
+    chosen, training, runtime = settings.model, settings.training, settings.runtime
     class_names = metadata["class_names"]
-    backbone = model_lib.build_backbone(base, alpha, metadata["image_size"], weights)
+    backbone = model_lib.build_backbone(chosen.base, chosen.alpha, metadata["image_size"], weights)
     cache = os.path.join(backup_dir, "features.npz") if backup_dir else None
     if cache and os.path.isfile(cache):
         with np.load(cache) as saved:
             train_x, train_y, val_x, val_y = (saved[k] for k in ("train_x", "train_y", "val_x", "val_y"))
         print(f"  features: reused {len(train_y) + len(val_y)} cached feature vectors from {cache}", flush=True)
     else:
-        train_x, train_y = extract_features(backbone, dataset_dir, "train", batch_size, xla=xla)
-        val_x, val_y = extract_features(backbone, dataset_dir, "val", batch_size, xla=xla)
+        train_x, train_y = extract_features(backbone, dataset_dir, "train", training.batch_size, xla=runtime.xla)
+        val_x, val_y = extract_features(backbone, dataset_dir, "val", training.batch_size, xla=runtime.xla)
         if cache:
             os.makedirs(backup_dir, exist_ok=True)
             np.savez(cache + ".tmp.npz", train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y)
             os.replace(cache + ".tmp.npz", cache)  # atomic: a kill never leaves half a file
 
     model = model_lib.build_model(
-        backbone, len(class_names), dropout, train_x.mean(axis=0), train_x.var(axis=0)
+        backbone, len(class_names), settings.head.dropout, train_x.mean(axis=0), train_x.var(axis=0)
     )
     head = model_lib.head(model)
     model_lib.compile_model(
-        head, learning_rate, len(class_names), jit_compile=xla, steps_per_execution=steps_per_execution
+        head, training.learning_rate, len(class_names), jit_compile=runtime.xla,
+        steps_per_execution=runtime.steps_per_execution,
     )
     head.fit(
         train_x, train_y,
         validation_data=(val_x, val_y),
-        epochs=epochs,
-        batch_size=batch_size,
+        epochs=training.epochs,
+        batch_size=training.batch_size,
         shuffle=True,
         verbose=2,
         callbacks=_callbacks(backup_dir, "head"),
     )
     history = _history(backup_dir, "head", phase="feature_extraction")
     info = {
-        "base": base,
-        "alpha": alpha,
-        "weights": weights,
         "image_size": metadata["image_size"],
         "class_names": class_names,
-        "dropout": dropout,
-        "learning_rate": learning_rate,
-        "epochs_done": epochs,
+        "epochs_done": training.epochs,
         "phase": "feature_extraction",
-        "precision": precision,
+        # What this step was given, for fine-tuning's checks and the registry's lineage.
+        "options": {**settings.lineage(), "weights": weights},
     }
     model_lib.save_keras(model, model_dir, info)
-    return history, info
+    return history
 
 
 def fine_tune(
-    dataset_dir: str,
-    model_in_dir: str,
-    model_out_dir: str,
-    *,
-    fine_tune_at: int = 100,
-    fine_tune_epochs: int = 10,
-    learning_rate: float = 1e-4,
-    batch_size: int = 32,
-    devices: str = "auto",
-    seed: int = 42,
-    backup_dir: str | None = None,
-    precision: str = "float32",
-    xla: bool = False,
-    steps_per_execution: int = 1,
+    dataset_dir: str, model_in_dir: str, model_out_dir: str, settings: Settings, *, backup_dir: str | None = None
 ) -> tuple[dict, int]:
     """Phase 2: unfreeze the base from ``fine_tune_at``, train at ``learning_rate / 10``.
 
-    ``learning_rate`` is the base learning rate of phase 1, as in the tutorial. ``batch_size``
-    is per replica; the global batch is ``batch_size x replicas``. Epoch numbers continue from
-    phase 1. Writes a servable SavedModel to ``model_out_dir``. Returns (history, replicas).
-    ``precision`` must be the one phase 1 used (the saved layers carry their policy).
+    ``training.learning_rate`` is the base learning rate of phase 1, as in the tutorial.
+    ``training.batch_size`` is per replica; the global batch is ``batch_size x replicas``. Epoch
+    numbers continue from phase 1. Writes a servable SavedModel to ``model_out_dir``. Returns
+    (history, replicas). ``runtime.mixed_precision`` must be the one phase 1 used (the saved
+    layers carry their policy).
     """
     import tensorflow as tf
 
-    strategy = make_strategy(devices)  # first: logical devices must be set before TF starts
+    tuning, training, runtime = settings.fine_tuning, settings.training, settings.runtime
+    strategy = make_strategy(runtime.devices)  # first: logical devices must be set before TF starts
     keras = model_lib.keras()
-    specs.check_training_params(
-        batch_size=batch_size, epochs=1, fine_tune_epochs=fine_tune_epochs,
-        learning_rate=learning_rate, dropout=0.0, fine_tune_at=fine_tune_at,
-    )
     metadata = images.read_metadata(dataset_dir)
     info = model_lib.read_info(model_in_dir)
-    specs.check_accelerator_options(precision, xla, steps_per_execution, info["weights"])
-    if info.get("precision", "float32") != precision:
+    trained_with = info.get("options", {})
+    specs.check_precision(runtime.mixed_precision, trained_with.get("weights", ""))
+    if trained_with.get("mixed_precision", "float32") != runtime.mixed_precision:
         raise specs.ConfigError(
-            f"--mixed-precision {precision} differs from the {info.get('precision', 'float32')} the "
-            "feature-extraction phase used; use the same for both phases."
+            f"--mixed-precision {runtime.mixed_precision} differs from the {trained_with.get('mixed_precision')} "
+            "the feature-extraction phase used; use the same for both phases."
         )
     class_names = info["class_names"]
     replicas = strategy.num_replicas_in_sync
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(training.seed)
+    fine_tune_lr = training.learning_rate / 10
 
-    with strategy.scope(), model_lib.precision_policy(precision):
+    with strategy.scope(), model_lib.precision_policy(runtime.mixed_precision):
         model = model_lib.load_keras(model_in_dir)
         model_lib.unfreeze(
-            model, fine_tune_at, learning_rate / 10, len(class_names),
-            jit_compile=xla, steps_per_execution=steps_per_execution,
+            model, tuning.fine_tune_at, fine_tune_lr, len(class_names),
+            jit_compile=runtime.xla, steps_per_execution=runtime.steps_per_execution,
         )
     first_epoch = info["epochs_done"]
     history = {"epoch": [], "phase": "fine_tuning", **{key: [] for key in HISTORY_KEYS}}
-    if fine_tune_epochs > 0:
-        global_batch = batch_size * replicas
+    if tuning.fine_tune_epochs > 0:
+        global_batch = training.batch_size * replicas
         print(
-            f"  fine-tuning from layer {fine_tune_at}: {replicas} replica(s) in sync, "
-            f"global batch {global_batch}, lr {learning_rate / 10:g}",
+            f"  fine-tuning from layer {tuning.fine_tune_at}: {replicas} replica(s) in sync, "
+            f"global batch {global_batch}, lr {fine_tune_lr:g}",
             flush=True,
         )
         # TFRecords have no known length; with several steps per execution Keras needs the
         # step counts, so the training stream repeats and each epoch is counted in batches.
-        counted = steps_per_execution > 1
+        counted = runtime.steps_per_execution > 1
         steps = {
             "steps_per_epoch": math.ceil(metadata["num_examples"]["train"] / global_batch),
             "validation_steps": math.ceil(metadata["num_examples"]["val"] / global_batch),
@@ -220,7 +180,7 @@ def fine_tune(
         fits = (metadata["num_examples"]["train"] + metadata["num_examples"]["val"]) * size * size * 3
         cache = fits <= DECODED_CACHE_BYTES  # decoded uint8 images; beyond that, decode each epoch
         train = images.read_split(
-            dataset_dir, "train", global_batch, shuffle_seed=seed, repeat=counted, cache_decoded=cache
+            dataset_dir, "train", global_batch, shuffle_seed=training.seed, repeat=counted, cache_decoded=cache
         )
         val = images.read_split(dataset_dir, "val", global_batch, cache_decoded=cache)
         options = tf.data.Options()
@@ -234,7 +194,7 @@ def fine_tune(
             train,
             validation_data=val,
             initial_epoch=first_epoch,
-            epochs=first_epoch + fine_tune_epochs,
+            epochs=first_epoch + tuning.fine_tune_epochs,
             verbose=2,
             callbacks=_callbacks(backup_dir, "fine_tune"),
             **steps,
@@ -242,14 +202,14 @@ def fine_tune(
         history = _history(backup_dir, "fine_tune", phase="fine_tuning")
     info = {
         **info,
-        "fine_tune_at": fine_tune_at,
-        "fine_tune_learning_rate": learning_rate / 10,
-        "epochs_done": first_epoch + fine_tune_epochs,
+        "options": {**trained_with, **settings.lineage()},
+        "fine_tune_learning_rate": fine_tune_lr,
+        "epochs_done": first_epoch + tuning.fine_tune_epochs,
         "replicas": replicas,
         "phase": "fine_tuning",
         "data_fingerprint": metadata.get("fingerprint"),
     }
-    target = model_out_dir if is_chief(os.environ.get("TF_CONFIG")) else tempfile.mkdtemp()
+    target = model_out_dir if is_chief() else tempfile.mkdtemp()
     model_lib.export_servable(model, target, class_names, info["image_size"], info)
     if target != model_out_dir:  # non-chief workers write a throwaway copy (collective ops)
         shutil.rmtree(target, ignore_errors=True)
@@ -275,7 +235,7 @@ def _callbacks(backup_dir: str | None, phase: str) -> list:
     """NaN guard, per-epoch history log, and (with a backup dir) preemption recovery:
     BackupAndRestore checkpoints each finished epoch and a restart resumes after it."""
     keras = model_lib.keras()
-    if not is_chief(os.environ.get("TF_CONFIG")):
+    if not is_chief():
         backup_dir = os.path.join(backup_dir, f"worker-{os.getpid()}") if backup_dir else None
     directory = backup_dir or tempfile.mkdtemp(prefix="tlp-history-")
     os.makedirs(directory, exist_ok=True)
@@ -290,7 +250,7 @@ _HISTORY_DIRS: dict[str, str] = {}
 
 
 def _discard_backup(backup_dir: str | None) -> None:
-    if backup_dir and is_chief(os.environ.get("TF_CONFIG")):
+    if backup_dir and is_chief():
         shutil.rmtree(backup_dir, ignore_errors=True)
 
 

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from tlp.components.lib.registry import open_registry, register_model
+from tlp.components.lib.registry import open_registry
+from tlp.components.lib.registry.champion import register_model
 from tlp.components.lib.specs import ConfigError
 
 METRICS = {"test_accuracy": 0.975, "val_accuracy": 0.96, "train_accuracy": 0.98, "gap": 0.02}

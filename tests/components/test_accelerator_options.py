@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from tests.conftest import settings
 from tlp.components.lib import images
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.specs import ConfigError
@@ -30,17 +31,13 @@ def test_flag_trains_and_the_model_predicts(
 ):
     import tensorflow as tf
 
-    options = {"precision": precision, "xla": xla, "steps_per_execution": steps_per_execution}
     weights = local_weights_file if precision == "mixed_float16" else "none"
-    head_history = train_head(
-        sample_dataset, str(tmp_path / "head"), alpha=0.35, weights=weights, epochs=1, batch_size=16, **options
-    )
-    tuned_history, _ = fine_tune(
-        sample_dataset, str(tmp_path / "head"), str(tmp_path / "tuned"), fine_tune_epochs=1, batch_size=16,
-        devices="auto", **options,
-    )
+    chosen = settings(mixed_precision=precision, xla=xla, steps_per_execution=steps_per_execution, alpha=0.35,
+                      weights=weights, epochs=1, fine_tune_epochs=1, batch_size=16)
+    head_history = train_head(sample_dataset, str(tmp_path / "head"), chosen)
+    tuned_history, _ = fine_tune(sample_dataset, str(tmp_path / "head"), str(tmp_path / "tuned"), chosen)
     assert all(math.isfinite(v) for v in head_history["loss"] + tuned_history["loss"])
-    assert model_lib.read_info(str(tmp_path / "tuned"))["precision"] == precision
+    assert model_lib.read_info(str(tmp_path / "tuned"))["options"]["mixed_precision"] == precision
     assert model_lib.keras().mixed_precision.global_policy().name == "float32"  # restored
     serve = model_lib.load_servable(str(tmp_path / "tuned"))
     batch, _ = next(iter(images.read_split(sample_dataset, "test", 3)))
@@ -53,11 +50,11 @@ def test_flag_trains_and_the_model_predicts(
 
 def test_mixed_float16_with_random_weights_is_refused(sample_dataset, tmp_path):
     with pytest.raises(ConfigError, match="would underflow the random-weight features"):
-        train_head(sample_dataset, str(tmp_path / "m"), alpha=0.35, weights="none", epochs=1,
-                   precision="mixed_float16")
+        train_head(sample_dataset, str(tmp_path / "m"),
+                   settings(check=False, alpha=0.35, weights="none", epochs=1, mixed_precision="mixed_float16"))
 
 
 def test_fine_tuning_needs_the_precision_of_phase_one(sample_dataset, head_model, tmp_path):
     with pytest.raises(ConfigError, match="differs from the float32 the feature-extraction phase used"):
-        fine_tune(sample_dataset, head_model[0], str(tmp_path / "t"), fine_tune_epochs=1,
-                  precision="mixed_bfloat16")
+        fine_tune(sample_dataset, head_model[0], str(tmp_path / "t"),
+                  settings(fine_tune_epochs=1, mixed_precision="mixed_bfloat16"))

@@ -29,7 +29,7 @@ def chain(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prepared(chain):
     dataset = _artifact(dsl.Dataset, chain["root"], "dataset")
-    result = data_prep.python_func(dataset=dataset, data="sample:30", image_size=64, seed=3)
+    result = data_prep.python_func(dataset=dataset, options={"data": "sample:30", "image_size": 64, "seed": 3})
     return dataset, result
 
 
@@ -48,8 +48,8 @@ def head(chain, prepared):
     model = _artifact(dsl.Model, chain["root"], "head_model")
     history = _artifact(dsl.Artifact, chain["root"], "head_history")
     result = feature_extraction.python_func(
-        dataset=prepared[0], model=model, history=history, alpha=0.35, weights="none",
-        epochs=4, batch_size=16,
+        dataset=prepared[0], model=model, history=history,
+        options={"alpha": 0.35, "weights": "none", "epochs": 4, "batch_size": 16},
     )
     return model, history, result
 
@@ -60,7 +60,8 @@ def test_feature_extraction_saves_model_and_history(head):
     assert saved["epoch"] == [1, 2, 3, 4] and len(saved["val_accuracy"]) == 4
     assert result.val_accuracy == saved["val_accuracy"][-1]
     info = json.load(open(os.path.join(model.path, "model_info.json")))
-    assert (info["epochs_done"], info["weights"], info["phase"]) == (4, "none", "feature_extraction")
+    assert (info["epochs_done"], info["options"]["weights"], info["phase"]) == (4, "none", "feature_extraction")
+    assert info["options"]["dropout"] == 0.2 and info["options"]["epochs"] == 4  # lineage from the declaration
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def tuned(chain, prepared, head):
     history = _artifact(dsl.Artifact, chain["root"], "tune_history")
     result = fine_tuning.python_func(
         dataset=prepared[0], base_model=head[0], model=model, history=history,
-        fine_tune_at=100, fine_tune_epochs=2, batch_size=16, devices="auto",
+        options={"fine_tune_at": 100, "fine_tune_epochs": 2, "batch_size": 16, "devices": "auto"},
     )
     return model, history, result
 
@@ -94,7 +95,7 @@ def scored(chain, prepared, head, tuned):
     passed = evaluation.python_func(
         dataset=prepared[0], model=tuned[0], feature_history=head[1], fine_tune_history=tuned[1],
         metrics=metrics, classification_metrics=classification, report=report,
-        max_gap=1.0, min_accuracy=0.0,
+        options={"max_gap": 1.0, "min_accuracy": 0.0},
     )
     return metrics, classification, report, passed
 
@@ -122,7 +123,7 @@ def test_evaluation_gate_fails_with_every_reason(chain, prepared, head, tuned):
         dataset=prepared[0], model=tuned[0], feature_history=head[1], fine_tune_history=tuned[1],
         metrics=_artifact(dsl.Metrics, chain["root"], "m2"),
         classification_metrics=_artifact(dsl.ClassificationMetrics, chain["root"], "c2"),
-        report=report, max_gap=0.0, min_accuracy=1.0,
+        report=report, options={"max_gap": 0.0, "min_accuracy": 1.0},
     )
     reasons = report.metadata["gate_reasons"]
     if passed:  # only possible with a perfect model on every split
@@ -137,7 +138,7 @@ def test_registration_records_lineage(chain, prepared, tuned, scored):
     final_report = _artifact(dsl.HTML, chain["root"], "registered_report")
     result = registration.python_func(
         model=tuned[0], dataset=prepared[0], metrics=scored[0], report=scored[2],
-        registered_report=final_report, registry=uri, model_name="",
+        registered_report=final_report, options={"registry": uri, "model_name": ""},
     )
     assert (result.name, result.version, result.champion) == ("sample", "1", True)
     page = open(final_report.path, encoding="utf-8").read()
@@ -145,7 +146,8 @@ def test_registration_records_lineage(chain, prepared, tuned, scored):
     assert "Learning curves" in page  # the evaluation report is kept whole
     again = registration.python_func(
         model=tuned[0], dataset=prepared[0], metrics=scored[0], report=scored[2],
-        registered_report=_artifact(dsl.HTML, chain["root"], "again_report"), registry=uri, model_name="",
+        registered_report=_artifact(dsl.HTML, chain["root"], "again_report"),
+        options={"registry": uri, "model_name": ""},
     )
     assert again.version == "1"  # the same artifact is registered once
     from tlp.components.lib.registry import open_registry
@@ -162,7 +164,8 @@ def test_champion_moves_only_to_a_challenger_at_least_as_good(chain, prepared, h
     not take the alias; an equal-or-better one (or one within the tolerance) does."""
     import shutil
 
-    from tlp.components.lib.registry import open_registry, register_model
+    from tlp.components.lib.registry import open_registry
+    from tlp.components.lib.registry.champion import register_model
 
     uri = f"sqlite:///{chain['root']}/champion/registry.db"
     dataset = prepared[0].path

@@ -13,12 +13,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main(argv):
     dataset, model_in, model_out, backup, epochs, batch, devices = argv
+    from tlp.components.lib.settings import Settings
     from tlp.components.lib.training import fine_tune
 
-    history, replicas = fine_tune(
-        dataset, model_in, model_out, fine_tune_at=100, fine_tune_epochs=int(epochs),
-        batch_size=int(batch), devices=devices, seed=11, backup_dir=backup or None,
+    settings = Settings.from_values(
+        {"fine_tune_at": 100, "fine_tune_epochs": epochs, "batch_size": batch, "devices": devices, "seed": 11}
     )
+    history, replicas = fine_tune(dataset, model_in, model_out, settings, backup_dir=backup or None)
     print("HISTORY", json.dumps(history), flush=True)
     print("REPLICAS", replicas, flush=True)
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.conftest import write_image
+from tests.conftest import settings, write_image
 from tlp.pipelines import docker_runner
 from tlp.pipelines.cli import main
 
@@ -18,7 +18,7 @@ SMALL = ["--weights", "none", "--data", "sample:10", "--image-size", "32", "--al
         (["--fine-tune-at", "500"], "--fine-tune-at 500 is beyond the 154 layers of MobileNetV2"),
         (["--epochs", "0"], "--epochs 0 must be a whole number of at least 1"),
         (["--epochs", "-2"], "--epochs -2 must be a whole number of at least 1"),
-        (["--fine-tune-epochs", "-1"], "--fine-tune-epochs -1 must be 0"),
+        (["--fine-tune-epochs", "-1"], "--fine-tune-epochs -1 must be a whole number of at least 0"),
         (["--data", "imagenet:cats"], "--data 'imagenet:cats' is not a data spec I know"),
         (["--devices", "tpu:8"], "--devices 'tpu:8' is not understood"),
         (["--registry", "postgres://db"], "--registry 'postgres://db' is not a registry URI"),
@@ -61,18 +61,21 @@ def test_folder_with_no_images(tmp_path, capsys):
 
 
 def test_auto_is_decided_before_the_run_and_announced(monkeypatch):
-    from tlp.pipelines import runners
+    from tlp.components.lib.settings import Settings
+    from tlp.pipelines import environment
+    from tlp.pipelines.resolve import resolve_local
 
-    monkeypatch.setattr(runners, "tfds_cached", lambda name: False)
-    monkeypatch.setattr(runners, "imagenet_weights_cached", lambda *a: False)
-    offline = runners.resolve_auto(runners.RunConfig(), probe=lambda host, port: False)
-    assert (offline.data, offline.weights) == ("sample", "none")
-    assert any("offline" in note for note in offline.notes)
-    online = runners.resolve_auto(runners.RunConfig(), probe=lambda host, port: True)
-    assert (online.data, online.weights) == ("tfds:cats_vs_dogs", "imagenet")
-    explicit = runners.resolve_auto(runners.RunConfig(data="sample:20", weights="imagenet"),
+    monkeypatch.setattr(environment, "tfds_cached", lambda name: False)
+    monkeypatch.setattr(environment, "imagenet_weights_cached", lambda *a: False)
+    offline, notes = resolve_local(Settings(), "out", probe=lambda host, port: False)
+    assert (offline.data.data, offline.model.weights) == ("sample", "none")
+    assert any("offline" in note for note in notes)
+    assert offline.registry.registry == "sqlite:///" + os.path.abspath("out/registry.db")
+    online, _ = resolve_local(Settings(), "out", probe=lambda host, port: True)
+    assert (online.data.data, online.model.weights) == ("tfds:cats_vs_dogs", "imagenet")
+    explicit, notes = resolve_local(settings(data="sample:20", weights="imagenet"), "out",
                                     probe=lambda host, port: False)
-    assert (explicit.data, explicit.weights, explicit.notes) == ("sample:20", "imagenet", [])
+    assert (explicit.data.data, explicit.model.weights, notes) == ("sample:20", "imagenet", [])
 
 
 def test_docker_runner_without_an_engine_says_so(tmp_path, capsys, monkeypatch):
@@ -88,13 +91,13 @@ def test_docker_runner_without_an_engine_says_so(tmp_path, capsys, monkeypatch):
 
 
 def test_docker_runner_cannot_see_folders_outside_the_pipeline_root(tmp_path):
+    from tlp.components.lib.settings import LocalRunOptions
     from tlp.components.lib.specs import ConfigError
-    from tlp.pipelines import runners
 
-    config = runners.RunConfig(data=f"folder:{tmp_path}/photos", weights="none",
-                               output_dir=str(tmp_path / "out"), registry="sqlite:///x.db")
+    local = LocalRunOptions(output_dir=str(tmp_path / "out"))
+    chosen = settings(check=False, data=f"folder:{tmp_path}/photos", weights="none", registry="sqlite:///x.db")
     with pytest.raises(ConfigError, match="cannot see --data folder"):
-        docker_runner.check_docker_config(config)
-    config = runners.RunConfig(data="sample", weights=str(tmp_path / "w.h5"), output_dir=str(tmp_path))
+        docker_runner.check_docker_config(chosen, local)
+    chosen = settings(check=False, data="sample", weights=str(tmp_path / "w.h5"))
     with pytest.raises(ConfigError, match="cannot see the weights file"):
-        docker_runner.check_docker_config(config)
+        docker_runner.check_docker_config(chosen, LocalRunOptions(output_dir=str(tmp_path)))

@@ -13,14 +13,15 @@ import pytest
 import yaml
 from kfp import compiler
 
-from tlp.pipelines.training import FineTuneHardware, create_pipeline
+from tlp.components.lib.settings import CloudOptions, HardwareOptions, ImageOptions
+from tlp.pipelines.training import create_pipeline
 
 GOLDEN = Path(__file__).parent / "golden"
 VARIANTS = {
-    "pipeline.yaml": FineTuneHardware(),
-    "pipeline-2-nodes-l4.yaml": FineTuneHardware(
-        gpus=2, accelerator="NVIDIA_L4", machine_type="g2-standard-24", replicas=2,
-        service_account="trainer@my-project.iam.gserviceaccount.com",
+    "pipeline.yaml": (HardwareOptions(), CloudOptions()),
+    "pipeline-2-nodes-l4.yaml": (
+        HardwareOptions(gpus=2, accelerator="NVIDIA_L4", machine_type="g2-standard-24", replicas=2),
+        CloudOptions(service_account="trainer@my-project.iam.gserviceaccount.com"),
     ),
 }
 
@@ -36,8 +37,8 @@ def _normalised(document):
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_compiled_pipeline_matches_the_golden_file(tmp_path, name):
     package = tmp_path / name
-    compiler.Compiler().compile(create_pipeline("us-docker.pkg.dev/my-project/tlp", "golden", VARIANTS[name]),
-                                str(package))
+    images = ImageOptions(image_repo="us-docker.pkg.dev/my-project/tlp", image_tag="golden")
+    compiler.Compiler().compile(create_pipeline(images, *VARIANTS[name]), str(package))
     compiled = yaml.safe_dump(_normalised(yaml.safe_load(package.read_text())), sort_keys=True, width=100)
     golden = GOLDEN / name
     if os.environ.get("TLP_UPDATE_GOLDEN") == "1":

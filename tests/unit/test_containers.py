@@ -78,10 +78,12 @@ def test_build_context_is_small():
 def test_compiled_tasks_use_the_configured_images(tmp_path):
     from kfp import compiler
 
+    from tlp.components.lib.settings import ImageOptions
     from tlp.pipelines.training import create_pipeline
 
     package = tmp_path / "pipeline.yaml"
-    compiler.Compiler().compile(create_pipeline("us-docker.pkg.dev/p/tlp", "9.9.9"), str(package))
+    images = ImageOptions(image_repo="us-docker.pkg.dev/p/tlp", image_tag="9.9.9")
+    compiler.Compiler().compile(create_pipeline(images), str(package))
     spec = yaml.safe_load(package.read_text())
     executors = spec["deploymentSpec"]["executors"]
     images = {name.removeprefix("exec-"): e["container"]["image"] for name, e in executors.items()}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tlp.components.lib import registry
+from tlp.components.lib import registry, specs
 from tlp.components.lib.specs import ConfigError
 
 
@@ -46,19 +46,19 @@ def test_versions_lineage_idempotency_and_lookup(tmp_path):
 
 
 def test_registry_uris_are_checked():
-    assert registry.check_registry_uri("sqlite:///rel/r.db").startswith("sqlite:////")
+    assert specs.check_registry_uri("sqlite:///rel/r.db").startswith("sqlite:////")
     with pytest.raises(ConfigError, match="not a registry URI"):
-        registry.check_registry_uri("postgres://x")
-    assert registry.check_registry_uri("vertex://my-project/us-central1/cats") == "vertex://my-project/us-central1/cats"
+        specs.check_registry_uri("postgres://x")
+    assert specs.check_registry_uri("vertex://my-project/us-central1/cats") == "vertex://my-project/us-central1/cats"
     for bad, why in (("vertex", "only a cloud run"), ("vertex://my-project", "not a Vertex AI registry URI"),
                      ("vertex://P/us-central1", "not a Google Cloud project ID"),
                      ("vertex://my-project/moon/m", "not a region"),
                      ("vertex://my-project/us-central1/m?colour=red", "unknown option"),
                      ("vertex://my-project/us-central1?staging_bucket=/tmp", "must be a gs:// URI")):
         with pytest.raises(ConfigError, match=why):
-            registry.check_registry_uri(bad)
+            specs.check_registry_uri(bad)
     with pytest.raises(ConfigError, match="holds credentials in its URI") as error:
-        registry.check_registry_uri("https://alice:s3cret@mlflow.example.com")
+        specs.check_registry_uri("https://alice:s3cret@mlflow.example.com")
     assert "s3cret" not in str(error.value)
 
 

@@ -58,30 +58,7 @@ def test_base_checks():
         specs.check_base("ResNet50V2", 0.5, 160, "none")
 
 
-@pytest.mark.parametrize(
-    "field, value, flag",
-    [("epochs", 0, "--epochs 0"), ("epochs", -3, "--epochs -3"), ("fine_tune_epochs", -1, "--fine-tune-epochs -1"),
-     ("batch_size", 0, "--batch-size 0"), ("learning_rate", 0.0, "--learning-rate 0.0"),
-     ("dropout", 1.0, "--dropout 1.0"), ("fine_tune_at", -1, "--fine-tune-at -1")],
-)
-def test_training_params(field, value, flag):
-    params = dict(batch_size=32, epochs=10, fine_tune_epochs=10, learning_rate=1e-4, dropout=0.2, fine_tune_at=100)
-    specs.check_training_params(**params)
-    params[field] = value
-    with pytest.raises(ConfigError) as error:
-        specs.check_training_params(**params)
-    assert flag in str(error.value)
-
-
 def test_fine_tune_at_beyond_layers():
     specs.check_fine_tune_at(153, 154, "MobileNetV2")
     with pytest.raises(ConfigError, match="--fine-tune-at 154 is beyond the 154 layers of MobileNetV2"):
         specs.check_fine_tune_at(154, 154, "MobileNetV2")
-
-
-def test_gate_bounds():
-    specs.check_gate(0.05, 0.9)
-    with pytest.raises(ConfigError, match="--max-gap"):
-        specs.check_gate(-0.1, 0.9)
-    with pytest.raises(ConfigError, match="--min-accuracy"):
-        specs.check_gate(0.05, 1.5)

@@ -19,60 +19,16 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.registry.base import CHAMPION_ALIAS, Registered, model_digest
+from tlp.components.lib.specs import ConfigError, parse_vertex_uri
 
-SCHEME = "vertex://"
-CHAMPION_ALIAS = "champion"
 # Vertex AI's prebuilt TensorFlow serving image: it serves the SavedModel's serving signature and
 # decodes {"b64": ...} for our `image_bytes` input. 2.15 is the newest prebuilt TF release.
 SERVING_IMAGE = "{region}-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
 # The prebuilt images live in three multi-region registries.
 _IMAGE_REGIONS = {"us": "us", "northamerica": "us", "southamerica": "us", "europe": "europe"}
-OPTIONS = ("api_endpoint", "staging_bucket", "serving_image")
-_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
-_REGION = re.compile(r"[a-z]+-[a-z]+\d+")
 _LABEL_VALUE = re.compile(r"[^a-z0-9_-]+")
-
-
-@dataclass(frozen=True)
-class VertexUri:
-    project: str
-    region: str
-    model: str = ""
-    options: dict = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        path = "/".join(p for p in (self.project, self.region, self.model) if p)
-        query = f"?{urlencode(sorted(self.options.items()), safe=':/')}" if self.options else ""
-        return f"{SCHEME}{path}{query}"
-
-
-def parse_vertex_uri(uri: str) -> VertexUri:
-    """Parses and checks ``vertex://PROJECT/REGION[/MODEL][?OPTIONS]``."""
-    form = "vertex://PROJECT/REGION[/MODEL], e.g. vertex://my-project/us-central1/cats-vs-dogs"
-    parts = urlsplit(uri)
-    path = [p for p in (parts.netloc + parts.path).split("/") if p]
-    if parts.scheme != "vertex" or len(path) not in (2, 3):
-        raise ConfigError(f"--registry {uri!r} is not a Vertex AI registry URI; write it as {form}.")
-    project, region = path[0], path[1]
-    if not _PROJECT.fullmatch(project):
-        raise ConfigError(
-            f"--registry {uri!r}: {project!r} is not a Google Cloud project ID (6-30 lowercase letters, "
-            f"digits or hyphens); write it as {form}."
-        )
-    if not _REGION.fullmatch(region):
-        raise ConfigError(f"--registry {uri!r}: {region!r} is not a region such as us-central1; write it as {form}.")
-    options = dict(parse_qsl(parts.query))
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"--registry {uri!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}.")
-    bucket = options.get("staging_bucket", "")
-    if bucket and not bucket.startswith("gs://"):
-        raise ConfigError(f"--registry {uri!r}: staging_bucket must be a gs:// URI, not {bucket!r}.")
-    return VertexUri(project, region, path[2] if len(path) == 3 else "", options)
 
 
 def label_value(value) -> str:
@@ -121,8 +77,6 @@ class VertexRegistry:
         return parent, self._aiplatform.models.ModelRegistry(parent).list_versions()
 
     def register(self, model_dir: str, name: str, *, metrics: dict, params: dict, tags: dict):
-        from tlp.components.lib.registry import Registered, model_digest
-
         digest = model_digest(model_dir)[:40]
         parent = self._parent(name)
         if parent is not None:
@@ -174,10 +128,10 @@ class VertexRegistry:
         # "default" moves too, so serving Model(NAME) or deploying it without a version gets the champion.
         self._aiplatform.models.ModelRegistry(parent).add_version_aliases([CHAMPION_ALIAS, "default"], version)
 
-    def record_decision(self, name: str, version: str, promoted: bool, reason: str) -> None:
+    def record_decision(self, name: str, version: str, reason: str) -> None:
         # Labels cannot hold a sentence: the reason stays in the run's outputs and report; the
         # registry shows the decision through the champion alias.
-        del name, version, promoted, reason
+        del name, version, reason
 
     def model_dir(self, reference: str) -> str:
         """``NAME/VERSION`` or ``NAME@ALIAS`` -> a local directory holding that version's model."""

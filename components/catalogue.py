@@ -1,0 +1,19 @@
+"""Each pipeline step's component, by step name (the names live in ``lib/steps.py``)."""
+
+from __future__ import annotations
+
+from tlp.components.data_prep import data_prep
+from tlp.components.evaluation import evaluation
+from tlp.components.feature_extraction import feature_extraction
+from tlp.components.fine_tuning import fine_tuning
+from tlp.components.lib.steps import STEPS
+from tlp.components.registration import registration
+
+_FUNCTIONS = {
+    "data_prep": data_prep,
+    "feature_extraction": feature_extraction,
+    "fine_tuning": fine_tuning,
+    "evaluation": evaluation,
+    "registration": registration,
+}
+COMPONENTS = {step.name: _FUNCTIONS[step.function] for step in STEPS}

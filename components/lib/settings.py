@@ -1,0 +1,360 @@
+"""Every option of ``tlp``, declared once, in typed groups.
+
+To add an option: declare it in its group below (type, default, help, bounds, the commands
+that offer it, the steps that read it, ``lineage=True`` if registered versions should record
+it), then read it where it is used (``settings.head.dropout``). The flag, its check, the
+pipeline parameter, what the step receives and the registry lineage follow from the
+declaration; regenerate the golden IR and the README table (the tests say how).
+
+The groups a run trains with form ``Settings``; the runner-side groups (local run, images,
+hardware, cloud, schedule) are declared the same way and used by the runners and the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from tlp.components.lib import specs
+from tlp.components.lib.options import Group, NotPassedToStep, group_from_values, option, options_of
+from tlp.components.lib.steps import DATA_PREP, EVALUATION, FEATURE_EXTRACTION, FINE_TUNING, REGISTRATION
+
+TRAINING_COMMANDS = ("run", "submit", "schedule create")
+CLOUD_COMMANDS = ("submit", "schedule create")
+BOTH_PHASES = (FEATURE_EXTRACTION, FINE_TUNING)
+
+
+def _data_spec(value: str) -> str:
+    return value if value == "auto" else str(specs.parse_data_spec(value))
+
+
+def _weights_spec(value: str) -> str:
+    return value if value == "auto" else specs.parse_weights_spec(value)
+
+
+def _registry_uri(value: str) -> str:
+    return value if value in ("", "vertex") else specs.check_registry_uri(value)
+
+
+@dataclass(frozen=True)
+class DataOptions(Group):
+    GROUP = "data"
+    data: str = option(
+        "auto", "auto (tfds:cats_vs_dogs if cached or reachable, else sample), tfds:NAME, folder:PATH (one "
+        "subfolder per class; local or gs://), sample[:N] (generated, N images per class)",
+        commands=TRAINING_COMMANDS, steps=(DATA_PREP,), check=_data_spec, compiled_default=specs.DEFAULT_DATA,
+    )
+    max_skipped_fraction: float = option(
+        0.1, "fail data prep if more than this fraction of image files are unreadable",
+        commands=TRAINING_COMMANDS, steps=(DATA_PREP,), minimum=0.0, maximum=1.0,
+    )
+
+
+@dataclass(frozen=True)
+class ModelOptions(Group):
+    GROUP = "model"
+    weights: str = option(
+        "auto", "auto (imagenet if cached or reachable, else none), imagenet, none (random), or a .h5 weights "
+        "file of the base without its top", commands=TRAINING_COMMANDS, steps=(FEATURE_EXTRACTION,),
+        check=_weights_spec, lineage=True, compiled_default="imagenet",
+    )
+    base: str = option(
+        "MobileNetV2", "the Keras application used as the frozen base", commands=TRAINING_COMMANDS,
+        steps=(FEATURE_EXTRACTION,), choices=tuple(specs.BASES), lineage=True,
+    )
+    alpha: float = option(
+        1.0, "MobileNet width multiplier", commands=TRAINING_COMMANDS, steps=(FEATURE_EXTRACTION,),
+        above=0.0, maximum=2.0, lineage=True,
+    )
+    image_size: int = option(
+        160, "square input side in pixels", commands=TRAINING_COMMANDS, steps=(DATA_PREP,),
+        minimum=specs.MIN_IMAGE_SIZE, maximum=1024, lineage=True,
+    )
+
+
+@dataclass(frozen=True)
+class HeadOptions(Group):
+    GROUP = "head"
+    dropout: float = option(
+        0.2, "dropout before the Dense layer", commands=TRAINING_COMMANDS, steps=(FEATURE_EXTRACTION,),
+        minimum=0.0, below=1.0, lineage=True,
+    )
+
+
+@dataclass(frozen=True)
+class TrainingOptions(Group):
+    GROUP = "training"
+    epochs: int = option(
+        10, "feature-extraction epochs", commands=TRAINING_COMMANDS, steps=(FEATURE_EXTRACTION,), minimum=1,
+        maximum=10_000, lineage=True,
+    )
+    learning_rate: float = option(
+        1e-4, "RMSprop learning rate (fine-tuning uses a tenth)", commands=TRAINING_COMMANDS, steps=BOTH_PHASES,
+        above=0.0, maximum=10.0, lineage=True,
+    )
+    batch_size: int = option(
+        32, "batch size per replica (global batch = this x replicas)", commands=TRAINING_COMMANDS,
+        steps=BOTH_PHASES, minimum=1, maximum=65_536, lineage=True,
+    )
+    seed: int = option(
+        42, "seed of the split, shuffling and initialisation", commands=TRAINING_COMMANDS,
+        steps=(DATA_PREP, *BOTH_PHASES), minimum=0, lineage=True,
+    )
+
+
+@dataclass(frozen=True)
+class FineTuningOptions(Group):
+    GROUP = "fine-tuning"
+    fine_tune_epochs: int = option(
+        10, "fine-tuning epochs (0 skips fine-tuning)", commands=TRAINING_COMMANDS, steps=(FINE_TUNING,),
+        minimum=0, maximum=10_000, lineage=True,
+    )
+    fine_tune_at: int = option(
+        100, "first base layer to unfreeze (MobileNetV2 has 154 layers)", commands=TRAINING_COMMANDS,
+        steps=(FINE_TUNING,), minimum=0, lineage=True,
+    )
+
+
+@dataclass(frozen=True)
+class RuntimeOptions(Group):
+    GROUP = "runtime"
+    devices: str = option(
+        "auto", "auto (all GPUs, else CPU), gpu[:N], cpu:N (N logical CPU devices)", commands=TRAINING_COMMANDS,
+        steps=(FINE_TUNING,), check=lambda value: specs.parse_devices(value) and None,
+    )
+    mixed_precision: str = option(
+        "float32", "Keras mixed precision for both training steps (mixed_float16 on GPUs, mixed_bfloat16 on "
+        "TPUs and recent GPUs)", commands=TRAINING_COMMANDS, steps=BOTH_PHASES, choices=specs.PRECISIONS,
+        lineage=True,
+    )
+    xla: bool = option(False, "compile the training steps with XLA", commands=TRAINING_COMMANDS, steps=BOTH_PHASES)
+    steps_per_execution: int = option(
+        1, "batches per compiled call (try 8-32 on GPUs)", commands=TRAINING_COMMANDS, steps=BOTH_PHASES,
+        minimum=1, maximum=10_000,
+    )
+
+
+@dataclass(frozen=True)
+class GateOptions(Group):
+    GROUP = "gate"
+    max_gap: float = option(
+        0.05, "largest allowed train - validation accuracy", commands=TRAINING_COMMANDS, steps=(EVALUATION,),
+        minimum=0.0, maximum=1.0,
+    )
+    min_accuracy: float = option(
+        0.9, "smallest allowed test accuracy", commands=TRAINING_COMMANDS, steps=(EVALUATION,),
+        minimum=0.0, maximum=1.0,
+    )
+
+
+@dataclass(frozen=True)
+class RegistryOptions(Group):
+    GROUP = "registry"
+    registry: str = option(
+        "", "registry URI: sqlite:///PATH.db or http(s)://MLFLOW (MLflow), vertex://PROJECT/REGION[/MODEL]; "
+        "default sqlite:///OUTPUT_DIR/registry.db locally, vertex in the cloud", commands=TRAINING_COMMANDS,
+        steps=(REGISTRATION,), check=_registry_uri,
+    )
+    model_name: str = option(
+        "", "registered model name (default: from the data: cats_vs_dogs, sample, the folder's name)",
+        commands=TRAINING_COMMANDS, steps=(REGISTRATION,),
+    )
+    champion_tolerance: float = option(
+        0.0, "a new version takes the champion alias if its test accuracy >= the champion's on the same test "
+        "split minus this", commands=TRAINING_COMMANDS, steps=(REGISTRATION,), minimum=0.0, maximum=1.0,
+    )
+
+
+PIPELINE_GROUPS = (
+    DataOptions, ModelOptions, HeadOptions, TrainingOptions, FineTuningOptions, RuntimeOptions, GateOptions,
+    RegistryOptions,
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run trains with: the pipeline's parameters, grouped."""
+
+    data: DataOptions = field(default_factory=DataOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    head: HeadOptions = field(default_factory=HeadOptions)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+    fine_tuning: FineTuningOptions = field(default_factory=FineTuningOptions)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    gate: GateOptions = field(default_factory=GateOptions)
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+
+    @classmethod
+    def from_values(cls, values: dict, *, check: bool = True) -> Settings:
+        """Settings from a flat mapping of option names to values (unknown names are refused)."""
+        known = {opt.name for group in PIPELINE_GROUPS for opt in options_of(group)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise specs.ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+        groups = {name: group_from_values(group, values, check=check) for name, group in _GROUPS.items()}
+        settings = cls(**groups)
+        if check:
+            settings.check()
+        return settings
+
+    @classmethod
+    def for_step(cls, step: str, values: dict) -> Settings:
+        """The settings a pipeline step received (``step_values``), checked again where they run.
+        Options the step does not receive cannot be read (they raise instead of defaulting)."""
+        received = step_values(step, values, strict=True)
+        groups = {}
+        for name, group_class in _GROUPS.items():
+            group = group_from_values(group_class, received)
+            missing = {
+                opt.name: NotPassedToStep(opt.name, step)
+                for opt in options_of(group_class)
+                if step not in opt.spec.steps
+            }
+            groups[name] = dataclasses.replace(group, **missing) if missing else group
+        return cls(**groups)
+
+    def values(self) -> dict:
+        """Flat option name -> value, every pipeline option."""
+        return {
+            opt.name: object.__getattribute__(getattr(self, name), opt.name)
+            for name, group_class in _GROUPS.items()
+            for opt in options_of(group_class)
+        }
+
+    def replace(self, **values) -> Settings:
+        """A copy with some options changed, by option name (``replace(data="sample")``)."""
+        return Settings.from_values({**self.values(), **values}, check=False)
+
+    def check(self) -> None:
+        """The rules that involve more than one option (each option's own rules ran already)."""
+        model, weights = self.model, self.model.weights
+        if weights != "auto":
+            specs.check_base(model.base, model.alpha, model.image_size, weights)
+            specs.check_precision(self.runtime.mixed_precision, weights)
+
+    def lineage(self) -> dict:
+        """The options a registered version records (declared ``lineage=True``) that these
+        settings hold (a step's settings hold only what the step received)."""
+        values = self.values()
+        return {
+            opt.name: values[opt.name]
+            for group in PIPELINE_GROUPS
+            for opt in options_of(group)
+            if opt.spec.lineage and not isinstance(values[opt.name], NotPassedToStep)
+        }
+
+
+# Settings' attribute name -> its group class.
+_GROUPS = {group_field.name: group_field.default_factory for group_field in dataclasses.fields(Settings)}
+
+
+def pipeline_options():
+    """Every option that is a pipeline parameter, in declaration order."""
+    return [opt for group in PIPELINE_GROUPS for opt in options_of(group) if opt.spec.steps]
+
+
+def step_values(step: str, values: dict, *, strict: bool = False) -> dict:
+    """The options ``step`` reads, taken from ``values`` (flat). ``strict``: refuse others."""
+    wanted = {opt.name for opt in pipeline_options() if step in opt.spec.steps}
+    if strict:
+        extra = sorted(set(values) - wanted)
+        if extra:
+            raise specs.ConfigError(
+                f"the {step} step does not take option(s) {', '.join(extra)}; it takes {', '.join(sorted(wanted))}."
+            )
+    return {name: value for name, value in values.items() if name in wanted}
+
+
+# --- the runner's groups: not pipeline parameters ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalRunOptions(Group):
+    GROUP = "local run"
+    output_dir: str = option(
+        "tlp-runs", "where runs, outputs and the local registry go", commands=("run", "component")
+    )
+    runner: str = option(
+        "subprocess", "subprocess: this environment; docker: each step in its container image (needs a Docker "
+        "engine)", commands=("run",), choices=("subprocess", "docker"),
+    )
+    summary_json: str = option("", "also write the summary as JSON to this file", commands=("run",))
+
+
+@dataclass(frozen=True)
+class ImageOptions(Group):
+    GROUP = "images"
+    image_repo: str = option(
+        "tlp", "container image repository, e.g. us-docker.pkg.dev/PROJECT/tlp",
+        commands=("run", "compile", *CLOUD_COMMANDS),
+    )
+    image_tag: str = option(
+        "", "image tag (default: the project version)", commands=("run", "compile", *CLOUD_COMMANDS)
+    )
+
+
+@dataclass(frozen=True)
+class HardwareOptions(Group):
+    """Where fine-tuning runs on Vertex AI (the local runner ignores it).
+
+    ``gpus`` GPUs of type ``accelerator`` on each of ``replicas`` machines. With ``machine_type``
+    set or more than one replica, the step runs as a Vertex AI custom job, which takes an exact
+    machine type and gives replicas beyond the first a TF_CONFIG; otherwise the step asks the
+    pipeline for the GPUs and Vertex AI picks the machine.
+    """
+
+    GROUP = "hardware"
+    gpus: int = option(0, "GPUs per fine-tuning machine (MirroredStrategy over them)",
+                       commands=("compile", *CLOUD_COMMANDS), minimum=0, maximum=16)
+    accelerator: str = option("", "GPU type, a Vertex AI AcceleratorType such as NVIDIA_L4 or NVIDIA_TESLA_T4",
+                              commands=("compile", *CLOUD_COMMANDS))
+    machine_type: str = option("", "fine-tuning machine type, e.g. g2-standard-8 (runs it as a custom job)",
+                               commands=("compile", *CLOUD_COMMANDS))
+    replicas: int = option(1, "fine-tuning machines; more than 1 runs a custom job with MultiWorkerMirroredStrategy",
+                           commands=("compile", *CLOUD_COMMANDS), minimum=1, maximum=64)
+
+    @property
+    def as_custom_job(self) -> bool:
+        return bool(self.machine_type) or self.replicas > 1
+
+
+@dataclass(frozen=True)
+class CloudOptions(Group):
+    GROUP = "cloud"
+    project: str = option("", "Google Cloud project ID (default: $GOOGLE_CLOUD_PROJECT or $CLOUDSDK_CORE_PROJECT)",
+                          commands=(*CLOUD_COMMANDS, "schedule list", "schedule change"))
+    region: str = option("", "Vertex AI region, e.g. us-central1 (default: $GOOGLE_CLOUD_REGION or "
+                         "$CLOUDSDK_COMPUTE_REGION)", commands=(*CLOUD_COMMANDS, "schedule list", "schedule change"))
+    api_endpoint: str = option("", "Vertex AI API endpoint (private or regional), host[:port] or URL",
+                               commands=(*CLOUD_COMMANDS, "schedule list", "schedule change"))
+    kfp_host: str = option("", "submit to this Kubeflow Pipelines API instead of Vertex AI",
+                           commands=(*CLOUD_COMMANDS, "schedule list", "schedule change"))
+    pipeline_root: str = option("", "gs://BUCKET/PATH where the run keeps its data and models", commands=CLOUD_COMMANDS)
+    service_account: str = option("", "service account the run (and its custom jobs) runs as", commands=CLOUD_COMMANDS)
+    labels: list = option([], "labels on the run", commands=CLOUD_COMMANDS, repeated=True,
+                          metavar="KEY=VALUE[,KEY=VALUE]")
+    no_cache: bool = option(False, "re-run every step instead of reusing cached results", commands=CLOUD_COMMANDS)
+    network: str = option("", "VPC network to peer, projects/NUMBER/global/networks/NAME", commands=CLOUD_COMMANDS)
+    display_name: str = option("", "run name (default transfer-learning-TIMESTAMP)", commands=("submit",))
+    wait: bool = option(False, "follow the run's state until it ends", commands=("submit",))
+
+    @property
+    def on_vertex(self) -> bool:
+        return not self.kfp_host
+
+
+@dataclass(frozen=True)
+class ScheduleOptions(Group):
+    GROUP = "schedule"
+    cron: str = option("", '"[TZ=Area/City ]minute hour day-of-month month day-of-week", e.g. '
+                       '"TZ=Europe/Berlin 0 3 * * 1"', commands=("schedule create",))
+    name: str = option("", "schedule name (schedules are listed, paused and deleted by it)",
+                       commands=("schedule create",))
+    max_concurrent: int = option(1, "runs at once", commands=("schedule create",), minimum=1, maximum=100)
+    max_runs: int = option(0, "stop after this many runs (0: no limit)", commands=("schedule create",), minimum=0)
+    start: str = option("", "first possible run, ISO 8601 (default: now)", commands=("schedule create",))
+    end: str = option("", "no runs after, ISO 8601 (default: never)", commands=("schedule create",))
+
+
+RUNNER_GROUPS = (LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions)
+ALL_GROUPS = PIPELINE_GROUPS + RUNNER_GROUPS

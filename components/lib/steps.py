@@ -1,0 +1,37 @@
+"""The pipeline's steps, named once: the pipeline, the CLI, the summary and the benchmarks
+all read this catalogue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATA_PREP = "data-prep"
+FEATURE_EXTRACTION = "feature-extraction"
+FINE_TUNING = "fine-tuning"
+EVALUATION = "evaluation"
+REGISTRATION = "registration"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # task name in kfp and in the run directory; `tlp component NAME`
+    function: str  # the component's Python name (tlp.components.<function>)
+    image: str  # "train" (TensorFlow with CUDA) or "light" (everything else)
+    summary: str  # what it does, for `tlp component --help` and the README
+
+
+STEPS = (
+    Step(DATA_PREP, "data_prep", "light", "reads the images, splits 80/10/10, writes TFRecords"),
+    Step(FEATURE_EXTRACTION, "feature_extraction", "train", "frozen base, trains the head on cached features"),
+    Step(FINE_TUNING, "fine_tuning", "train", "unfreezes the top of the base, trains under tf.distribute"),
+    Step(EVALUATION, "evaluation", "light", "scores every split, applies the overfitting gate, writes the report"),
+    Step(REGISTRATION, "registration", "light", "registers a version; champion/challenger"),
+)
+STEP_NAMES = tuple(step.name for step in STEPS)
+
+
+def step(name: str) -> Step:
+    for candidate in STEPS:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(name)

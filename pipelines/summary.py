@@ -1,0 +1,117 @@
+"""The summary that ends every run: read back from the outputs kfp's local runner wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tlp.components.lib.settings import Settings
+from tlp.components.lib.steps import DATA_PREP, EVALUATION, FINE_TUNING, REGISTRATION, STEP_NAMES
+
+
+def task_outputs(run_dir: str, task: str) -> dict | None:
+    """Parameters and artifacts a finished task wrote (kfp's executor_output.json)."""
+    path = os.path.join(run_dir, task, "executor_output.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        output = json.load(handle)
+    artifacts = {
+        name: value["artifacts"][0] for name, value in output.get("artifacts", {}).items()
+    }
+    return {"parameters": output.get("parameterValues", {}), "artifacts": artifacts}
+
+
+def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: dict) -> dict:
+    prep = task_outputs(run_dir, DATA_PREP)
+    tuned = task_outputs(run_dir, FINE_TUNING)
+    scored = task_outputs(run_dir, EVALUATION)
+    registered = task_outputs(run_dir, REGISTRATION)
+    dataset_meta = prep["artifacts"]["dataset"]["metadata"]
+    dataset_dir = prep["artifacts"]["dataset"]["uri"]
+    with open(os.path.join(dataset_dir, "metadata.json")) as handle:
+        full_meta = json.load(handle)
+    evaluation = scored["artifacts"]["metrics"]["metadata"]
+    gate = scored["artifacts"]["report"]["metadata"]
+    return {
+        "data": {
+            "spec": settings.data.data,
+            "class_names": dataset_meta["class_names"],
+            "counts": full_meta["counts"],
+            "fingerprint": full_meta["fingerprint"],
+            "skipped": full_meta["skipped"],
+        },
+        "weights": settings.model.weights,
+        "base": {"name": settings.model.base, "alpha": settings.model.alpha, "image_size": settings.model.image_size},
+        "notes": notes,
+        "metrics": {
+            "train_accuracy": evaluation["train_accuracy"],
+            "val_accuracy": evaluation["val_accuracy"],
+            "test_accuracy": evaluation["test_accuracy"],
+            "gap": evaluation["gap"],
+            **evaluation,
+        },
+        "gate": {
+            "passed": bool(scored["parameters"]["Output"]),
+            "reasons": gate["gate_reasons"],
+            "max_gap": settings.gate.max_gap,
+            "min_accuracy": settings.gate.min_accuracy,
+        },
+        "registered": (
+            {
+                "registry": registered["parameters"]["registry"],
+                "name": registered["parameters"]["name"],
+                "version": registered["parameters"]["version"],
+                "champion": bool(registered["parameters"]["champion"]),
+                "reason": registered["parameters"]["reason"],
+            }
+            if registered
+            else None
+        ),
+        "replicas": int(tuned["parameters"]["replicas"]),
+        "model": tuned["artifacts"]["model"]["uri"],
+        # After registration, its copy of the report also says which version and why.
+        "report": (registered or scored)["artifacts"]["registered_report" if registered else "report"]["uri"],
+        "run_dir": run_dir,
+        "steps": {name: step_seconds.get(name) for name in STEP_NAMES if name in step_seconds},
+    }
+
+
+def format_summary(summary: dict) -> str:
+    metrics, gate = summary["metrics"], summary["gate"]
+    lines = [
+        "",
+        "=" * 72,
+        "tlp run: summary",
+        f"  data      {summary['data']['spec']}  classes {summary['data']['class_names']}",
+        f"            images {json.dumps({s: sum(c.values()) for s, c in summary['data']['counts'].items()})}"
+        f", skipped {len(summary['data']['skipped'])}",
+        f"  weights   {summary['weights']}  (base {summary['base']['name']}, alpha "
+        f"{summary['base']['alpha']}, {summary['base']['image_size']}px)",
+        f"  accuracy  train {metrics['train_accuracy']:.4f}  val {metrics['val_accuracy']:.4f}  "
+        f"test {metrics['test_accuracy']:.4f}  gap {metrics['gap']:.4f}",
+        f"  gate      {'PASSED' if gate['passed'] else 'FAILED'}",
+        *[f"            - {reason}" for reason in gate["reasons"]],
+    ]
+    registered = summary["registered"]
+    if registered:
+        champion = " (champion)" if registered["champion"] else ""
+        lines.append(
+            f"  registered {registered['name']} version {registered['version']}{champion} in {registered['registry']}"
+        )
+        lines.append(f"            {registered['reason']}")
+    else:
+        lines.append("  registered nothing (the gate did not pass)")
+    lines += [
+        f"  replicas  {summary['replicas']} in sync during fine-tuning",
+        f"  model     {summary['model']}",
+        f"  report    {summary['report']}",
+        "  steps     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["steps"].items() if v is not None),
+    ]
+    for note in summary.get("notes", []):
+        lines.append(f"  note      {note}")
+    skipped = summary["data"]["skipped"]
+    if skipped:
+        lines.append(f"  skipped   {len(skipped)} file(s), each listed with its reason in data.skipped")
+    lines.append("=" * 72)
+    return "\n".join(lines)
