@@ -12,8 +12,8 @@ import functools
 import hashlib
 import io
 import json
+import math
 import os
-import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +43,7 @@ class Example:
     path: str | None = None  # a file to read instead
     encoded: bytes | None = None  # already resized and JPEG-encoded
     generate: Callable[[], np.ndarray] | None = None  # makes the pixels on demand (sample data)
+    content_hash: str | None = None  # SHA-256 of the file's bytes (decides its split)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class PreparedSplits:
     class_names: list[str]
     splits: dict[str, list[Example]]
     skipped: list[dict] = field(default_factory=list)
+    split: dict = field(default_factory=dict)  # how the splits were made (method, seed, moved photos)
+    source_fingerprint: str = ""  # the data-fingerprint step's listing of the source
 
 
 # --- sources --------------------------------------------------------------------------------
@@ -71,7 +74,8 @@ def sample_examples(per_class: int, seed: int) -> PreparedSplits:
         for label in range(2)
         for index in range(per_class)
     ]
-    return PreparedSplits(class_names, stratified_split(examples, seed))
+    splits, record = split_by_content(examples, seed)
+    return PreparedSplits(class_names, splits, split=record)
 
 
 def _sample_pixels(label: int, seed: tuple, size: int = 192) -> np.ndarray:
@@ -116,7 +120,8 @@ def folder_examples(root: str, seed: int, image_size: int) -> PreparedSplits:
     _require_two_classes(root, class_names, examples, "with images")
     examples, skipped = _encode_files(examples, skipped, image_size)
     _require_two_classes(root, class_names, examples, "with readable images")
-    return PreparedSplits(class_names, stratified_split(examples, seed), skipped)
+    splits, record = split_by_content(examples, seed)
+    return PreparedSplits(class_names, splits, skipped, split=record)
 
 
 def _require_two_classes(root: str, class_names: list[str], examples: list[Example], what: str) -> None:
@@ -154,6 +159,7 @@ def _encode_files(examples: list[Example], skipped: list[dict], image_size: int)
             skipped.append({"path": example.path, "reason": reason, "kind": "unreadable"})
             continue
         seen[digest] = (example.path, example.label)
+        example.content_hash = digest
         readable.append(example)
         if count % 500 == 0:
             print(f"  data prep: read {count}/{len(examples)} files", flush=True)
@@ -178,7 +184,9 @@ def tfds_examples(name: str, data_dir: str | None = None) -> PreparedSplits:
     splits = {}
     for split, dataset in zip(SPLITS, datasets, strict=True):
         splits[split] = _TfdsSplit(dataset, name, split)
-    return PreparedSplits(class_names, splits)
+    # The tutorial's slices of one TFDS version: the same photos every time, whatever the seed.
+    record = {"method": f"tfds-slices:{info.full_name}", "slices": percent_splits, "moved": []}
+    return PreparedSplits(class_names, splits, split=record)
 
 
 class _TfdsSplit:
@@ -207,23 +215,120 @@ def load_examples(spec: DataSpec, seed: int, image_size: int, tfds_data_dir: str
 # --- splitting ------------------------------------------------------------------------------
 
 
-def stratified_split(examples: list[Example], seed: int) -> dict[str, list[Example]]:
-    """Deterministic, stratified 80/10/10 split: each class is shuffled with the seed and cut."""
-    by_class: dict[int, list[Example]] = {}
+# Only photos this close to a split boundary (in position) may move to balance a class, so a photo
+# that is in train for one data set is never in test for another (same seed): train stays below
+# 0.8 + BAND, test above 0.9 - BAND.
+SPLIT_BAND = 0.04
+BALANCED_FROM = 500  # photos per class from which each split is held within BALANCE_POINTS of 80/10/10
+BALANCE_POINTS = 0.02
+SPLIT_METHOD = "content-sha256"
+
+
+def split_position(identity: str, seed: int) -> float:
+    """Where a photo falls on [0, 1), from the SHA-256 of its content salted with the seed:
+    below 0.8 train, below 0.9 val, else test. Other photos have no say in it."""
+    digest = hashlib.sha256(f"tlp-split:{seed}:{identity}".encode()).hexdigest()
+    return int(digest[:13], 16) / 16**13
+
+
+def _identity(example: Example) -> str:
+    """The photo's content hash (folders: SHA-256 of the file); generated samples are a function of
+    their name and the seed, so the name stands for the content."""
+    return example.content_hash or hashlib.sha256(example.source_id.encode()).hexdigest()
+
+
+def _natural_split(position: float) -> str:
+    return "train" if position < SPLIT_FRACTIONS[0] else "val" if position < sum(SPLIT_FRACTIONS[:2]) else "test"
+
+
+def split_by_content(examples: list[Example], seed: int) -> tuple[dict[str, list[Example]], dict]:
+    """Stable, stratified 80/10/10 split: each photo's split comes from its content and the seed
+    (``split_position``), so adding, removing or renaming photos moves no other photo. Two
+    exceptions, both recorded in the returned ``moved`` list: in a class of ``BALANCED_FROM`` or
+    more photos whose shares land more than ``BALANCE_POINTS`` off 80/10/10, the fewest photos
+    nearest a boundary (within ``SPLIT_BAND``) move to the adjacent split; and in a class of 3 or
+    more, an empty split takes the photo nearest to it. Returns the splits and the record of the
+    method for ``metadata.json``."""
+    by_class: dict[int, list[tuple[float, Example]]] = {}
     for example in examples:
-        by_class.setdefault(example.label, []).append(example)
-    splits: dict[str, list[Example]] = {split: [] for split in SPLITS}
+        by_class.setdefault(example.label, []).append((split_position(_identity(example), seed), example))
+    splits: dict[str, list[tuple[float, Example]]] = {split: [] for split in SPLITS}
+    moved: list[dict] = []
     for label in sorted(by_class):
-        members = sorted(by_class[label], key=lambda e: e.source_id)
-        random.Random(f"{seed}-{label}").shuffle(members)
-        n_train = int(round(len(members) * SPLIT_FRACTIONS[0]))
-        n_val = int(round(len(members) * SPLIT_FRACTIONS[1]))
-        splits["train"] += members[:n_train]
-        splits["val"] += members[n_train : n_train + n_val]
-        splits["test"] += members[n_train + n_val :]
-    for split in SPLITS:  # mix classes so shards and batches are not sorted by label
-        random.Random(f"{seed}-{split}").shuffle(splits[split])
-    return splits
+        members = sorted(by_class[label], key=lambda item: (item[0], item[1].source_id))
+        assigned = {split: [m for m in members if _natural_split(m[0]) == split] for split in SPLITS}
+        if len(members) >= BALANCED_FROM:
+            _balance(assigned, len(members), moved)
+        _fill_empty(assigned, moved)
+        for split in SPLITS:
+            splits[split] += assigned[split]
+    record = {
+        "method": SPLIT_METHOD, "seed": seed, "fractions": list(SPLIT_FRACTIONS), "band": SPLIT_BAND,
+        "balanced_from": BALANCED_FROM, "balance_points": BALANCE_POINTS, "moved": moved,
+    }
+    # Ordered by position: classes interleave in shards and batches, and the order is stable too.
+    return {split: [e for _, e in sorted(splits[split], key=lambda m: m[0])] for split in SPLITS}, record
+
+
+def _move(assigned: dict, source: str, target: str, count: int, highest: bool, limit: float, moved: list, why: str):
+    """Moves up to ``count`` photos of ``source`` nearest to ``target`` (highest or lowest position,
+    not beyond ``limit``) over to ``target``."""
+    candidates = sorted(assigned[source], key=lambda m: m[0], reverse=highest)
+    chosen = [m for m in candidates if (m[0] >= limit if highest else m[0] < limit)][:count]
+    for member in chosen:
+        assigned[source].remove(member)
+        assigned[target].append(member)
+        moved.append({"source_id": member[1].source_id, "from": source, "to": target, "why": why})
+
+
+def _balance(assigned: dict, n: int, moved: list) -> None:
+    """Brings a large class's shares within BALANCE_POINTS of 80/10/10 with the fewest moves."""
+    window = {
+        split: (math.ceil((share - BALANCE_POINTS) * n - 1e-9), math.floor((share + BALANCE_POINTS) * n + 1e-9))
+        for split, share in zip(SPLITS, SPLIT_FRACTIONS, strict=True)
+    }
+    natural = {split: len(assigned[split]) for split in SPLITS}
+    final = {split: min(max(natural[split], window[split][0]), window[split][1]) for split in ("train", "test")}
+    for _ in range(n):  # val takes what train and test leave; nudge them until it fits its window too
+        val = n - final["train"] - final["test"]
+        if val < window["val"][0]:
+            split = max(("train", "test"), key=lambda s: final[s] - window[s][0])
+            if final[split] <= window[split][0]:
+                break
+            final[split] -= 1
+        elif val > window["val"][1]:
+            split = max(("train", "test"), key=lambda s: window[s][1] - final[s])
+            if final[split] >= window[split][1]:
+                break
+            final[split] += 1
+        else:
+            break
+    train_edge, test_edge = SPLIT_FRACTIONS[0], SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1]
+    more_test, more_train = final["test"] - natural["test"], final["train"] - natural["train"]
+    if more_test > 0:
+        _move(assigned, "val", "test", more_test, True, test_edge - SPLIT_BAND, moved, "balance")
+    elif more_test < 0:
+        _move(assigned, "test", "val", -more_test, False, test_edge + SPLIT_BAND, moved, "balance")
+    if more_train > 0:
+        _move(assigned, "val", "train", more_train, False, train_edge + SPLIT_BAND, moved, "balance")
+    elif more_train < 0:
+        _move(assigned, "train", "val", -more_train, True, train_edge - SPLIT_BAND, moved, "balance")
+
+
+def _fill_empty(assigned: dict, moved: list) -> None:
+    """A class of 3 or more photos gets at least one in each split: an empty split takes the
+    photo nearest to it from a neighbour that can spare one."""
+    if sum(len(members) for members in assigned.values()) < len(SPLITS):
+        return
+    donors = {"train": (("val", False), ("test", False)), "test": (("val", True), ("train", True)),
+              "val": (("train", True), ("test", False))}
+    for split in ("train", "test", "val"):
+        if assigned[split]:
+            continue
+        for source, highest in donors[split]:
+            if len(assigned[source]) >= 2:
+                _move(assigned, source, split, 1, highest, -1.0 if highest else 2.0, moved, "small class")
+                break
 
 
 # --- decoding and resizing ------------------------------------------------------------------
@@ -340,6 +445,8 @@ def write_prepared(
         "num_examples": {split: sum(counts[split].values()) for split in SPLITS},
         "skipped": skipped,
         "fingerprint": digest.hexdigest()[:16],
+        "source_fingerprint": prepared.source_fingerprint,
+        "split": prepared.split,
         "format": "tfrecord: image (JPEG bytes), label (int64), source_id (bytes)",
     }
     with tf.io.gfile.GFile(_join(output_dir, METADATA_FILE), "w") as handle:
@@ -471,8 +578,10 @@ def prepare_dataset(
     seed: int = 42,
     max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION,
     tfds_data_dir: str | None = None,
+    source_fingerprint: str = "",
 ) -> dict:
-    """The data-prep step: parse the spec, load, split 80/10/10, resize, write. Returns metadata.
+    """The data-prep step: parse the spec, load, split 80/10/10, resize, write. Returns metadata
+    (``source_fingerprint``, the data-fingerprint step's, is recorded in it).
 
     Fails (ConfigError) when more than ``max_skipped_fraction`` of the image files could not be
     read, or when a class has no image left for some split."""
@@ -484,6 +593,7 @@ def prepare_dataset(
     print(f"  data prep: {spec} -> {len(prepared.class_names)} classes {prepared.class_names}", flush=True)
     if not 0.0 <= max_skipped_fraction <= 1.0:
         raise ConfigError(f"--max-skipped-fraction {max_skipped_fraction!r} must lie between 0 and 1 (default 0.1).")
+    prepared.source_fingerprint = source_fingerprint
     metadata = write_prepared(prepared, output_dir, image_size, str(spec))
     unreadable = sum(1 for s in metadata["skipped"] if s.get("kind") == "unreadable")
     candidates = unreadable + sum(metadata["num_examples"].values()) + sum(
