@@ -17,7 +17,7 @@ def registration(
     registered_report: Output[HTML],
     options: dict,
 ) -> NamedTuple("RegistrationOutputs", [("registry", str), ("name", str), ("version", str),
-                                        ("champion", bool), ("reason", str)]):
+                                        ("champion", bool), ("reason", str), ("promote_command", str)]):
     """Registers the model as a new version, with its metrics, parameters and lineage.
 
     Args:
@@ -31,7 +31,8 @@ def registration(
             from the data spec) and ``champion_tolerance`` (declared in tlp.components.lib.settings).
 
     Returns:
-        The registry URI, the model name, the new version, whether it is the champion and why.
+        The registry URI, the model name, the new version, whether it is the champion and why, and
+        (when a person has to decide, e.g. the classes changed) the command that promotes it.
     """
     import dataclasses
     from collections import namedtuple
@@ -47,5 +48,7 @@ def registration(
         chosen.champion_tolerance,
     )
     add_registration(report.path, registered_report.path, dataclasses.asdict(registered))
-    outputs = namedtuple("RegistrationOutputs", ["registry", "name", "version", "champion", "reason"])
-    return outputs(registered.registry, registered.name, registered.version, registered.champion, registered.reason)
+    fields = ["registry", "name", "version", "champion", "reason", "promote_command"]
+    outputs = namedtuple("RegistrationOutputs", fields)
+    return outputs(registered.registry, registered.name, registered.version, registered.champion, registered.reason,
+                   registered.promote_command)

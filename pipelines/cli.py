@@ -7,6 +7,10 @@
     tlp submit --project P --region R --pipeline-root gs://BUCKET/tlp [--wait] ...   (Vertex AI)
     tlp submit --kfp-host URL ...                                                     (Kubeflow Pipelines)
     tlp schedule create --cron "TZ=Europe/Berlin 0 3 * * 1" --name NAME ... | list | pause | resume | delete
+    tlp models list NAME | show NAME/VERSION | promote NAME/VERSION --reason TEXT | rollback NAME --reason TEXT
+
+Exit codes: 0 done, 1 a run or the service failed, 2 a bad setting, 3 not found (an unknown
+model or version, or no earlier champion to roll back to).
 
 The options' flags, defaults, help and checks come from their declarations in
 ``tlp/components/lib/settings.py``; this module only maps commands onto the runners.
@@ -29,12 +33,13 @@ from tlp.components.lib.settings import (
     HardwareOptions,
     ImageOptions,
     LocalRunOptions,
+    ModelsOptions,
     ScheduleOptions,
     Settings,
 )
-from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.specs import ConfigError, NotFound
 from tlp.components.lib.steps import STEPS
-from tlp.pipelines import checks, cloud, runners, single
+from tlp.pipelines import checks, cloud, models, runners, single
 from tlp.pipelines.console import RunFailed
 from tlp.pipelines.environment import check_credentials, quiet_tensorflow
 from tlp.pipelines.predict import predict_files
@@ -83,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     for action in ("pause", "resume", "delete"):
         sub = command(action, f"{action} a schedule", "schedule change", actions)
         sub.add_argument("schedule", help="schedule display name, ID or resource name")
+
+    registered = commands.add_parser("models", help="registered models: list, show, promote, roll back")
+    verbs = registered.add_subparsers(dest="action", required=True)
+    command("list", "a model's versions: accuracy, data, split, created, champion, decision", "models list",
+            verbs).add_argument("name", help="the registered model's name")
+    command("show", "everything recorded on one version", "models show", verbs).add_argument(
+        "reference", help="NAME/VERSION")
+    command("promote", "make a version the champion (records who, why, when)", "models promote", verbs).add_argument(
+        "reference", help="NAME/VERSION")
+    command("rollback", "give the champion alias back to the previous champion", "models rollback",
+            verbs).add_argument("name", help="the registered model's name")
     return parser
 
 
@@ -91,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": command_run, "component": command_component, "predict": command_predict,
                 "compile": command_compile, "submit": command_submit, "schedule": command_schedule,
-                "options": command_options}
+                "options": command_options, "models": command_models}
     try:
         return handlers[args.command](args)
+    except NotFound as error:
+        print(f"tlp: error: {error}", file=sys.stderr)
+        return 3
     except ConfigError as error:
         print(f"tlp: error: {error}", file=sys.stderr)
         return 2
@@ -244,6 +263,23 @@ def command_schedule(args) -> int:
         return 0
     name = cloud.change_schedule(target, args.schedule, args.action)
     print(f"{args.action}d schedule {name}" if args.action != "resume" else f"resumed schedule {name}")
+    return 0
+
+
+# --- tlp models -------------------------------------------------------------------------------
+
+
+def command_models(args) -> int:
+    chosen = _group(ModelsOptions, args)
+    registry_uri = args.registry or default_registry(_group(LocalRunOptions, args).output_dir)
+    if args.action == "list":
+        print(models.list_versions(registry_uri, args.name, as_json=chosen.json))
+    elif args.action == "show":
+        print(models.show_version(registry_uri, args.reference, as_json=chosen.json))
+    elif args.action == "promote":
+        print(models.promote(registry_uri, args.reference, reason=chosen.reason, by=chosen.by))
+    else:
+        print(models.rollback(registry_uri, args.name, reason=chosen.reason, by=chosen.by))
     return 0
 
 

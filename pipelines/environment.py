@@ -5,6 +5,7 @@ gives each replica, read in ``tlp.components.lib.strategy``)."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 
@@ -67,3 +68,11 @@ def check_credentials() -> None:
 def quiet_tensorflow() -> None:
     """Less C++ start-up noise from TensorFlow in this process and the steps it starts."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def current_user() -> str:
+    """Who runs ``tlp`` on this machine (recorded on a version promoted or rolled back by hand)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        return "unknown"

@@ -18,10 +18,13 @@ MAX_MISCLASSIFIED_SHOWN = 24
 
 
 def evaluate_model(
-    model_dir: str, dataset_dir: str, batch_size: int = 64, splits: tuple[str, ...] = images.SPLITS
+    model_dir: str, dataset_dir: str, batch_size: int = 64, splits: tuple[str, ...] = images.SPLITS,
+    exclude_source_ids: set[str] | frozenset[str] = frozenset(),
 ) -> dict:
     """Scores the model on train, val and test. Returns per-split metrics plus, for the test
-    split, the confusion matrix, ROC curve (two classes) and misclassified examples."""
+    split, the confusion matrix, ROC curve (two classes) and misclassified examples.
+    ``exclude_source_ids``: photos left out (champion/challenger leaves out test photos the
+    champion may have trained on)."""
     import tensorflow as tf
 
     model = model_lib.load_keras(model_dir)
@@ -39,6 +42,12 @@ def evaluate_model(
         labels, probs, misclassified = [], [], []
         dataset = images.read_split(dataset_dir, split, batch_size, with_source_ids=True)
         for batch_images, batch_labels, source_ids in dataset:
+            if exclude_source_ids:
+                keep = np.array([s.decode("utf-8", "replace") not in exclude_source_ids for s in source_ids.numpy()])
+                if not keep.any():
+                    continue
+                batch_images, batch_labels = tf.boolean_mask(batch_images, keep), tf.boolean_mask(batch_labels, keep)
+                source_ids = tf.boolean_mask(source_ids, keep)
             batch_probs = predict(batch_images).numpy()
             labels.append(batch_labels.numpy())
             probs.append(batch_probs)
@@ -132,17 +141,17 @@ def evaluate_and_report(
     fine_tune_history_path: str | None,
     report_path: str,
     settings: Settings,
+    data_checks: dict | None = None,
 ) -> dict:
-    """The evaluation step: metrics, gate and HTML report. Returns passed, reasons,
-    flat_metrics ({split}_{metric} and gap) and the full results."""
+    """The evaluation step: metrics, gate and HTML report (with the data checks' findings, if
+    given). Returns passed, reasons, flat_metrics ({split}_{metric} and gap) and the full results."""
 
     results = evaluate_model(model_dir, dataset_dir)
     passed, reasons, gap = gate(results, settings.gate.max_gap, settings.gate.min_accuracy)
     feature_history = load_history(feature_history_path)
     fine_tune_history = load_history(fine_tune_history_path) if fine_tune_history_path else None
-    report.write_report(
-        report_path, report.report_context(results, passed, reasons, gap, feature_history, fine_tune_history)
-    )
+    context = report.report_context(results, passed, reasons, gap, feature_history, fine_tune_history)
+    report.write_report(report_path, {**context, "data_checks": data_checks})
     flat = {
         f"{split}_{key}": results[split][key]
         for split in images.SPLITS

@@ -17,10 +17,19 @@ from dataclasses import dataclass, field
 
 from tlp.components.lib import specs
 from tlp.components.lib.options import Group, NotPassedToStep, group_from_values, option, options_of
-from tlp.components.lib.steps import DATA_PREP, EVALUATION, FEATURE_EXTRACTION, FINE_TUNING, REGISTRATION
+from tlp.components.lib.steps import (
+    DATA_CHECKS,
+    DATA_FINGERPRINT,
+    DATA_PREP,
+    EVALUATION,
+    FEATURE_EXTRACTION,
+    FINE_TUNING,
+    REGISTRATION,
+)
 
 TRAINING_COMMANDS = ("run", "submit", "schedule create")
 CLOUD_COMMANDS = ("submit", "schedule create")
+MODELS_COMMANDS = ("models list", "models show", "models promote", "models rollback")
 BOTH_PHASES = (FEATURE_EXTRACTION, FINE_TUNING)
 
 
@@ -42,11 +51,27 @@ class DataOptions(Group):
     data: str = option(
         "auto", "auto (tfds:cats_vs_dogs if cached or reachable, else sample), tfds:NAME, folder:PATH (one "
         "subfolder per class; local or gs://), sample[:N] (generated, N images per class)",
-        commands=TRAINING_COMMANDS, steps=(DATA_PREP,), check=_data_spec, compiled_default=specs.DEFAULT_DATA,
+        commands=TRAINING_COMMANDS, steps=(DATA_FINGERPRINT, DATA_PREP), check=_data_spec,
+        compiled_default=specs.DEFAULT_DATA,
     )
     max_skipped_fraction: float = option(
         0.1, "fail data prep if more than this fraction of image files are unreadable",
         commands=TRAINING_COMMANDS, steps=(DATA_PREP,), minimum=0.0, maximum=1.0,
+    )
+
+
+@dataclass(frozen=True)
+class CheckOptions(Group):
+    """Checks of the data against the champion's, before any training (from metadata: cheap)."""
+
+    GROUP = "data checks"
+    max_data_drop: float = option(
+        0.10, "stop before training if the data has this much fewer photos than the champion's (0.1: 10%)",
+        commands=TRAINING_COMMANDS, steps=(DATA_CHECKS,), minimum=0.0, maximum=1.0,
+    )
+    max_class_shift: float = option(
+        0.15, "stop before training if a class's share of the photos moved this much from the champion's",
+        commands=TRAINING_COMMANDS, steps=(DATA_CHECKS,), minimum=0.0, maximum=1.0,
     )
 
 
@@ -152,12 +177,12 @@ class RegistryOptions(Group):
     GROUP = "registry"
     registry: str = option(
         "", "registry URI: sqlite:///PATH.db or http(s)://MLFLOW (MLflow), vertex://PROJECT/REGION[/MODEL]; "
-        "default sqlite:///OUTPUT_DIR/registry.db locally, vertex in the cloud", commands=TRAINING_COMMANDS,
-        steps=(REGISTRATION,), check=_registry_uri,
+        "default sqlite:///OUTPUT_DIR/registry.db locally, vertex in the cloud",
+        commands=(*TRAINING_COMMANDS, *MODELS_COMMANDS), steps=(DATA_CHECKS, REGISTRATION), check=_registry_uri,
     )
     model_name: str = option(
         "", "registered model name (default: from the data: cats_vs_dogs, sample, the folder's name)",
-        commands=TRAINING_COMMANDS, steps=(REGISTRATION,),
+        commands=TRAINING_COMMANDS, steps=(DATA_CHECKS, REGISTRATION),
     )
     champion_tolerance: float = option(
         0.0, "a new version takes the champion alias if its test accuracy >= the champion's on the same test "
@@ -166,8 +191,8 @@ class RegistryOptions(Group):
 
 
 PIPELINE_GROUPS = (
-    DataOptions, ModelOptions, HeadOptions, TrainingOptions, FineTuningOptions, RuntimeOptions, GateOptions,
-    RegistryOptions,
+    DataOptions, CheckOptions, ModelOptions, HeadOptions, TrainingOptions, FineTuningOptions, RuntimeOptions,
+    GateOptions, RegistryOptions,
 )
 
 
@@ -176,6 +201,7 @@ class Settings:
     """What a run trains with: the pipeline's parameters, grouped."""
 
     data: DataOptions = field(default_factory=DataOptions)
+    checks: CheckOptions = field(default_factory=CheckOptions)
     model: ModelOptions = field(default_factory=ModelOptions)
     head: HeadOptions = field(default_factory=HeadOptions)
     training: TrainingOptions = field(default_factory=TrainingOptions)
@@ -272,7 +298,7 @@ def step_values(step: str, values: dict, *, strict: bool = False) -> dict:
 class LocalRunOptions(Group):
     GROUP = "local run"
     output_dir: str = option(
-        "tlp-runs", "where runs, outputs and the local registry go", commands=("run", "component")
+        "tlp-runs", "where runs, outputs and the local registry go", commands=("run", "component", *MODELS_COMMANDS)
     )
     runner: str = option(
         "subprocess", "subprocess: this environment; docker: each step in its container image (needs a Docker "
@@ -312,10 +338,14 @@ class HardwareOptions(Group):
                                commands=("compile", *CLOUD_COMMANDS))
     replicas: int = option(1, "fine-tuning machines; more than 1 runs a custom job with MultiWorkerMirroredStrategy",
                            commands=("compile", *CLOUD_COMMANDS), minimum=1, maximum=64)
+    spot: bool = option(False, "run fine-tuning's custom job on Spot VMs (cheaper, may be preempted; it resumes from "
+                        "its last finished epoch)", commands=("compile", *CLOUD_COMMANDS))
+    retries: int = option(2, "times Vertex AI retries a failed training step (each retry resumes from the last "
+                          "finished epoch)", commands=("compile", *CLOUD_COMMANDS), minimum=0, maximum=10)
 
     @property
     def as_custom_job(self) -> bool:
-        return bool(self.machine_type) or self.replicas > 1
+        return bool(self.machine_type) or self.replicas > 1 or self.spot
 
 
 @dataclass(frozen=True)
@@ -356,5 +386,16 @@ class ScheduleOptions(Group):
     end: str = option("", "no runs after, ISO 8601 (default: never)", commands=("schedule create",))
 
 
-RUNNER_GROUPS = (LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions)
+@dataclass(frozen=True)
+class ModelsOptions(Group):
+    """``tlp models``: reading and steering a registry's versions."""
+
+    GROUP = "models"
+    reason: str = option("", "why (recorded on the version with who and when)",
+                         commands=("models promote", "models rollback"))
+    by: str = option("", "who (default: this machine's user name)", commands=("models promote", "models rollback"))
+    json: bool = option(False, "print JSON instead of a table", commands=("models list", "models show"))
+
+
+RUNNER_GROUPS = (LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions, ModelsOptions)
 ALL_GROUPS = PIPELINE_GROUPS + RUNNER_GROUPS

@@ -17,6 +17,10 @@ class ConfigError(ValueError):
     """A setting is wrong. The message is one sentence naming the value and the fix."""
 
 
+class NotFound(ConfigError):
+    """What a command names (a registered model, a version, a previous champion) does not exist."""
+
+
 # Keras application constructors we support, with how each expects its pixels.
 # "minus_one_to_one": the model scales [0, 255] to [-1, 1] itself (MobileNetV2 tutorial);
 # "raw": the application carries its own preprocessing and takes [0, 255].

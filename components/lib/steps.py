@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DATA_FINGERPRINT = "data-fingerprint"
 DATA_PREP = "data-prep"
+DATA_CHECKS = "data-checks"
 FEATURE_EXTRACTION = "feature-extraction"
 FINE_TUNING = "fine-tuning"
 EVALUATION = "evaluation"
@@ -21,7 +23,11 @@ class Step:
 
 
 STEPS = (
-    Step(DATA_PREP, "data_prep", "light", "reads the images, splits 80/10/10, writes TFRecords"),
+    Step(DATA_FINGERPRINT, "data_fingerprint", "light",
+         "lists the source (names, sizes, generations) into a fingerprint; never cached"),
+    Step(DATA_PREP, "data_prep", "light", "reads the images, splits 80/10/10 by content, writes TFRecords"),
+    Step(DATA_CHECKS, "data_checks", "light",
+         "compares the data with the champion's (size, class shares, class set) before training"),
     Step(FEATURE_EXTRACTION, "feature_extraction", "train", "frozen base, trains the head on cached features"),
     Step(FINE_TUNING, "fine_tuning", "train", "unfreezes the top of the base, trains under tf.distribute"),
     Step(EVALUATION, "evaluation", "light", "scores every split, applies the overfitting gate, writes the report"),

@@ -5,18 +5,19 @@
   is embedded: no server.
 - ``vertex://PROJECT/REGION[/MODEL]``: the Vertex AI Model Registry (``vertex_backend``).
 
-Both implement ``base.Registry``; ``champion`` holds registration and champion/challenger.
+Both implement ``base.Registry``; ``champion`` holds registration, champion/challenger, promotion
+and rollback.
 """
 
 from __future__ import annotations
 
-from tlp.components.lib.registry.base import CHAMPION_ALIAS, Registered, Registry, model_digest
+from tlp.components.lib.registry.base import CHAMPION_ALIAS, ModelVersion, Registered, Registry, model_digest
 from tlp.components.lib.registry.mlflow_backend import MlflowRegistry
 from tlp.components.lib.registry.vertex_backend import VertexRegistry
 from tlp.components.lib.specs import VERTEX_SCHEME
 
-__all__ = ["CHAMPION_ALIAS", "MlflowRegistry", "Registered", "Registry", "VertexRegistry", "model_digest",
-           "open_registry"]
+__all__ = ["CHAMPION_ALIAS", "MlflowRegistry", "ModelVersion", "Registered", "Registry", "VertexRegistry",
+           "model_digest", "open_registry"]
 
 
 def open_registry(uri: str) -> Registry:

@@ -5,12 +5,20 @@ champion."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import os
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random
 
-from tlp.components.lib.registry.base import CHAMPION_ALIAS, Registered, model_digest
+from tlp.components.lib.registry.base import (
+    CHAMPION_ALIAS,
+    ModelVersion,
+    Registered,
+    model_digest,
+    unknown_model,
+    unknown_version,
+)
 from tlp.components.lib.specs import ConfigError, check_registry_uri
 
 EXPERIMENT = "transfer-learning"
@@ -138,8 +146,39 @@ class MlflowRegistry:
     def set_champion(self, name: str, version: str) -> None:
         _call(lambda: self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version))
 
-    def record_decision(self, name: str, version: str, reason: str) -> None:
-        _call(lambda: self.client.set_model_version_tag(name, version, "champion_decision", reason))
+    def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            _call(lambda key=key, value=value: self.client.set_model_version_tag(name, version, key, str(value)))
+
+    def model_names(self) -> list[str]:
+        return sorted(model.name for model in _call(lambda: self.client.search_registered_models(max_results=1000)))
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = _call(lambda: self.client.get_registered_model(name))
+        except MlflowException as error:
+            if "RESOURCE_DOES_NOT_EXIST" not in str(error.error_code):
+                raise
+            raise unknown_model(name, self.uri, self.model_names()) from None
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        quoted = name.replace("'", "\\'")
+        found = _call(lambda: self.client.search_model_versions(f"name = '{quoted}'"))
+        records = [_record(name, v, aliases.get(str(v.version), [])) for v in found]
+        return sorted(records, key=lambda record: int(record.version))
+
+    def version(self, name: str, version: str) -> ModelVersion:
+        versions = self.versions(name)
+        record = next((v for v in versions if v.version == str(version)), None)
+        if record is None:
+            raise unknown_version(name, version, self.uri, versions)
+        run_id = _call(lambda: self.client.get_model_version(name, record.version)).run_id
+        if run_id:
+            record.params = dict(_call(lambda: self.client.get_run(run_id)).data.params)
+        return record
 
     def model_dir(self, reference: str) -> str:
         """``NAME/VERSION``, ``NAME@ALIAS`` or ``models:/...`` -> a local model directory."""
@@ -161,3 +200,13 @@ class MlflowRegistry:
         return self._mlflow.artifacts.download_artifacts(
             artifact_uri=version.source, tracking_uri=self.uri
         )
+
+
+def _record(name: str, version, aliases: list[str]) -> ModelVersion:
+    tags = dict(version.tags or {})
+    metrics = {key[len("metric."):]: float(value) for key, value in tags.items() if key.startswith("metric.")}
+    created = datetime.datetime.fromtimestamp(version.creation_timestamp / 1000, datetime.timezone.utc)
+    return ModelVersion(
+        name, str(version.version), created.isoformat(timespec="seconds"), sorted(aliases), metrics,
+        {key: value for key, value in tags.items() if not key.startswith("metric.")},
+    )

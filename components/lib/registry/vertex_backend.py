@@ -1,10 +1,11 @@
 """The Vertex AI Model Registry behind ``vertex://PROJECT/REGION[/MODEL][?OPTIONS]`` URIs.
 
-Same interface as the MLflow registry (``register``, ``champion_version``, ``set_champion``,
-``record_decision``, ``model_dir``), so registration and champion/challenger read the same for
-both. The first registration creates the model; later ones upload new versions under it
-(``parent_model``). The ``champion`` version alias marks the champion, and the champion is
-also the model's default version, so ``Model(NAME)`` and endpoints get it.
+Same interface as the MLflow registry (``base.Registry``), so registration, champion/challenger,
+the data checks and ``tlp models`` read the same for both. The first registration creates the
+model; later ones upload new versions under it (``parent_model``). The ``champion`` version alias
+marks the champion, and the champion is also the model's default version, so ``Model(NAME)`` and
+endpoints get it. Each version's record (metrics, parameters, lineage, decisions, promotions) is
+JSON in its version description (``describe``): labels hold only short values.
 
 Options (URI query): ``api_endpoint`` (a private or regional endpoint host; an ``http://`` URL
 talks REST over plain HTTP, e.g. to a stand-in), ``staging_bucket`` (``gs://...``: where a
@@ -20,7 +21,14 @@ import os
 import re
 import tempfile
 
-from tlp.components.lib.registry.base import CHAMPION_ALIAS, Registered, model_digest
+from tlp.components.lib.registry.base import (
+    CHAMPION_ALIAS,
+    ModelVersion,
+    Registered,
+    model_digest,
+    unknown_model,
+    unknown_version,
+)
 from tlp.components.lib.specs import ConfigError, parse_vertex_uri
 
 # Vertex AI's prebuilt TensorFlow serving image: it serves the SavedModel's serving signature and
@@ -29,6 +37,10 @@ SERVING_IMAGE = "{region}-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:lates
 # The prebuilt images live in three multi-region registries.
 _IMAGE_REGIONS = {"us": "us", "northamerica": "us", "southamerica": "us", "europe": "europe"}
 _LABEL_VALUE = re.compile(r"[^a-z0-9_-]+")
+# A version's record (metrics, parameters, lineage, decisions) is JSON in its version description;
+# kept under this length, dropping the least needed parts first, so it always parses.
+DESCRIPTION_LIMIT = 2000
+_DROPPABLE_TAGS = ("class_counts",)  # without it the data checks compare totals only, and say so
 
 
 def label_value(value) -> str:
@@ -97,7 +109,7 @@ class VertexRegistry:
             _check_bucket(staging, self.location.project)
         labels = {"model_digest": digest, "tlp_code_version": label_value(tags.get("code_version", ""))}
         labels.update({label_value(k): label_value(float(v)) for k, v in metrics.items()})
-        description = json.dumps({"metrics": metrics, "params": params, "tags": tags}, sort_keys=True)
+        description = describe({"metrics": metrics, "params": params, "tags": tags})
         serving_image = self.location.options.get("serving_image") or SERVING_IMAGE.format(
             region=_IMAGE_REGIONS.get(self.location.region.split("-")[0], "asia")
         )
@@ -108,7 +120,7 @@ class VertexRegistry:
             parent_model=parent.resource_name if parent is not None else None,
             # The champion alias decides the default version, not the upload order.
             is_default_version=parent is None,
-            version_description=description[:2000],
+            version_description=description,
             labels=labels,
             staging_bucket=staging,
         )
@@ -128,10 +140,46 @@ class VertexRegistry:
         # "default" moves too, so serving Model(NAME) or deploying it without a version gets the champion.
         self._aiplatform.models.ModelRegistry(parent).add_version_aliases([CHAMPION_ALIAS, "default"], version)
 
-    def record_decision(self, name: str, version: str, reason: str) -> None:
-        # Labels cannot hold a sentence: the reason stays in the run's outputs and report; the
-        # registry shows the decision through the champion alias.
-        del name, version, reason
+    def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """Merges ``tags`` into the version's record (its version description; labels cannot hold a
+        sentence)."""
+        parent = self._parent(name)
+        if parent is None:
+            raise unknown_model(name, self.uri, self.model_names())
+        from google.protobuf import field_mask_pb2
+
+        current = self.version(name, version)
+        record = {"metrics": current.metrics, "params": current.params, "tags": {**current.tags, **tags}}
+        # A name with @VERSION updates that version only (UpdateModel's version-specific fields).
+        update = parent.gca_resource.__class__(
+            name=f"{parent.resource_name}@{version}", version_description=describe(record)
+        )
+        mask = field_mask_pb2.FieldMask(paths=["version_description"])
+        parent.api_client.update_model(model=update, update_mask=mask)
+
+    def model_names(self) -> list[str]:
+        return sorted({model.display_name for model in self._aiplatform.Model.list()})
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        parent, found = self._versions(name)
+        if parent is None:
+            raise unknown_model(name, self.uri, self.model_names())
+        records = []
+        for info in found:
+            record = _read_description(info.version_description)
+            created = info.version_create_time
+            records.append(ModelVersion(
+                name, str(info.version_id), created.isoformat(timespec="seconds") if created else "",
+                sorted(info.version_aliases or []), record["metrics"], record["tags"], record["params"],
+            ))
+        return sorted(records, key=lambda record: int(record.version))
+
+    def version(self, name: str, version: str) -> ModelVersion:
+        versions = self.versions(name)
+        for record in versions:
+            if record.version == str(version):
+                return record
+        raise unknown_version(name, version, self.uri, versions)
 
     def model_dir(self, reference: str) -> str:
         """``NAME/VERSION`` or ``NAME@ALIAS`` -> a local directory holding that version's model."""
@@ -150,6 +198,40 @@ class VertexRegistry:
         if os.path.isdir(mounted):  # on Vertex AI, buckets are mounted under /gcs
             return mounted
         return _download(artifact_uri, self.location.project)
+
+
+def describe(record: dict) -> str:
+    """A version's record as JSON within ``DESCRIPTION_LIMIT``: parameters go first, then the
+    droppable tags, then long texts are cut; what is left still parses."""
+    record = {key: dict(record.get(key) or {}) for key in ("metrics", "params", "tags")}
+
+    def text():
+        return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+    if len(text()) > DESCRIPTION_LIMIT:
+        record["params"] = {}
+    for key in _DROPPABLE_TAGS:
+        if len(text()) > DESCRIPTION_LIMIT:
+            record["tags"].pop(key, None)
+    while len(text()) > DESCRIPTION_LIMIT:
+        longest = max(record["tags"], key=lambda key: len(str(record["tags"][key])), default=None)
+        if longest is None or len(str(record["tags"][longest])) <= 40:
+            raise ConfigError(f"a model version's record does not fit Vertex AI's description ({len(text())} chars).")
+        record["tags"][longest] = str(record["tags"][longest])[: len(str(record["tags"][longest])) // 2] + "..."
+    return text()
+
+
+def _read_description(description: str | None) -> dict:
+    """The record ``describe`` wrote; a version registered otherwise has an empty one."""
+    try:
+        record = json.loads(description or "{}")
+    except ValueError:
+        record = {}
+    if not isinstance(record, dict):
+        record = {}
+    metrics = {k: float(v) for k, v in (record.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    return {"metrics": metrics, "params": {k: str(v) for k, v in (record.get("params") or {}).items()},
+            "tags": {k: str(v) for k, v in (record.get("tags") or {}).items()}}
 
 
 def _check_bucket(uri: str, project: str) -> None:
