@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tlp.components.data_checks import data_checks
+from tlp.components.data_fingerprint import data_fingerprint
 from tlp.components.data_prep import data_prep
 from tlp.components.evaluation import evaluation
 from tlp.components.feature_extraction import feature_extraction
@@ -10,7 +12,9 @@ from tlp.components.lib.steps import STEPS
 from tlp.components.registration import registration
 
 _FUNCTIONS = {
+    "data_fingerprint": data_fingerprint,
     "data_prep": data_prep,
+    "data_checks": data_checks,
     "feature_extraction": feature_extraction,
     "fine_tuning": fine_tuning,
     "evaluation": evaluation,

@@ -12,15 +12,18 @@ from tlp.components.container_images import image_reference
 def data_prep(
     dataset: Output[Dataset],
     options: dict,
+    source_fingerprint: str = "",
 ) -> NamedTuple("DataPrepOutputs", [("class_names", str), ("train_images", int),
                                     ("val_images", int), ("test_images", int), ("skipped", int)]):
-    """Loads the images named by the ``data`` option and writes the 80/10/10 splits, resized,
-    as TFRecord shards.
+    """Loads the images named by the ``data`` option and writes the 80/10/10 splits (each photo's
+    split decided by its content and the seed), resized, as TFRecord shards.
 
     Args:
         dataset: Output directory: TFRecord shards per split and metadata.json.
         options: The options this step reads (``data``, ``image_size``, ``seed``,
             ``max_skipped_fraction``; declared in tlp.components.lib.settings).
+        source_fingerprint: The data-fingerprint step's listing of the source. Recorded; and as
+            an input it makes a cached data prep (Vertex AI, Kubeflow) run again when the data changed.
 
     Returns:
         The class names (JSON list), the image count of each split and the skipped-file count.
@@ -35,7 +38,7 @@ def data_prep(
     settings = Settings.for_step(DATA_PREP, options)
     metadata = prepare_dataset(
         settings.data.data, dataset.path, image_size=settings.model.image_size, seed=settings.training.seed,
-        max_skipped_fraction=settings.data.max_skipped_fraction,
+        max_skipped_fraction=settings.data.max_skipped_fraction, source_fingerprint=source_fingerprint,
     )
     dataset.metadata.update({
         "source": metadata["source"],
@@ -43,6 +46,8 @@ def data_prep(
         "image_size": metadata["image_size"],
         "num_examples": metadata["num_examples"],
         "fingerprint": metadata["fingerprint"],
+        "source_fingerprint": source_fingerprint,
+        "split_method": metadata["split"]["method"],
         "skipped_count": len(metadata["skipped"]),
         "skipped": metadata["skipped"],  # every skipped file with its reason
     })

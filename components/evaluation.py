@@ -16,6 +16,7 @@ def evaluation(
     classification_metrics: Output[ClassificationMetrics],
     report: Output[HTML],
     options: dict,
+    data_checks: Input[Artifact] = None,
 ) -> bool:
     """Scores the model in inference mode on train, val and test, and applies the gate.
 
@@ -29,19 +30,26 @@ def evaluation(
         report: Output: HTML report (learning curves, confusion matrix, misclassified images).
         options: The options this step reads (the gate's ``max_gap``, largest allowed train -
             validation accuracy, and ``min_accuracy``, smallest allowed test accuracy).
+        data_checks: Optional: the data-checks findings, shown in the report.
 
     Returns:
         Whether the gate passed. The reasons go in the report's metadata (``gate_reasons``).
         A single output on purpose: kfp.local resolves ``dsl.If`` conditions only on a task's
         single ``Output``, not on named outputs (kfp 2.17).
     """
+    import json
+
     from tlp.components.lib.evaluation import evaluate_and_report
     from tlp.components.lib.settings import Settings
     from tlp.components.lib.steps import EVALUATION
 
+    checked = None
+    if data_checks is not None:
+        with open(data_checks.path) as handle:
+            checked = json.load(handle)
     outcome = evaluate_and_report(
         model.path, dataset.path, feature_history.path, fine_tune_history.path, report.path,
-        Settings.for_step(EVALUATION, options),
+        Settings.for_step(EVALUATION, options), data_checks=checked,
     )
     for name, value in outcome["flat_metrics"].items():
         metrics.log_metric(name, value)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from tlp.components.lib.settings import CloudOptions, HardwareOptions, ImageOptions, ScheduleOptions, Settings
 from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.steps import DATA_PREP
 from tlp.pipelines import checks, environment
 from tlp.pipelines.console import RunFailed
 from tlp.pipelines.resolve import resolve_cloud
@@ -32,8 +33,11 @@ class CloudRun:
     labels: dict
 
     @property
-    def enable_caching(self) -> bool:
-        return not self.cloud.no_cache
+    def enable_caching(self) -> bool | None:
+        """None keeps each task's compiled setting (data-fingerprint never cached, the rest cached);
+        True or False would overwrite every task's (aiplatform's PipelineJob and kfp.Client both do).
+        --no-cache: False, every step runs."""
+        return False if self.cloud.no_cache else None
 
 
 # --- compiling --------------------------------------------------------------------------------
@@ -101,23 +105,72 @@ def submit(run: CloudRun, echo=print) -> Submitted:
                                              f"?project={cloud.project}")
     echo(f"submitted {submitted.name}\n  console: {submitted.link}")
     if cloud.wait:
-        submitted.state = follow_vertex(job, echo)
+        submitted.state = follow_vertex(job, echo, run)
     return submitted
 
 
-def follow_vertex(job, echo=print) -> str:
+def follow_vertex(job, echo=print, run: CloudRun | None = None) -> str:
     """Follows a Vertex AI pipeline job until it ends (the SDK logs its state as it polls);
-    raises RunFailed unless it succeeded."""
+    raises RunFailed unless it succeeded. Says which steps the cache answered."""
     try:
         job.wait()
     except RuntimeError as error:  # the SDK's way of saying the job failed or was cancelled
-        raise RunFailed(
+        detail = job.gca_resource.error.message or str(error)
+        capacity = explain_capacity(detail, run) if run else None
+        raise RunFailed(capacity or (
             f"run {job.resource_name} ended {job.state.name}: {error}; see the console link above for the failed "
             "step's logs."
-        ) from None
+        )) from None
     state = job.state.name
     echo(f"  {datetime.datetime.now():%H:%M:%S} {state}")
+    cached = cached_steps(job)
+    if cached:
+        echo(f"  {cache_note(cached)}")
     return state
+
+
+def cached_steps(job) -> list[str]:
+    """The steps of a finished Vertex AI run whose results came from the cache."""
+    return [
+        task.task_name for task in job.task_details
+        if task.execution and task.execution.state.name == "CACHED"
+    ]
+
+
+def cache_note(cached: list[str]) -> str:
+    if DATA_PREP in cached:
+        return (f"data unchanged since an earlier run (same source fingerprint): {', '.join(cached)} came from the "
+                "cache, nothing was trained again")
+    return f"from the cache: {', '.join(cached)}"
+
+
+# What Vertex AI says when it cannot give a job its machines (quota, or none free in the zone).
+_QUOTA = re.compile(r"quota|exceed.*limit", re.IGNORECASE)
+_STOCKOUT = re.compile(r"resources? (?:are|is) (?:insufficient|not available|unavailable|exhausted)|"
+                       r"(?:does not have|not) enough resources|RESOURCE_POOL_EXHAUSTED|stock-?out", re.IGNORECASE)
+
+
+def explain_capacity(message: str, run: CloudRun) -> str | None:
+    """One sentence for a refused GPU quota or a stock-out: region, accelerator, what to try. None
+    when the message is about something else."""
+    hardware, region = run.hardware, run.cloud.region
+    if hardware.accelerator:
+        who = f"fine-tuning could not get {hardware.gpus} {hardware.accelerator} GPU(s) in {region}"
+        spot = "; --spot draws on a separate (preemptible) quota" if not hardware.spot else ""
+        other = "another --region or --accelerator (e.g. NVIDIA_TESLA_T4)"
+    else:
+        who, spot, other = f"a step could not get its machine in {region}", "", "another --region or --machine-type"
+    if _QUOTA.search(message):
+        return (f"{who}: the project's quota is too small ({_first_line(message)}); request more in the console "
+                f"(IAM & Admin > Quotas, filter on {region}), or try {other}, or fewer --gpus{spot}.")
+    if _STOCKOUT.search(message):
+        return (f"{who}: none were free there ({_first_line(message)}); try again later (a schedule's next run may "
+                f"find some), or {other}{spot}.")
+    return None
+
+
+def _first_line(message: str) -> str:
+    return message.strip().splitlines()[0][:200] if message.strip() else "no details"
 
 
 def _kfp_client(cloud: CloudOptions):

@@ -57,7 +57,7 @@ def build_single_pipeline(step_name: str, artifacts: dict[str, str], options: di
         raise ConfigError(
             f"{step_name} has no artifact input(s) {unknown}; its inputs are {sorted(artifact_names)}."
         )
-    missing = sorted(n for n in artifact_names if n not in artifacts)
+    missing = sorted(n for n in artifact_names if n not in artifacts and not inputs[n].optional)
     if missing:
         raise ConfigError(f"{step_name} needs artifact input(s) {missing}; pass each as --input NAME=PATH.")
     imports = {}

@@ -6,7 +6,7 @@ import json
 import os
 
 from tlp.components.lib.settings import Settings
-from tlp.components.lib.steps import DATA_PREP, EVALUATION, FINE_TUNING, REGISTRATION, STEP_NAMES
+from tlp.components.lib.steps import DATA_CHECKS, DATA_PREP, EVALUATION, FINE_TUNING, REGISTRATION, STEP_NAMES
 
 
 def task_outputs(run_dir: str, task: str) -> dict | None:
@@ -27,6 +27,7 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
     tuned = task_outputs(run_dir, FINE_TUNING)
     scored = task_outputs(run_dir, EVALUATION)
     registered = task_outputs(run_dir, REGISTRATION)
+    checked = task_outputs(run_dir, DATA_CHECKS)
     dataset_meta = prep["artifacts"]["dataset"]["metadata"]
     dataset_dir = prep["artifacts"]["dataset"]["uri"]
     with open(os.path.join(dataset_dir, "metadata.json")) as handle:
@@ -39,8 +40,12 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
             "class_names": dataset_meta["class_names"],
             "counts": full_meta["counts"],
             "fingerprint": full_meta["fingerprint"],
+            "source_fingerprint": full_meta.get("source_fingerprint", ""),
+            "split": {key: value for key, value in full_meta.get("split", {}).items() if key != "moved"},
+            "split_moved": len(full_meta.get("split", {}).get("moved", [])),
             "skipped": full_meta["skipped"],
         },
+        "checks": _findings(checked),
         "weights": settings.model.weights,
         "base": {"name": settings.model.base, "alpha": settings.model.alpha, "image_size": settings.model.image_size},
         "notes": notes,
@@ -64,6 +69,7 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
                 "version": registered["parameters"]["version"],
                 "champion": bool(registered["parameters"]["champion"]),
                 "reason": registered["parameters"]["reason"],
+                "promote_command": registered["parameters"].get("promote_command", ""),
             }
             if registered
             else None
@@ -77,6 +83,14 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
     }
 
 
+def _findings(checked: dict | None) -> dict | None:
+    """The data-checks step's findings (its JSON output)."""
+    if not checked or "findings" not in checked["artifacts"]:
+        return None
+    with open(checked["artifacts"]["findings"]["uri"]) as handle:
+        return json.load(handle)
+
+
 def format_summary(summary: dict) -> str:
     metrics, gate = summary["metrics"], summary["gate"]
     lines = [
@@ -88,6 +102,7 @@ def format_summary(summary: dict) -> str:
         f", skipped {len(summary['data']['skipped'])}",
         f"  weights   {summary['weights']}  (base {summary['base']['name']}, alpha "
         f"{summary['base']['alpha']}, {summary['base']['image_size']}px)",
+        *_check_lines(summary.get("checks")),
         f"  accuracy  train {metrics['train_accuracy']:.4f}  val {metrics['val_accuracy']:.4f}  "
         f"test {metrics['test_accuracy']:.4f}  gap {metrics['gap']:.4f}",
         f"  gate      {'PASSED' if gate['passed'] else 'FAILED'}",
@@ -100,6 +115,8 @@ def format_summary(summary: dict) -> str:
             f"  registered {registered['name']} version {registered['version']}{champion} in {registered['registry']}"
         )
         lines.append(f"            {registered['reason']}")
+        if registered.get("promote_command"):
+            lines.append(f"  promote   {registered['promote_command']}")
     else:
         lines.append("  registered nothing (the gate did not pass)")
     lines += [
@@ -115,3 +132,11 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  skipped   {len(skipped)} file(s), each listed with its reason in data.skipped")
     lines.append("=" * 72)
     return "\n".join(lines)
+
+
+def _check_lines(checks: dict | None) -> list[str]:
+    if not checks:
+        return []
+    champion = f"champion version {checks['champion']}" if checks.get("champion") else "no champion yet"
+    lines = [f"  checks    data against {checks['model']}'s {champion}: {'passed' if checks['passed'] else 'STOPPED'}"]
+    return lines + [f"            - {finding}" for finding in checks["findings"]]

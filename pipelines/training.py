@@ -1,7 +1,13 @@
 """The pipeline factory. Every option declared with pipeline steps in
 ``tlp/components/lib/settings.py`` is a pipeline parameter with its default; each step
-receives the options it reads as one ``options`` dict. Only the container images and the
-fine-tuning hardware are fixed when the pipeline is built (compile time)."""
+receives the options it reads as one ``options`` dict. Only the container images, the
+fine-tuning hardware and the training steps' retries are fixed when the pipeline is built
+(compile time).
+
+Caching (Vertex AI, Kubeflow Pipelines): the first step, data-fingerprint, is never cached and
+lists the source; data prep takes its fingerprint as an input. So data prep and every step after
+it are cache hits exactly when the data (and the settings) did not change, and run again when
+one photo did. The runners submit with the compiled per-task settings (``enable_caching=None``)."""
 
 from __future__ import annotations
 
@@ -12,10 +18,23 @@ from kfp import dsl
 from tlp.components.catalogue import COMPONENTS
 from tlp.components.container_images import image_reference
 from tlp.components.lib.settings import CloudOptions, HardwareOptions, ImageOptions, pipeline_options
-from tlp.components.lib.steps import DATA_PREP, EVALUATION, FEATURE_EXTRACTION, FINE_TUNING, REGISTRATION, step
+from tlp.components.lib.steps import (
+    DATA_CHECKS,
+    DATA_FINGERPRINT,
+    DATA_PREP,
+    EVALUATION,
+    FEATURE_EXTRACTION,
+    FINE_TUNING,
+    REGISTRATION,
+    step,
+)
 
 PIPELINE_NAME = "transfer-learning"
 DEFAULT_MACHINE_TYPE = "n1-standard-8"
+# A retried training step finds its per-epoch checkpoints (BackupAndRestore) and resumes after the
+# last finished epoch; the pause lets a stock-out or preemption pass.
+RETRY_BACKOFF = "120s"
+RETRY_BACKOFF_FACTOR = 2.0
 
 
 def _on_hardware(tune_op, hardware: HardwareOptions, cloud: CloudOptions):
@@ -33,6 +52,8 @@ def _on_hardware(tune_op, hardware: HardwareOptions, cloud: CloudOptions):
         accelerator_count=hardware.gpus if hardware.gpus else 1,
         # BackupAndRestore resumes from the last epoch when Vertex AI restarts a preempted worker.
         restart_job_on_worker_restart=True,
+        # Spot VMs cost less and may be preempted: the restart above and the step's retries cover it.
+        strategy="SPOT" if hardware.spot else "STANDARD",
         # A custom job does not inherit the pipeline's identity or network: pass them on.
         service_account=cloud.service_account,
         network=cloud.network,
@@ -61,6 +82,7 @@ def create_pipeline(
     """Builds the pipeline. ``images`` chooses the component images, ``hardware`` (and the
     service account and network of ``cloud``) where fine-tuning runs on Vertex AI."""
     images, hardware, cloud = images or ImageOptions(), hardware or HardwareOptions(), cloud or CloudOptions()
+    fingerprint_op, checks_op = _op(DATA_FINGERPRINT, images), _op(DATA_CHECKS, images)
     prep_op, head_op = _op(DATA_PREP, images), _op(FEATURE_EXTRACTION, images)
     tune_op = _on_hardware(_op(FINE_TUNING, images), hardware, cloud)
     eval_op, register_op = _op(EVALUATION, images), _op(REGISTRATION, images)
@@ -72,18 +94,28 @@ def create_pipeline(
         def options(step_name: str) -> dict:
             return {opt.name: parameters[opt.name] for opt in pipeline_options() if step_name in opt.spec.steps}
 
-        prep = prep_op(options=options(DATA_PREP)).set_display_name(DATA_PREP)
-        head = head_op(dataset=prep.outputs["dataset"], options=options(FEATURE_EXTRACTION))
+        # Never cached: it is what tells a cache whether the data changed.
+        source = fingerprint_op(options=options(DATA_FINGERPRINT)).set_display_name(DATA_FINGERPRINT)
+        source.set_caching_options(False)
+        prep = prep_op(options=options(DATA_PREP), source_fingerprint=source.outputs["fingerprint"])
+        prep.set_display_name(DATA_PREP)
+        checked = checks_op(dataset=prep.outputs["dataset"], options=options(DATA_CHECKS))
+        checked.set_display_name(DATA_CHECKS)
+        head = head_op(dataset=prep.outputs["dataset"], options=options(FEATURE_EXTRACTION)).after(checked)
         head.set_display_name(FEATURE_EXTRACTION)
         tuned = tune_op(
             dataset=prep.outputs["dataset"], base_model=head.outputs["model"], options=options(FINE_TUNING)
         ).set_display_name(FINE_TUNING)
         if hardware.gpus and not hardware.as_custom_job:
             tuned.set_accelerator_type(hardware.accelerator).set_accelerator_limit(hardware.gpus)
+        if hardware.retries:
+            for training in (head, tuned):
+                training.set_retry(num_retries=hardware.retries, backoff_duration=RETRY_BACKOFF,
+                                   backoff_factor=RETRY_BACKOFF_FACTOR)
         scored = eval_op(
             dataset=prep.outputs["dataset"], model=tuned.outputs["model"],
             feature_history=head.outputs["history"], fine_tune_history=tuned.outputs["history"],
-            options=options(EVALUATION),
+            options=options(EVALUATION), data_checks=checked.outputs["findings"],
         ).set_display_name(EVALUATION)
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             register_op(
@@ -94,6 +126,6 @@ def create_pipeline(
     transfer_learning.__signature__ = _parameters()  # kfp reads the parameters from the signature
     return dsl.pipeline(
         name=PIPELINE_NAME,
-        description="Transfer learning from an ImageNet ConvNet: data prep, feature extraction, "
-        "fine-tuning, evaluation with an overfitting gate, registration.",
+        description="Transfer learning from an ImageNet ConvNet: data fingerprint, data prep, data checks, "
+        "feature extraction, fine-tuning, evaluation with an overfitting gate, registration.",
     )(transfer_learning)

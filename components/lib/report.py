@@ -26,6 +26,10 @@ figure img { width: 160px; height: 160px; object-fit: cover; }
 <h2>Gate: <span class="verdict">{{ "PASSED" if passed else "FAILED" }}</span></h2>
 <p>Overfitting gap (train - validation accuracy): {{ "%.4f"|format(gap) }}</p>
 <ul>{% for reason in reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
+{% if data_checks is defined and data_checks %}
+<h2>Data checks (against the champion's data)</h2>
+<ul>{% for finding in data_checks.findings %}<li>{{ finding }}</li>{% endfor %}</ul>
+{% endif %}
 {% if registered %}
 <h2>Registration</h2>
 <p>Registered <b>{{ registered.name }}</b> version <b>{{ registered.version }}</b> in {{ registered.registry }}:

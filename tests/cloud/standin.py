@@ -21,7 +21,7 @@ State (plain dicts, so tests can read and seed them):
 
 - ``pipeline_jobs``: resource name -> PipelineJob JSON as created, plus name, state, createTime...
   Each GET of one job moves it PENDING -> RUNNING -> ``job_final_state`` (a failed one also gets
-  ``error.message = job_error_message``).
+  ``error.message = job_error_message``; ``job_task_details``, if set, becomes its ``jobDetail``).
 - ``schedules``: resource name -> Schedule JSON as created (int64 fields such as
   ``maxRunCount`` are strings, as protobuf JSON writes them), state ACTIVE or PAUSED.
 - ``models``: model ID (numeric string) -> ``{"versions": {version ID: Model JSON}}``. The version
@@ -117,6 +117,8 @@ class StandIn:
         self.pipeline_jobs: dict[str, dict] = {}
         self.job_final_state = "PIPELINE_STATE_SUCCEEDED"
         self.job_error_message = "The DAG failed because some tasks failed."
+        # Tests may set the ``jobDetail.taskDetails`` a job shows once it ends (e.g. cached steps).
+        self.job_task_details: list[dict] | None = None
         self.schedules: dict[str, dict] = {}
         self.models: dict[str, dict] = {}
         self.operations: dict[str, dict] = {}
@@ -460,6 +462,8 @@ class StandIn:
             job.update(state="PIPELINE_STATE_RUNNING", startTime=now, updateTime=now)
         elif job["state"] == "PIPELINE_STATE_RUNNING":
             job.update(state=self.job_final_state, endTime=now, updateTime=now)
+            if self.job_task_details is not None:
+                job["jobDetail"] = {"taskDetails": self.job_task_details}
             if self.job_final_state != "PIPELINE_STATE_SUCCEEDED":
                 job["error"] = {"code": 9, "message": self.job_error_message}
         return job

@@ -36,7 +36,8 @@ def test_full_run_on_two_logical_cpus_registers_a_version(passing_run):
     assert "tlp run: summary" in stdout and "registered sample version 1" in stdout
     assert summary["replicas"] == 2  # MirroredStrategy over cpu:0 and cpu:1
     assert summary["data"]["spec"] == "sample:30" and summary["weights"] == "none"
-    assert summary["data"]["counts"]["train"] == {"circles": 24, "squares": 24}
+    assert sum(sum(c.values()) for c in summary["data"]["counts"].values()) == 60
+    assert summary["data"]["split"]["method"] == "content-sha256" and summary["data"]["source_fingerprint"]
     assert summary["data"]["skipped"] == []
     for key in ("train_accuracy", "val_accuracy", "test_accuracy", "gap"):
         assert 0.0 <= summary["metrics"][key] <= 1.0 or key == "gap"
@@ -44,7 +45,9 @@ def test_full_run_on_two_logical_cpus_registers_a_version(passing_run):
     assert summary["registered"]["version"] == "1" and summary["registered"]["name"] == "sample"
     assert summary["registered"]["champion"] is True and "first version" in summary["registered"]["reason"]
     assert summary["registered"]["registry"] == f"sqlite:///{out}/registry.db"
-    assert set(summary["steps"]) == {"data-prep", "feature-extraction", "fine-tuning", "evaluation", "registration"}
+    assert set(summary["steps"]) == {"data-fingerprint", "data-prep", "data-checks", "feature-extraction",
+                                     "fine-tuning", "evaluation", "registration"}
+    assert summary["checks"]["passed"] and summary["checks"]["champion"] is None
     assert all(seconds > 0 for seconds in summary["steps"].values())
     assert os.path.isfile(os.path.join(summary["model"], "saved_model.pb"))
     report = open(summary["report"], encoding="utf-8").read()
@@ -115,7 +118,8 @@ def test_single_data_prep_component(tmp_path):
     stdout = tlp("component", "data-prep", "--param", "data=sample:10", "--param", "image_size=32",
                  "--output-dir", str(tmp_path))
     printed = _printed_outputs(stdout, "data-prep")
-    assert printed["train_images"] == "16" and printed["skipped"] == "0"
+    counts = [int(printed[f"{split}_images"]) for split in ("train", "val", "test")]
+    assert sum(counts) == 20 and min(counts) >= 1 and printed["skipped"] == "0"
     metadata = json.load(open(os.path.join(printed["dataset"], "metadata.json")))
     assert metadata["image_size"] == 32
 

@@ -1,0 +1,137 @@
+"""Checks of the prepared data against the data the champion was trained on, before any training
+(ExampleValidator-style: from metadata only, so they cost a registry look-up).
+
+- Fewer photos than the champion's by more than ``max_data_drop`` (a half-synced bucket must not
+  quietly train a worse model) stops the run.
+- A class whose share of the photos moved by more than ``max_class_shift`` stops the run. Shares
+  are compared over the classes both data sets have, so adding a class does not trip it.
+- Classes added or removed are reported; such a version is registered but not promoted
+  automatically (see ``registry.champion``).
+- The same source fingerprint as the champion's is reported: the data did not change.
+
+The champion's counts, class names and source fingerprint are read from its registered version
+(MLflow tags, or the Vertex AI version's record)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from tlp.components.lib import images
+from tlp.components.lib.registry import ModelVersion, open_registry
+from tlp.components.lib.registry.champion import model_name_for, split_of, split_of_data
+from tlp.components.lib.specs import ConfigError
+
+
+def _at_least(value: float) -> str:
+    """The smallest option value (two decimals) that lets ``value`` through a ``> limit`` check."""
+    return f"{math.ceil(value * 100 - 1e-9) / 100:g}"
+
+
+def compare(metadata: dict, champion: ModelVersion | None, *, name: str, max_data_drop: float,
+            max_class_shift: float) -> dict:
+    """The findings for one data set (its ``metadata.json``) against the champion's record."""
+    counts = {c: sum(metadata["counts"][s].get(c, 0) for s in images.SPLITS) for c in metadata["class_names"]}
+    total = sum(counts.values())
+    found = {"model": name, "champion": None, "photos": total, "champion_photos": None, "drop": None,
+             "shares": {}, "added": [], "removed": [], "same_data": False, "class_set_changed": False,
+             "findings": [], "problems": [], "passed": True}
+    if champion is None:
+        found["findings"].append(f"no champion of {name!r} yet: nothing to compare the data with")
+        return found
+    version = champion.version
+    found["champion"] = version
+    theirs_total = champion.total_images
+    their_classes = champion.recorded("class_names", [])
+    their_counts = champion.recorded("class_counts")
+    found["added"] = [c for c in metadata["class_names"] if c not in their_classes]
+    found["removed"] = [c for c in their_classes if c not in counts]
+    found["class_set_changed"] = bool(found["added"] or found["removed"])
+    source = metadata.get("source_fingerprint", "")
+    same_split = split_of(champion.tags) == split_of_data(metadata.get("split", {}))
+    if source and source == champion.tags.get("source_fingerprint") and same_split:
+        found["same_data"] = True
+        found["findings"].append(
+            f"the photos and their split are the same as champion version {version} was trained on (source "
+            f"fingerprint {source}); on Vertex AI or Kubeflow Pipelines such a run reuses data prep and training "
+            "from the cache"
+        )
+    if theirs_total:
+        drop = (theirs_total - total) / theirs_total
+        found.update(champion_photos=theirs_total, drop=round(drop, 4))
+        change = f"{abs(drop):.0%} {'fewer' if drop > 0 else 'more'}" if total != theirs_total else "as many"
+        found["findings"].append(f"{total:,} photos vs {theirs_total:,} for champion version {version} ({change})")
+        if drop > max_data_drop:
+            gone = f"; gone: class(es) {', '.join(map(repr, found['removed']))}" if found["removed"] else ""
+            found["problems"].append(
+                f"{total:,} photos vs {theirs_total:,} for champion version {version} of {name!r} ({drop:.0%} fewer, "
+                f"more than --max-data-drop {max_data_drop:g}{gone}); check that the source is complete (a "
+                f"half-synced bucket?) or pass --max-data-drop {_at_least(drop)} to train on it anyway"
+            )
+    else:
+        found["findings"].append(f"champion version {version} records no image counts: sizes not compared")
+    if isinstance(their_counts, dict) and their_counts:
+        common = [c for c in metadata["class_names"] if c in their_counts]
+        ours_common, theirs_common = sum(counts[c] for c in common), sum(their_counts[c] for c in common)
+        for c in common:
+            now = counts[c] / ours_common if ours_common else 0.0
+            before = their_counts[c] / theirs_common if theirs_common else 0.0
+            found["shares"][c] = {"champion": round(before, 4), "now": round(now, 4), "shift": round(now - before, 4)}
+        if found["shares"]:
+            worst = max(found["shares"], key=lambda c: abs(found["shares"][c]["shift"]))
+            share = found["shares"][worst]
+            found["findings"].append(
+                f"largest change of a class's share: {worst!r} {share['champion']:.0%} -> {share['now']:.0%}"
+            )
+            for c, share in found["shares"].items():
+                if abs(share["shift"]) > max_class_shift:
+                    found["problems"].append(
+                        f"class {c!r} is {share['now']:.0%} of the photos vs {share['champion']:.0%} for champion "
+                        f"version {version} (moved {abs(share['shift']):.2f}, more than --max-class-shift "
+                        f"{max_class_shift:g}); pass --max-class-shift {_at_least(abs(share['shift']))} to train on "
+                        "it anyway"
+                    )
+    else:
+        found["findings"].append(
+            f"champion version {version} records no per-class counts (registered before tlp recorded them): "
+            "class shares not compared"
+        )
+    if found["class_set_changed"]:
+        changes = ([f"added {', '.join(map(repr, found['added']))}"] if found["added"] else []) + (
+            [f"removed {', '.join(map(repr, found['removed']))}"] if found["removed"] else [])
+        found["findings"].append(
+            f"classes {'; '.join(changes)} since champion version {version}: a version trained on this data is "
+            "registered but not promoted automatically"
+        )
+    found["passed"] = not found["problems"]
+    return found
+
+
+def stop_sentence(found: dict) -> str:
+    return "the data checks stopped the run before training: " + "; and ".join(found["problems"]) + "."
+
+
+def check_against_champion(dataset_dir: str, registry_uri: str, model_name: str, *, max_data_drop: float,
+                           max_class_shift: float) -> dict:
+    """The data-checks step: looks up the champion of the model this run registers into and
+    compares. Returns the findings (``passed`` false: the caller stops the run)."""
+    # A step's artifact path is a local (or /gcs-mounted) directory: no TensorFlow needed to read it.
+    with open(os.path.join(dataset_dir, images.METADATA_FILE)) as handle:
+        metadata = json.load(handle)
+    registry = open_registry(registry_uri)
+    name = model_name_for(registry, model_name, metadata["source"])
+    champion = None
+    if name in registry.model_names():
+        version = registry.champion_version(name)
+        champion = registry.version(name, version) if version else None
+    found = compare(metadata, champion, name=name, max_data_drop=max_data_drop, max_class_shift=max_class_shift)
+    found["registry"] = registry.uri
+    for line in found["findings"]:
+        print(f"  data checks: {line}", flush=True)
+    return found
+
+
+def raise_if_stopped(found: dict) -> None:
+    if not found["passed"]:
+        raise ConfigError(stop_sentence(found))
