@@ -7,6 +7,9 @@
     tlp submit --project P --region R --pipeline-root gs://BUCKET/tlp [--wait] ...   (Vertex AI)
     tlp submit --kfp-host URL ...                                                     (Kubeflow Pipelines)
     tlp schedule create --cron "TZ=Europe/Berlin 0 3 * * 1" --name NAME ... | list | pause | resume | delete
+    tlp serve MODEL|NAME@champion [--port 8080] [--host 127.0.0.1] [--max-batch N] [--max-latency-ms MS] ...
+    tlp deploy NAME@champion --registry vertex://PROJECT/REGION --endpoint NAME [--traffic PERCENT] ...
+    tlp predict MODEL DIR --output preds.jsonl|preds.csv      tlp predict MODEL gs://DIR --batch-job --output gs://...
 """
 
 from __future__ import annotations
@@ -160,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("--api-endpoint", "Vertex AI API endpoint"),
                                 ("--kfp-host", "a Kubeflow Pipelines API instead of Vertex AI")):
             sub.add_argument(flag, default="", help=help_text)
+    _add_serving_commands(commands, predict, submit, create)
     return parser
 
 
@@ -176,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             return command_submit(args)
         if args.command == "schedule":
             return command_schedule(args)
+        if args.command == "serve":
+            return command_serve(args)
+        if args.command == "deploy":
+            return command_deploy(args)
         return command_compile(args)
     except ConfigError as error:
         print(f"tlp: error: {error}", file=sys.stderr)
@@ -263,6 +271,8 @@ def command_component(args) -> int:
 def command_predict(args) -> int:
     from tlp.pipelines.predict import predict_files
 
+    if args.output or args.batch_job or any(os.path.isdir(path) or path.startswith("gs://") for path in args.images):
+        return command_predict_batch(args)
     registry = args.registry or "sqlite:///" + os.path.abspath(
         os.path.join(runners.DEFAULT_OUTPUT_DIR, "registry.db")
     )
@@ -358,6 +368,115 @@ def _schedule_target(args):
         cloud.check_credentials()
         config = dataclasses.replace(config, project=project, region=region)
     return config
+
+
+# === serving: tlp serve, tlp deploy, batch prediction (issue 12) ===============================
+# One block on purpose (to be ported to the option declaration): the argparse code below and the
+# command_* functions only map options onto plain functions in pipelines/serve.py,
+# pipelines/deploy.py and pipelines/predict.py.
+
+
+def _local_registry(registry: str) -> str:
+    return registry or "sqlite:///" + os.path.abspath(os.path.join(runners.DEFAULT_OUTPUT_DIR, "registry.db"))
+
+
+def _add_serving_commands(commands, predict, submit, schedule_create) -> None:
+    from tlp.components.lib import serving
+    from tlp.pipelines import deploy as deploy_lib
+    from tlp.pipelines import serve as serve_lib
+
+    add = predict.add_argument
+    add("--output", default="",
+        help="write one prediction per image to this .jsonl or .csv file (folders of any size, with progress; "
+             "unreadable files are listed with their reason); with --batch-job a gs:// prefix")
+    add("--batch-job", action="store_true",
+        help="classify a gs:// folder with a Vertex AI BatchPredictionJob (needs --registry vertex://PROJECT/REGION "
+             "and --output gs://...)")
+    add("--batch-size", type=int, default=32, help="images per model call when predicting a folder (32)")
+    add("--batch-machine-type", default=deploy_lib.DEFAULT_MACHINE_TYPE,
+        help=f"--batch-job machine type ({deploy_lib.DEFAULT_MACHINE_TYPE})")
+    add("--batch-replicas", type=int, default=1, help="--batch-job machines (1)")
+
+    for parser in (submit, schedule_create):
+        parser.add_argument("--deploy-endpoint", default="",
+                            help="after registration makes a new champion, deploy it to this Vertex AI endpoint "
+                                 "(created if missing; the replaced version is undeployed once the new one is healthy)")
+
+    serve = commands.add_parser("serve", help="serve a model over HTTP (KServe v1/v2 protocols, a page at /)")
+    add = serve.add_argument
+    add("model", nargs="?", default="",
+        help="a model directory, NAME@champion or NAME/VERSION in --registry (default: $AIP_STORAGE_URI)")
+    add("--registry", default="", help=f"registry URI (default sqlite:///{runners.DEFAULT_OUTPUT_DIR}/registry.db)")
+    add("--host", default="127.0.0.1", help="address to listen on (127.0.0.1; 0.0.0.0 for every interface)")
+    add("--port", type=int, default=serve_lib.DEFAULT_PORT,
+        help=f"port ({serve_lib.DEFAULT_PORT}; $AIP_HTTP_PORT wins)")
+    add("--name", default="", help="model name in the routes (default: the registered name, or 'model')")
+    add("--max-batch", type=int, default=serving.DEFAULT_MAX_BATCH,
+        help=f"most images run together: concurrent requests are batched up to this ({serving.DEFAULT_MAX_BATCH})")
+    add("--max-latency-ms", type=float, default=serving.DEFAULT_MAX_LATENCY_MS,
+        help=f"longest wait for a batch to fill ({serving.DEFAULT_MAX_LATENCY_MS:g} ms)")
+    add("--max-body-mb", type=float, default=serving.DEFAULT_MAX_BODY_MB,
+        help=f"largest request body; larger ones get 413 ({serving.DEFAULT_MAX_BODY_MB:g} MB)")
+
+    deploy = commands.add_parser("deploy", help="deploy a registered version to a Vertex AI endpoint")
+    add = deploy.add_argument
+    add("model", help="NAME@champion or NAME/VERSION in the Vertex AI Model Registry")
+    add("--registry", default="", help="vertex://PROJECT/REGION (default: from --project/--region)")
+    add("--endpoint", required=True, help="endpoint display name; created if missing")
+    add("--machine-type", default=deploy_lib.DEFAULT_MACHINE_TYPE,
+        help=f"serving machine type ({deploy_lib.DEFAULT_MACHINE_TYPE})")
+    add("--min-replicas", type=int, default=1, help="fewest serving machines (1)")
+    add("--max-replicas", type=int, default=1, help="most serving machines, autoscaled (1)")
+    add("--accelerator", default="", help="GPU type, a Vertex AI AcceleratorType such as NVIDIA_TESLA_T4")
+    add("--gpus", type=int, default=0, help="GPUs per machine (1 when --accelerator is given)")
+    add("--traffic", type=int, default=100,
+        help="percent of the endpoint's traffic for this version (canary: the rest stays on the current one; 100)")
+    add("--promote-traffic", action="store_true",
+        help="move 100%% of the traffic to this (already deployed) version and undeploy the one it replaces")
+    add("--project", default="", help="Google Cloud project ID (default: from --registry or $GOOGLE_CLOUD_PROJECT)")
+    add("--region", default="", help="Vertex AI region (default: from --registry or $GOOGLE_CLOUD_REGION)")
+    add("--api-endpoint", default="", help="Vertex AI API endpoint (private or regional), host[:port] or URL")
+    add("--service-account", default="", help="service account the serving container runs as")
+    add("--network", default="",
+        help="VPC network, projects/NUMBER/global/networks/NAME: the endpoint is created private (VPC peering)")
+
+
+def command_serve(args) -> int:
+    from tlp.pipelines import serve
+
+    config = serve.ServeConfig(
+        model=args.model, registry=_local_registry(args.registry), host=args.host, port=args.port, name=args.name,
+        max_batch=args.max_batch, max_latency_ms=args.max_latency_ms, max_body_mb=args.max_body_mb,
+    )
+    serve.serve(serve.apply_vertex_environment(config))
+    return 0
+
+
+def command_deploy(args) -> int:
+    from tlp.pipelines import deploy
+
+    request = deploy.DeployOptions(
+        model=args.model, registry=args.registry, endpoint=args.endpoint, machine_type=args.machine_type,
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas, accelerator=args.accelerator, gpus=args.gpus,
+        traffic=args.traffic, promote_traffic=args.promote_traffic, project=args.project, region=args.region,
+        api_endpoint=args.api_endpoint, service_account=args.service_account, network=args.network,
+    )
+    deploy.deploy(request)
+    return 0
+
+
+def command_predict_batch(args) -> int:
+    from tlp.pipelines import predict
+
+    registry = _local_registry(args.registry)
+    if args.batch_job:
+        predict.run_batch_job(args.model, args.images, args.output, registry,
+                              machine_type=args.batch_machine_type, replicas=args.batch_replicas)
+        return 0
+    summary = predict.predict_to_file(args.model, args.images, args.output, registry, batch_size=args.batch_size)
+    return 0 if summary.predicted else 1
+
+# === end of the serving block ===================================================================
 
 
 if __name__ == "__main__":

@@ -179,8 +179,9 @@ class VertexRegistry:
         # registry shows the decision through the champion alias.
         del name, version, promoted, reason
 
-    def model_dir(self, reference: str) -> str:
-        """``NAME/VERSION`` or ``NAME@ALIAS`` -> a local directory holding that version's model."""
+    def model_version(self, reference: str):
+        """``NAME/VERSION`` or ``NAME@ALIAS`` -> that version as an ``aiplatform.Model`` (its
+        ``versioned_resource_name`` is what endpoints and batch prediction jobs take)."""
         name, alias_sep, alias = reference.partition("@")
         version = alias if alias_sep else None
         if not alias_sep:
@@ -191,11 +192,15 @@ class VertexRegistry:
                 f"model {reference!r} is not in the registry {self.uri}; use NAME/VERSION or NAME@champion "
                 "of a registered model."
             )
-        artifact_uri = self._aiplatform.models.ModelRegistry(parent).get_model(version).uri
+        return self._aiplatform.models.ModelRegistry(parent).get_model(version)
+
+    def model_dir(self, reference: str) -> str:
+        """``NAME/VERSION`` or ``NAME@ALIAS`` -> a local directory holding that version's model."""
+        artifact_uri = self.model_version(reference).uri
         mounted = "/gcs/" + artifact_uri[len("gs://"):]
         if os.path.isdir(mounted):  # on Vertex AI, buckets are mounted under /gcs
             return mounted
-        return _download(artifact_uri, self.location.project)
+        return download_prefix(artifact_uri, self.location.project)
 
 
 def _check_bucket(uri: str, project: str) -> None:
@@ -209,8 +214,8 @@ def _check_bucket(uri: str, project: str) -> None:
         )
 
 
-def _download(uri: str, project: str) -> str:
-    """Copies every object under a gs:// prefix to a new local directory."""
+def download_prefix(uri: str, project: str | None = None) -> str:
+    """Copies every object under a gs:// prefix to a new local directory; returns the directory."""
     from google.cloud import storage
 
     bucket_name, _, prefix = uri[len("gs://"):].partition("/")
