@@ -500,7 +500,7 @@ def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions = Se
     routes, error shape and body limit."""
     _import_kserve()
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, ORJSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
     from kserve import errors
     from kserve.model_repository import ModelRepository
     from kserve.protocol.dataplane import DataPlane
@@ -517,8 +517,7 @@ def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions = Se
     extension = ModelRepositoryExtension(model_registry=repository)
     _, refused = _metrics()
 
-    app = FastAPI(title=f"tlp serve: {card.name}", version=card.version, docs_url=None, redoc_url=None,
-                  default_response_class=ORJSONResponse)
+    app = FastAPI(title=f"tlp serve: {card.name}", version=card.version, docs_url=None, redoc_url=None)
     page = render_page(card)
     app.add_api_route("/", lambda: HTMLResponse(page), methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_handler, methods=["GET"])
