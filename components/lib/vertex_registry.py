@@ -8,8 +8,12 @@ also the model's default version, so ``Model(NAME)`` and endpoints get it.
 
 Options (URI query): ``api_endpoint`` (a private or regional endpoint host; an ``http://`` URL
 talks REST over plain HTTP, e.g. to a stand-in), ``staging_bucket`` (``gs://...``: where a
-model on a local disk is uploaded first; not needed in cloud runs, whose models are in GCS)
-and ``serving_image`` (the serving container; default: Vertex AI's prebuilt TF CPU image).
+model on a local disk is uploaded first; not needed in cloud runs, whose models are in GCS),
+``image_repo`` (where our images live, e.g. ``us-docker.pkg.dev/PROJECT/tlp``) and
+``serving_image`` (the serving container). The default serving container is our own
+``IMAGE_REPO/tlp-serve:VERSION`` (``tlp serve`` on KServe's server, built from the same lock as
+training); ``serving_image=prebuilt-tf2.15`` picks Vertex AI's prebuilt TF 2.15 image instead,
+whose support has ended; any other value is used as the image URI.
 """
 
 from __future__ import annotations
@@ -27,11 +31,20 @@ from tlp.components.lib.specs import ConfigError
 SCHEME = "vertex://"
 CHAMPION_ALIAS = "champion"
 # Vertex AI's prebuilt TensorFlow serving image: it serves the SavedModel's serving signature and
-# decodes {"b64": ...} for our `image_bytes` input. 2.15 is the newest prebuilt TF release.
+# decodes {"b64": ...} for our `image_bytes` input. 2.15 is the newest prebuilt TF release, and
+# the last: its support ended on 2026-01-14 and Google removes it on 2027-01-14. Kept behind
+# serving_image=prebuilt-tf2.15; the default is our own tlp-serve image.
+PREBUILT = "prebuilt-tf2.15"
 SERVING_IMAGE = "{region}-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+PREBUILT_END_OF_LIFE = (
+    "Vertex AI's prebuilt TF 2.15 serving image is past its end of support (2026-01-14) and will be removed on "
+    "2027-01-14; there is none for TF 2.16+. Serve with our tlp-serve image (drop serving_image=prebuilt-tf2.15)."
+)
+SERVE_IMAGE_NAME = "tlp-serve"
+SERVING_PORT = 8080  # tlp serve listens on AIP_HTTP_PORT, which Vertex AI sets to this
 # The prebuilt images live in three multi-region registries.
 _IMAGE_REGIONS = {"us": "us", "northamerica": "us", "southamerica": "us", "europe": "europe"}
-OPTIONS = ("api_endpoint", "staging_bucket", "serving_image")
+OPTIONS = ("api_endpoint", "staging_bucket", "serving_image", "image_repo")
 _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _REGION = re.compile(r"[a-z]+-[a-z]+\d+")
 _LABEL_VALUE = re.compile(r"[^a-z0-9_-]+")
@@ -144,13 +157,14 @@ class VertexRegistry:
         labels = {"model_digest": digest, "tlp_code_version": label_value(tags.get("code_version", ""))}
         labels.update({label_value(k): label_value(float(v)) for k, v in metrics.items()})
         description = json.dumps({"metrics": metrics, "params": params, "tags": tags}, sort_keys=True)
-        serving_image = self.location.options.get("serving_image") or SERVING_IMAGE.format(
-            region=_IMAGE_REGIONS.get(self.location.region.split("-")[0], "asia")
-        )
+        serving_image = self.serving_image()
+        ours = serving_image.rsplit("/", 1)[-1].startswith(f"{SERVE_IMAGE_NAME}:")
         model = self._aiplatform.Model.upload(
             display_name=name,
             artifact_uri=artifact_uri or model_dir,
             serving_container_image_uri=serving_image,
+            # tlp serve finds the model at AIP_STORAGE_URI and serves AIP_PREDICT_ROUTE/AIP_HEALTH_ROUTE.
+            **({"serving_container_ports": [SERVING_PORT]} if ours else {}),
             parent_model=parent.resource_name if parent is not None else None,
             # The champion alias decides the default version, not the upload order.
             is_default_version=parent is None,
@@ -161,6 +175,23 @@ class VertexRegistry:
         print(f"  registration: uploaded {model.resource_name} version {model.version_id} "
               f"(serving image {serving_image})", flush=True)
         return Registered(self.uri, name, str(model.version_id), False)
+
+    def serving_image(self) -> str:
+        """The serving container registered with each version (see the module docstring)."""
+        from tlp.components.container_images import DEFAULT_REPO, project_version
+
+        chosen = self.location.options.get("serving_image", "")
+        if chosen == PREBUILT:
+            print(f"  registration: warning: {PREBUILT_END_OF_LIFE}", flush=True)
+            return SERVING_IMAGE.format(region=_IMAGE_REGIONS.get(self.location.region.split("-")[0], "asia"))
+        if chosen:
+            return chosen
+        repo = self.location.options.get("image_repo", "")
+        if not repo:
+            print(f"  registration: note: serving image {DEFAULT_REPO}/{SERVE_IMAGE_NAME}:{project_version()}; add "
+                  "?image_repo=REGION-docker.pkg.dev/PROJECT/REPO to the registry URI so Vertex AI can pull it.",
+                  flush=True)
+        return f"{(repo or DEFAULT_REPO).rstrip('/')}/{SERVE_IMAGE_NAME}:{project_version()}"
 
     def champion_version(self, name: str) -> str | None:
         _parent, versions = self._versions(name)
