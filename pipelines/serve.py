@@ -111,10 +111,12 @@ def prepare(config: ServeConfig):
     if not 0 < config.port < 65536:
         raise ConfigError(f"--port {config.port} is not a TCP port (1-65535).")
     resolved = resolve(config.model, config.registry, config.name)
+    import tensorflow as tf
+
     try:
         predictor = serving.Predictor(resolved.model_dir)
         serving.warm_up(predictor)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
         raise ConfigError(f"{resolved.source} is not a model tlp can serve ({error}); pass the model directory "
                           "that fine-tuning exported (it holds saved_model.pb and model_info.json).") from error
     card = serving.load_card(resolved.model_dir, resolved.name, resolved.version, resolved.source)
