@@ -17,7 +17,7 @@ def registration(
     registered_report: Output[HTML],
     options: dict,
 ) -> NamedTuple("RegistrationOutputs", [("registry", str), ("name", str), ("version", str),
-                                        ("champion", bool), ("reason", str)]):
+                                        ("champion", bool), ("reason", str), ("infra_validation", str)]):
     """Registers the model as a new version, with its metrics, parameters and lineage.
 
     Args:
@@ -31,9 +31,11 @@ def registration(
             from the data spec) and ``champion_tolerance`` (declared in tlp.components.lib.settings).
 
     Returns:
-        The registry URI, the model name, the new version, whether it is the champion and why.
+        The registry URI, the model name, the new version, whether it is the champion and why,
+        and the infra validation (the candidate served once; JSON, empty when nothing new was registered).
     """
     import dataclasses
+    import json
     from collections import namedtuple
 
     from tlp.components.lib.registry.champion import register_model
@@ -47,5 +49,10 @@ def registration(
         chosen.champion_tolerance,
     )
     add_registration(report.path, registered_report.path, dataclasses.asdict(registered))
-    outputs = namedtuple("RegistrationOutputs", ["registry", "name", "version", "champion", "reason"])
-    return outputs(registered.registry, registered.name, registered.version, registered.champion, registered.reason)
+    outputs = namedtuple(
+        "RegistrationOutputs", ["registry", "name", "version", "champion", "reason", "infra_validation"]
+    )
+    infra = json.dumps(registered.infra_validation) if registered.infra_validation else ""
+    return outputs(
+        registered.registry, registered.name, registered.version, registered.champion, registered.reason, infra
+    )

@@ -67,3 +67,9 @@ def check_credentials() -> None:
 def quiet_tensorflow() -> None:
     """Less C++ start-up noise from TensorFlow in this process and the steps it starts."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def vertex_serving_variables() -> dict[str, str]:
+    """The custom-container contract Vertex AI gives a serving container (AIP_HTTP_PORT,
+    AIP_PREDICT_ROUTE, AIP_HEALTH_ROUTE, AIP_STORAGE_URI, ...)."""
+    return {name: value for name, value in os.environ.items() if name.startswith("AIP_")}

@@ -11,7 +11,8 @@ from kfp import dsl
 
 from tlp.components.catalogue import COMPONENTS
 from tlp.components.container_images import image_reference
-from tlp.components.lib.settings import CloudOptions, HardwareOptions, ImageOptions, pipeline_options
+from tlp.components.deployment import add_deploy_step, deployment
+from tlp.components.lib.settings import CloudOptions, DeployOptions, HardwareOptions, ImageOptions, pipeline_options
 from tlp.components.lib.steps import DATA_PREP, EVALUATION, FEATURE_EXTRACTION, FINE_TUNING, REGISTRATION, step
 
 PIPELINE_NAME = "transfer-learning"
@@ -56,11 +57,18 @@ def _parameters() -> inspect.Signature:
 
 
 def create_pipeline(
-    images: ImageOptions | None = None, hardware: HardwareOptions | None = None, cloud: CloudOptions | None = None
+    images: ImageOptions | None = None, hardware: HardwareOptions | None = None, cloud: CloudOptions | None = None,
+    deploy: DeployOptions | None = None,
 ):
     """Builds the pipeline. ``images`` chooses the component images, ``hardware`` (and the
-    service account and network of ``cloud``) where fine-tuning runs on Vertex AI."""
+    service account and network of ``cloud``) where fine-tuning runs on Vertex AI; with
+    ``deploy.deploy_endpoint`` a new champion is deployed to that Vertex AI endpoint."""
     images, hardware, cloud = images or ImageOptions(), hardware or HardwareOptions(), cloud or CloudOptions()
+    deploy = deploy or DeployOptions()
+    deploy_op = dsl.component(
+        deployment.python_func, install_kfp_package=False,
+        base_image=image_reference(images.image_repo, images.image_tag or None, kind="light"),
+    )
     prep_op, head_op = _op(DATA_PREP, images), _op(FEATURE_EXTRACTION, images)
     tune_op = _on_hardware(_op(FINE_TUNING, images), hardware, cloud)
     eval_op, register_op = _op(EVALUATION, images), _op(REGISTRATION, images)
@@ -86,10 +94,16 @@ def create_pipeline(
             options=options(EVALUATION),
         ).set_display_name(EVALUATION)
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-            register_op(
+            registered = register_op(
                 model=tuned.outputs["model"], dataset=prep.outputs["dataset"],
                 metrics=scored.outputs["metrics"], report=scored.outputs["report"], options=options(REGISTRATION),
             ).set_display_name(REGISTRATION)
+            if deploy.deploy_endpoint:  # TFX Pusher: only a new champion is deployed
+                add_deploy_step(
+                    registered, registered.outputs["registry"], deploy_op, endpoint=deploy.deploy_endpoint,
+                    machine_type=deploy.serving_machine_type, traffic=deploy.traffic,
+                    service_account=cloud.service_account, network=cloud.network,
+                )
 
     transfer_learning.__signature__ = _parameters()  # kfp reads the parameters from the signature
     return dsl.pipeline(

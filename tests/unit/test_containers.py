@@ -29,8 +29,8 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
     ]
 
 
-def test_there_is_a_training_and_a_base_image():
-    assert {p.name for p in DOCKERFILES} == {"train.Dockerfile", "base.Dockerfile"}
+def test_there_is_a_training_a_base_and_a_serving_image():
+    assert {p.name for p in DOCKERFILES} == {"train.Dockerfile", "base.Dockerfile", "serve.Dockerfile"}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

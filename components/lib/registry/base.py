@@ -22,6 +22,7 @@ class Registered:
     champion: bool
     existing: bool = False  # the same model artifact was registered before
     reason: str = ""  # why it is or is not the champion
+    infra_validation: dict | None = None  # the candidate served once before it could be promoted
 
 
 class Registry(Protocol):

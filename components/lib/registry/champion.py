@@ -9,6 +9,7 @@ import json
 from tlp.components.lib import images
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.evaluation import evaluate_model
+from tlp.components.lib.infra_validation import infra_validate
 from tlp.components.lib.registry import Registered, Registry, open_registry
 from tlp.components.lib.specs import parse_data_spec
 from tlp.components.lib.version import project_version
@@ -70,11 +71,18 @@ def register_model(
     if registered.existing:
         registered.reason = "this model artifact was registered before: same version, nothing changed"
     else:
+        # TFX's InfraValidator: the candidate is served once, for real, before it may take the alias.
+        infra = infra_validate(model_dir, dataset_dir, mode="inprocess")
+        registered.infra_validation = infra.as_dict()
+        print(f"  registration: {infra.summary()}", flush=True)
         with registry.lock():  # one challenger at a time
-            promote, registered.reason = challenge(
-                registry, name, registered.version, numeric.get("test_accuracy", 0.0), dataset_dir,
-                champion_tolerance,
-            )
+            if infra.passed:
+                promote, registered.reason = challenge(
+                    registry, name, registered.version, numeric.get("test_accuracy", 0.0), dataset_dir,
+                    champion_tolerance,
+                )
+            else:
+                promote, registered.reason = False, f"not promoted: {infra.summary()}"
             if promote:
                 registry.set_champion(name, registered.version)
             registered.champion = promote
