@@ -828,6 +828,13 @@ def _direct_settings(s: dict, seed: int) -> dict:
             "min_accuracy": s["min_accuracy"], "seed": seed}
 
 
+@benchmark("serving", "7. Serving: tlp serve over HTTP vs the SavedModel called in-process (bench/serving.py)")
+def bench_serving(suite: Suite, report: Report) -> None:
+    from bench import serving
+
+    serving.fill_report(report, serving.run(suite.mode, suite.path("serving")))
+
+
 # --- output -----------------------------------------------------------------------------------
 
 

@@ -17,7 +17,8 @@ def registration(
     registered_report: Output[HTML],
     options: dict,
 ) -> NamedTuple("RegistrationOutputs", [("registry", str), ("name", str), ("version", str),
-                                        ("champion", bool), ("reason", str), ("promote_command", str)]):
+                                        ("champion", bool), ("reason", str), ("promote_command", str),
+                                        ("infra_validation", str)]):
     """Registers the model as a new version, with its metrics, parameters and lineage.
 
     Args:
@@ -31,10 +32,12 @@ def registration(
             from the data spec) and ``champion_tolerance`` (declared in tlp.components.lib.settings).
 
     Returns:
-        The registry URI, the model name, the new version, whether it is the champion and why, and
-        (when a person has to decide, e.g. the classes changed) the command that promotes it.
+        The registry URI, the model name, the new version, whether it is the champion and why,
+        (when a person has to decide, e.g. the classes changed) the command that promotes it, and
+        the infra validation (the candidate served once; JSON, empty when nothing new was registered).
     """
     import dataclasses
+    import json
     from collections import namedtuple
 
     from tlp.components.lib.registry.champion import register_model
@@ -48,7 +51,10 @@ def registration(
         chosen.champion_tolerance,
     )
     add_registration(report.path, registered_report.path, dataclasses.asdict(registered))
-    fields = ["registry", "name", "version", "champion", "reason", "promote_command"]
+    fields = ["registry", "name", "version", "champion", "reason", "promote_command", "infra_validation"]
     outputs = namedtuple("RegistrationOutputs", fields)
-    return outputs(registered.registry, registered.name, registered.version, registered.champion, registered.reason,
-                   registered.promote_command)
+    infra = json.dumps(registered.infra_validation) if registered.infra_validation else ""
+    return outputs(
+        registered.registry, registered.name, registered.version, registered.champion, registered.reason,
+        registered.promote_command, infra,
+    )

@@ -7,6 +7,10 @@
     tlp submit --project P --region R --pipeline-root gs://BUCKET/tlp [--wait] ...   (Vertex AI)
     tlp submit --kfp-host URL ...                                                     (Kubeflow Pipelines)
     tlp schedule create --cron "TZ=Europe/Berlin 0 3 * * 1" --name NAME ... | list | pause | resume | delete
+    tlp serve MODEL|NAME@champion [--port 8080] [--host 127.0.0.1] [--max-batch N] [--max-latency-ms MS] ...
+    tlp deploy NAME@champion --registry vertex://PROJECT/REGION --endpoint NAME [--traffic PERCENT] ...
+    tlp predict MODEL DIR --output preds.jsonl|preds.csv      tlp predict MODEL gs://DIR --batch-job --output gs://...
+    tlp options [COMMAND] [--markdown]
     tlp models list NAME | show NAME/VERSION | promote NAME/VERSION --reason TEXT | rollback NAME --reason TEXT
 
 Exit codes: 0 done, 1 a run or the service failed, 2 a bad setting, 3 not found (an unknown
@@ -30,19 +34,21 @@ from tlp.components.lib.settings import (
     ALL_GROUPS,
     PIPELINE_GROUPS,
     CloudOptions,
+    DeployOptions,
     HardwareOptions,
     ImageOptions,
     LocalRunOptions,
     ModelsOptions,
+    PredictOptions,
     ScheduleOptions,
+    ServeOptions,
     Settings,
 )
 from tlp.components.lib.specs import ConfigError, NotFound
 from tlp.components.lib.steps import STEPS
-from tlp.pipelines import checks, cloud, models, runners, single
+from tlp.pipelines import checks, cloud, deploy, models, predict, runners, serve, single
 from tlp.pipelines.console import RunFailed
 from tlp.pipelines.environment import check_credentials, quiet_tensorflow
-from tlp.pipelines.predict import predict_files
 from tlp.pipelines.resolve import default_registry, resolve_local
 from tlp.pipelines.summary import format_summary
 
@@ -65,12 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     component.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                            help="an option the step reads, e.g. --param epochs=2")
 
-    predict = command("predict", "classify images with a model")
+    predict = command("predict", "classify images (files, folders, a gs:// folder) with a model")
     predict.add_argument("model", help="a model directory, or NAME/VERSION or NAME@champion in the registry")
-    predict.add_argument("images", nargs="+", help="image files")
-    predict.add_argument("--registry", default="",
-                         help=f"registry URI (default {default_registry(LocalRunOptions().output_dir)})")
-    predict.add_argument("--json", action="store_true", help="print JSON lines")
+    predict.add_argument("images", nargs="+", help="image files or folders")
+
+    served = command("serve", "serve a model over HTTP (KServe v1/v2 protocols, a page at /)")
+    served.add_argument("model", nargs="?", default="",
+                        help="a model directory, NAME@champion or NAME/VERSION in --registry (default: "
+                             "$AIP_STORAGE_URI)")
+
+    deployed = command("deploy", "deploy a registered version to a Vertex AI endpoint")
+    deployed.add_argument("model", help="NAME@champion or NAME/VERSION in the Vertex AI Model Registry")
 
     compile_ = command("compile", "write the pipeline as kfp IR YAML")
     compile_.add_argument("--output", default="pipeline.yaml")
@@ -107,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": command_run, "component": command_component, "predict": command_predict,
                 "compile": command_compile, "submit": command_submit, "schedule": command_schedule,
-                "options": command_options, "models": command_models}
+                "options": command_options, "serve": command_serve, "deploy": command_deploy,
+                "models": command_models}
     try:
         return handlers[args.command](args)
     except NotFound as error:
@@ -189,10 +201,12 @@ def command_component(args) -> int:
 
 
 def command_predict(args) -> int:
-
-    registry = args.registry or default_registry(LocalRunOptions().output_dir)
-    for row in predict_files(args.model, args.images, registry):
-        if args.json:
+    chosen = _group(PredictOptions, args)
+    registry = _local_registry(args.registry)
+    if chosen.output or chosen.batch_job or any(os.path.isdir(p) or p.startswith("gs://") for p in args.images):
+        return _predict_batch(args.model, args.images, registry, chosen)
+    for row in predict.predict_files(args.model, args.images, registry):
+        if chosen.json:
             print(json.dumps(row))
         else:
             print(f"{row['image']}\t{row['label']}\t{row['probability']:.4f}")
@@ -228,7 +242,8 @@ def command_options(args) -> int:
 
 def _cloud_run(args) -> cloud.CloudRun:
     run, notes = cloud.plan_run(
-        _settings(args), _group(CloudOptions, args), _group(HardwareOptions, args), _group(ImageOptions, args)
+        _settings(args), _group(CloudOptions, args), _group(HardwareOptions, args), _group(ImageOptions, args),
+        _group(DeployOptions, args),
     )
     for note in notes:
         print(f"tlp {args.command}: {note}", flush=True)
@@ -266,6 +281,48 @@ def command_schedule(args) -> int:
     return 0
 
 
+# --- tlp serve / tlp deploy / batch prediction --------------------------------------------------
+
+
+def _local_registry(registry: str) -> str:
+    return registry or default_registry(LocalRunOptions().output_dir)
+
+
+def command_serve(args) -> int:
+    chosen = _group(ServeOptions, args)
+    config = serve.ServeConfig(
+        model=args.model, registry=_local_registry(args.registry), host=chosen.host, port=chosen.port,
+        name=chosen.route_name, max_batch=chosen.max_batch, max_latency_ms=chosen.max_latency_ms,
+        max_body_mb=chosen.max_body_mb,
+    )
+    serve.serve(serve.apply_vertex_environment(config))
+    return 0
+
+
+def command_deploy(args) -> int:
+    chosen, target = _group(DeployOptions, args), _group(CloudOptions, args)
+    if not chosen.endpoint and not chosen.promote_traffic:
+        raise ConfigError("tlp deploy needs --endpoint NAME (the Vertex AI endpoint; created if missing).")
+    deploy.deploy(deploy.DeployOptions(
+        model=args.model, registry=args.registry, endpoint=chosen.endpoint, machine_type=chosen.serving_machine_type,
+        min_replicas=chosen.min_replicas, max_replicas=chosen.max_replicas, accelerator=chosen.serving_accelerator,
+        gpus=chosen.serving_gpus, traffic=chosen.traffic, promote_traffic=chosen.promote_traffic,
+        project=target.project, region=target.region, api_endpoint=target.api_endpoint,
+        service_account=target.service_account, network=target.network,
+    ))
+    return 0
+
+
+def _predict_batch(model: str, sources: list[str], registry: str, chosen: PredictOptions) -> int:
+    if chosen.batch_job:
+        predict.run_batch_job(model, sources, chosen.output, registry, machine_type=chosen.batch_machine_type,
+                              replicas=chosen.batch_replicas)
+        return 0
+    summary = predict.predict_to_file(model, sources, chosen.output, registry, batch_size=chosen.images_per_call)
+    return 0 if summary.predicted else 1
+
+
+
 # --- tlp models -------------------------------------------------------------------------------
 
 
@@ -273,9 +330,9 @@ def command_models(args) -> int:
     chosen = _group(ModelsOptions, args)
     registry_uri = args.registry or default_registry(_group(LocalRunOptions, args).output_dir)
     if args.action == "list":
-        print(models.list_versions(registry_uri, args.name, as_json=chosen.json))
+        print(models.list_versions(registry_uri, args.name, as_json=chosen.models_json))
     elif args.action == "show":
-        print(models.show_version(registry_uri, args.reference, as_json=chosen.json))
+        print(models.show_version(registry_uri, args.reference, as_json=chosen.models_json))
     elif args.action == "promote":
         print(models.promote(registry_uri, args.reference, reason=chosen.reason, by=chosen.by))
     else:

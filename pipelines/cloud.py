@@ -11,7 +11,14 @@ import tempfile
 import zoneinfo
 from dataclasses import dataclass
 
-from tlp.components.lib.settings import CloudOptions, HardwareOptions, ImageOptions, ScheduleOptions, Settings
+from tlp.components.lib.settings import (
+    CloudOptions,
+    DeployOptions,
+    HardwareOptions,
+    ImageOptions,
+    ScheduleOptions,
+    Settings,
+)
 from tlp.components.lib.specs import ConfigError
 from tlp.components.lib.steps import DATA_PREP
 from tlp.pipelines import checks, environment
@@ -30,6 +37,7 @@ class CloudRun:
     cloud: CloudOptions
     hardware: HardwareOptions
     images: ImageOptions
+    deploy: DeployOptions
     labels: dict
 
     @property
@@ -43,10 +51,12 @@ class CloudRun:
 # --- compiling --------------------------------------------------------------------------------
 
 
-def compile_pipeline(images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, path: str) -> str:
+def compile_pipeline(
+    images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, path: str, deploy: DeployOptions | None = None
+) -> str:
     from kfp import compiler
 
-    pipeline = create_pipeline(images, hardware, cloud)
+    pipeline = create_pipeline(images, hardware, cloud, deploy)
     compiler.Compiler().compile(pipeline, path)
     return path
 
@@ -66,7 +76,7 @@ def _init_vertex(cloud: CloudOptions):
 
 
 def _compile(run: CloudRun, scratch: str) -> str:
-    return compile_pipeline(run.images, run.hardware, run.cloud, os.path.join(scratch, "pipeline.yaml"))
+    return compile_pipeline(run.images, run.hardware, run.cloud, os.path.join(scratch, "pipeline.yaml"), run.deploy)
 
 
 def _vertex_job(run: CloudRun, template: str, display_name: str = ""):
@@ -347,7 +357,9 @@ def change_schedule(cloud: CloudOptions, name: str, action: str) -> str:
 # --- planning a cloud run (no request is made) ------------------------------------------------
 
 
-def plan_run(settings: Settings, cloud: CloudOptions, hardware: HardwareOptions, images: ImageOptions):
+def plan_run(
+    settings: Settings, cloud: CloudOptions, hardware: HardwareOptions, images: ImageOptions, deploy: DeployOptions
+):
     """Resolves ``auto`` and the registry for the cloud and checks everything a cloud run needs,
     credentials included. Returns the run and the notes on what was resolved. Makes no request."""
     cloud = checks.check_cloud_target(cloud)
@@ -355,6 +367,11 @@ def plan_run(settings: Settings, cloud: CloudOptions, hardware: HardwareOptions,
     labels = checks.parse_labels(cloud.labels)
     settings, notes = resolve_cloud(settings, cloud.project, cloud.region, cloud.api_endpoint, cloud.on_vertex)
     settings = checks.check_cloud_settings(settings)
+    if deploy.deploy_endpoint and not settings.registry.registry.startswith("vertex://"):
+        raise ConfigError(
+            f"--deploy-endpoint {deploy.deploy_endpoint} deploys to a Vertex AI endpoint, so the run must register "
+            f"into Vertex AI (--registry vertex), not {settings.registry.registry}."
+        )
     if cloud.on_vertex:
         environment.check_credentials()
-    return CloudRun(settings, cloud, hardware, images, labels), notes
+    return CloudRun(settings, cloud, hardware, images, deploy, labels), notes

@@ -70,6 +70,12 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def vertex_serving_variables() -> dict[str, str]:
+    """The custom-container contract Vertex AI gives a serving container (AIP_HTTP_PORT,
+    AIP_PREDICT_ROUTE, AIP_HEALTH_ROUTE, AIP_STORAGE_URI, ...)."""
+    return {name: value for name, value in os.environ.items() if name.startswith("AIP_")}
+
+
 def current_user() -> str:
     """Who runs ``tlp`` on this machine (recorded on a version promoted or rolled back by hand)."""
     try:

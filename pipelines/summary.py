@@ -70,6 +70,7 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
                 "champion": bool(registered["parameters"]["champion"]),
                 "reason": registered["parameters"]["reason"],
                 "promote_command": registered["parameters"].get("promote_command", ""),
+                "infra_validation": json.loads(registered["parameters"].get("infra_validation") or "null"),
             }
             if registered
             else None
@@ -115,6 +116,10 @@ def format_summary(summary: dict) -> str:
             f"  registered {registered['name']} version {registered['version']}{champion} in {registered['registry']}"
         )
         lines.append(f"            {registered['reason']}")
+        infra = registered.get("infra_validation")
+        if infra:
+            verdict = "passed" if infra["passed"] else "FAILED"
+            lines.append(f"  served    infra validation {verdict}: {infra['reason']} ({infra['seconds']:.1f} s)")
         if registered.get("promote_command"):
             lines.append(f"  promote   {registered['promote_command']}")
     else:

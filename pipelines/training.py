@@ -17,7 +17,8 @@ from kfp import dsl
 
 from tlp.components.catalogue import COMPONENTS
 from tlp.components.container_images import image_reference
-from tlp.components.lib.settings import CloudOptions, HardwareOptions, ImageOptions, pipeline_options
+from tlp.components.deployment import add_deploy_step, deployment
+from tlp.components.lib.settings import CloudOptions, DeployOptions, HardwareOptions, ImageOptions, pipeline_options
 from tlp.components.lib.steps import (
     DATA_CHECKS,
     DATA_FINGERPRINT,
@@ -77,12 +78,19 @@ def _parameters() -> inspect.Signature:
 
 
 def create_pipeline(
-    images: ImageOptions | None = None, hardware: HardwareOptions | None = None, cloud: CloudOptions | None = None
+    images: ImageOptions | None = None, hardware: HardwareOptions | None = None, cloud: CloudOptions | None = None,
+    deploy: DeployOptions | None = None,
 ):
     """Builds the pipeline. ``images`` chooses the component images, ``hardware`` (and the
-    service account and network of ``cloud``) where fine-tuning runs on Vertex AI."""
+    service account and network of ``cloud``) where fine-tuning runs on Vertex AI; with
+    ``deploy.deploy_endpoint`` a new champion is deployed to that Vertex AI endpoint."""
     images, hardware, cloud = images or ImageOptions(), hardware or HardwareOptions(), cloud or CloudOptions()
     fingerprint_op, checks_op = _op(DATA_FINGERPRINT, images), _op(DATA_CHECKS, images)
+    deploy = deploy or DeployOptions()
+    deploy_op = dsl.component(
+        deployment.python_func, install_kfp_package=False,
+        base_image=image_reference(images.image_repo, images.image_tag or None, kind="light"),
+    )
     prep_op, head_op = _op(DATA_PREP, images), _op(FEATURE_EXTRACTION, images)
     tune_op = _on_hardware(_op(FINE_TUNING, images), hardware, cloud)
     eval_op, register_op = _op(EVALUATION, images), _op(REGISTRATION, images)
@@ -118,10 +126,16 @@ def create_pipeline(
             options=options(EVALUATION), data_checks=checked.outputs["findings"],
         ).set_display_name(EVALUATION)
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-            register_op(
+            registered = register_op(
                 model=tuned.outputs["model"], dataset=prep.outputs["dataset"],
                 metrics=scored.outputs["metrics"], report=scored.outputs["report"], options=options(REGISTRATION),
             ).set_display_name(REGISTRATION)
+            if deploy.deploy_endpoint:  # TFX Pusher: only a new champion is deployed
+                add_deploy_step(
+                    registered, registered.outputs["registry"], deploy_op, endpoint=deploy.deploy_endpoint,
+                    machine_type=deploy.serving_machine_type, traffic=deploy.traffic,
+                    service_account=cloud.service_account, network=cloud.network,
+                )
 
     transfer_learning.__signature__ = _parameters()  # kfp reads the parameters from the signature
     return dsl.pipeline(

@@ -43,6 +43,7 @@ class Spec:
     compiled_default: typing.Any = _UNSET  # the compiled pipeline's default, when not the CLI's
     repeated: bool = False  # a flag that may be given several times (a list)
     metavar: str | None = None
+    flag: str | None = None  # when the flag is not --NAME (a name taken in another command's sense)
 
 
 def option(default, help: str, **spec) -> dataclasses.Field:  # noqa: A002 - argparse's word
@@ -64,7 +65,7 @@ class Option:
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.spec.flag or "--" + self.name.replace("_", "-")
 
     @property
     def pipeline_default(self):
@@ -185,7 +186,8 @@ def add_flags(parser, group_classes, command: str) -> None:
         for opt in offered:
             shown = "" if opt.default in ("", None, [], False) else f" (default {str(opt.default)})"
             choices = f"; one of {', '.join(map(str, opt.spec.choices))}" if opt.spec.choices else ""
-            kwargs = {"dest": opt.name, "help": opt.spec.help + choices + shown, "default": opt.default,
+            text = (opt.spec.help + choices + shown).replace("%", "%%")  # argparse formats help with %
+            kwargs = {"dest": opt.name, "help": text, "default": opt.default,
                       "metavar": opt.spec.metavar or opt.type.__name__.upper().replace("STR", "TEXT")}
             if opt.type is bool:
                 kwargs["action"] = "store_true"

@@ -178,7 +178,8 @@ class RegistryOptions(Group):
     registry: str = option(
         "", "registry URI: sqlite:///PATH.db or http(s)://MLFLOW (MLflow), vertex://PROJECT/REGION[/MODEL]; "
         "default sqlite:///OUTPUT_DIR/registry.db locally, vertex in the cloud",
-        commands=(*TRAINING_COMMANDS, *MODELS_COMMANDS), steps=(DATA_CHECKS, REGISTRATION), check=_registry_uri,
+        commands=(*TRAINING_COMMANDS, *MODELS_COMMANDS, "predict", "serve", "deploy"),
+        steps=(DATA_CHECKS, REGISTRATION), check=_registry_uri,
     )
     model_name: str = option(
         "", "registered model name (default: from the data: cats_vs_dogs, sample, the folder's name)",
@@ -352,19 +353,22 @@ class HardwareOptions(Group):
 class CloudOptions(Group):
     GROUP = "cloud"
     project: str = option("", "Google Cloud project ID (default: $GOOGLE_CLOUD_PROJECT or $CLOUDSDK_CORE_PROJECT)",
-                          commands=(*CLOUD_COMMANDS, "schedule list", "schedule change"))
+                          commands=(*CLOUD_COMMANDS, "schedule list", "schedule change", "deploy"))
     region: str = option("", "Vertex AI region, e.g. us-central1 (default: $GOOGLE_CLOUD_REGION or "
-                         "$CLOUDSDK_COMPUTE_REGION)", commands=(*CLOUD_COMMANDS, "schedule list", "schedule change"))
+                         "$CLOUDSDK_COMPUTE_REGION)",
+                           commands=(*CLOUD_COMMANDS, "schedule list", "schedule change", "deploy"))
     api_endpoint: str = option("", "Vertex AI API endpoint (private or regional), host[:port] or URL",
-                               commands=(*CLOUD_COMMANDS, "schedule list", "schedule change"))
+                               commands=(*CLOUD_COMMANDS, "schedule list", "schedule change", "deploy"))
     kfp_host: str = option("", "submit to this Kubeflow Pipelines API instead of Vertex AI",
                            commands=(*CLOUD_COMMANDS, "schedule list", "schedule change"))
     pipeline_root: str = option("", "gs://BUCKET/PATH where the run keeps its data and models", commands=CLOUD_COMMANDS)
-    service_account: str = option("", "service account the run (and its custom jobs) runs as", commands=CLOUD_COMMANDS)
+    service_account: str = option("", "service account the run (and its custom jobs, or the serving container) runs "
+                                  "as", commands=(*CLOUD_COMMANDS, "deploy"))
     labels: list = option([], "labels on the run", commands=CLOUD_COMMANDS, repeated=True,
                           metavar="KEY=VALUE[,KEY=VALUE]")
     no_cache: bool = option(False, "re-run every step instead of reusing cached results", commands=CLOUD_COMMANDS)
-    network: str = option("", "VPC network to peer, projects/NUMBER/global/networks/NAME", commands=CLOUD_COMMANDS)
+    network: str = option("", "VPC network to peer, projects/NUMBER/global/networks/NAME (deploy: a private "
+                          "endpoint)", commands=(*CLOUD_COMMANDS, "deploy"))
     display_name: str = option("", "run name (default transfer-learning-TIMESTAMP)", commands=("submit",))
     wait: bool = option(False, "follow the run's state until it ends", commands=("submit",))
 
@@ -387,6 +391,59 @@ class ScheduleOptions(Group):
 
 
 @dataclass(frozen=True)
+class ServeOptions(Group):
+    GROUP = "serve"
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface)", commands=("serve",))
+    port: int = option(8080, "port ($AIP_HTTP_PORT wins, as Vertex AI sets it)", commands=("serve",), minimum=0,
+                       maximum=65_535)
+    route_name: str = option("", "model name in the routes, /v1/models/NAME:predict (default: the registered name, "
+                             "or 'model')", commands=("serve",), flag="--name")
+    max_batch: int = option(32, "most images run together: concurrent requests are batched up to this",
+                            commands=("serve",), minimum=1, maximum=4096)
+    max_latency_ms: float = option(5.0, "longest wait for a batch to fill, in milliseconds", commands=("serve",),
+                                   minimum=0.0, maximum=10_000.0)
+    max_body_mb: float = option(32.0, "largest request body in MB; larger ones get 413", commands=("serve",),
+                                above=0.0, maximum=4096.0)
+
+
+@dataclass(frozen=True)
+class DeployOptions(Group):
+    GROUP = "deploy"
+    endpoint: str = option("", "Vertex AI endpoint display name; created if missing", commands=("deploy",))
+    deploy_endpoint: str = option(
+        "", "after registration makes a new champion, deploy it to this Vertex AI endpoint (created if missing; the "
+        "replaced version is undeployed once the new one is healthy)", commands=CLOUD_COMMANDS,
+    )
+    serving_machine_type: str = option("n1-standard-2", "serving machine type", commands=("deploy",),
+                                       flag="--machine-type")
+    min_replicas: int = option(1, "fewest serving machines", commands=("deploy",), minimum=1, maximum=1000)
+    max_replicas: int = option(1, "most serving machines (autoscaled)", commands=("deploy",), minimum=1, maximum=1000)
+    serving_accelerator: str = option("", "serving GPU type, a Vertex AI AcceleratorType such as NVIDIA_TESLA_T4",
+                                      commands=("deploy",), flag="--accelerator")
+    serving_gpus: int = option(0, "GPUs per serving machine (1 when --accelerator is given)",
+                               commands=("deploy",), minimum=0, maximum=16, flag="--gpus")
+    traffic: int = option(100, "percent of the endpoint's traffic for this version (canary: the rest stays on the "
+                          "current one)", commands=("deploy", *CLOUD_COMMANDS), minimum=0, maximum=100)
+    promote_traffic: bool = option(False, "move 100% of the traffic to this (already deployed) version and undeploy "
+                                   "the one it replaces", commands=("deploy",))
+
+
+@dataclass(frozen=True)
+class PredictOptions(Group):
+    GROUP = "predict"
+    output: str = option("", "write one prediction per image to this .jsonl or .csv file (folders of any size, with "
+                         "progress; unreadable files listed with their reason); with --batch-job a gs:// prefix",
+                         commands=("predict",))
+    json: bool = option(False, "print JSON lines", commands=("predict",))
+    batch_job: bool = option(False, "classify a gs:// folder with a Vertex AI BatchPredictionJob (needs --registry "
+                             "vertex://PROJECT/REGION and --output gs://...)", commands=("predict",))
+    images_per_call: int = option(32, "images per model call when predicting a folder", commands=("predict",),
+                                  minimum=1, maximum=4096, flag="--batch-size")
+    batch_machine_type: str = option("n1-standard-2", "--batch-job machine type", commands=("predict",))
+    batch_replicas: int = option(1, "--batch-job machines", commands=("predict",), minimum=1, maximum=1000)
+
+
+@dataclass(frozen=True)
 class ModelsOptions(Group):
     """``tlp models``: reading and steering a registry's versions."""
 
@@ -394,8 +451,12 @@ class ModelsOptions(Group):
     reason: str = option("", "why (recorded on the version with who and when)",
                          commands=("models promote", "models rollback"))
     by: str = option("", "who (default: this machine's user name)", commands=("models promote", "models rollback"))
-    json: bool = option(False, "print JSON instead of a table", commands=("models list", "models show"))
+    models_json: bool = option(False, "print JSON instead of a table", commands=("models list", "models show"),
+                               flag="--json")
 
 
-RUNNER_GROUPS = (LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions, ModelsOptions)
+RUNNER_GROUPS = (
+    LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions, ServeOptions, DeployOptions,
+    PredictOptions, ModelsOptions,
+)
 ALL_GROUPS = PIPELINE_GROUPS + RUNNER_GROUPS

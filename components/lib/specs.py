@@ -175,7 +175,7 @@ def check_fine_tune_at(fine_tune_at: int, layer_count: int, base: str) -> None:
 # --- registry URIs ----------------------------------------------------------------------------
 
 VERTEX_SCHEME = "vertex://"
-VERTEX_OPTIONS = ("api_endpoint", "staging_bucket", "serving_image")
+VERTEX_OPTIONS = ("api_endpoint", "staging_bucket", "serving_image", "image_repo")
 _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _REGION = re.compile(r"[a-z]+-[a-z]+\d+")
 

@@ -26,7 +26,14 @@ State (plain dicts, so tests can read and seed them):
   ``maxRunCount`` are strings, as protobuf JSON writes them), state ACTIVE or PAUSED.
 - ``models``: model ID (numeric string) -> ``{"versions": {version ID: Model JSON}}``. The version
   holding the ``default`` alias is what ``models/ID`` and the model list return.
-- ``operations``: name -> long-running operation, always already done.
+- ``operations``: name -> long-running operation, done at once, except deployModel's (below).
+- ``endpoints``: resource name -> Endpoint JSON (``deployedModels``, ``trafficSplit``). deployModel
+  checks the model version, the machine spec and that the traffic split sums to 100; its
+  operation stays running for ``deploy_polls`` GETs (1), then the deployed model appears with the
+  split (key "0" becomes its ID), or, if ``deploy_error`` is set, the operation fails with it and
+  the endpoint is unchanged. undeployModel refuses a deployed model that still has traffic.
+- ``batch_prediction_jobs``: resource name -> BatchPredictionJob JSON; its input files must exist;
+  each GET moves it PENDING -> RUNNING -> SUCCEEDED (outputInfo set).
 - ``buckets``: name -> bucket JSON; ``bucket_policies``: name -> IAM policy JSON.
 - ``objects``: (bucket, object name) -> bytes; metadata is derived, so tests may seed objects
   (``put_object``/``add_bucket``). Unknown buckets are 404, as in GCS: create them first.
@@ -122,6 +129,11 @@ class StandIn:
         self.schedules: dict[str, dict] = {}
         self.models: dict[str, dict] = {}
         self.operations: dict[str, dict] = {}
+        self.endpoints: dict[str, dict] = {}
+        self.deploy_polls = 1
+        self.deploy_error = ""
+        self.batch_prediction_jobs: dict[str, dict] = {}
+        self._pending_operations: dict[str, list] = {}  # name -> [GETs left, completion]
         self.buckets: dict[str, dict] = {}
         self.bucket_policies: dict[str, dict] = {}
         self.objects: dict[tuple[str, str], bytes] = {}
@@ -281,8 +293,19 @@ class StandIn:
             ("GET", loc + r"models" + one + ":listVersions$", self._list_versions),
             ("POST", loc + r"models" + one + ":mergeVersionAliases$", self._merge_aliases),
             ("DELETE", loc + r"models" + one + ":deleteVersion$", self._delete_version),
-            ("GET", r"^/v1/(?P<name>projects/.+/operations/[^/:]+)$", self._get_operation),
-            ("POST", r"^/v1/(?P<name>projects/.+/operations/[^/:]+):wait$", self._get_operation),
+            ("POST", loc + r"endpoints$", self._create_endpoint),
+            ("GET", loc + r"endpoints$", self._list_endpoints),
+            ("GET", loc + r"endpoints" + one + "$", self._get_endpoint),
+            ("PATCH", loc + r"endpoints" + one + "$", self._patch_endpoint),
+            ("DELETE", loc + r"endpoints" + one + "$", self._delete_endpoint),
+            ("POST", loc + r"endpoints" + one + ":deployModel$", self._deploy_model),
+            ("POST", loc + r"endpoints" + one + ":undeployModel$", self._undeploy_model),
+            ("POST", loc + r"batchPredictionJobs$", self._create_batch_job),
+            ("GET", loc + r"batchPredictionJobs$", self._list_batch_jobs),
+            ("GET", loc + r"batchPredictionJobs" + one + "$", self._get_batch_job),
+            # The REST operations client polls some resources' operations under /ui/ (its first matching rule).
+            ("GET", r"^/(?:v1|ui)/(?P<name>projects/.+/operations/[^/:]+)$", self._get_operation),
+            ("POST", r"^/(?:v1|ui)/(?P<name>projects/.+/operations/[^/:]+):wait$", self._get_operation),
             ("POST", r"^/v1/(?P<name>projects/.+/operations/[^/:]+):cancel$", lambda r: {}),
             # Cloud Resource Manager
             ("GET", r"^/v3/projects/(?P<project>[^/:]+)$", self._get_project),
@@ -362,7 +385,24 @@ class StandIn:
     def _get_operation(self, request):
         self._check_auth(request)
         name = request.group("name")
+        pending = self._pending_operations.get(name)
+        if pending is not None:
+            pending[0] -= 1
+            if pending[0] < 0:
+                del self._pending_operations[name]
+                pending[1](self.operations[name])
         return self.operations.get(name, {"name": name, "done": True})
+
+    def _pending_operation(self, resource: str, metadata_type: str, polls: int, complete) -> dict:
+        """An operation reported running for ``polls`` GETs; then ``complete(op)`` finishes it."""
+        op = self._operation(resource, metadata_type, None)
+        if polls <= 0:
+            complete(op)
+            return op
+        op["done"] = False
+        op.pop("response")
+        self._pending_operations[op["name"]] = [polls, complete]
+        return dict(op)
 
     @staticmethod
     def _lookup(resource: dict, path: str):
@@ -666,6 +706,169 @@ class StandIn:
             raise _HttpError(400, "The default version of a model cannot be deleted")
         del model["versions"][version["versionId"]]
         return self._operation(version["name"], "DeleteOperationMetadata", None)
+
+    # --- Vertex AI endpoints ------------------------------------------------------------------
+
+    def _endpoint(self, request) -> dict:
+        name = self._full_name(request, "endpoints")
+        if name not in self.endpoints:
+            raise _HttpError(404, f"Endpoint {name} not found")
+        return self.endpoints[name]
+
+    def _create_endpoint(self, request):
+        parent = self._parent(request)
+        body = dict(request.body) if isinstance(request.body, dict) else {}
+        if not body.get("displayName"):
+            raise _HttpError(400, "endpoint.display_name is required")
+        name = f"{parent}/endpoints/{request.query.get('endpointId') or self._new_id()}"
+        if name in self.endpoints:
+            raise _HttpError(409, f"Endpoint {name} already exists")
+        now = self._now()
+        body.update(name=name, deployedModels=[], trafficSplit={}, createTime=now, updateTime=now,
+                    etag=f"etag-{name.rsplit('/', 1)[-1]}")
+        self.endpoints[name] = body
+        return self._operation(name, "CreateEndpointOperationMetadata", {"@type": _AIP + "Endpoint", **body})
+
+    def _list_endpoints(self, request):
+        self._parent(request)
+        return {"endpoints": self._list(request, list(self.endpoints.values()))}
+
+    def _get_endpoint(self, request):
+        return self._endpoint(request)
+
+    def _delete_endpoint(self, request):
+        endpoint = self._endpoint(request)
+        if endpoint["deployedModels"]:
+            raise _HttpError(400, "The endpoint still has deployed models; undeploy them first")
+        del self.endpoints[endpoint["name"]]
+        return self._operation(endpoint["name"], "DeleteOperationMetadata", None)
+
+    @staticmethod
+    def _check_split(endpoint: dict, split: dict, new_key: str | None = None):
+        known = {d["id"] for d in endpoint["deployedModels"]} | ({new_key} if new_key else set())
+        unknown = sorted(set(split) - known)
+        if unknown:
+            raise _HttpError(400, f"traffic_split names deployed models that are not on the endpoint: {unknown}")
+        if split and sum(int(v) for v in split.values()) != 100:
+            raise _HttpError(400, f"traffic_split {split} must add up to 100")
+
+    def _patch_endpoint(self, request):
+        endpoint = self._endpoint(request)
+        body = request.body if isinstance(request.body, dict) else {}
+        fields = [_camel(f) for f in request.query.get("updateMask", "").split(",") if f] or list(body)
+        for key in fields:
+            if key == "trafficSplit":
+                split = {k: int(v) for k, v in (body.get("trafficSplit") or {}).items()}
+                self._check_split(endpoint, split)
+                endpoint["trafficSplit"] = split
+            elif key in body:
+                endpoint[key] = body[key]
+        endpoint["updateTime"] = self._now()
+        return endpoint
+
+    def _model_version_of(self, resource: str) -> tuple[str, dict]:
+        """(model resource name without version, version JSON) for ``.../models/ID[@VERSION|@ALIAS]``."""
+        m = re.fullmatch(r"projects/[^/]+/locations/[^/]+/models/([^/@]+)(?:@(.+))?", resource or "")
+        model = self.models.get(m.group(1)) if m else None
+        if model is None:
+            raise _HttpError(404, f"Model {resource} not found")
+        wanted = m.group(2)
+        if not wanted:
+            return resource, self._default_version(model)
+        for version in model["versions"].values():
+            if wanted == version["versionId"] or wanted in version.get("versionAliases", []):
+                return resource.split("@")[0], version
+        raise _HttpError(404, f"Model {resource} not found")
+
+    def _deploy_model(self, request):
+        endpoint = self._endpoint(request)
+        body = request.body if isinstance(request.body, dict) else {}
+        deployed = dict(body.get("deployedModel") or {})
+        model_name, version = self._model_version_of(deployed.get("model", ""))
+        machine = ((deployed.get("dedicatedResources") or {}).get("machineSpec") or {}).get("machineType")
+        if not machine:
+            raise _HttpError(400, "A custom model needs dedicated_resources.machine_spec.machine_type")
+        split = {k: int(v) for k, v in (body.get("trafficSplit") or {}).items()}
+        self._check_split(endpoint, split, new_key="0")
+        if not split and endpoint["deployedModels"]:
+            raise _HttpError(400, "stand-in: give a traffic_split when the endpoint already serves models")
+
+        def complete(op):
+            now = self._now()
+            op.update(done=True)
+            op["metadata"]["genericMetadata"]["updateTime"] = now
+            if self.deploy_error:
+                op["error"] = {"code": 9, "message": self.deploy_error}
+                return
+            deployed_id = str(next(self._ids) + 7_000_000_000_000_000_000)
+            deployed.update(id=deployed_id, model=model_name, modelVersionId=version["versionId"], createTime=now)
+            endpoint["deployedModels"].append(deployed)
+            endpoint["trafficSplit"] = {(deployed_id if k == "0" else k): v for k, v in (split or {"0": 100}).items()}
+            endpoint["updateTime"] = now
+            op["response"] = {"@type": _AIP + "DeployModelResponse", "deployedModel": deployed}
+
+        return self._pending_operation(endpoint["name"], "DeployModelOperationMetadata", self.deploy_polls, complete)
+
+    def _undeploy_model(self, request):
+        endpoint = self._endpoint(request)
+        body = request.body if isinstance(request.body, dict) else {}
+        deployed_id = body.get("deployedModelId", "")
+        if deployed_id not in {d["id"] for d in endpoint["deployedModels"]}:
+            raise _HttpError(404, f"Deployed model {deployed_id} is not on endpoint {endpoint['name']}")
+        split = {k: int(v) for k, v in (body.get("trafficSplit") or endpoint["trafficSplit"]).items()}
+        remaining = [d for d in endpoint["deployedModels"] if d["id"] != deployed_id]
+        if split.get(deployed_id, 0) and remaining:
+            raise _HttpError(400, f"Deployed model {deployed_id} still receives {split[deployed_id]}% of the traffic; "
+                                  "move it to the other deployed models first")
+        split.pop(deployed_id, None)
+        endpoint["deployedModels"] = remaining
+        endpoint["trafficSplit"] = split if remaining else {}
+        endpoint["updateTime"] = self._now()
+        return self._operation(endpoint["name"], "UndeployModelOperationMetadata",
+                               {"@type": _AIP + "UndeployModelResponse"})
+
+    # --- Vertex AI batch prediction -----------------------------------------------------------
+
+    def _create_batch_job(self, request):
+        parent = self._parent(request)
+        job = dict(request.body) if isinstance(request.body, dict) else {}
+        if not job.get("displayName"):
+            raise _HttpError(400, "batch_prediction_job.display_name is required")
+        self._model_version_of(job.get("model", ""))
+        source = (job.get("inputConfig") or {})
+        if not source.get("instancesFormat"):
+            raise _HttpError(400, "input_config.instances_format is required")
+        for uri in (source.get("gcsSource") or {}).get("uris") or []:
+            bucket, _, name = uri[len("gs://"):].partition("/")
+            if (bucket, name) not in self.objects:
+                raise _HttpError(400, f"The input file {uri} does not exist")
+        if not ((job.get("outputConfig") or {}).get("gcsDestination") or {}).get("outputUriPrefix"):
+            raise _HttpError(400, "output_config.gcs_destination.output_uri_prefix is required")
+        if not ((job.get("dedicatedResources") or {}).get("machineSpec") or {}).get("machineType"):
+            raise _HttpError(400, "A custom model's batch prediction needs dedicated_resources.machine_spec")
+        name = f"{parent}/batchPredictionJobs/{self._new_id()}"
+        now = self._now()
+        job.update(name=name, state="JOB_STATE_PENDING", createTime=now, updateTime=now)
+        self.batch_prediction_jobs[name] = job
+        return job
+
+    def _list_batch_jobs(self, request):
+        self._parent(request)
+        return {"batchPredictionJobs": self._list(request, list(self.batch_prediction_jobs.values()))}
+
+    def _get_batch_job(self, request):
+        name = self._full_name(request, "batchPredictionJobs")
+        job = self.batch_prediction_jobs.get(name)
+        if job is None:
+            raise _HttpError(404, f"BatchPredictionJob {name} not found")
+        now = self._now()
+        if job["state"] == "JOB_STATE_PENDING":
+            job.update(state="JOB_STATE_RUNNING", startTime=now, updateTime=now)
+        elif job["state"] == "JOB_STATE_RUNNING":
+            prefix = job["outputConfig"]["gcsDestination"]["outputUriPrefix"].rstrip("/")
+            job.update(state="JOB_STATE_SUCCEEDED", endTime=now, updateTime=now,
+                       outputInfo={"gcsOutputDirectory": f"{prefix}/prediction-{job['displayName']}"})
+        return job
 
     # --- Cloud Storage ------------------------------------------------------------------------
 

@@ -201,3 +201,33 @@ def test_a_refused_request_ends_in_one_sentence(standin, capsys):
     # (Above it, the SDK logs the bucket check it swallowed; tlp's own word is the last line.)
     assert err[-1].startswith("tlp: error: Google Cloud refused the request: 403"), err[-3:]
     assert sum(line.startswith("tlp: error:") for line in err) == 1
+
+
+def test_deploy_endpoint_adds_a_deploy_step_only_behind_a_new_champion(standin, capsys):
+    code = cli.main(["submit", *_vertex(standin), "--deploy-endpoint", "cats", "--traffic", "10"])
+    assert code == 0, capsys.readouterr()
+    [create] = standin.find("POST", r"/pipelineJobs$")
+    spec = create.body["pipelineSpec"]
+    tasks = _tasks(spec)
+    arguments = tasks["deployment"]["inputs"]["parameters"]
+    assert arguments["endpoint"]["runtimeValue"]["constant"] == "cats"
+    assert arguments["traffic"]["runtimeValue"]["constant"] == 10
+
+    def condition_around(task_name):
+        """The condition task whose sub-DAG holds ``task_name``."""
+        for task in tasks.values():
+            inner = spec["components"][task["componentRef"]["name"]].get("dag", {}).get("tasks", {})
+            if task_name in inner:
+                return task
+
+    champion = condition_around("deployment")
+    assert champion["taskInfo"]["name"] == "new-champion"
+    assert champion["triggerPolicy"]["condition"].endswith("registration-champion'] == true")
+    gate = condition_around(next(name for name, task in tasks.items() if task is champion))
+    assert gate["triggerPolicy"]["condition"].endswith("evaluation-Output'] == true")
+
+
+def test_deploy_endpoint_needs_the_vertex_registry(standin, capsys):
+    code = cli.main(["submit", *_vertex(standin), "--deploy-endpoint", "cats", "--registry", "http://mlflow:5000"])
+    assert code == 2 and "deploys to a Vertex AI endpoint" in capsys.readouterr().err
+    assert not standin.find("POST", r"/pipelineJobs$")

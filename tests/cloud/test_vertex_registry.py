@@ -9,13 +9,14 @@ import pytest
 from tlp.components.lib.registry import open_registry
 from tlp.components.lib.registry.champion import register_model
 from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.version import project_version
 
 METRICS = {"test_accuracy": 0.975, "val_accuracy": 0.96, "train_accuracy": 0.98, "gap": 0.02}
 
 
-def _uri(standin, model="cats"):
+def _uri(standin, model="cats", extra="&image_repo=us-docker.pkg.dev/tlp-test/tlp"):
     return (f"vertex://tlp-test/us-central1/{model}?api_endpoint={standin.url}"
-            "&staging_bucket=gs://tlp-staging")
+            f"&staging_bucket=gs://tlp-staging{extra}")
 
 
 @pytest.fixture(autouse=True)
@@ -55,8 +56,8 @@ def test_versions_go_under_one_model_and_the_champion_alias_moves(standin, sampl
     assert uploads[1].body["parentModel"].endswith(f"/models/{model_name}")
     for model in (first_model, second_model):
         assert model["displayName"] == "cats"
-        assert model["containerSpec"]["imageUri"] == (
-            "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest")
+        assert model["containerSpec"]["imageUri"] == f"us-docker.pkg.dev/tlp-test/tlp/tlp-serve:{project_version()}"
+        assert model["containerSpec"]["ports"] == [{"containerPort": 8080}]
         assert model["labels"]["gap"] == "0_0200"
         assert model["artifactUri"].startswith("gs://tlp-staging/")  # the local model was uploaded first
     assert first_model["labels"]["test_accuracy"] == "0_9750" and second_model["labels"]["test_accuracy"] == "1_0000"
@@ -104,3 +105,13 @@ def test_a_local_model_needs_an_existing_staging_bucket(standin, sample_dataset,
         register_model(model_dir, sample_dataset, METRICS,
                        f"vertex://tlp-test/us-central1/cats?api_endpoint={standin.url}&staging_bucket=gs://nowhere")
     assert not standin.find("POST", r"/models:upload$")
+
+
+def test_the_prebuilt_tf_2_15_image_stays_available_with_its_end_of_life_warning(
+        standin, sample_dataset, model_dir, tmp_path, capsys):
+    register_model(_copy(model_dir, tmp_path, "one", "prebuilt"), sample_dataset, METRICS,
+                   _uri(standin, extra="&serving_image=prebuilt-tf2.15"))
+    [upload] = standin.find("POST", r"/models:upload$")
+    assert upload.body["model"]["containerSpec"]["imageUri"] == (
+        "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest")
+    assert "end of support (2026-01-14)" in capsys.readouterr().out

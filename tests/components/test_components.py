@@ -174,17 +174,35 @@ def test_champion_moves_only_to_a_challenger_at_least_as_good(chain, prepared, h
     first = register_model(tuned[0].path, dataset, dict(scored[0].metadata), uri, "pets")
     assert first.champion and "first version" in first.reason
 
-    worse = register_model(head[0].path, dataset, {"test_accuracy": 0.0}, uri, "pets")
+    def another_artifact(name):
+        """The same servable model with other bytes: a new version, served and scored alike."""
+        copy = str(chain["root"] / name)
+        shutil.copytree(tuned[0].path, copy)
+        with open(os.path.join(copy, "assets", "note.txt"), "w") as handle:
+            handle.write(name)
+        return copy
+
+    worse = register_model(another_artifact("worse"), dataset, {"test_accuracy": 0.0}, uri, "pets")
     assert (worse.version, worse.champion) == ("2", False)
     assert "stays behind champion version 1" in worse.reason and "same test split" in worse.reason
+    assert worse.infra_validation["passed"]
 
-    within = str(chain["root"] / "within_tolerance")
-    shutil.copytree(head[0].path, within)
-    with open(os.path.join(within, "note.txt"), "w") as handle:
-        handle.write("a different artifact")  # new bytes: a new version
+    within = another_artifact("within_tolerance")
     tolerated = register_model(within, dataset, {"test_accuracy": 0.0}, uri, "pets", champion_tolerance=1.0)
     assert (tolerated.version, tolerated.champion) == ("3", True) and "takes over" in tolerated.reason
 
     registry = open_registry(uri)
     assert registry.champion_version("pets") == "3"
     assert registry.client.get_model_version("pets", "2").tags["champion_decision"] == worse.reason
+
+
+def test_a_model_that_cannot_be_served_is_never_promoted(chain, prepared, head):
+    """Infra validation: the feature-extraction output is a Keras file, not a servable model; it
+    is registered, but it is served once first and so can never take the alias."""
+    from tlp.components.lib.registry.champion import register_model
+
+    uri = f"sqlite:///{chain['root']}/unservable/registry.db"
+    registered = register_model(head[0].path, prepared[0].path, {"test_accuracy": 1.0}, uri, "pets")
+    assert (registered.version, registered.champion) == ("1", False)
+    assert registered.reason.startswith("not promoted: infra validation FAILED")
+    assert registered.infra_validation["passed"] is False

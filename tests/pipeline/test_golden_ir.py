@@ -13,16 +13,19 @@ import pytest
 import yaml
 from kfp import compiler
 
-from tlp.components.lib.settings import CloudOptions, HardwareOptions, ImageOptions
+from tlp.components.lib.settings import CloudOptions, DeployOptions, HardwareOptions, ImageOptions
 from tlp.pipelines.training import create_pipeline
 
 GOLDEN = Path(__file__).parent / "golden"
 VARIANTS = {
-    "pipeline.yaml": (HardwareOptions(), CloudOptions()),
+    "pipeline.yaml": (HardwareOptions(), CloudOptions(), DeployOptions()),
     "pipeline-2-nodes-l4.yaml": (
         HardwareOptions(gpus=2, accelerator="NVIDIA_L4", machine_type="g2-standard-24", replicas=2),
         CloudOptions(service_account="trainer@my-project.iam.gserviceaccount.com"),
+        DeployOptions(),
     ),
+    # The deploy step, only behind "gate passed" and "registration made a new champion".
+    "pipeline-deploy.yaml": (HardwareOptions(), CloudOptions(), DeployOptions(deploy_endpoint="cats", traffic=10)),
 }
 
 

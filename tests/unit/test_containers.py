@@ -29,8 +29,8 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
     ]
 
 
-def test_there_is_a_training_and_a_base_image():
-    assert {p.name for p in DOCKERFILES} == {"train.Dockerfile", "base.Dockerfile"}
+def test_there_is_a_training_a_base_and_a_serving_image():
+    assert {p.name for p in DOCKERFILES} == {"train.Dockerfile", "base.Dockerfile", "serve.Dockerfile"}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -88,7 +88,9 @@ def test_compiled_tasks_use_the_configured_images(tmp_path):
     executors = spec["deploymentSpec"]["executors"]
     images = {name.removeprefix("exec-"): e["container"]["image"] for name, e in executors.items()}
     assert images == {
+        "data-fingerprint": "us-docker.pkg.dev/p/tlp/tlp:9.9.9",
         "data-prep": "us-docker.pkg.dev/p/tlp/tlp:9.9.9",
+        "data-checks": "us-docker.pkg.dev/p/tlp/tlp:9.9.9",
         "feature-extraction": "us-docker.pkg.dev/p/tlp/tlp-train:9.9.9",
         "fine-tuning": "us-docker.pkg.dev/p/tlp/tlp-train:9.9.9",
         "evaluation": "us-docker.pkg.dev/p/tlp/tlp:9.9.9",

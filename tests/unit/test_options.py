@@ -19,7 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_option_has_one_name_and_known_steps():
     names = [opt.name for opt in iter_options(ALL_GROUPS)]
-    assert len(names) == len(set(names)), "two options share a name (and so a flag and a pipeline parameter)"
+    assert len(names) == len(set(names)), "two options share a name (and so a pipeline parameter)"
+    commands = {command for opt in iter_options(ALL_GROUPS) for command in opt.spec.commands}
+    for command in commands:
+        flags = [opt.flag for opt in iter_options(ALL_GROUPS) if command in opt.spec.commands]
+        assert len(flags) == len(set(flags)), f"two options share a flag in `tlp {command}`"
     for opt in iter_options(ALL_GROUPS):
         assert set(opt.spec.steps) <= set(STEP_NAMES), opt.name
         assert opt.spec.help and opt.spec.commands, f"{opt.name} needs help and at least one command"
@@ -44,7 +48,7 @@ def test_every_option_has_one_name_and_known_steps():
         ("min_accuracy", "1.5", "--min-accuracy 1.5 must be a number of at least 0 and at most 1"),
         ("champion_tolerance", "nan", "--champion-tolerance nan is not a finite number"),
         ("max_skipped_fraction", "2", "--max-skipped-fraction 2 must be a number of at least 0 and at most 1"),
-        ("mixed_precision", "float64", "--mixed-precision 'float64' is not supported; choose one of float32, mixed_float16"),
+        ("mixed_precision", "float64", "--mixed-precision 'float64' is not supported; choose one of float32"),
         ("base", "VGG99", "--base 'VGG99' is not supported; choose one of MobileNetV2"),
         ("alpha", "abc", "--alpha abc is not a number"),
     ],
@@ -98,9 +102,9 @@ def test_lineage_is_the_options_declared_for_it():
 def test_flags_come_from_the_declaration():
     parser = build_parser()
     run = parser._subparsers._group_actions[0].choices["run"]
-    flags = {flag for action in run._actions for flag in action.option_strings}
+    flags = {flag: action.dest for action in run._actions for flag in action.option_strings}
     for opt in iter_options(ALL_GROUPS):
-        assert (opt.flag in flags) == ("run" in opt.spec.commands), opt.flag
+        assert (flags.get(opt.flag) == opt.name) == ("run" in opt.spec.commands), opt.name
 
 
 def test_readme_options_table_matches_the_declaration():
@@ -111,3 +115,11 @@ def test_readme_options_table_matches_the_declaration():
     assert match.group(1).strip() == expected, (
         "the README options table differs from the declarations; paste the output of `tlp options --markdown`"
     )
+
+
+@pytest.mark.parametrize("command", [["run"], ["submit"], ["compile"], ["predict"], ["serve"], ["deploy"],
+                                     ["component"], ["schedule", "create"], ["schedule", "list"]])
+def test_every_command_prints_its_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0 and "options" in capsys.readouterr().out

@@ -26,6 +26,7 @@ class Registered:
     existing: bool = False  # the same model artifact was registered before
     reason: str = ""  # why it is or is not the champion
     promote_command: str = ""  # when a person has to decide: the exact command that promotes it
+    infra_validation: dict | None = None  # the candidate served once before it could be promoted
 
 
 @dataclass

@@ -17,6 +17,7 @@ import shlex
 from tlp.components.lib import images
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.evaluation import evaluate_model
+from tlp.components.lib.infra_validation import infra_validate
 from tlp.components.lib.registry import ModelVersion, Registered, Registry, open_registry
 from tlp.components.lib.specs import NotFound, parse_data_spec
 from tlp.components.lib.version import project_version
@@ -201,11 +202,18 @@ def register_model(
     if registered.existing:
         registered.reason = "this model artifact was registered before: same version, nothing changed"
     else:
+        # TFX's InfraValidator: the candidate is served once, for real, before it may take the alias.
+        infra = infra_validate(model_dir, dataset_dir, mode="inprocess")
+        registered.infra_validation = infra.as_dict()
+        print(f"  registration: {infra.summary()}", flush=True)
         with registry.lock():  # one challenger at a time
-            promote_it, registered.reason = challenge(
-                registry, name, registered.version, numeric.get("test_accuracy", 0.0), model_dir, dataset_dir,
-                champion_tolerance,
-            )
+            if infra.passed:
+                promote_it, registered.reason = challenge(
+                    registry, name, registered.version, numeric.get("test_accuracy", 0.0), model_dir, dataset_dir,
+                    champion_tolerance,
+                )
+            else:
+                promote_it, registered.reason = False, f"not promoted: {infra.summary()}"
             if promote_it:
                 move_champion(registry, name, registered.version, by=AUTOMATIC, reason=registered.reason)
             elif promote_it is None:

@@ -9,8 +9,12 @@ JSON in its version description (``describe``): labels hold only short values.
 
 Options (URI query): ``api_endpoint`` (a private or regional endpoint host; an ``http://`` URL
 talks REST over plain HTTP, e.g. to a stand-in), ``staging_bucket`` (``gs://...``: where a
-model on a local disk is uploaded first; not needed in cloud runs, whose models are in GCS)
-and ``serving_image`` (the serving container; default: Vertex AI's prebuilt TF CPU image).
+model on a local disk is uploaded first; not needed in cloud runs, whose models are in GCS),
+``image_repo`` (where our images live, e.g. ``us-docker.pkg.dev/PROJECT/tlp``) and
+``serving_image`` (the serving container). The default serving container is our own
+``IMAGE_REPO/tlp-serve:VERSION`` (``tlp serve`` on KServe's server, built from the same lock as
+training); ``serving_image=prebuilt-tf2.15`` picks Vertex AI's prebuilt TF 2.15 image instead,
+whose support has ended; any other value is used as the image URI.
 """
 
 from __future__ import annotations
@@ -30,10 +34,20 @@ from tlp.components.lib.registry.base import (
     unknown_version,
 )
 from tlp.components.lib.specs import ConfigError, parse_vertex_uri
+from tlp.components.lib.version import DEFAULT_REPO, project_version
 
 # Vertex AI's prebuilt TensorFlow serving image: it serves the SavedModel's serving signature and
-# decodes {"b64": ...} for our `image_bytes` input. 2.15 is the newest prebuilt TF release.
+# decodes {"b64": ...} for our `image_bytes` input. 2.15 is the newest prebuilt TF release, and
+# the last: its support ended on 2026-01-14 and Google removes it on 2027-01-14. Kept behind
+# serving_image=prebuilt-tf2.15; the default is our own tlp-serve image.
+PREBUILT = "prebuilt-tf2.15"
 SERVING_IMAGE = "{region}-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+PREBUILT_END_OF_LIFE = (
+    "Vertex AI's prebuilt TF 2.15 serving image is past its end of support (2026-01-14) and will be removed on "
+    "2027-01-14; there is none for TF 2.16+. Serve with our tlp-serve image (drop serving_image=prebuilt-tf2.15)."
+)
+SERVE_IMAGE_NAME = "tlp-serve"
+SERVING_PORT = 8080  # tlp serve listens on AIP_HTTP_PORT, which Vertex AI sets to this
 # The prebuilt images live in three multi-region registries.
 _IMAGE_REGIONS = {"us": "us", "northamerica": "us", "southamerica": "us", "europe": "europe"}
 _LABEL_VALUE = re.compile(r"[^a-z0-9_-]+")
@@ -110,13 +124,14 @@ class VertexRegistry:
         labels = {"model_digest": digest, "tlp_code_version": label_value(tags.get("code_version", ""))}
         labels.update({label_value(k): label_value(float(v)) for k, v in metrics.items()})
         description = describe({"metrics": metrics, "params": params, "tags": tags})
-        serving_image = self.location.options.get("serving_image") or SERVING_IMAGE.format(
-            region=_IMAGE_REGIONS.get(self.location.region.split("-")[0], "asia")
-        )
+        serving_image = self.serving_image()
+        ours = serving_image.rsplit("/", 1)[-1].startswith(f"{SERVE_IMAGE_NAME}:")
         model = self._aiplatform.Model.upload(
             display_name=name,
             artifact_uri=artifact_uri or model_dir,
             serving_container_image_uri=serving_image,
+            # tlp serve finds the model at AIP_STORAGE_URI and serves AIP_PREDICT_ROUTE/AIP_HEALTH_ROUTE.
+            **({"serving_container_ports": [SERVING_PORT]} if ours else {}),
             parent_model=parent.resource_name if parent is not None else None,
             # The champion alias decides the default version, not the upload order.
             is_default_version=parent is None,
@@ -127,6 +142,21 @@ class VertexRegistry:
         print(f"  registration: uploaded {model.resource_name} version {model.version_id} "
               f"(serving image {serving_image})", flush=True)
         return Registered(self.uri, name, str(model.version_id), False)
+
+    def serving_image(self) -> str:
+        """The serving container registered with each version (see the module docstring)."""
+        chosen = self.location.options.get("serving_image", "")
+        if chosen == PREBUILT:
+            print(f"  registration: warning: {PREBUILT_END_OF_LIFE}", flush=True)
+            return SERVING_IMAGE.format(region=_IMAGE_REGIONS.get(self.location.region.split("-")[0], "asia"))
+        if chosen:
+            return chosen
+        repo = self.location.options.get("image_repo", "")
+        if not repo:
+            print(f"  registration: note: serving image {DEFAULT_REPO}/{SERVE_IMAGE_NAME}:{project_version()}; add "
+                  "?image_repo=REGION-docker.pkg.dev/PROJECT/REPO to the registry URI so Vertex AI can pull it.",
+                  flush=True)
+        return f"{(repo or DEFAULT_REPO).rstrip('/')}/{SERVE_IMAGE_NAME}:{project_version()}"
 
     def champion_version(self, name: str) -> str | None:
         _parent, versions = self._versions(name)
@@ -181,8 +211,9 @@ class VertexRegistry:
                 return record
         raise unknown_version(name, version, self.uri, versions)
 
-    def model_dir(self, reference: str) -> str:
-        """``NAME/VERSION`` or ``NAME@ALIAS`` -> a local directory holding that version's model."""
+    def model_version(self, reference: str):
+        """``NAME/VERSION`` or ``NAME@ALIAS`` -> that version as an ``aiplatform.Model`` (its
+        ``versioned_resource_name`` is what endpoints and batch prediction jobs take)."""
         name, alias_sep, alias = reference.partition("@")
         version = alias if alias_sep else None
         if not alias_sep:
@@ -193,11 +224,15 @@ class VertexRegistry:
                 f"model {reference!r} is not in the registry {self.uri}; use NAME/VERSION or NAME@champion "
                 "of a registered model."
             )
-        artifact_uri = self._aiplatform.models.ModelRegistry(parent).get_model(version).uri
+        return self._aiplatform.models.ModelRegistry(parent).get_model(version)
+
+    def model_dir(self, reference: str) -> str:
+        """``NAME/VERSION`` or ``NAME@ALIAS`` -> a local directory holding that version's model."""
+        artifact_uri = self.model_version(reference).uri
         mounted = "/gcs/" + artifact_uri[len("gs://"):]
         if os.path.isdir(mounted):  # on Vertex AI, buckets are mounted under /gcs
             return mounted
-        return _download(artifact_uri, self.location.project)
+        return download_prefix(artifact_uri, self.location.project)
 
 
 def describe(record: dict) -> str:
@@ -245,8 +280,8 @@ def _check_bucket(uri: str, project: str) -> None:
         )
 
 
-def _download(uri: str, project: str) -> str:
-    """Copies every object under a gs:// prefix to a new local directory."""
+def download_prefix(uri: str, project: str | None = None) -> str:
+    """Copies every object under a gs:// prefix to a new local directory; returns the directory."""
     from google.cloud import storage
 
     bucket_name, _, prefix = uri[len("gs://"):].partition("/")

@@ -1,0 +1,74 @@
+"""``tlp serve`` as a command: registry references, Vertex AI's custom-container contract (the
+model fetched from AIP_STORAGE_URI through the stand-in), and one-sentence errors."""
+
+import os
+import sys
+
+import pytest
+
+from tests.serve.conftest import get, instance, post
+from tlp.pipelines import serve
+
+
+def test_vertex_environment_sets_port_host_routes_and_model():
+    config = serve.apply_vertex_environment(serve.ServeConfig(), {
+        "AIP_HTTP_PORT": "8081", "AIP_PREDICT_ROUTE": "/v1/endpoints/1/deployedModels/2:predict",
+        "AIP_HEALTH_ROUTE": "/v1/endpoints/1/deployedModels/2", "AIP_STORAGE_URI": "gs://bucket/model"})
+    assert (config.port, config.host, config.model) == (8081, "0.0.0.0", "gs://bucket/model")
+    assert config.predict_route.endswith(":predict") and config.health_route.endswith("/2")
+    # An explicit model wins over AIP_STORAGE_URI; no AIP_* changes nothing.
+    assert serve.apply_vertex_environment(serve.ServeConfig(model="m"), {"AIP_STORAGE_URI": "gs://x"}).model == "m"
+    assert serve.apply_vertex_environment(serve.ServeConfig(), {}) == serve.ServeConfig()
+
+
+def test_vertex_custom_container_contract(standin, tuned_model, photos, tmp_path):
+    """No model argument: the model comes from AIP_STORAGE_URI (gs://, through the stand-in) and
+    is served on AIP_PREDICT_ROUTE / AIP_HEALTH_ROUTE at AIP_HTTP_PORT."""
+    from tlp.components.lib import serving
+
+    model_dir = tuned_model[0]
+    for directory, _, names in os.walk(model_dir):
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as handle:
+                standin.put_object(f"gs://models/cats/1/{os.path.relpath(path, model_dir)}", handle.read())
+    port = serving.free_port()
+    predict_route, health_route = "/v1/endpoints/123/deployedModels/456:predict", "/v1/endpoints/123/deployedModels/456"
+    env = dict(os.environ, AIP_HTTP_PORT=str(port), AIP_PREDICT_ROUTE=predict_route, AIP_HEALTH_ROUTE=health_route,
+               AIP_STORAGE_URI="gs://models/cats/1")
+    url = f"http://127.0.0.1:{port}"
+    with serving.server_process([sys.executable, "-m", "tlp.pipelines.cli", "serve"], url, "model",
+                                str(tmp_path / "serve.log"), timeout=240, env=env):
+        status, body = get(url + health_route)
+        assert status == 200 and b'"ready":true' in body
+        with open(photos[0], "rb") as handle:
+            status, answer = post(url + predict_route, {"instances": [instance(handle.read())]})
+        assert status == 200, answer
+        assert answer["predictions"][0]["class_names"] == ["circles", "squares"]
+    assert standin.find("GET", r"/storage/v1/b/models/o$")  # listed the prefix, then downloaded it
+
+
+def test_a_registered_champion_resolves_to_its_version(tuned_model, sample_dataset, tmp_path):
+    from tlp.components.lib.registry.champion import register_model
+
+    registry = f"sqlite:///{tmp_path}/registry.db"
+    register_model(tuned_model[0], sample_dataset, {"test_accuracy": 1.0}, registry, "sample")
+    resolved = serve.resolve("sample@champion", registry)
+    assert (resolved.name, resolved.version) == ("sample", "1")
+    assert os.path.exists(os.path.join(resolved.model_dir, "saved_model.pb"))
+    assert serve.resolve("sample/1", registry).version == "1"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve"], "tlp serve needs a model"),
+    (["serve", "nothing-here"], "is neither a directory nor NAME@champion"),
+    (["serve", "{tmp}"], "is not a model tlp can serve"),
+    (["serve", "{tmp}", "--max-batch", "0"], "--max-batch 0 must be a whole number of at least 1"),
+    (["serve", "{tmp}", "--name", "a/b"], "cannot be part of a URL path"),
+])
+def test_bad_settings_fail_in_one_sentence(argv, message, tmp_path, capsys, monkeypatch):
+    from tlp.pipelines.cli import main
+
+    monkeypatch.delenv("AIP_STORAGE_URI", raising=False)
+    assert main([arg.replace("{tmp}", str(tmp_path)) for arg in argv]) == 2
+    assert message in capsys.readouterr().err
