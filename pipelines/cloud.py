@@ -125,8 +125,10 @@ def follow_vertex(job, echo=print, run: CloudRun | None = None) -> str:
     try:
         job.wait()
     except RuntimeError as error:  # the SDK's way of saying the job failed or was cancelled
-        detail = job.gca_resource.error.message or str(error)
-        capacity = explain_capacity(detail, run) if run else None
+        # The job's own error is often generic ("some tasks failed"); the failed task's says why.
+        details = [job.gca_resource.error.message or str(error)]
+        details += [task.error.message for task in job.task_details if task.error.message]
+        capacity = next((found for found in (explain_capacity(d, run) for d in details if run) if found), None)
         raise RunFailed(capacity or (
             f"run {job.resource_name} ended {job.state.name}: {error}; see the console link above for the failed "
             "step's logs."

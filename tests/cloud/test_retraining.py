@@ -126,6 +126,19 @@ def test_a_refused_gpu_quota_or_a_stockout_ends_in_one_sentence(standin, capsys,
     assert sum(line.startswith("tlp: error:") for line in err) == 1
 
 
+def test_the_failed_tasks_error_is_read_when_the_jobs_is_generic(standin, capsys):
+    standin.job_final_state = "PIPELINE_STATE_FAILED"
+    standin.job_error_message = "The DAG failed because some tasks failed. The failed tasks are: [fine-tuning]."
+    standin.job_task_details = [{"taskName": "fine-tuning", "state": "FAILED", "error": {
+        "code": 8, "message": "The zone 'us-central1-a' does not have enough resources available to fulfill the "
+                              "request. Try a different zone, or try again later."}}]
+    code = cli.main(["submit", *_vertex(standin), "--gpus", "1", "--accelerator", "NVIDIA_TESLA_T4", "--spot",
+                     "--wait"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "fine-tuning could not get 1 NVIDIA_TESLA_T4 GPU(s) in us-central1: none were free" in last
+    assert "--spot draws" not in last  # already on Spot VMs
+
+
 def test_the_fingerprint_of_a_bucket_changes_with_one_object(standin):
     for name in ("cat/1.jpg", "cat/2.jpg", "dog/1.jpg", "dog/notes.txt", "readme.md"):
         standin.put_object(f"gs://photos/pets/{name}", b"bytes of " + name.encode())

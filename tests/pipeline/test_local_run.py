@@ -91,8 +91,8 @@ def test_predict_with_registered_version_and_model_dir(passing_run, tmp_path):
 def _printed_outputs(stdout, component):
     """The outputs `tlp component` lists after its closing line: NAME = VALUE or NAME -> PATH."""
     tail = stdout.split(f"tlp component {component}: outputs in", 1)[1].splitlines()[1:]
-    pairs = [line.strip().replace(" -> ", " = ", 1).split(" = ", 1) for line in tail if line.strip()]
-    return dict(pairs)
+    pairs = [line.strip().replace(" -> ", " = ", 1).partition(" =") for line in tail if line.strip()]
+    return {name: value.strip() for name, _, value in pairs}  # a value may be empty (promote_command)
 
 
 @pytest.mark.slow

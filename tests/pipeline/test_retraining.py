@@ -70,6 +70,8 @@ def test_checks_stop_a_shrunk_data_set_and_a_new_class_waits_for_a_person(tmp_pa
     assert went_on.returncode == 0, went_on.stderr[-3000:]
     assert summary["checks"]["passed"] and summary["checks"]["drop"] == 0.3
     assert summary["registered"]["version"] == "2" and "vs champion version 1" in summary["registered"]["reason"]
+    report = open(summary["report"], encoding="utf-8").read()
+    assert "Data checks (against the champion" in report and "42 photos vs 60 for champion version 1" in report
 
     # A class more: registered, not promoted; the summary says why and how to promote it.
     more = _photos(tmp_path / "week4", 20, classes=("apple", "leaf", "sky", "sun"))
