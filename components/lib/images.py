@@ -26,6 +26,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # the tutorial's 80/10/10
 METADATA_FILE = "metadata.json"
 SHARD_SIZE = 1000
+SHUFFLE_BUFFER = 4096  # training-stream shuffle; the cut cache (cut_cache.py) shuffles record positions the same way
 JPEG_QUALITY = 95
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_SKIPPED_FRACTION = 0.10
@@ -369,16 +370,19 @@ def read_split(
     with_source_ids: bool = False,
     repeat: bool = False,
     cache_decoded: bool = False,
+    worker: tuple[int, int] = (0, 1),
 ):
     """A tf.data pipeline over one split: (uint8 image, label) or (image, label, source_id).
 
     ``cache_decoded`` keeps the decoded images in memory after the first pass, so later epochs
-    spend no CPU on JPEG decoding (on a CPU-only machine that CPU is taken from training)."""
+    spend no CPU on JPEG decoding (on a CPU-only machine that CPU is taken from training).
+    ``worker`` = (index, count) reads only that worker's shard files, the ones
+    ``AutoShardPolicy.FILE`` gives it (every count-th file from the index-th)."""
     import tensorflow as tf
 
     metadata = read_metadata(dataset_dir)
     image_size = metadata["image_size"]
-    paths = [_join(dataset_dir, name) for name in metadata["files"][split]]
+    paths = [_join(dataset_dir, name) for name in metadata["files"][split]][worker[0] :: worker[1]]
     if not paths:
         raise ConfigError(f"the {split} split of {dataset_dir} is empty; prepare more images.")
     spec = {
@@ -399,7 +403,7 @@ def read_split(
     if cache_decoded:
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     if shuffle_seed is not None:
-        dataset = dataset.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     if not cache_decoded:

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from tlp.components.lib import cut_cache as cut_cache_lib
 from tlp.components.lib import images, specs
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.strategy import is_chief, make_strategy
@@ -166,6 +167,7 @@ def fine_tune(
     precision: str = "float32",
     xla: bool = False,
     steps_per_execution: int = 1,
+    cut_cache: bool = True,
 ) -> tuple[dict, int]:
     """Phase 2: unfreeze the base from ``fine_tune_at``, train at ``learning_rate / 10``.
 
@@ -173,6 +175,8 @@ def fine_tune(
     is per replica; the global batch is ``batch_size x replicas``. Epoch numbers continue from
     phase 1. Writes a servable SavedModel to ``model_out_dir``. Returns (history, replicas).
     ``precision`` must be the one phase 1 used (the saved layers carry their policy).
+    ``cut_cache`` trains the layers above the cut on their cached inputs (cut_cache.py); off:
+    the whole model runs on images every epoch (needed once augmentation exists).
     """
     import tensorflow as tf
 
@@ -230,15 +234,26 @@ def fine_tune(
         if replicas == 1 and tf.config.list_logical_devices("GPU"):
             # One GPU, no distribution: stage the next batches on the GPU while it computes.
             train = train.apply(tf.data.experimental.prefetch_to_device("/gpu:0"))
-        model.fit(
-            train,
-            validation_data=val,
-            initial_epoch=first_epoch,
-            epochs=first_epoch + fine_tune_epochs,
-            verbose=2,
-            callbacks=_callbacks(backup_dir, "fine_tune"),
-            **steps,
+        # --- cut cache (issue 15), the one call site: trains the layers above the cut on their cached
+        # inputs (same batches, same order, same weights as the model.fit below); False when the
+        # model cannot be cut, and then nothing was trained.
+        trained_from_cut = cut_cache and cut_cache_lib.fit_from_cut(
+            model, fine_tune_at=fine_tune_at, dataset_dir=dataset_dir, batch_size=global_batch, seed=seed,
+            initial_epoch=first_epoch, epochs=first_epoch + fine_tune_epochs,
+            callbacks=_callbacks(backup_dir, "fine_tune"), strategy=strategy,
+            shard_policy=options.experimental_distribute.auto_shard_policy, repeat=counted, **steps,
         )
+        if not trained_from_cut:
+            model.fit(
+                train,
+                validation_data=val,
+                initial_epoch=first_epoch,
+                epochs=first_epoch + fine_tune_epochs,
+                verbose=2,
+                callbacks=_callbacks(backup_dir, "fine_tune"),
+                **steps,
+            )
+        # --- end cut cache ---
         history = _history(backup_dir, "fine_tune", phase="fine_tuning")
     info = {
         **info,
