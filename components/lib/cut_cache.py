@@ -273,9 +273,15 @@ def build_cache(lower, dataset_dir: str, split: str, batch_size: int, shapes: li
     return cache
 
 
-def cache_dataset(cache: ActivationCache, batch_size: int, *, shuffle_seed: int | None = None, repeat: bool = False):
+def cache_dataset(cache: ActivationCache, batch_size: int, *, shuffle_seed: int | None = None, repeat: bool = False,
+                  distributed: bool = False):
     """(cached tensors, label) batches: record positions shuffled, repeated and batched exactly as
-    ``images.read_split`` shuffles, repeats and batches the records, then gathered from ``cache``."""
+    ``images.read_split`` shuffles, repeats and batches the records, then gathered from ``cache``.
+
+    ``distributed`` (more than one replica): tf.distribute splits each batch across replicas by
+    the batch size it finds in the last batching step (and a map after it hides it), so the
+    gathered rows are batched again: the same batches, split across replicas and workers as the
+    records' batches are, with the same unknown length."""
     import tensorflow as tf
 
     dataset = tf.data.Dataset.range(cache.count)
@@ -294,6 +300,8 @@ def cache_dataset(cache: ActivationCache, batch_size: int, *, shuffle_seed: int 
         return (tuple(values[:-1]) if count > 1 else values[0]), values[-1]
 
     dataset = dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if distributed:
+        dataset = dataset.unbatch().batch(batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -410,8 +418,10 @@ def fit_from_cut(
             tf.data.experimental.AutoShardPolicy.OFF if by_file
             else shard_policy or tf.data.experimental.AutoShardPolicy.DATA
         )
-        train = cache_dataset(caches["train"], batch_size, shuffle_seed=seed, repeat=repeat).with_options(options)
-        val = cache_dataset(caches["val"], batch_size).with_options(options)
+        distributed = strategy.num_replicas_in_sync > 1
+        train = cache_dataset(caches["train"], batch_size, shuffle_seed=seed, repeat=repeat, distributed=distributed)
+        val = cache_dataset(caches["val"], batch_size, distributed=distributed)
+        train, val = train.with_options(options), val.with_options(options)
         with strategy.scope():
             cut.upper.compile_from_config(model.get_compile_config())
         steps = {key: value for key, value in

@@ -24,7 +24,7 @@ import numpy as np
 from tlp.components.lib import cut_cache as cut_cache_lib
 from tlp.components.lib import images, specs
 from tlp.components.lib import model as model_lib
-from tlp.components.lib.strategy import is_chief, make_strategy
+from tlp.components.lib.strategy import cluster_workers, is_chief, make_strategy
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # Fine-tuning keeps decoded images in memory up to this size (20k images at 160 px: 1.5 GB).
@@ -228,8 +228,10 @@ def fine_tune(
         )
         val = images.read_split(dataset_dir, "val", global_batch, cache_decoded=cache)
         options = tf.data.Options()
-        # Few shards: shard by element so every worker gets data.
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        # FILE (each worker reads its own shard files) when there are enough shards, else DATA.
+        options.experimental_distribute.auto_shard_policy = images.auto_shard_policy(
+            metadata, cluster_workers(os.environ.get("TF_CONFIG"))
+        )
         train, val = train.with_options(options), val.with_options(options)
         if replicas == 1 and tf.config.list_logical_devices("GPU"):
             # One GPU, no distribution: stage the next batches on the GPU while it computes.

@@ -133,6 +133,9 @@ def test_training_stream_is_the_record_stream_batch_for_batch(sample_dataset):
     assert first == plain(plain_epochs, 99) and len(first) == 6  # 64 images: 5 batches of 12, one of 4
     second = ours(ours_epochs, 99)
     assert second == plain(plain_epochs, 99) and second != first
+    # Several replicas: the gathered rows are batched again (so tf.distribute finds the batch size).
+    rebatched = ours(cut_cache.cache_dataset(cache, 12, shuffle_seed=5, distributed=True), 99)
+    assert rebatched == plain(images.read_split(sample_dataset, "train", 12, shuffle_seed=5, with_source_ids=True), 99)
     # One endless iterator (steps_per_execution > 1): batches run across epoch boundaries.
     endless = ours(cut_cache.cache_dataset(cache, 12, shuffle_seed=5, repeat=True), 16)
     assert endless == plain(images.read_split(sample_dataset, "train", 12, shuffle_seed=5, with_source_ids=True,
