@@ -392,15 +392,15 @@ def fit_from_cut(
         print(f"  cut cache: not used (it would spill {spill_bytes / 1e9:.1f} GB to {spill_root}, more than its free "
               "space); training on images", flush=True)
         return False
-    crossing = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in zip(cut.names, cut.shapes,
-                                                                                       strict=True))
-    print(f"  cut cache: below layer {fine_tune_at} runs once per image; {len(cut.names)} tensor(s) cross the cut "
-          f"({crossing}), {cut.row_bytes / 1e3:.0f} KB per image; budget {budget / 2**30:.2f} GiB in memory"
-          + (f"; worker {worker + 1}/{workers} caches its own files" if by_file else ""), flush=True)
-    directory = spill_directory(spill_dir)
+    directory = spill_directory(spill_dir)  # before anything is cached: a kill from here on leaves it to sweep
     caches: dict = {}
-    started = time.monotonic()
     try:
+        crossing = ", ".join(f"{name} {'x'.join(map(str, shape))}"
+                             for name, shape in zip(cut.names, cut.shapes, strict=True))
+        print(f"  cut cache: below layer {fine_tune_at} runs once per image; {len(cut.names)} tensor(s) cross the "
+              f"cut ({crossing}), {cut.row_bytes / 1e3:.0f} KB per image; budget {budget / 2**30:.2f} GiB in memory"
+              + (f"; worker {worker + 1}/{workers} caches its own files" if by_file else ""), flush=True)
+        started = time.monotonic()
         for split in ("train", "val"):
             used = sum(cache.memory_bytes for cache in caches.values())
             caches[split] = build_cache(
