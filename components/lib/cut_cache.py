@@ -249,19 +249,17 @@ class ActivationCache:
 
 def build_cache(lower, dataset_dir: str, split: str, batch_size: int, shapes: list, *, memory_bytes: int,
                 spill_path: str, worker: tuple[int, int] = (0, 1), label: str = "") -> ActivationCache:
-    """Runs ``lower`` once over ``split`` (this worker's files when ``worker`` is (index, count)
-    with count > 1, record order) and caches its outputs. On any error the partial cache is
-    deleted and the error raised: a cache is either complete or gone."""
-    import tensorflow as tf
-
+    """Runs ``lower`` (images -> list of float32 tensors; best a tf.function) once over ``split``
+    (this worker's files when ``worker`` is (index, count) with count > 1, record order) and
+    caches its outputs. On any error the partial cache is deleted and the error raised: a cache
+    is either complete or gone."""
     total = images.read_metadata(dataset_dir)["num_examples"][split]
     row_bytes = 4 * sum(math.prod(s) for s in shapes)
     cache = ActivationCache(shapes, total, max(0, memory_bytes) // row_bytes, spill_path)
-    run = tf.function(lower)
     started, batches = time.monotonic(), 0
     try:
         for batch_images, batch_labels in images.read_split(dataset_dir, split, batch_size, worker=worker):
-            cache.add([t.numpy() for t in run(batch_images)], batch_labels.numpy())
+            cache.add([t.numpy() for t in lower(batch_images)], batch_labels.numpy())
             batches += 1
             if batches % 20 == 0:
                 rate = cache.count / max(time.monotonic() - started, 1e-9)
@@ -401,10 +399,12 @@ def fit_from_cut(
               f"cut ({crossing}), {cut.row_bytes / 1e3:.0f} KB per image; budget {budget / 2**30:.2f} GiB in memory"
               + (f"; worker {worker + 1}/{workers} caches its own files" if by_file else ""), flush=True)
         started = time.monotonic()
+        size = metadata["image_size"]  # one trace for every batch size, both splits
+        lower = tf.function(cut.lower, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
         for split in ("train", "val"):
             used = sum(cache.memory_bytes for cache in caches.values())
             caches[split] = build_cache(
-                cut.lower, dataset_dir, split, batch_size, cut.shapes, memory_bytes=budget - used,
+                lower, dataset_dir, split, batch_size, cut.shapes, memory_bytes=budget - used,
                 spill_path=os.path.join(directory, f"{split}.f32"), worker=(worker, workers) if by_file else (0, 1),
             )
         summary = "; ".join(

@@ -154,9 +154,17 @@ def _weights(model_dir):
     return [w.numpy() for w in model_lib.load_keras(model_dir).weights]
 
 
+@pytest.fixture
+def keras_export_only(monkeypatch):
+    """fine_tune saves the Keras model only (the SavedModel export is not under test here)."""
+    monkeypatch.setattr(model_lib, "export_servable",
+                        lambda model, export_dir, class_names, image_size, info:
+                        model_lib.save_keras(model, export_dir, info))
+
+
 @pytest.mark.slow
 def test_fine_tuning_from_the_cut_equals_fine_tuning_on_images(sample_dataset, head_without_dropout, tmp_path,
-                                                               monkeypatch, capsys):
+                                                               monkeypatch, capsys, keras_export_only):
     """Half the cached rows spilled to disk; the result is still plain fine-tuning's."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where spill files go by default
     row_bytes = 4 * (4 * 4 * 192 + 4 * 4 * 32)
@@ -177,6 +185,18 @@ def test_fine_tuning_from_the_cut_equals_fine_tuning_on_images(sample_dataset, h
     difference = max(float(np.max(np.abs(a - b))) for a, b in zip(runs["cut"][1], runs["plain"][1], strict=True))
     assert moved > 50 * TOLERANCE and difference < TOLERANCE
     assert not [name for name in os.listdir(tmp_path) if name.startswith(cut_cache.SPILL_PREFIX)]
+
+
+def test_several_steps_per_execution_from_the_cut_equal_plain(sample_dataset, head_without_dropout, tmp_path,
+                                                              keras_export_only):
+    """With steps_per_execution > 1 the streams repeat and batches run across epoch ends."""
+    histories = {}
+    for name, cut in (("cut", True), ("plain", False)):
+        histories[name], _ = training.fine_tune(
+            sample_dataset, head_without_dropout, str(tmp_path / name), fine_tune_at=100, fine_tune_epochs=2,
+            batch_size=24, seed=11, steps_per_execution=2, cut_cache=cut,
+        )
+    assert histories["cut"] == histories["plain"]
 
 
 def test_spill_files_of_dead_processes_are_removed(tmp_path):
