@@ -373,7 +373,8 @@ def write_prepared(
     to_encode = sum(_size(prepared.splits[split], needing_work=True) or 0 for split in SPLITS)
     unknown = any(size is None for size in sizes.values())
     work = functools.partial(_encode_example, image_size=image_size)
-    with _Pool(_processes(processes, None if unknown else to_encode)) as pool:
+    nothing_to_do = not unknown and to_encode == 0  # e.g. a folder source: encoded while it was read
+    with _Pool(1 if nothing_to_do else _processes(processes, None if unknown else to_encode)) as pool:
         for split in SPLITS:
             per_class: Counter = Counter()
             files[split] = []
@@ -511,7 +512,8 @@ class _Pool:
     """Worker processes that map a function over items and hand the results back in input order.
 
     Spawned (fresh interpreters, never forked from a process whose TensorFlow runtime may be
-    running); each uses one TensorFlow thread, so N workers use N cores. At most
+    running); each uses one TensorFlow thread, so N workers use N cores. While they start (each
+    imports TensorFlow, a few seconds) this process does the first items itself. At most
     ``IN_FLIGHT_PER_PROCESS`` chunks per worker are queued at a time, so memory stays flat
     however many items there are. With one process everything runs here, no pool is started."""
 
@@ -521,6 +523,7 @@ class _Pool:
     def __init__(self, processes: int):
         self.processes = processes
         self._executor = None
+        self._starting: list = []  # one no-op task per worker: done once that worker is ready
 
     def __enter__(self):
         return self
@@ -538,6 +541,7 @@ class _Pool:
             self._executor = ProcessPoolExecutor(
                 self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
             )
+            self._starting = [self._executor.submit(_ready) for _ in range(self.processes)]
         return self._executor
 
     def map(self, fn: Callable, items: Iterable, ready: Callable | None = None) -> Iterator:
@@ -550,6 +554,14 @@ class _Pool:
             return
         pending: deque = deque()
         iterator = iter(items)
+        self._start()
+        while not all(task.done() for task in self._starting):  # workers still starting: work here
+            chunk = list(itertools.islice(iterator, self.CHUNK))
+            if not chunk:
+                return
+            for item in chunk:
+                result = ready(item) if ready else None
+                yield fn(item) if result is None else result
 
         def submit() -> bool:
             chunk = list(itertools.islice(iterator, self.CHUNK))
@@ -570,6 +582,10 @@ class _Pool:
             results = head if isinstance(head, list) else head.result()
             submit()
             yield from results
+
+
+def _ready() -> None:
+    """A no-op: it returns once its worker has started (the initializer has run)."""
 
 
 def _run_chunk(fn: Callable, items: list) -> list:
