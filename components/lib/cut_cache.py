@@ -117,8 +117,7 @@ def split_at_cut(model, fine_tune_at: int) -> CutModels:
     base_input, base_output = call.keras_inputs[0], call.outputs
     pre = None if base_input is model.inputs[0] else keras.Model(model.inputs, base_input, name="before_base")
     if pre is not None:
-        random_layers = [layer.name for layer in pre.layers if isinstance(layer, keras.layers.Layer)
-                         and _is_random(layer)]
+        random_layers = [layer.name for layer in pre.layers if _is_random(layer)]
         if random_layers:
             raise CutNotApplicable(f"layers before the base change their output at random ({random_layers}: "
                                    "augmentation)")
@@ -151,9 +150,7 @@ def split_at_cut(model, fine_tune_at: int) -> CutModels:
 
 def _is_random(layer) -> bool:
     """Whether a layer draws random numbers when training (augmentation, dropout, noise)."""
-    from tf_keras.src.engine.base_layer import BaseRandomLayer
-
-    return isinstance(layer, BaseRandomLayer)
+    return isinstance(layer, model_lib.keras().__internal__.layers.BaseRandomLayer)
 
 
 # --- the cache ------------------------------------------------------------------------------
