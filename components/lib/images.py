@@ -13,6 +13,7 @@ the ones a single process writes. Shards are many and small enough for
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -541,7 +542,8 @@ class _Pool:
             self._executor = ProcessPoolExecutor(
                 self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
             )
-            self._starting = [self._executor.submit(_ready) for _ in range(self.processes)]
+            with _main_module_hidden():  # every worker is started by these submissions
+                self._starting = [self._executor.submit(_ready) for _ in range(self.processes)]
         return self._executor
 
     def map(self, fn: Callable, items: Iterable, ready: Callable | None = None) -> Iterator:
@@ -582,6 +584,22 @@ class _Pool:
             results = head if isinstance(head, list) else head.result()
             submit()
             yield from results
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Spawned workers import the parent's ``__main__`` again, which reruns a script that calls
+    data prep at its top level (no ``if __name__ == "__main__"`` guard) in every worker. The
+    workers need nothing from it, so while they start, ``__main__`` is a blank module."""
+    import sys
+    import types
+
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _ready() -> None:

@@ -58,6 +58,17 @@ def test_shards_are_the_same_bytes_in_every_process(tmp_path):
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
 
 
+def test_a_script_without_a_main_guard_can_prepare_data_on_every_core(tmp_path):
+    """Spawned workers do not rerun the calling script (it has no ``if __name__ == "__main__"``)."""
+    script = tmp_path / "prep.py"
+    script.write_text("import sys\nfrom tlp.components.lib import images\nprint('RAN')\n"
+                      "images.prepare_dataset('sample:10', sys.argv[1], image_size=32, processes=2)\n")
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("RAN") == 1 and "on 2 processes" in run.stdout
+
+
 def test_folder_images_wait_on_disk_not_in_memory(tmp_path):
     prepared = images.folder_examples(str(_photos(tmp_path / "photos", per_class=6)), seed=1, image_size=32,
                                       processes=1)
