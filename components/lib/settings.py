@@ -113,6 +113,10 @@ class FineTuningOptions(Group):
         100, "first base layer to unfreeze (MobileNetV2 has 154 layers)", commands=TRAINING_COMMANDS,
         steps=(FINE_TUNING,), minimum=0, lineage=True,
     )
+    no_cut_cache: bool = option(
+        False, "train the whole model on images every epoch instead of the layers above --fine-tune-at on their "
+        "cached inputs (same result; the cut cache is faster)", commands=TRAINING_COMMANDS, steps=(FINE_TUNING,),
+    )
 
 
 @dataclass(frozen=True)

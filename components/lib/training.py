@@ -21,10 +21,11 @@ import time
 
 import numpy as np
 
+from tlp.components.lib import cut_cache as cut_cache_lib
 from tlp.components.lib import images, specs
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.settings import Settings
-from tlp.components.lib.strategy import is_chief, make_strategy
+from tlp.components.lib.strategy import cluster_spec, cluster_workers, is_chief, make_strategy
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # Fine-tuning keeps decoded images in memory up to this size (20k images at 160 px: 1.5 GB).
@@ -134,6 +135,8 @@ def fine_tune(
     numbers continue from phase 1. Writes a servable SavedModel to ``model_out_dir``. Returns
     (history, replicas). ``runtime.mixed_precision`` must be the one phase 1 used (the saved
     layers carry their policy).
+    ``fine_tuning.no_cut_cache`` off (the default), the layers above the cut train on their cached
+    inputs (cut_cache.py); on, the whole model runs on images every epoch.
     """
     import tensorflow as tf
 
@@ -184,21 +187,34 @@ def fine_tune(
         )
         val = images.read_split(dataset_dir, "val", global_batch, cache_decoded=cache)
         options = tf.data.Options()
-        # Few shards: shard by element so every worker gets data.
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        # FILE (each worker reads its own shard files) when there are enough shards, else DATA.
+        options.experimental_distribute.auto_shard_policy = images.auto_shard_policy(
+            metadata, cluster_workers(cluster_spec())
+        )
         train, val = train.with_options(options), val.with_options(options)
         if replicas == 1 and tf.config.list_logical_devices("GPU"):
             # One GPU, no distribution: stage the next batches on the GPU while it computes.
             train = train.apply(tf.data.experimental.prefetch_to_device("/gpu:0"))
-        model.fit(
-            train,
-            validation_data=val,
-            initial_epoch=first_epoch,
-            epochs=first_epoch + tuning.fine_tune_epochs,
-            verbose=2,
-            callbacks=_callbacks(backup_dir, "fine_tune"),
-            **steps,
+        # --- cut cache (issue 15), the one call site: trains the layers above the cut on their cached
+        # inputs (same batches, same order, same weights as the model.fit below); False when the
+        # model cannot be cut, and then nothing was trained.
+        trained_from_cut = not tuning.no_cut_cache and cut_cache_lib.fit_from_cut(
+            model, fine_tune_at=tuning.fine_tune_at, dataset_dir=dataset_dir, batch_size=global_batch,
+            seed=training.seed, initial_epoch=first_epoch, epochs=first_epoch + tuning.fine_tune_epochs,
+            callbacks=_callbacks(backup_dir, "fine_tune"), strategy=strategy,
+            shard_policy=options.experimental_distribute.auto_shard_policy, repeat=counted, **steps,
         )
+        if not trained_from_cut:
+            model.fit(
+                train,
+                validation_data=val,
+                initial_epoch=first_epoch,
+                epochs=first_epoch + tuning.fine_tune_epochs,
+                verbose=2,
+                callbacks=_callbacks(backup_dir, "fine_tune"),
+                **steps,
+            )
+        # --- end cut cache ---
         history = _history(backup_dir, "fine_tune", phase="fine_tuning")
     info = {
         **info,
