@@ -1,5 +1,6 @@
 """The images and the local environment cannot drift: one lock, exact base tags, non-root,
-and every compiled task on the configured image."""
+every compiled task on the configured image; and `--runner docker`'s checks and settings, with a
+stand-in for the Docker engine (tests/docker/ runs the real thing)."""
 
 import re
 import subprocess
@@ -141,9 +142,13 @@ def test_any_uid_has_a_writable_home(dockerfile):
 
 
 def test_weights_are_baked_into_the_training_image_unless_turned_off():
+    from tlp.pipelines.docker_runner import BAKED_WEIGHTS, BAKED_WEIGHTS_LABEL
+
     text = (CONTAINERS / "train.Dockerfile").read_text()
     assert "ARG BAKE_WEIGHTS=1" in text and "weights='imagenet'" in text
-    assert 'tlp.baked-weights="${BAKE_WEIGHTS}"' in text
+    base, alpha, size = BAKED_WEIGHTS
+    assert f"tf_keras.applications.{base}(input_shape=({size}, {size}, 3)" in text and alpha == 1.0
+    assert f'{BAKED_WEIGHTS_LABEL}="${{BAKE_WEIGHTS}}"' in text
     assert "chmod -R a+rwX /home/tlp/.keras" in text  # Keras ignores a cache it cannot write to
 
 
@@ -223,3 +228,178 @@ def test_default_tag_is_the_project_version(tmp_path):
 
     assert image_reference(kind="train") == f"tlp/tlp-train:{project_version()}"
     assert project_version() == "0.1.0"
+
+
+# --- `--runner docker`: checks before the first container, and what every container gets ---
+
+
+class FakeImage:
+    def __init__(self, env=("HOME=/home/tlp",), labels=None):
+        self.attrs = {"Config": {"Env": list(env)}}
+        self.labels = labels or {}
+
+
+class FakeEngine:
+    """Just enough of docker-py's client for docker_runner: images, info, a probe container."""
+
+    def __init__(self, images, probe_error=None, ping_error=None):
+        self._images, self.probe_error, self.ping_error = images, probe_error, ping_error
+        self.probes = []
+        engine = self
+
+        class Images:
+            def get(self, reference):
+                import docker
+
+                if reference not in engine._images:
+                    raise docker.errors.ImageNotFound(f"No such image: {reference}")
+                return engine._images[reference]
+
+        class Containers:
+            def run(self, image, command, **kwargs):
+                engine.probes.append((image, command, kwargs))
+                if engine.probe_error:
+                    raise engine.probe_error
+                return b""
+
+        self.images, self.containers = Images(), Containers()
+
+    def ping(self):
+        if self.ping_error:
+            raise self.ping_error
+        return True
+
+    def info(self):
+        return {"SecurityOptions": ["name=seccomp,profile=default"]}
+
+    def close(self):
+        pass
+
+
+BUILT = {"tlp/tlp:0.1.0": FakeImage(), "tlp/tlp-train:0.1.0": FakeImage(labels={"tlp.baked-weights": "1"})}
+
+
+def _config(tmp_path, **changes):
+    from tlp.pipelines.runners import RunConfig
+
+    root = tmp_path / "runs" / "pipeline-root"
+    root.mkdir(parents=True, exist_ok=True)
+    values = {"data": "sample:20", "weights": "none", "output_dir": str(tmp_path / "runs"),
+              "registry": f"sqlite:///{root}/registry.db"}
+    return RunConfig(**{**values, **changes})
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    import docker
+
+    def install(fake):
+        monkeypatch.setattr(docker, "from_env", lambda: fake)
+        return fake
+
+    return install
+
+
+def _one_sentence(message: str) -> bool:
+    return message.endswith(".") and ". " not in message.replace("e.g. ", "").replace("i.e. ", "")
+
+
+def test_containers_run_as_the_invoking_user_without_network(tmp_path, engine):
+    import os
+
+    from tlp.pipelines import docker_runner
+
+    fake = engine(FakeEngine(BUILT))
+    runner = docker_runner.make_runner(_config(tmp_path))
+    user = f"{os.getuid()}:{os.getgid()}"
+    assert runner.container_run_args["user"] == user
+    assert runner.container_run_args["network_mode"] == "none"
+    assert set(runner.container_run_args["environment"]) == {"USER", "LOGNAME"}
+    # The mount was probed the way kfp mounts it, as that user.
+    (image, _command, kwargs), = fake.probes
+    root = str(tmp_path / "runs" / "pipeline-root")
+    assert image == "tlp/tlp:0.1.0" and kwargs["user"] == user and kwargs["volumes"] == {
+        root: {"bind": root, "mode": "rw"}
+    }
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"data": "tfds:cats_vs_dogs"}, "downloaded by the data-prep container"),
+    ({"registry": "http://mlflow:5000"}, "is a server"),
+    ({"weights": "imagenet", "image_size": 96}, "not baked into the training image"),
+])
+def test_containers_get_the_network_only_when_the_settings_need_it(tmp_path, engine, capsys, changes, reason):
+    from tlp.pipelines import docker_runner
+
+    engine(FakeEngine(BUILT))
+    runner = docker_runner.make_runner(_config(tmp_path, **changes))
+    assert "network_mode" not in runner.container_run_args
+    assert reason in capsys.readouterr().out
+
+
+def test_baked_weights_keep_the_network_off(tmp_path, engine):
+    from tlp.pipelines import docker_runner
+
+    engine(FakeEngine(BUILT))
+    runner = docker_runner.make_runner(_config(tmp_path, weights="imagenet", image_size=160, alpha=1.0))
+    assert runner.container_run_args["network_mode"] == "none"
+    unbaked = {**BUILT, "tlp/tlp-train:0.1.0": FakeImage(labels={"tlp.baked-weights": "0"})}
+    engine(FakeEngine(unbaked))
+    runner = docker_runner.make_runner(_config(tmp_path, weights="imagenet", image_size=160, alpha=1.0))
+    assert "network_mode" not in runner.container_run_args
+
+
+def test_a_missing_image_is_named_before_anything_starts(tmp_path, engine):
+    from tlp.components.lib.specs import ConfigError
+    from tlp.pipelines import docker_runner
+
+    fake = engine(FakeEngine({"tlp/tlp:0.1.0": FakeImage()}))
+    with pytest.raises(ConfigError, match=r"tlp/tlp-train:0\.1\.0, which is not on this machine.*make images") as error:
+        docker_runner.make_runner(_config(tmp_path))
+    assert _one_sentence(str(error.value)) and fake.probes == []
+    engine(FakeEngine({"tlp/tlp:0.1.0": FakeImage(env=("PATH=/usr/bin",)), "tlp/tlp-train:0.1.0": FakeImage()}))
+    with pytest.raises(ConfigError, match="predates containers that run as the invoking user") as error:
+        docker_runner.make_runner(_config(tmp_path))
+    assert _one_sentence(str(error.value))
+
+
+def test_images_of_another_repository_are_the_ones_checked(tmp_path, engine):
+    from tlp.components.lib.specs import ConfigError
+    from tlp.pipelines import docker_runner
+
+    engine(FakeEngine(BUILT))
+    with pytest.raises(ConfigError, match=r"us-docker\.pkg\.dev/p/tlp/tlp:2\.0\.0"):
+        docker_runner.make_runner(_config(tmp_path), image_repo="us-docker.pkg.dev/p/tlp", image_tag="2.0.0")
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("Error while fetching server API version: ('Connection aborted.', FileNotFoundError(2, 'No such file'))",
+     "needs a running Docker engine and none answers"),
+    ("Error while fetching server API version: ('Connection aborted.', PermissionError(13, 'Permission denied'))",
+     "permission denied"),
+])
+def test_no_engine_in_one_sentence(tmp_path, engine, problem, expected):
+    import docker
+
+    from tlp.components.lib.specs import ConfigError
+    from tlp.pipelines import docker_runner
+
+    engine(FakeEngine(BUILT, ping_error=docker.errors.DockerException(problem)))
+    with pytest.raises(ConfigError, match=expected) as error:
+        docker_runner.make_runner(_config(tmp_path))
+    assert _one_sentence(str(error.value))
+
+
+def test_an_unwritable_mount_is_reported_before_the_run(tmp_path, engine):
+    import docker
+
+    from tlp.components.lib.specs import ConfigError
+    from tlp.pipelines import docker_runner
+
+    refused = docker.errors.ContainerError(
+        "probe", 1, "sh -c touch", "tlp/tlp:0.1.0", b"touch: cannot touch '/x/.tlp-mount-probe': Permission denied\n"
+    )
+    engine(FakeEngine(BUILT, probe_error=refused))
+    with pytest.raises(ConfigError, match="cannot write to the pipeline root .*Permission denied") as error:
+        docker_runner.make_runner(_config(tmp_path))
+    assert _one_sentence(str(error.value))
