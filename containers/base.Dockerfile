@@ -37,6 +37,7 @@ RUN python /opt/tlp-lock/lock_install.py tensorflow cpu \
     && apt-get install -y --no-install-recommends binutils=2.40-2 \
     && find "${tf}" -type f -name '*.so*' -exec strip --strip-unneeded {} + \
     && apt-get purge -y --auto-remove binutils \
+    && apt-get clean \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
