@@ -27,7 +27,7 @@ def run_local(settings: Settings, local: LocalRunOptions, images: ImageOptions, 
     os.makedirs(root, exist_ok=True)
     environment.quiet_tensorflow()  # children inherit it
     if local.runner == "docker":
-        kfp_runner = docker_runner.make_runner(settings, local)
+        kfp_runner = docker_runner.make_runner(settings, local, images)
     else:
         kfp_runner = kfp_local.SubprocessRunner(use_venv=False)
     kfp_local.init(runner=kfp_runner, pipeline_root=root)
