@@ -4,13 +4,12 @@ checked (``resolve``, ``checks``); the environment is read in ``environment``.""
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
 from tlp.components.lib.settings import ImageOptions, LocalRunOptions, Settings
 from tlp.pipelines import docker_runner, environment
-from tlp.pipelines.console import StepClock, failures_explained
+from tlp.pipelines.console import routed_output
 from tlp.pipelines.summary import summarize
 from tlp.pipelines.training import PIPELINE_NAME, create_pipeline
 
@@ -32,17 +31,11 @@ def run_local(settings: Settings, local: LocalRunOptions, images: ImageOptions, 
         kfp_runner = kfp_local.SubprocessRunner(use_venv=False)
     kfp_local.init(runner=kfp_runner, pipeline_root=root)
     before = set(os.listdir(root))
-    clock = StepClock()
-    root_logger = logging.getLogger()
-    root_logger.addFilter(clock)
     started = time.monotonic()
-    try:
-        with failures_explained("a step", clock, lambda: new_run_dir(root, before)):
-            create_pipeline(images)(**settings.values())
-    finally:
-        root_logger.removeFilter(clock)
+    with routed_output(lambda: new_run_dir(root, before), verbose=local.verbose) as console:
+        create_pipeline(images)(**settings.values())
     run_dir = new_run_dir(root, before)
-    summary = summarize(run_dir, settings, notes, clock.seconds)
+    summary = summarize(run_dir, settings, notes, console.seconds)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     return summary
 

@@ -7,6 +7,7 @@ import os
 
 from tlp.components.lib.settings import Settings
 from tlp.components.lib.steps import DATA_PREP, EVALUATION, FINE_TUNING, REGISTRATION, STEP_NAMES
+from tlp.pipelines.console import LOGS
 
 
 def task_outputs(run_dir: str, task: str) -> dict | None:
@@ -73,6 +74,7 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
         # After registration, its copy of the report also says which version and why.
         "report": (registered or scored)["artifacts"]["registered_report" if registered else "report"]["uri"],
         "run_dir": run_dir,
+        "logs": os.path.join(run_dir, LOGS),
         "steps": {name: step_seconds.get(name) for name in STEP_NAMES if name in step_seconds},
     }
 
@@ -107,6 +109,7 @@ def format_summary(summary: dict) -> str:
         f"  model     {summary['model']}",
         f"  report    {summary['report']}",
         "  steps     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["steps"].items() if v is not None),
+        f"  logs      {summary['logs']} (each step's full output)",
     ]
     for note in summary.get("notes", []):
         lines.append(f"  note      {note}")

@@ -279,6 +279,11 @@ class LocalRunOptions(Group):
         "engine)", commands=("run",), choices=("subprocess", "docker"),
     )
     summary_json: str = option("", "also write the summary as JSON to this file", commands=("run",))
+    verbose: bool = option(
+        False, "stream every step's full output (kfp's executor input, TensorFlow's start-up lines) instead of "
+        "one line per step, its progress and epochs; the full output is in RUN_DIR/logs either way",
+        commands=("run", "component"),
+    )
 
 
 @dataclass(frozen=True)
