@@ -75,6 +75,9 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
         "report": (registered or scored)["artifacts"]["registered_report" if registered else "report"]["uri"],
         "run_dir": run_dir,
         "logs": os.path.join(run_dir, LOGS),
+        "augment": settings.training.augment,
+        # Both training steps write TensorBoard logs beside their outputs (STEP/tensorboard).
+        "tensorboard": f"tensorboard --logdir {run_dir}",
         "steps": {name: step_seconds.get(name) for name in STEP_NAMES if name in step_seconds},
     }
 
@@ -90,6 +93,9 @@ def format_summary(summary: dict) -> str:
         f", skipped {len(summary['data']['skipped'])}",
         f"  weights   {summary['weights']}  (base {summary['base']['name']}, alpha "
         f"{summary['base']['alpha']}, {summary['base']['image_size']}px)",
+        *([f"  augment   {summary['augment']} on the training images: feature extraction ran the frozen base "
+             "every epoch (the tutorial's cost; without --augment it runs once per image)"]
+          if summary.get("augment") else []),
         f"  accuracy  train {metrics['train_accuracy']:.4f}  val {metrics['val_accuracy']:.4f}  "
         f"test {metrics['test_accuracy']:.4f}  gap {metrics['gap']:.4f}",
         f"  gate      {'PASSED' if gate['passed'] else 'FAILED'}",
@@ -110,6 +116,7 @@ def format_summary(summary: dict) -> str:
         f"  report    {summary['report']}",
         "  steps     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["steps"].items() if v is not None),
         f"  logs      {summary['logs']} (each step's full output)",
+        f"  curves    {summary['tensorboard']}",
     ]
     for note in summary.get("notes", []):
         lines.append(f"  note      {note}")

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from tlp.components.lib import specs
+from tlp.components.lib.augment import canonical as canonical_augment
 from tlp.components.lib.options import Group, NotPassedToStep, group_from_values, option, options_of
 from tlp.components.lib.steps import DATA_PREP, EVALUATION, FEATURE_EXTRACTION, FINE_TUNING, REGISTRATION
 
@@ -99,6 +100,11 @@ class TrainingOptions(Group):
     seed: int = option(
         42, "seed of the split, shuffling and initialisation", commands=TRAINING_COMMANDS,
         steps=(DATA_PREP, *BOTH_PHASES), minimum=0, lineage=True,
+    )
+    augment: str = option(
+        "", "augment the training images (both phases): flip, rotate:F, zoom:F, contrast:F, comma-separated, or "
+        "tutorial (= flip,rotate:0.2); feature extraction then runs the base every epoch (the tutorial's cost)",
+        commands=TRAINING_COMMANDS, steps=BOTH_PHASES, check=canonical_augment, lineage=True,
     )
 
 
