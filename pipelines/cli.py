@@ -31,6 +31,7 @@ from tlp.components.lib.settings import (
     LocalRunOptions,
     ScheduleOptions,
     Settings,
+    TrackingOptions,
 )
 from tlp.components.lib.specs import ConfigError
 from tlp.components.lib.steps import STEPS
@@ -133,7 +134,7 @@ def command_run(args) -> int:
         print(f"tlp run: registry {settings.registry.registry}; outputs under {os.path.abspath(local.output_dir)}",
               flush=True)
         try:
-            summary = runners.run_local(settings, local, images, notes)
+            summary = runners.run_local(settings, local, images, notes, _group(TrackingOptions, args))
         except RunFailed as error:
             native.run_dir = error.run_dir
             raise

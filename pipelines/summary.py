@@ -117,6 +117,8 @@ def format_summary(summary: dict) -> str:
         "  steps     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["steps"].items() if v is not None),
         f"  logs      {summary['logs']} (each step's full output)",
         f"  curves    {summary['tensorboard']}",
+        *([f"  tracked   MLflow run {summary['tracking']['run_id']} in experiment {summary['tracking']['experiment']}:"
+             f" mlflow ui --backend-store-uri {summary['tracking']['uri']}"] if summary.get("tracking") else []),
     ]
     for note in summary.get("notes", []):
         lines.append(f"  note      {note}")

@@ -367,5 +367,16 @@ class ScheduleOptions(Group):
     end: str = option("", "no runs after, ISO 8601 (default: never)", commands=("schedule create",))
 
 
-RUNNER_GROUPS = (LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions)
+@dataclass(frozen=True)
+class TrackingOptions(Group):
+    """Where a run's parameters, metrics and learning curves can be compared with other runs'."""
+
+    GROUP = "tracking"
+    experiment: str = option(
+        "", "the MLflow experiment (in the registry's store) the run is tracked in (default: the pipeline's name, "
+        "transfer-learning)", commands=("run",),
+    )
+
+
+RUNNER_GROUPS = (LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions, TrackingOptions)
 ALL_GROUPS = PIPELINE_GROUPS + RUNNER_GROUPS
