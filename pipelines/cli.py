@@ -194,7 +194,10 @@ def command_predict(args) -> int:
 
 def command_compile(args) -> int:
     hardware = checks.check_hardware(_group(HardwareOptions, args), "auto")
-    cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output)
+    tracking = _group(TrackingOptions, args)
+    if tracking.tensorboard:
+        checks.check_tensorboard_name(tracking.tensorboard)
+    cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output, tracking)
     print(f"pipeline written to {args.output}")
     return 0
 
@@ -218,7 +221,8 @@ def command_options(args) -> int:
 
 def _cloud_run(args) -> cloud.CloudRun:
     run, notes = cloud.plan_run(
-        _settings(args), _group(CloudOptions, args), _group(HardwareOptions, args), _group(ImageOptions, args)
+        _settings(args), _group(CloudOptions, args), _group(HardwareOptions, args), _group(ImageOptions, args),
+        _group(TrackingOptions, args),
     )
     for note in notes:
         print(f"tlp {args.command}: {note}", flush=True)

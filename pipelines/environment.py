@@ -1,7 +1,8 @@
 """Everything ``tlp`` learns from the machine it runs on: environment variables, caches,
 credentials and whether a host answers. The runners call these; nothing below the runners
-reads the environment (except the training steps' TF_CONFIG, the cluster spec Vertex AI
-gives each replica, read in ``tlp.components.lib.strategy``)."""
+reads the environment (except what Vertex AI gives each training replica: the cluster spec
+TF_CONFIG, read in ``tlp.components.lib.strategy``, and AIP_TENSORBOARD_LOG_DIR, read in
+``tlp.components.lib.training.tensorboard_dir``)."""
 
 from __future__ import annotations
 

@@ -373,8 +373,12 @@ class TrackingOptions(Group):
 
     GROUP = "tracking"
     experiment: str = option(
-        "", "the MLflow experiment (in the registry's store) the run is tracked in (default: the pipeline's name, "
-        "transfer-learning)", commands=("run",),
+        "", "experiment the run is tracked in: an MLflow experiment in the registry's store (local runs), Vertex "
+        "AI Experiments (submit) (default: the pipeline's name, transfer-learning)", commands=("run", "submit"),
+    )
+    tensorboard: str = option(
+        "", "Vertex AI TensorBoard, projects/P/locations/R/tensorboards/ID: both training steps run as custom jobs "
+        "that stream their TensorBoard logs to it", commands=("compile", *CLOUD_COMMANDS),
     )
 
 

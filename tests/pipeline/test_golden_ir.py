@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kfp import compiler
 
-from tlp.components.lib.settings import CloudOptions, HardwareOptions, ImageOptions
+from tlp.components.lib.settings import CloudOptions, HardwareOptions, ImageOptions, TrackingOptions
 from tlp.pipelines.training import create_pipeline
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -22,6 +22,11 @@ VARIANTS = {
     "pipeline-2-nodes-l4.yaml": (
         HardwareOptions(gpus=2, accelerator="NVIDIA_L4", machine_type="g2-standard-24", replicas=2),
         CloudOptions(service_account="trainer@my-project.iam.gserviceaccount.com"),
+    ),
+    "pipeline-vertex-tensorboard.yaml": (
+        HardwareOptions(),
+        CloudOptions(service_account="trainer@my-project.iam.gserviceaccount.com"),
+        TrackingOptions(tensorboard="projects/my-project/locations/us-central1/tensorboards/123"),
     ),
 }
 

@@ -113,3 +113,12 @@ def test_both_phases_write_tensorboard_epochs_continuing(augmented_run):
     assert [head[("train", "epoch_loss")][step] for step in range(3)] == pytest.approx(head_history["loss"])
     assert [tune[("validation", "epoch_accuracy")][step] for step in (3, 4)] == pytest.approx(
         tune_history["val_accuracy"])
+
+
+def test_vertex_ai_tensorboard_dir_wins_when_vertex_sets_it(monkeypatch):
+    from tlp.components.lib.training import tensorboard_dir
+
+    monkeypatch.delenv("AIP_TENSORBOARD_LOG_DIR", raising=False)
+    assert tensorboard_dir("/run/feature-extraction/tensorboard") == "/run/feature-extraction/tensorboard"
+    monkeypatch.setenv("AIP_TENSORBOARD_LOG_DIR", "gs://bucket/run/feature-extraction/logs/")
+    assert tensorboard_dir("/run/feature-extraction/tensorboard") == "gs://bucket/run/feature-extraction/logs/"
