@@ -6,6 +6,7 @@ TF_CONFIG, read in ``tlp.components.lib.strategy``, and AIP_TENSORBOARD_LOG_DIR,
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -36,10 +37,15 @@ def imagenet_weights_cached(base: str, alpha: float, image_size: int) -> bool:
 def tfds_cached(name: str) -> bool:
     import tensorflow_datasets as tfds
 
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # looking is not failing: no "has no dataset_info.json" warnings
     try:
         return tfds.builder(name).is_prepared()
     except Exception:  # unknown name or broken install: not cached, the explicit path reports it
         return False
+    finally:
+        absl.setLevel(level)
 
 
 def google_cloud_project(given: str = "") -> str:
