@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from tlp.components.lib import specs
+from tlp.components.lib.augment import canonical as canonical_augment
 from tlp.components.lib.options import Group, NotPassedToStep, group_from_values, option, options_of
 from tlp.components.lib.steps import DATA_PREP, EVALUATION, FEATURE_EXTRACTION, FINE_TUNING, REGISTRATION
 
@@ -99,6 +100,11 @@ class TrainingOptions(Group):
     seed: int = option(
         42, "seed of the split, shuffling and initialisation", commands=TRAINING_COMMANDS,
         steps=(DATA_PREP, *BOTH_PHASES), minimum=0, lineage=True,
+    )
+    augment: str = option(
+        "", "augment the training images (both phases): flip, rotate:F, zoom:F, contrast:F, comma-separated, or "
+        "tutorial (= flip,rotate:0.2); feature extraction then runs the base every epoch (the tutorial's cost)",
+        commands=TRAINING_COMMANDS, steps=BOTH_PHASES, check=canonical_augment, lineage=True,
     )
 
 
@@ -283,6 +289,11 @@ class LocalRunOptions(Group):
         "engine)", commands=("run",), choices=("subprocess", "docker"),
     )
     summary_json: str = option("", "also write the summary as JSON to this file", commands=("run",))
+    verbose: bool = option(
+        False, "stream every step's full output (kfp's executor input, TensorFlow's start-up lines) instead of "
+        "one line per step, its progress and epochs; the full output is in RUN_DIR/logs either way",
+        commands=("run", "component"),
+    )
 
 
 @dataclass(frozen=True)
@@ -416,8 +427,23 @@ class PredictOptions(Group):
     batch_replicas: int = option(1, "--batch-job machines", commands=("predict",), minimum=1, maximum=1000)
 
 
+@dataclass(frozen=True)
+class TrackingOptions(Group):
+    """Where a run's parameters, metrics and learning curves can be compared with other runs'."""
+
+    GROUP = "tracking"
+    experiment: str = option(
+        "", "experiment the run is tracked in: an MLflow experiment in the registry's store (local runs), Vertex "
+        "AI Experiments (submit) (default: the pipeline's name, transfer-learning)", commands=("run", "submit"),
+    )
+    tensorboard: str = option(
+        "", "Vertex AI TensorBoard, projects/P/locations/R/tensorboards/ID: both training steps run as custom jobs "
+        "that stream their TensorBoard logs to it", commands=("compile", *CLOUD_COMMANDS),
+    )
+
+
 RUNNER_GROUPS = (
     LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions, ServeOptions, DeployOptions,
-    PredictOptions,
+    PredictOptions, TrackingOptions,
 )
 ALL_GROUPS = PIPELINE_GROUPS + RUNNER_GROUPS
