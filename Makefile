@@ -7,6 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 RUN_ARGS ?=
 IMAGE_REPO ?= tlp
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# Pinned bases (the Dockerfiles' defaults); without Docker Hub, `make images-offline` builds on
+# STANDIN_BASE, made from Debian's packages under a local name. BAKE_WEIGHTS=0: no ImageNet
+# weights in the training image (their host unreachable at build time).
+BASE_IMAGE ?= python:3.11.7-slim-bookworm
+TRAIN_BASE_IMAGE ?= tensorflow/tensorflow:2.21.0-gpu
+STANDIN_BASE ?= tlp-local/debian-python:bookworm
+BAKE_WEIGHTS ?= 1
 
 .DEFAULT_GOAL := help
 
@@ -51,15 +58,30 @@ clean: ## Remove .venv and local outputs
 
 .PHONY: help install run test test-fast lint compile lock clean
 
-images: ## Build both container images (IMAGE_REPO=..., IMAGE_TAG=... default: project version)
-	docker build -f containers/base.Dockerfile -t $(IMAGE_REPO)/tlp:$(IMAGE_TAG) .
-	docker build -f containers/train.Dockerfile -t $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG) .
+images: ## Build the CPU, training and serving images (IMAGE_REPO, IMAGE_TAG, BASE_IMAGE, TRAIN_BASE_IMAGE, BAKE_WEIGHTS=0|1)
+	docker build -f containers/base.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	    -t $(IMAGE_REPO)/tlp:$(IMAGE_TAG) .
+	docker build -f containers/train.Dockerfile --build-arg BASE_IMAGE=$(TRAIN_BASE_IMAGE) \
+	    --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) -t $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG) .
+	docker build -f containers/serve.Dockerfile --build-arg CPU_IMAGE=$(IMAGE_REPO)/tlp:$(IMAGE_TAG) \
+	    -t $(IMAGE_REPO)/tlp-serve:$(IMAGE_TAG) .
+	@for name in tlp tlp-train tlp-serve; do ref=$(IMAGE_REPO)/$$name:$(IMAGE_TAG); \
+	  echo "$$ref  $$(docker image ls --format '{{.Size}}' $$ref)  (base: $$(docker image inspect \
+	    --format '{{index .Config.Labels "org.opencontainers.image.base.name"}}' $$ref))"; \
+	done
 
-push: ## Push both images to IMAGE_REPO (e.g. us-docker.pkg.dev/PROJECT/tlp)
+standin-base: ## Build the stand-in base from Debian's packages as STANDIN_BASE (a local name), if missing
+	containers/standin-base.sh $(STANDIN_BASE)
+
+images-offline: standin-base ## make images without Docker Hub or the weights host: stand-in base, no baked weights
+	$(MAKE) --no-print-directory images BASE_IMAGE=$(STANDIN_BASE) TRAIN_BASE_IMAGE=$(STANDIN_BASE) BAKE_WEIGHTS=0
+
+push: ## Push the three images to IMAGE_REPO (e.g. us-docker.pkg.dev/PROJECT/tlp)
 	docker push $(IMAGE_REPO)/tlp:$(IMAGE_TAG)
 	docker push $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG)
+	docker push $(IMAGE_REPO)/tlp-serve:$(IMAGE_TAG)
 
-.PHONY: images push
+.PHONY: images standin-base images-offline push
 
 BENCH_ARGS ?=
 

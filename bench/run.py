@@ -1,6 +1,6 @@
 """The benchmark suite: ``python -m bench.run [--quick] [--only NAME ...] [--output bench/results.json]``.
 
-Six benchmarks (one function each, ``bench_*``) on the full-size model (MobileNetV2, alpha 1.0,
+Eight benchmarks (one function each, ``bench_*``) on the full-size model (MobileNetV2, alpha 1.0,
 160x160, batch 32, calibrated random weights by default: random weights whose BatchNorm
 statistics are set from the training images, made once per invocation and timed by no benchmark;
 timing does not depend on the weights) and generated images. Every comparison runs both sides in
@@ -52,23 +52,25 @@ COMMON = {
 MODES = {
     "full": {
         **COMMON,
-        "budget_seconds": 20 * 60,
+        "budget_seconds": 25 * 60,
         "fe": {"train": 2000, "val": 500, "test": 100}, "fe_epochs": 10,
         "ft_size": 1000, "ft_epochs": 4,
         "reader_passes": 5,
         "scale_sizes": [1000, 2500, 20000], "tune_sizes": [1000, 2500], "tune_epochs": 1,
         "memory_size": 20000, "folder_sizes": [2000], "fresh_sizes": [20000],
         "orchestration": "pipeline",
+        "cut_epochs": 10, "photos": 5000,
     },
     "quick": {
         **COMMON,
-        "budget_seconds": 3 * 60,
+        "budget_seconds": 4 * 60,
         "fe": {"train": 200, "val": 100, "test": 20}, "fe_epochs": 2,
         "ft_size": 200, "ft_epochs": 2,
         "reader_passes": 8,
         "scale_sizes": [200, 1000], "tune_sizes": [200, 1000], "tune_epochs": 1,
         "memory_size": 1000, "folder_sizes": [], "fresh_sizes": [1000],
         "orchestration": "component",
+        "cut_epochs": 2, "photos": 300,
     },
 }
 
@@ -804,6 +806,128 @@ def bench_orchestration(suite: Suite, report: Report) -> None:
                       "direct_process": direct["process"]}
 
 
+@benchmark("cut_cache", "7. Fine-tuning from the cut: cached activations vs plain model.fit on images")
+def bench_cut_cache(suite: Suite, report: Report) -> None:
+    c = suite.config
+    data = suite.datasets()
+    counts = data["counts"]["fe"]
+    weights = suite.weights()
+    suite.child(  # benchmark 1's feature-extraction model (the same run when benchmark 1 ran)
+        "train_head", "feature-extraction-ours", dataset_dir=data["dirs"]["fe"],
+        run_dir=suite.path("runs", "feature-extraction-ours"), alpha=c["alpha"], weights=weights,
+        epochs=c["fe_epochs"], batch_size=c["batch_size"], seed=c["seed"],
+    )
+    model_in = suite.path("runs", "feature-extraction-ours", "model")
+    common = {"dataset_dir": data["dirs"]["fe"], "model_in": model_in, "epochs": c["cut_epochs"],
+              "batch_size": c["batch_size"], "seed": c["seed"], "fine_tune_at": c["fine_tune_at"],
+              "learning_rate": c["learning_rate"]}
+    sides = {}
+    for name, cut in (("plain", False), ("ours", True)):
+        sides[name] = suite.child(
+            "fine_tune_phase", f"cut-cache-{name}", run_dir=suite.path("cut-cache", name), cut_cache=cut,
+            weights_out=suite.path("cut-cache", f"{name}-weights.npz"), **common)
+    plain, ours = sides["plain"], sides["ours"]
+    span = f"{counts['train']}+{counts['val']} img, {c['cut_epochs']} ep"
+    report.measure(f"plain: fine_tune on images, load to last epoch ({span})", plain["seconds"], "s")
+    report.measure(f"ours: fine_tune from the cut, load + cache + epochs ({span})", ours["seconds"], "s")
+    speedup = plain["seconds"] / ours["seconds"]
+    report.check("speed-up of the fine-tuning phase (plain / ours)", speedup, "x", ">= 1.6x", speedup >= 1.6)
+    cpu_speedup = plain["cpu_seconds"] / ours["cpu_seconds"]
+    report.check("same in CPU seconds (robust to other load)", cpu_speedup, "x", ">= 1.6x", cpu_speedup >= 1.6)
+    report.measure("other processes' CPU share during plain / ours", _others(plain, ours))
+    _load_note(report, plain, ours)
+    report.measure("ours: before the first epoch (load, unfreeze, build the cache)", ours["setup_seconds"], "s")
+    report.measure("plain: before the first epoch (load, unfreeze)", plain["setup_seconds"], "s")
+    report.measure("median epoch, plain / ours", f"{statistics.median(e['seconds'] for e in plain['epochs']):.1f} s / "
+                   f"{statistics.median(e['seconds'] for e in ours['epochs']):.1f} s")
+    report.measure("final val accuracy: plain", plain["val_accuracy"])
+    report.measure("final val accuracy: ours", ours["val_accuracy"])
+    gap = abs(plain["val_accuracy"] - ours["val_accuracy"]) * 100
+    report.check("val accuracy difference", gap, "pts", "<= 0.5 pts", gap <= 0.5)
+    difference = suite.child("weights_difference", "cut-cache-weights", model_in=model_in,
+                             first=suite.path("cut-cache", "ours-weights.npz"),
+                             second=suite.path("cut-cache", "plain-weights.npz"))
+    report.measure("final weights: max |ours - plain| / max change by training",
+                   f"{difference['max_abs_difference']:.2e} / {difference['max_abs_moved']:.2e}")
+    report.measure("final weights: worst tensor's |ours - plain| / |its change| (L2)",
+                   difference["max_relative_difference"])
+    size = c["memory_size"]
+    suite.prep(size)
+    suite.head(size)
+    big = suite.child(
+        "fine_tune_phase", f"cut-cache-{size}", fresh=True, run_dir=suite.path("cut-cache", str(size)), cut_cache=True,
+        **{**common, "dataset_dir": suite.path("scale", str(size), "dataset"),
+           "model_in": suite.path("scale", str(size), "runs", "head"), "epochs": 1})
+    peak = big["process"]["peak_rss_mb"]
+    report.check(f"peak RSS, fine-tuning from the cut over {size} images (1 epoch)", peak, "MB", "<= 2,500 MB",
+                 peak <= MEMORY_LIMIT_MB)
+    report.measure(f"  {size} images: load + cache build / first epoch",
+                   f"{big['setup_seconds']:.1f} s / {big['epochs'][0]['seconds']:.1f} s")
+    report.notes.append(
+        "Both sides call training.fine_tune as the fine-tuning component does (backup directory with per-epoch "
+        "checkpoints, NaN guard, CSV history), from benchmark 1's feature-extraction model, each in a process of its "
+        "own, one after the other: plain with cut_cache=False (model.fit on the images: decoded-image cache, "
+        "streaming reader), ours with the default cut cache. Timed from the call to the end of the last epoch; the "
+        "SavedModel export that follows is the same for both and is replaced by saving the weights for the "
+        "comparison. The cut cache keeps up to 1 GiB of activations in memory and spills the rest to local disk."
+    )
+    report.notes.append(
+        "The head has Dropout(0.2) (the default): its random masks may differ between the two sides, so the "
+        "weights are compared as a measurement; tests/unit/test_cut_cache.py checks them within 1e-6 on a "
+        "dropout-free head (bit-identical there)."
+    )
+    report.details = {
+        "plain": {k: plain[k] for k in ("seconds", "cpu_seconds", "setup_seconds", "epochs", "history", "peak_rss_mb",
+                                        "process")},
+        "ours": {k: ours[k] for k in ("seconds", "cpu_seconds", "setup_seconds", "epochs", "history", "peak_rss_mb",
+                                      "process")},
+        "weights": {k: v for k, v in difference.items() if k != "process"},
+        "memory_run": {k: big[k] for k in ("seconds", "setup_seconds", "epochs", "peak_rss_mb", "process")},
+        "images": counts, "epochs": c["cut_epochs"],
+    }
+
+
+@benchmark("parallel_prep", "8. Data prep on every core: JPEG photos of mixed sizes, all cores vs one")
+def bench_parallel_prep(suite: Suite, report: Report) -> None:
+    c = suite.config
+    count = c["photos"]
+    root = suite.path("photos", str(count))
+    photos = suite.child("make_photos", f"make-photos-{count}", root=root, count=count, seed=c["seed"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    sides = {}
+    for name, processes in (("one", 1), ("all", cores)):
+        sides[name] = suite.child("prep", f"data-prep-photos-{name}", data=f"folder:{root}",
+                                  output_dir=suite.path("photos", f"dataset-{name}"), image_size=c["image_size"],
+                                  seed=c["seed"], processes=processes)
+    one, every = sides["one"], sides["all"]
+    described = (f"{count:,} photos, {photos['megapixels_mean']:.1f} MP mean, up to {photos['megapixels_max']:.1f} MP, "
+                 f"{photos['mb_total'] / count * 1000:.0f} KB mean")
+    report.measure(f"photos: {described}", photos["mb_total"], "MB")
+    report.measure("one process: prepare_dataset", one["seconds"], "s")
+    report.measure(f"all {cores} cores: prepare_dataset (worker start-up included)", every["seconds"], "s")
+    speedup = one["seconds"] / every["seconds"]
+    report.check(f"speed-up on {cores} cores (one / all)", speedup, "x", ">= 1.7x", speedup >= 1.7)
+    report.measure(f"efficiency: speed-up / {cores} cores (1.0 = ideal)", speedup / cores)
+    report.measure("photos per second, one / all", f"{count / one['seconds']:.0f} / {count / every['seconds']:.0f}")
+    report.measure("CPU seconds, one / all (workers included)",
+                   f"{one['cpu_seconds']:.1f} / {every['cpu_seconds']:.1f}")
+    report.measure("other processes' CPU share during one / all", _others(one, every))
+    _load_note(report, one, every)
+    same = one["fingerprint"] == every["fingerprint"] and one["files"] == every["files"]
+    report.check("same images and shards (fingerprint, files per split)", "same" if same else "DIFFERENT", "",
+                 "same", same)
+    report.measure("peak RSS: writer process / largest worker", f"{every['peak_rss_mb']:,.0f} / "
+                   f"{every['workers_peak_rss_mb']:,.0f} MB")
+    report.notes.append(
+        "Both sides run prepare_dataset on the same folder, each in a process of its own: decode (JPEGs at reduced "
+        "scale), resize, encode, write TFRecord shards. 'all' starts one spawned worker process per core (each "
+        "imports TensorFlow, a few seconds, counted) and writes in input order; tests/unit/test_parallel_prep.py "
+        "checks the shards are byte-identical. Photos are generated once per invocation (not timed)."
+    )
+    report.details = {"photos": {k: v for k, v in photos.items() if k != "process"}, "cores": cores,
+                      "one": {k: v for k, v in one.items()}, "all": {k: v for k, v in every.items()}}
+
+
 def _epoch_row(epoch: dict) -> dict:
     return {k: v for k, v in epoch.items() if "_batches" not in k}
 
@@ -904,7 +1028,7 @@ def _run_all(suite: Suite, selected: list[str], reports: list, document: dict, s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description="tlp benchmark suite (bench/README.md)")
-    parser.add_argument("--quick", action="store_true", help="small sizes: about 3 minutes instead of about 20")
+    parser.add_argument("--quick", action="store_true", help="small sizes: about 4 minutes instead of about 25")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), metavar="NAME",
                         help=f"run only these benchmarks: {', '.join(BENCHMARKS)}")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="results JSON (default bench/results.json)")

@@ -325,14 +325,77 @@ def make_folder(root: str, count: int, size: int, seed: int) -> dict:
 
 
 @workload
-def prep(data: str, output_dir: str, image_size: int, seed: int) -> dict:
-    """The data-prep step's function, ``prepare_dataset``."""
+def prep(data: str, output_dir: str, image_size: int, seed: int, processes: int | None = None) -> dict:
+    """The data-prep step's function, ``prepare_dataset`` (``processes``: its worker processes;
+    default every core for 1,000 images or more). CPU seconds include the worker processes'."""
+    import resource
+
     from tlp.components.lib import images
 
     start, cpu = time.perf_counter(), time.process_time()
-    metadata = images.prepare_dataset(data, output_dir, image_size=image_size, seed=seed)
-    return {"seconds": _since(start), "cpu_seconds": _cpu_since(cpu), "num_examples": metadata["num_examples"],
-            "peak_rss_mb": peak_rss_mb()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    metadata = images.prepare_dataset(data, output_dir, image_size=image_size, seed=seed, processes=processes)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool's processes have ended and were reaped
+    workers_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return {"seconds": _since(start), "cpu_seconds": round(_cpu_since(cpu) + workers_cpu, 3),
+            "workers_cpu_seconds": round(workers_cpu, 3), "workers_peak_rss_mb": round(after.ru_maxrss * 1024 / 1e6, 1),
+            "num_examples": metadata["num_examples"], "files": {k: len(v) for k, v in metadata["files"].items()},
+            "fingerprint": metadata["fingerprint"], "peak_rss_mb": peak_rss_mb()}
+
+
+# Mixed photo sizes (width, height, share): phone and camera photos from 0.3 to 5 megapixels.
+PHOTO_SIZES = ((640, 480, 0.30), (1024, 768, 0.30), (1280, 960, 0.15), (1200, 1600, 0.08), (1600, 1200, 0.08),
+               (2048, 1536, 0.05), (2592, 1944, 0.04))
+_PHOTO_PARTS: dict = {}  # per process: a smooth colour field and a noise tile, cropped and reused per photo
+
+
+def _photo(index: int, root: str, seed: int) -> tuple[int, int]:
+    """One photo-like JPEG of a size drawn from PHOTO_SIZES: a window of a smooth random colour
+    field, a warm circle or a cool square, and sensor noise; returns (pixels, bytes)."""
+    import numpy as np
+    from PIL import Image, ImageChops, ImageDraw
+
+    if not _PHOTO_PARTS:
+        parts_rng = np.random.default_rng(seed)
+        coarse = parts_rng.integers(40, 200, (40, 54, 3)).astype(np.uint8)
+        _PHOTO_PARTS["field"] = Image.fromarray(coarse).resize((5184, 3888), Image.BILINEAR)
+        _PHOTO_PARTS["noise"] = Image.effect_noise((256, 256), 5).convert("RGB")
+    rng = np.random.default_rng((seed, index))
+    sizes = [(w, h) for w, h, _ in PHOTO_SIZES]
+    width, height = sizes[rng.choice(len(sizes), p=[share for _, _, share in PHOTO_SIZES])]
+    left, top = int(rng.integers(0, 5184 - width)), int(rng.integers(0, 3888 - height))
+    image = _PHOTO_PARTS["field"].crop((left, top, left + width, top + height))
+    label = index % 2
+    radius = rng.uniform(0.15, 0.35) * min(width, height)
+    cy, cx = rng.uniform(radius, height - radius), rng.uniform(radius, width - radius)
+    fill = (215, 115, 45) if label == 0 else (45, 115, 215)
+    draw = ImageDraw.Draw(image)
+    (draw.ellipse if label == 0 else draw.rectangle)((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+    noise = Image.new("RGB", (width, height))
+    for y in range(0, height, 256):
+        for x in range(0, width, 256):
+            noise.paste(_PHOTO_PARTS["noise"], (x, y))
+    image = ImageChops.add(image, noise, 1.0, -128)  # the noise is centred on 128
+    path = os.path.join(root, ("circles", "squares")[label], f"IMG_{index:05d}.jpg")
+    image.save(path, quality=90)
+    return width * height, os.path.getsize(path)
+
+
+@workload
+def make_photos(root: str, count: int, seed: int) -> dict:
+    """``count`` JPEG photos of mixed sizes (PHOTO_SIZES, 0.3 to 5 megapixels) in two class
+    folders, made on every core. Not timed by any benchmark."""
+    import functools
+    from concurrent.futures import ProcessPoolExecutor
+
+    start = time.perf_counter()
+    for name in ("circles", "squares"):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        made = list(pool.map(functools.partial(_photo, root=root, seed=seed), range(count), chunksize=16))
+    pixels = [p for p, _ in made]
+    return {"seconds": _since(start), "files": count, "megapixels_mean": round(sum(pixels) / len(pixels) / 1e6, 2),
+            "megapixels_max": round(max(pixels) / 1e6, 2), "mb_total": round(sum(b for _, b in made) / 1e6, 1)}
 
 
 @workload
@@ -593,7 +656,7 @@ def fine_tune_ours(dataset_dir: str, model_in: str, run_dir: str, epochs: int, b
     training.fine_tune(
         dataset_dir, model_in, os.path.join(run_dir, "tuned"),
         _settings(fine_tune_at=fine_tune_at, fine_tune_epochs=epochs, learning_rate=learning_rate,
-                  batch_size=batch_size, seed=seed),
+                  batch_size=batch_size, seed=seed, no_cut_cache=True),  # this benchmark is about the path on images
         backup_dir=os.path.join(run_dir, "backup"),
     )
     return result()
@@ -623,7 +686,7 @@ def head_then_tune(dataset_dir: str, run_dir: str, alpha: float, weights: str, h
         training.fine_tune(
             dataset_dir, os.path.join(run_dir, "head"), os.path.join(run_dir, "tuned"),
             _settings(fine_tune_at=fine_tune_at, fine_tune_epochs=tune_epochs, learning_rate=learning_rate,
-                      batch_size=batch_size, seed=seed),
+                      batch_size=batch_size, seed=seed, no_cut_cache=True),  # the path on images
             backup_dir=os.path.join(run_dir, "tune-backup"),
         )
         result["tune_seconds"] = _since(start)
@@ -631,6 +694,73 @@ def head_then_tune(dataset_dir: str, run_dir: str, alpha: float, weights: str, h
         result["exported"] = export
         result["export_seconds"] = export_seconds[0] if export_seconds else None
     return result
+
+
+@workload
+def fine_tune_phase(dataset_dir: str, model_in: str, run_dir: str, epochs: int, batch_size: int, seed: int,
+                    fine_tune_at: int, learning_rate: float, cut_cache: bool, weights_out: str | None = None) -> dict:
+    """The whole fine-tuning phase as the component runs it (``training.fine_tune``: load the
+    feature-extraction model, unfreeze, build the cut cache when ``cut_cache``, ``epochs``
+    epochs with per-epoch checkpoints), timed from the call to the end of the last epoch. The
+    SavedModel export that follows is replaced by saving the trained weights to ``weights_out``
+    (.npz, untimed) for the equivalence check."""
+    import numpy as np
+    import tf_keras as keras
+
+    from tlp.components.lib import model as model_lib
+    from tlp.components.lib import training
+
+    marks: dict = {}
+
+    class Marks(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            marks["train_begin"] = time.perf_counter()
+
+        def on_train_end(self, logs=None):
+            marks["train_end"], marks["train_end_cpu"] = time.perf_counter(), time.process_time()
+
+    timer = make_epoch_timer()
+    _append_callback_to_every_fit(timer, Marks())
+
+    def save_weights(model, *args, **kwargs):
+        if weights_out:
+            os.makedirs(os.path.dirname(weights_out), exist_ok=True)
+            np.savez(weights_out, **{f"{i:04d} {w.name}": w.numpy() for i, w in enumerate(model.weights)})
+
+    model_lib.export_servable = save_weights
+    start, cpu = time.perf_counter(), time.process_time()
+    history, replicas = training.fine_tune(
+        dataset_dir, model_in, os.path.join(run_dir, "tuned"),
+        _settings(fine_tune_at=fine_tune_at, fine_tune_epochs=epochs, learning_rate=learning_rate,
+                  batch_size=batch_size, seed=seed, no_cut_cache=not cut_cache),
+        backup_dir=os.path.join(run_dir, "backup"),
+    )
+    return {
+        "seconds": round(marks["train_end"] - start, 3), "cpu_seconds": round(marks["train_end_cpu"] - cpu, 3),
+        "setup_seconds": round(marks["train_begin"] - start, 3),
+        "epochs": [{k: v for k, v in e.items() if not k.endswith("_batches")} for e in timer.epochs],
+        "history": history, "val_accuracy": history["val_accuracy"][-1], "replicas": replicas,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+@workload
+def weights_difference(first: str, second: str, model_in: str) -> dict:
+    """How far apart two trained weight sets (.npz from ``fine_tune_phase``) are, and how far
+    training moved them from the starting model ``model_in``."""
+    import numpy as np
+
+    from tlp.components.lib import model as model_lib
+
+    a, b = np.load(first), np.load(second)
+    start = [w.numpy() for w in model_lib.load_keras(model_in).weights]
+    keys = sorted(a.files)
+    difference = max(float(np.max(np.abs(a[k] - b[k]))) for k in keys)
+    moved = max(float(np.max(np.abs(a[k] - w))) for k, w in zip(keys, start, strict=True))
+    relative = max(float(np.linalg.norm(a[k] - b[k]) / max(np.linalg.norm(a[k] - w), 1e-30))
+                   for k, w in zip(keys, start, strict=True) if np.any(a[k] != w))
+    return {"max_abs_difference": difference, "max_abs_moved": moved, "max_relative_difference": relative,
+            "tensors": len(keys)}
 
 
 # --- the pipeline's functions in one process -------------------------------------------------

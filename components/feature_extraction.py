@@ -19,7 +19,8 @@ def feature_extraction(
 
     Args:
         dataset: The data-prep output.
-        model: Output: the Keras model (model.keras) and model_info.json.
+        model: Output: the Keras model (model.keras) and model_info.json. TensorBoard logs go
+            beside it (``tensorboard/``), or to Vertex AI's ``AIP_TENSORBOARD_LOG_DIR``.
         history: Output: per-epoch loss/accuracy (JSON).
         options: The options this step reads (base, weights, head, training and runtime
             options; declared in tlp.components.lib.settings).
@@ -32,11 +33,14 @@ def feature_extraction(
 
     from tlp.components.lib.settings import Settings
     from tlp.components.lib.steps import FEATURE_EXTRACTION
-    from tlp.components.lib.training import save_history, train_head
+    from tlp.components.lib.training import save_history, tensorboard_dir, train_head
 
     settings = Settings.for_step(FEATURE_EXTRACTION, options)
-    backup_dir = os.path.join(os.path.dirname(model.path), "backup")  # a retried task finds it and resumes
-    result = train_head(dataset.path, model.path, settings, backup_dir=backup_dir)
+    task_dir = os.path.dirname(model.path)
+    backup_dir = os.path.join(task_dir, "backup")  # a retried task finds it and resumes
+    logs = tensorboard_dir(os.path.join(task_dir, "tensorboard"))
+    result = train_head(dataset.path, model.path, settings, backup_dir=backup_dir, tensorboard_dir=logs)
     save_history(result, history.path)
-    model.metadata.update({"framework": "tf-keras", "base": settings.model.base, "weights": settings.model.weights})
+    model.metadata.update({"framework": "tf-keras", "base": settings.model.base, "weights": settings.model.weights,
+                           "augment": settings.training.augment, "tensorboard": logs})
     return namedtuple("FeatureExtractionOutputs", ["val_accuracy"])(result["val_accuracy"][-1])

@@ -22,7 +22,8 @@ def fine_tuning(
         dataset: The data-prep output.
         base_model: The feature-extraction output.
         model: Output: a SavedModel whose serving signature takes encoded image bytes
-            (``image_bytes``) and returns probabilities and label; also model.keras.
+            (``image_bytes``) and returns probabilities and label; also model.keras. TensorBoard
+            logs go beside it (``tensorboard/``), or to Vertex AI's ``AIP_TENSORBOARD_LOG_DIR``.
         history: Output: per-epoch loss/accuracy of this phase (JSON).
         options: The options this step reads (fine-tuning, training and runtime options;
             declared in tlp.components.lib.settings).
@@ -35,12 +36,15 @@ def fine_tuning(
 
     from tlp.components.lib.settings import Settings
     from tlp.components.lib.steps import FINE_TUNING
-    from tlp.components.lib.training import fine_tune, save_history
+    from tlp.components.lib.training import fine_tune, save_history, tensorboard_dir
 
+    task_dir = os.path.dirname(model.path)
+    logs = tensorboard_dir(os.path.join(task_dir, "tensorboard"))
     result, replicas = fine_tune(
         dataset.path, base_model.path, model.path, Settings.for_step(FINE_TUNING, options),
-        backup_dir=os.path.join(os.path.dirname(model.path), "backup"),
+        backup_dir=os.path.join(task_dir, "backup"), tensorboard_dir=logs,
     )
     save_history(result, history.path)
-    model.metadata.update({"framework": "tensorflow", "format": "saved_model", "replicas": replicas})
+    model.metadata.update({"framework": "tensorflow", "format": "saved_model", "replicas": replicas,
+                           "tensorboard": logs})
     return namedtuple("FineTuningOutputs", ["replicas"])(replicas)

@@ -1,30 +1,20 @@
-# Serving image: `tlp serve` (KServe's Python model server) for one exported model. Vertex AI runs
-# it as a custom container (AIP_HTTP_PORT, AIP_PREDICT_ROUTE, AIP_HEALTH_ROUTE, AIP_STORAGE_URI);
-# self-hosted: docker run -p 8080:8080 -v $PWD/model:/model REPO/tlp-serve:TAG /model --host 0.0.0.0
-# Build from the repository root:  docker build -f containers/serve.Dockerfile -t REPO/tlp-serve:TAG .
-# CPU serving (tensorflow from the lock runs on CPUs); Python matches the lock's (3.11).
-FROM python:3.11.7-slim-bookworm
+# Serving image: `tlp serve` answers prediction requests for a registered model.
+# Build from the repository root after the CPU image (`make images` passes the build arg):
+#   docker build -f containers/serve.Dockerfile --build-arg CPU_IMAGE=REPO/tlp:TAG -t REPO/tlp-serve:TAG .
+# Serving needs what the CPU image already holds (tensorflow-cpu, the registry client, the
+# project, all from the one lock), so this image is the CPU image's layers plus its entry point:
+# it adds nothing to pull or to store. The default names the CPU image of this version
+# (tests/unit/test_containers.py keeps it equal to the project version).
+ARG CPU_IMAGE=tlp/tlp:0.1.0
+FROM ${CPU_IMAGE}
 
+ARG CPU_IMAGE
 LABEL org.opencontainers.image.title="tlp-serve" \
-      org.opencontainers.image.description="Transfer-learning pipeline: HTTP inference server for an exported model" \
+      org.opencontainers.image.description="Transfer-learning pipeline: model server (tlp serve)" \
       org.opencontainers.image.source="https://github.com/tlp/tlp" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${CPU_IMAGE}"
 
-ENV PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    TF_CPP_MIN_LOG_LEVEL=2
-
-RUN groupadd --gid 1000 tlp && useradd --uid 1000 --gid tlp --create-home tlp \
-    && mkdir -p /app && chown tlp:tlp /app
-
-WORKDIR /app
-COPY constraints.txt pyproject.toml README.md ./
-COPY components ./components
-COPY pipelines ./pipelines
-# The same lock as the local .venv: the image serves with exactly what was tested.
-RUN python -m pip install --no-cache-dir -c constraints.txt .
-
+ENV PYTHONUNBUFFERED=1
 USER 1000:1000
-EXPOSE 8080
 ENTRYPOINT ["tlp", "serve"]

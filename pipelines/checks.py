@@ -10,12 +10,14 @@ import re
 from tlp.components.lib import specs
 from tlp.components.lib.images import IMAGE_EXTENSIONS
 from tlp.components.lib.model import base_layer_count
-from tlp.components.lib.settings import CloudOptions, HardwareOptions, Settings
+from tlp.components.lib.settings import CloudOptions, HardwareOptions, Settings, TrackingOptions
 from tlp.components.lib.specs import ConfigError
 from tlp.pipelines import environment
 
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+_EXPERIMENT = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+_TENSORBOARD = re.compile(r"projects/([^/]+)/locations/([^/]+)/tensorboards/([^/]+)")
 
 
 def check_settings(settings: Settings, *, local: bool = True, check_layers: bool = True) -> Settings:
@@ -172,3 +174,36 @@ def check_cloud_settings(settings: Settings) -> Settings:
             "use vertex (the Vertex AI Model Registry) or an MLflow server URL."
         )
     return check_settings(settings, local=False)
+
+
+def check_tensorboard_name(name: str) -> str:
+    """A Vertex AI TensorBoard resource name; returns its region."""
+    match = _TENSORBOARD.fullmatch(name)
+    if not match:
+        raise ConfigError(
+            f"--tensorboard {name!r} is not a TensorBoard resource name; give "
+            "projects/PROJECT/locations/REGION/tensorboards/ID (Vertex AI > Experiments > TensorBoard instances)."
+        )
+    return match.group(2)
+
+
+def check_tracking(tracking: TrackingOptions, cloud: CloudOptions) -> TrackingOptions:
+    """``--experiment`` and ``--tensorboard`` of a cloud run (``cloud`` already checked)."""
+    if tracking.experiment and cloud.on_vertex and not _EXPERIMENT.fullmatch(tracking.experiment):
+        raise ConfigError(
+            f"--experiment {tracking.experiment!r} is not a Vertex AI experiment name: lowercase letters, digits "
+            "and '-', starting with a letter or digit, at most 128 characters; e.g. --experiment cats-weekly."
+        )
+    if not tracking.tensorboard:
+        return tracking
+    if not cloud.on_vertex:
+        raise ConfigError("--tensorboard is a Vertex AI TensorBoard; with --kfp-host read the TensorBoard logs the "
+                          "training steps write beside their outputs.")
+    region = check_tensorboard_name(tracking.tensorboard)
+    if region != cloud.region:
+        raise ConfigError(f"--tensorboard {tracking.tensorboard} is in {region}, the run in {cloud.region}; "
+                          "use a TensorBoard instance in the run's region.")
+    if not cloud.service_account:
+        raise ConfigError("--tensorboard needs --service-account: Vertex AI uploads a custom job's TensorBoard logs "
+                          "only for jobs run as a service account (roles/aiplatform.user and access to the bucket).")
+    return tracking

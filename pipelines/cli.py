@@ -43,11 +43,12 @@ from tlp.components.lib.settings import (
     ScheduleOptions,
     ServeOptions,
     Settings,
+    TrackingOptions,
 )
 from tlp.components.lib.specs import ConfigError, NotFound
 from tlp.components.lib.steps import STEPS
 from tlp.pipelines import checks, cloud, deploy, models, predict, runners, serve, single
-from tlp.pipelines.console import RunFailed
+from tlp.pipelines.console import RunFailed, native_stderr_captured
 from tlp.pipelines.environment import check_credentials, quiet_tensorflow
 from tlp.pipelines.resolve import default_registry, resolve_local
 from tlp.pipelines.summary import format_summary
@@ -154,14 +155,21 @@ def command_run(args) -> int:
     if local.runner == "docker" and not settings.registry.registry:
         # Only the pipeline root is mounted into the containers: keep the registry inside it.
         settings = settings.replace(registry=f"sqlite:///{runners.pipeline_root(local.output_dir)}/registry.db")
-    settings, notes = resolve_local(settings, local.output_dir)
-    print(f"tlp run: data {settings.data.data}, weights {settings.model.weights}", flush=True)
-    for note in notes:
-        print(f"tlp run: {note}", flush=True)
-    settings = checks.check_settings(settings)
-    print(f"tlp run: registry {settings.registry.registry}; outputs under {os.path.abspath(local.output_dir)}",
-          flush=True)
-    summary = runners.run_local(settings, local, images, notes)
+    # TensorFlow's C++ start-up lines (resolving `auto`, checking the layers) go to the run's log.
+    with native_stderr_captured(enabled=not local.verbose) as native:
+        settings, notes = resolve_local(settings, local.output_dir)
+        print(f"tlp run: data {settings.data.data}, weights {settings.model.weights}", flush=True)
+        for note in notes:
+            print(f"tlp run: {note}", flush=True)
+        settings = checks.check_settings(settings)
+        print(f"tlp run: registry {settings.registry.registry}; outputs under {os.path.abspath(local.output_dir)}",
+              flush=True)
+        try:
+            summary = runners.run_local(settings, local, images, notes, _group(TrackingOptions, args))
+        except RunFailed as error:
+            native.run_dir = error.run_dir
+            raise
+        native.run_dir = summary["run_dir"]
 
     print(format_summary(summary), flush=True)
     if local.summary_json:
@@ -187,9 +195,10 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 def command_component(args) -> int:
     local = _group(LocalRunOptions, args)
     outputs = single.run_component(
-        args.name, _pairs(args.input, "--input"), _pairs(args.param, "--param"), local.output_dir
+        args.name, _pairs(args.input, "--input"), _pairs(args.param, "--param"), local.output_dir, local.verbose
     )
-    print(f"\ntlp component {args.name}: outputs in {outputs['task_dir']}")
+    print(f"\ntlp component {args.name}: logs in {os.path.join(os.path.dirname(outputs['task_dir']), 'logs')}")
+    print(f"tlp component {args.name}: outputs in {outputs['task_dir']}")
     for name, value in outputs["parameters"].items():
         print(f"  {name} = {value}")
     for name, artifact in outputs["artifacts"].items():
@@ -218,7 +227,10 @@ def command_predict(args) -> int:
 
 def command_compile(args) -> int:
     hardware = checks.check_hardware(_group(HardwareOptions, args), "auto")
-    cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output)
+    tracking = _group(TrackingOptions, args)
+    if tracking.tensorboard:
+        checks.check_tensorboard_name(tracking.tensorboard)
+    cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output, tracking)
     print(f"pipeline written to {args.output}")
     return 0
 
@@ -244,6 +256,7 @@ def _cloud_run(args) -> cloud.CloudRun:
     run, notes = cloud.plan_run(
         _settings(args), _group(CloudOptions, args), _group(HardwareOptions, args), _group(ImageOptions, args),
         _group(DeployOptions, args),
+        _group(TrackingOptions, args),
     )
     for note in notes:
         print(f"tlp {args.command}: {note}", flush=True)

@@ -11,6 +11,8 @@ import tempfile
 import zoneinfo
 from dataclasses import dataclass
 
+from google.api_core.exceptions import GoogleAPICallError
+
 from tlp.components.lib.settings import (
     CloudOptions,
     DeployOptions,
@@ -18,6 +20,7 @@ from tlp.components.lib.settings import (
     ImageOptions,
     ScheduleOptions,
     Settings,
+    TrackingOptions,
 )
 from tlp.components.lib.specs import ConfigError
 from tlp.components.lib.steps import DATA_PREP
@@ -39,6 +42,7 @@ class CloudRun:
     images: ImageOptions
     deploy: DeployOptions
     labels: dict
+    tracking: TrackingOptions = TrackingOptions()
 
     @property
     def enable_caching(self) -> bool | None:
@@ -47,16 +51,21 @@ class CloudRun:
         --no-cache: False, every step runs."""
         return False if self.cloud.no_cache else None
 
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or PIPELINE_NAME
+
 
 # --- compiling --------------------------------------------------------------------------------
 
 
 def compile_pipeline(
-    images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, path: str, deploy: DeployOptions | None = None
+    images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, path: str,
+    deploy: DeployOptions | None = None, tracking: TrackingOptions | None = None,
 ) -> str:
     from kfp import compiler
 
-    pipeline = create_pipeline(images, hardware, cloud, deploy)
+    pipeline = create_pipeline(images, hardware, cloud, deploy=deploy, tracking=tracking)
     compiler.Compiler().compile(pipeline, path)
     return path
 
@@ -76,7 +85,9 @@ def _init_vertex(cloud: CloudOptions):
 
 
 def _compile(run: CloudRun, scratch: str) -> str:
-    return compile_pipeline(run.images, run.hardware, run.cloud, os.path.join(scratch, "pipeline.yaml"), run.deploy)
+    return compile_pipeline(
+        run.images, run.hardware, run.cloud, os.path.join(scratch, "pipeline.yaml"), run.deploy, run.tracking
+    )
 
 
 def _vertex_job(run: CloudRun, template: str, display_name: str = ""):
@@ -109,11 +120,19 @@ def submit(run: CloudRun, echo=print) -> Submitted:
         if not cloud.on_vertex:
             return _submit_kfp(run, template, echo)
         job = _vertex_job(run, template)
-        job.submit(service_account=cloud.service_account or None, network=cloud.network or None)
+        # The run appears in Vertex AI Experiments (the SDK creates the experiment if needed).
+        try:
+            job.submit(service_account=cloud.service_account or None, network=cloud.network or None,
+                       experiment=run.experiment)
+        except RuntimeError as error:
+            if isinstance(error.__cause__, GoogleAPICallError):  # the SDK wraps a refused Metadata request
+                raise error.__cause__ from None
+            raise
     job_id = job.resource_name.rsplit("/", 1)[-1]
     submitted = Submitted(job.resource_name, f"{CONSOLE}/pipelines/locations/{cloud.region}/runs/{job_id}"
                                              f"?project={cloud.project}")
-    echo(f"submitted {submitted.name}\n  console: {submitted.link}")
+    echo(f"submitted {submitted.name}\n  console: {submitted.link}\n  experiment: {run.experiment} "
+         f"({CONSOLE}/experiments/locations/{cloud.region}/experiments/{run.experiment}?project={cloud.project})")
     if cloud.wait:
         submitted.state = follow_vertex(job, echo, run)
     return submitted
@@ -196,7 +215,7 @@ def _submit_kfp(run: CloudRun, template: str, echo) -> Submitted:
     client = _kfp_client(cloud)
     result = client.create_run_from_pipeline_package(
         template, arguments=run.settings.values(), run_name=_display_name(cloud),
-        experiment_name=PIPELINE_NAME, enable_caching=run.enable_caching,
+        experiment_name=run.experiment, enable_caching=run.enable_caching,
         service_account=cloud.service_account or None,
     )
     submitted = Submitted(result.run_id, f"{cloud.kfp_host.rstrip('/')}/#/runs/details/{result.run_id}")
@@ -360,13 +379,15 @@ def change_schedule(cloud: CloudOptions, name: str, action: str) -> str:
 
 
 def plan_run(
-    settings: Settings, cloud: CloudOptions, hardware: HardwareOptions, images: ImageOptions, deploy: DeployOptions
+    settings: Settings, cloud: CloudOptions, hardware: HardwareOptions, images: ImageOptions,
+    deploy: DeployOptions | None = None, tracking: TrackingOptions | None = None,
 ):
     """Resolves ``auto`` and the registry for the cloud and checks everything a cloud run needs,
     credentials included. Returns the run and the notes on what was resolved. Makes no request."""
     cloud = checks.check_cloud_target(cloud)
     hardware = checks.check_hardware(hardware, settings.runtime.devices, on_vertex=cloud.on_vertex)
     labels = checks.parse_labels(cloud.labels)
+    tracking = checks.check_tracking(tracking or TrackingOptions(), cloud)
     settings, notes = resolve_cloud(settings, cloud.project, cloud.region, cloud.api_endpoint, cloud.on_vertex)
     settings = checks.check_cloud_settings(settings)
     if deploy.deploy_endpoint and not settings.registry.registry.startswith("vertex://"):
@@ -376,4 +397,4 @@ def plan_run(
         )
     if cloud.on_vertex:
         environment.check_credentials()
-    return CloudRun(settings, cloud, hardware, images, deploy, labels), notes
+    return CloudRun(settings, cloud, hardware, images, deploy, labels, tracking), notes

@@ -1,65 +1,60 @@
-"""What a person sees while a run goes: each step's time (from kfp's own log records), and a
-failed step's own error sentence repeated at the end instead of "see above"."""
+"""What a person sees while a local run goes, and where the rest goes.
+
+kfp's local runner prints everything to this process's stdout: its own log lines ("Executing
+task 'data-prep'", the outputs of each task), and, indented by four spaces, each step's merged
+stdout and stderr (kfp's executor input as JSON, TensorFlow's C++ start-up lines, our progress
+lines, Keras' epoch lines, a traceback when the step fails). ``StepConsole`` stands in for stdout
+during a run and routes each line:
+
+- into ``RUN_DIR/logs/STEP.log`` (the step's full output, without kfp's indent) or
+  ``RUN_DIR/logs/run.log`` (kfp's lines outside any step);
+- to the terminal: everything with ``verbose``; otherwise a digest: one line when a step starts and
+  one when it ends (with its seconds), the step's progress lines and Keras' epoch lines. When a step
+  fails, its own error (the traceback it printed) is shown in full.
+
+Progress lines are the ones our steps print as ``  topic: message`` (two spaces, a lowercase
+topic, a colon). A progress line that differs from the one before only in its numbers (``features
+train: 640/18610 images``) updates it: such runs are thinned to one line every few seconds, and
+the last one is always shown.
+"""
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import logging
+import os
 import re
 import sys
+import tempfile
+import time
+import warnings
+
+from tlp.components.lib.steps import STEP_NAMES
+
+LOGS = "logs"
+RUN_LOG = "run.log"
+TLP_LOG = "tlp.log"
+PROGRESS_EVERY_SECONDS = 10.0
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_KFP_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - [A-Z]+ - (.*)$")
+_STARTED = re.compile(r"^Executing task '([\w.-]+)'")
+_FINISHED = re.compile(r"^Task '([\w.-]+)' finished with status (\w+)")
+_PROGRESS = re.compile(r"^  [a-z][a-z0-9 _-]*: \S")
+_EPOCH = re.compile(r"^Epoch (\d+)/(\d+)$")
+_EPOCH_STATS = re.compile(r"^\d+/\d+ - (\S+) - (.*?loss: .*)$")
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?")
+_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(ConfigError|TrainingDivergedError|\w+Error): (.+)$")
 
 
 class RunFailed(RuntimeError):
-    """A pipeline step failed; the message says which and where its outputs are."""
+    """A pipeline step failed; the message says which, its error and where its log is."""
 
-
-class StepClock(logging.Filter):
-    """Times each task from kfp.local's own 'Executing task' / 'finished' log records.
-    A filter on the root logger survives kfp's swapping of handlers."""
-
-    pattern = re.compile(r"Task .*?'([\w-]+)'.* finished with status|Executing task .*?'([\w-]+)'")
-
-    def __init__(self):
-        super().__init__()
-        self.started: dict[str, float] = {}
-        self.seconds: dict[str, float] = {}
-        self.failed: str | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = re.sub(r"\x1b\[[0-9;]*m", "", str(record.getMessage()))
-        match = self.pattern.search(message)
-        if match and match.group(2):
-            self.started[match.group(2)] = record.created
-        elif match and match.group(1):
-            task = match.group(1)
-            self.seconds[task] = round(record.created - self.started.get(task, record.created), 2)
-            if "FAILURE" in message:
-                self.failed = task
-        return True
-
-
-class _TailTee:
-    """Passes kfp's output through to the terminal and keeps the last lines, so a failed step's
-    own error sentence can be repeated at the end instead of "see above"."""
-
-    def __init__(self, stream, keep: int = 400):
-        self.stream, self.lines, self._partial = stream, collections.deque(maxlen=keep), ""
-
-    def write(self, text: str) -> int:
-        self.stream.write(text)
-        *complete, self._partial = (self._partial + text).split("\n")
-        self.lines.extend(complete)
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(ConfigError|TrainingDivergedError|\w+Error): (.+)$")
+    def __init__(self, message: str, run_dir: str | None = None):
+        super().__init__(message)
+        self.run_dir = run_dir
 
 
 def step_error(lines) -> str | None:
@@ -70,16 +65,274 @@ def step_error(lines) -> str | None:
     return chosen.group(2).strip() if chosen else None
 
 
+def traceback_of(lines: list[str]) -> list[str]:
+    """The last traceback a step printed, through its final exception line (kfp's own lines after it
+    left out)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if not starts:
+        return []
+    block = lines[starts[-1]:]
+    ends = [i for i, line in enumerate(block) if _ERROR_LINE.match(line) and not line.startswith(" ")]
+    return block[: ends[-1] + 1] if ends else block
+
+
+class _Step:
+    def __init__(self, name: str):
+        self.name, self.started, self.seconds, self.status = name, time.monotonic(), None, None
+        self.lines: collections.deque[str] = collections.deque(maxlen=2000)  # for the error, if it fails
+
+
+class StepConsole(io.TextIOBase):
+    """Stands in for stdout while kfp.local runs a pipeline (see the module's docstring).
+
+    ``run_dir_of`` returns the run's directory once kfp has created it (None before); lines are kept
+    in memory until then. ``terminal`` is where the digest (or, ``verbose``, everything) goes."""
+
+    def __init__(self, run_dir_of, terminal=None, verbose: bool = False):
+        super().__init__()
+        self.terminal = terminal or sys.stdout
+        self.verbose = verbose
+        self._run_dir_of = run_dir_of
+        self.run_dir: str | None = None
+        self.steps: dict[str, _Step] = {}
+        self.current: _Step | None = None
+        self.failed: str | None = None
+        self._partial = ""
+        self._pending: list[tuple[str, str]] = []  # (log file name, line) until the run dir exists
+        self._files: dict[str, io.TextIOBase] = {}
+        self._epoch: str | None = None
+        self._held: tuple[str, str, float, bool] | None = None  # template, line, shown at, shown?
+
+    # --- the stream ----------------------------------------------------------------------------
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *complete, self._partial = (self._partial + text).split("\n")
+        for line in complete:
+            self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+        for handle in self._files.values():
+            handle.flush()
+
+    def close(self) -> None:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = ""
+        self._flush_progress()
+        self._bind_run_dir()
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+
+    # --- results -------------------------------------------------------------------------------
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {name: step.seconds for name, step in self.steps.items() if step.seconds is not None}
+
+    @property
+    def logs_dir(self) -> str | None:
+        return os.path.join(self.run_dir, LOGS) if self.run_dir else None
+
+    def log_path(self, step: str) -> str | None:
+        return os.path.join(self.logs_dir, f"{step}.log") if self.logs_dir else None
+
+    # --- routing -------------------------------------------------------------------------------
+
+    def _line(self, raw: str) -> None:
+        line = _ANSI.sub("", raw)
+        kfp = _KFP_LINE.match(line)
+        if kfp:
+            self._kfp_line(kfp.group(1), line, raw)
+            return
+        step = self.current
+        if step is not None and step.status is None and line.startswith("    "):
+            line = line[4:]  # kfp's indent of the step's own output
+        self._log(step.name if step else None, line)
+        if step is not None and step.status is None:
+            step.lines.append(line)
+        if self.verbose:
+            self._show(raw)
+        elif step is not None and step.status is None:
+            self._digest(line)
+
+    def _kfp_line(self, message: str, line: str, raw: str) -> None:
+        started, finished = _STARTED.match(message), _FINISHED.match(message)
+        if started:
+            self._flush_progress()
+            self.current = self.steps[started.group(1)] = _Step(started.group(1))
+        elif message.startswith("Pipeline "):  # kfp's closing line belongs to no step
+            self.current = None
+        self._log(self.current.name if self.current else None, line)
+        if self.verbose:
+            self._show(raw)
+        if started and not self.verbose:
+            self._show(f"step {self._numbered(started.group(1))}")
+        if finished and self.current is not None and self.current.name == finished.group(1):
+            step = self.current
+            self._flush_progress()
+            step.seconds, step.status = round(time.monotonic() - step.started, 2), finished.group(2)
+            if step.status != "SUCCESS":
+                self.failed = step.name
+            if not self.verbose:
+                verdict = "done in" if step.status == "SUCCESS" else f"{step.status} after"
+                self._show(f"step {self._numbered(step.name)} {verdict} {step.seconds:.1f} s")
+
+    @staticmethod
+    def _numbered(name: str) -> str:
+        return f"{STEP_NAMES.index(name) + 1}/{len(STEP_NAMES)} {name}" if name in STEP_NAMES else name
+
+    def _digest(self, line: str) -> None:
+        """The readable part of a step's output: progress lines and Keras' epoch lines."""
+        epoch = _EPOCH.match(line)
+        if epoch:
+            self._epoch = f"epoch {epoch.group(1)}/{epoch.group(2)}"
+            return
+        stats = _EPOCH_STATS.match(line)
+        if stats and self._epoch:
+            self._flush_progress()
+            metrics = [part.replace(": ", " ") for part in stats.group(2).split(" - ") if ": " in part]
+            self._show(f"  {self._epoch}: {', '.join(metrics)} ({stats.group(1)})")
+            self._epoch = None
+            return
+        if _PROGRESS.match(line):
+            self._progress(line)
+
+    def _progress(self, line: str) -> None:
+        template, now = _NUMBERS.sub("#", line), time.monotonic()
+        held = self._held
+        if held and held[0] == template:
+            if now - held[2] >= PROGRESS_EVERY_SECONDS:
+                self._show(line)
+                self._held = (template, line, now, True)
+            else:
+                self._held = (template, line, held[2], False)
+            return
+        self._flush_progress()
+        self._show(line)
+        self._held = (template, line, now, True)
+
+    def _flush_progress(self) -> None:
+        """Shows the last line of a thinned run of progress updates, if it was not shown."""
+        if self._held and not self._held[3]:
+            self._show(self._held[1])
+        self._held = None
+
+    def _show(self, line: str) -> None:
+        self.terminal.write(line + "\n")
+        self.terminal.flush()
+
+    # --- log files -----------------------------------------------------------------------------
+
+    def _log(self, step: str | None, line: str) -> None:
+        name = f"{step}.log" if step else RUN_LOG
+        if self._bind_run_dir():
+            self._file(name).write(line + "\n")
+        else:
+            self._pending.append((name, line))
+
+    def _bind_run_dir(self) -> bool:
+        if self.run_dir is None:
+            self.run_dir = self._run_dir_of()
+            if self.run_dir is None:
+                return False
+            os.makedirs(self.logs_dir, exist_ok=True)
+            for name, line in self._pending:
+                self._file(name).write(line + "\n")
+            self._pending.clear()
+        return True
+
+    def _file(self, name: str):
+        if name not in self._files:
+            self._files[name] = open(os.path.join(self.logs_dir, name), "a", encoding="utf-8")  # noqa: SIM115
+        return self._files[name]
+
+    # --- failures ------------------------------------------------------------------------------
+
+    def explain_failure(self) -> RunFailed:
+        """The error to end a failed run with: the step, its own error sentence, its log; the step's
+        traceback is shown first (in full) unless everything was streamed already."""
+        name = self.failed or (self.current.name if self.current else None)
+        step = self.steps.get(name) if name else None
+        lines = list(step.lines) if step else []
+        if not self.verbose and lines:
+            shown = traceback_of(lines) or lines[-20:]
+            self._show(f"step {name} failed; the end of its output:")
+            for line in shown:
+                self._show("  | " + line)
+        message = step_error(lines) or "see its log"
+        log = f"; its full log: {self.log_path(name)}" if name and self.log_path(name) else ""
+        kept = f"; outputs of the finished steps are kept in {self.run_dir}" if self.run_dir else ""
+        return RunFailed(f"step {name or 'a step'} failed: {message}{log}{kept}", self.run_dir)
+
+
 @contextlib.contextmanager
-def failures_explained(what: str, clock: StepClock | None = None, run_dir_of=None):
-    """Runs a kfp.local call; on failure raises RunFailed naming the step and its error."""
-    tee = _TailTee(sys.stdout)
+def routed_output(run_dir_of, verbose: bool = False):
+    """Runs a kfp.local call with stdout routed through a ``StepConsole`` (yielded); Python
+    warnings raised meanwhile (e.g. kfp's "non-Python base image" per task) go through logging
+    into the step's log. On failure raises ``RunFailed`` naming the step and its error."""
+    console = StepConsole(run_dir_of, terminal=sys.stdout, verbose=verbose)
+    logging.captureWarnings(True)
     try:
-        with contextlib.redirect_stdout(tee):
-            yield
-    except RuntimeError as error:
-        step = (clock.failed if clock else None) or what
-        message = step_error(tee.lines) or "its error is printed above"
-        kept = run_dir_of() if run_dir_of else None
-        where = f"; outputs of the finished steps are kept in {kept}" if kept else ""
-        raise RunFailed(f"step {step} failed: {message}{where}") from error
+        with warnings.catch_warnings(), contextlib.redirect_stdout(console):
+            warnings.simplefilter("default")
+            try:
+                yield console
+            except RuntimeError as error:  # kfp.local's way of saying a task failed
+                console.close()
+                raise console.explain_failure() from error
+    finally:
+        logging.captureWarnings(False)
+        console.close()
+
+
+class NativeLog:
+    """Where what native code wrote to stderr during ``native_stderr_captured`` ends up: set
+    ``run_dir`` once the run has one, and it is kept in ``RUN_DIR/logs/tlp.log``."""
+
+    def __init__(self):
+        self.run_dir: str | None = None
+
+
+@contextlib.contextmanager
+def native_stderr_captured(enabled: bool = True):
+    """Sends what native code writes to file descriptor 2 (TensorFlow's C++ start-up lines, which
+    no setting silences before absl is initialised) to a file, while Python's ``sys.stderr`` keeps
+    writing to the terminal. Yields a ``NativeLog``; on the way out the lines are moved to
+    ``RUN_DIR/logs/tlp.log`` if its ``run_dir`` was set, else dropped. ``enabled=False``: no
+    capture (``--verbose``)."""
+    native = NativeLog()
+    if not enabled:
+        yield native
+        return
+    sys.stderr.flush()
+    handle = tempfile.NamedTemporaryFile("w+b", prefix="tlp-native-", suffix=".log", delete=False)  # noqa: SIM115
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True,
+                                  encoding=getattr(python_stderr, "encoding", None) or "utf-8",
+                                  errors="backslashreplace")
+    os.dup2(handle.fileno(), 2)
+    try:
+        yield native
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        handle.close()
+        _keep_native_log(handle.name, native.run_dir)
+
+
+def _keep_native_log(path: str, run_dir: str | None) -> None:
+    if run_dir and os.path.getsize(path):
+        os.makedirs(os.path.join(run_dir, LOGS), exist_ok=True)
+        with open(path, "rb") as source, open(os.path.join(run_dir, LOGS, TLP_LOG), "ab") as target:
+            target.write(source.read())
+    os.unlink(path)

@@ -1,11 +1,13 @@
 """Everything ``tlp`` learns from the machine it runs on: environment variables, caches,
 credentials and whether a host answers. The runners call these; nothing below the runners
-reads the environment (except the training steps' TF_CONFIG, the cluster spec Vertex AI
-gives each replica, read in ``tlp.components.lib.strategy``)."""
+reads the environment (except what Vertex AI gives each training replica: the cluster spec
+TF_CONFIG, read in ``tlp.components.lib.strategy``, and AIP_TENSORBOARD_LOG_DIR, read in
+``tlp.components.lib.training.tensorboard_dir``)."""
 
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import socket
 
@@ -36,10 +38,15 @@ def imagenet_weights_cached(base: str, alpha: float, image_size: int) -> bool:
 def tfds_cached(name: str) -> bool:
     import tensorflow_datasets as tfds
 
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # looking is not failing: no "has no dataset_info.json" warnings
     try:
         return tfds.builder(name).is_prepared()
     except Exception:  # unknown name or broken install: not cached, the explicit path reports it
         return False
+    finally:
+        absl.setLevel(level)
 
 
 def google_cloud_project(given: str = "") -> str:

@@ -4,13 +4,13 @@ checked (``resolve``, ``checks``); the environment is read in ``environment``.""
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
-from tlp.components.lib.settings import ImageOptions, LocalRunOptions, Settings
-from tlp.pipelines import docker_runner, environment
-from tlp.pipelines.console import StepClock, failures_explained
+from tlp.components.lib.settings import ImageOptions, LocalRunOptions, Settings, TrackingOptions
+from tlp.pipelines import docker_runner, environment, tracking
+from tlp.pipelines.console import routed_output
+from tlp.pipelines.resolve import default_registry
 from tlp.pipelines.summary import summarize
 from tlp.pipelines.training import PIPELINE_NAME, create_pipeline
 
@@ -19,31 +19,32 @@ def pipeline_root(output_dir: str) -> str:
     return os.path.join(os.path.abspath(output_dir), "pipeline-root")
 
 
-def run_local(settings: Settings, local: LocalRunOptions, images: ImageOptions, notes: list[str]) -> dict:
-    """Runs the whole pipeline through kfp.local. Returns the summary."""
+def run_local(
+    settings: Settings, local: LocalRunOptions, images: ImageOptions, notes: list[str],
+    tracked: TrackingOptions | None = None,
+) -> dict:
+    """Runs the whole pipeline through kfp.local and tracks it as an MLflow run (experiment
+    ``tracked.experiment``, default the pipeline's name). Returns the summary."""
     from kfp import local as kfp_local
 
     root = pipeline_root(local.output_dir)
     os.makedirs(root, exist_ok=True)
     environment.quiet_tensorflow()  # children inherit it
     if local.runner == "docker":
-        kfp_runner = docker_runner.make_runner(settings, local)
+        kfp_runner = docker_runner.make_runner(settings, local, images)
     else:
         kfp_runner = kfp_local.SubprocessRunner(use_venv=False)
     kfp_local.init(runner=kfp_runner, pipeline_root=root)
     before = set(os.listdir(root))
-    clock = StepClock()
-    root_logger = logging.getLogger()
-    root_logger.addFilter(clock)
-    started = time.monotonic()
-    try:
-        with failures_explained("a step", clock, lambda: new_run_dir(root, before)):
-            create_pipeline(images)(**settings.values())
-    finally:
-        root_logger.removeFilter(clock)
+    started, started_at = time.monotonic(), time.time()
+    with routed_output(lambda: new_run_dir(root, before), verbose=local.verbose) as console:
+        create_pipeline(images)(**settings.values())
     run_dir = new_run_dir(root, before)
-    summary = summarize(run_dir, settings, notes, clock.seconds)
+    summary = summarize(run_dir, settings, notes, console.seconds)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
+    experiment = (tracked or TrackingOptions()).experiment or PIPELINE_NAME
+    uri = tracking.tracking_uri(settings.registry.registry, default_registry(local.output_dir))
+    summary["tracking"] = tracking.track_run(summary, settings, uri, experiment, started_at)
     return summary
 
 

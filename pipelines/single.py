@@ -17,7 +17,7 @@ from tlp.components.catalogue import COMPONENTS
 from tlp.components.lib.settings import Settings, step_values
 from tlp.components.lib.specs import ConfigError
 from tlp.pipelines import environment
-from tlp.pipelines.console import failures_explained
+from tlp.pipelines.console import routed_output
 from tlp.pipelines.resolve import resolve_local
 from tlp.pipelines.runners import new_run_dir
 from tlp.pipelines.summary import task_outputs
@@ -89,8 +89,11 @@ def step_options(step_name: str, params: dict[str, str], output_dir: str) -> tup
     return step_values(step_name, Settings.from_values(settings.values()).values()), notes
 
 
-def run_component(name: str, artifacts: dict[str, str], params: dict[str, str], output_dir: str) -> dict:
-    """Runs component ``name`` locally; returns its task directory, parameters and artifacts."""
+def run_component(
+    name: str, artifacts: dict[str, str], params: dict[str, str], output_dir: str, verbose: bool = False
+) -> dict:
+    """Runs component ``name`` locally; returns its task directory, parameters and artifacts.
+    ``verbose``: stream its full output (it is in the run's ``logs/`` folder either way)."""
     from kfp import local
 
     options, notes = step_options(name, params, output_dir)
@@ -102,9 +105,10 @@ def run_component(name: str, artifacts: dict[str, str], params: dict[str, str], 
     environment.quiet_tensorflow()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root)
     before = set(os.listdir(root))
-    with failures_explained(name):
+    prefix = f"tlp-component-{name}"
+    with routed_output(lambda: new_run_dir(root, before, prefix=prefix), verbose=verbose):
         pipeline()
-    run_dir = new_run_dir(root, before, prefix=f"tlp-component-{name}")
+    run_dir = new_run_dir(root, before, prefix=prefix)
     task = COMPONENTS[name].name.replace("_", "-")
     outputs = task_outputs(run_dir, task) or {"parameters": {}, "artifacts": {}}
     return {"task_dir": os.path.join(run_dir, task), **outputs}

@@ -7,6 +7,7 @@ import os
 
 from tlp.components.lib.settings import Settings
 from tlp.components.lib.steps import DATA_CHECKS, DATA_PREP, EVALUATION, FINE_TUNING, REGISTRATION, STEP_NAMES
+from tlp.pipelines.console import LOGS
 
 
 def task_outputs(run_dir: str, task: str) -> dict | None:
@@ -80,6 +81,10 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
         # After registration, its copy of the report also says which version and why.
         "report": (registered or scored)["artifacts"]["registered_report" if registered else "report"]["uri"],
         "run_dir": run_dir,
+        "logs": os.path.join(run_dir, LOGS),
+        "augment": settings.training.augment,
+        # Both training steps write TensorBoard logs beside their outputs (STEP/tensorboard).
+        "tensorboard": f"tensorboard --logdir {run_dir}",
         "steps": {name: step_seconds.get(name) for name in STEP_NAMES if name in step_seconds},
     }
 
@@ -103,6 +108,9 @@ def format_summary(summary: dict) -> str:
         f", skipped {len(summary['data']['skipped'])}",
         f"  weights   {summary['weights']}  (base {summary['base']['name']}, alpha "
         f"{summary['base']['alpha']}, {summary['base']['image_size']}px)",
+        *([f"  augment   {summary['augment']} on the training images: feature extraction ran the frozen base "
+             "every epoch (the tutorial's cost; without --augment it runs once per image)"]
+          if summary.get("augment") else []),
         *_check_lines(summary.get("checks")),
         f"  accuracy  train {metrics['train_accuracy']:.4f}  val {metrics['val_accuracy']:.4f}  "
         f"test {metrics['test_accuracy']:.4f}  gap {metrics['gap']:.4f}",
@@ -129,6 +137,10 @@ def format_summary(summary: dict) -> str:
         f"  model     {summary['model']}",
         f"  report    {summary['report']}",
         "  steps     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["steps"].items() if v is not None),
+        f"  logs      {summary['logs']} (each step's full output)",
+        f"  curves    {summary['tensorboard']}",
+        *([f"  tracked   MLflow run {summary['tracking']['run_id']} in experiment {summary['tracking']['experiment']}:"
+             f" mlflow ui --backend-store-uri {summary['tracking']['uri']}"] if summary.get("tracking") else []),
     ]
     for note in summary.get("notes", []):
         lines.append(f"  note      {note}")

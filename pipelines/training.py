@@ -18,7 +18,14 @@ from kfp import dsl
 from tlp.components.catalogue import COMPONENTS
 from tlp.components.container_images import image_reference
 from tlp.components.deployment import add_deploy_step, deployment
-from tlp.components.lib.settings import CloudOptions, DeployOptions, HardwareOptions, ImageOptions, pipeline_options
+from tlp.components.lib.settings import (
+    CloudOptions,
+    DeployOptions,
+    HardwareOptions,
+    ImageOptions,
+    TrackingOptions,
+    pipeline_options,
+)
 from tlp.components.lib.steps import (
     DATA_CHECKS,
     DATA_FINGERPRINT,
@@ -38,9 +45,10 @@ RETRY_BACKOFF = "120s"
 RETRY_BACKOFF_FACTOR = 2.0
 
 
-def _on_hardware(tune_op, hardware: HardwareOptions, cloud: CloudOptions):
-    """The fine-tuning component, wrapped as a custom job when the hardware asks for one."""
-    if not hardware.as_custom_job:
+def _on_hardware(tune_op, hardware: HardwareOptions, cloud: CloudOptions, tensorboard: str = ""):
+    """The fine-tuning component, wrapped as a custom job when the hardware (or a Vertex AI
+    TensorBoard, which only custom jobs can write to) asks for one."""
+    if not hardware.as_custom_job and not tensorboard:
         return tune_op
     from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
 
@@ -58,7 +66,27 @@ def _on_hardware(tune_op, hardware: HardwareOptions, cloud: CloudOptions):
         # A custom job does not inherit the pipeline's identity or network: pass them on.
         service_account=cloud.service_account,
         network=cloud.network,
+        tensorboard=tensorboard,
     )
+
+
+def _with_tensorboard(head_op, cloud: CloudOptions, tensorboard: str):
+    """The feature-extraction component as a custom job writing to a Vertex AI TensorBoard."""
+    if not tensorboard:
+        return head_op
+    from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
+
+    return create_custom_training_job_from_component(
+        head_op, display_name=FEATURE_EXTRACTION, machine_type=DEFAULT_MACHINE_TYPE,
+        restart_job_on_worker_restart=True, service_account=cloud.service_account, network=cloud.network,
+        tensorboard=tensorboard,
+    )
+
+
+def _tensorboard_output(step_name: str) -> dict:
+    """Where a custom job with a TensorBoard keeps its outputs: Vertex AI sets the step's
+    AIP_TENSORBOARD_LOG_DIR below it and uploads what is written there. One per run and step."""
+    return {"base_output_directory": f"{dsl.PIPELINE_ROOT_PLACEHOLDER}/{dsl.PIPELINE_JOB_ID_PLACEHOLDER}/{step_name}"}
 
 
 def _op(name: str, images: ImageOptions):
@@ -80,10 +108,12 @@ def _parameters() -> inspect.Signature:
 def create_pipeline(
     images: ImageOptions | None = None, hardware: HardwareOptions | None = None, cloud: CloudOptions | None = None,
     deploy: DeployOptions | None = None,
+    tracking: TrackingOptions | None = None,
 ):
     """Builds the pipeline. ``images`` chooses the component images, ``hardware`` (and the
     service account and network of ``cloud``) where fine-tuning runs on Vertex AI; with
-    ``deploy.deploy_endpoint`` a new champion is deployed to that Vertex AI endpoint."""
+    ``deploy.deploy_endpoint`` a new champion is deployed to that Vertex AI endpoint, and
+    ``tracking.tensorboard`` is the Vertex AI TensorBoard both training steps write to."""
     images, hardware, cloud = images or ImageOptions(), hardware or HardwareOptions(), cloud or CloudOptions()
     fingerprint_op, checks_op = _op(DATA_FINGERPRINT, images), _op(DATA_CHECKS, images)
     deploy = deploy or DeployOptions()
@@ -91,8 +121,12 @@ def create_pipeline(
         deployment.python_func, install_kfp_package=False,
         base_image=image_reference(images.image_repo, images.image_tag or None, kind="light"),
     )
-    prep_op, head_op = _op(DATA_PREP, images), _op(FEATURE_EXTRACTION, images)
-    tune_op = _on_hardware(_op(FINE_TUNING, images), hardware, cloud)
+    tensorboard = (tracking or TrackingOptions()).tensorboard
+    prep_op = _op(DATA_PREP, images)
+    head_op = _with_tensorboard(_op(FEATURE_EXTRACTION, images), cloud, tensorboard)
+    tune_op = _on_hardware(_op(FINE_TUNING, images), hardware, cloud, tensorboard)
+    head_extra = _tensorboard_output(FEATURE_EXTRACTION) if tensorboard else {}
+    tune_extra = _tensorboard_output(FINE_TUNING) if tensorboard else {}
     eval_op, register_op = _op(EVALUATION, images), _op(REGISTRATION, images)
     names = [opt.name for opt in pipeline_options()]
 
@@ -109,10 +143,12 @@ def create_pipeline(
         prep.set_display_name(DATA_PREP)
         checked = checks_op(dataset=prep.outputs["dataset"], options=options(DATA_CHECKS))
         checked.set_display_name(DATA_CHECKS)
-        head = head_op(dataset=prep.outputs["dataset"], options=options(FEATURE_EXTRACTION)).after(checked)
+        head = head_op(dataset=prep.outputs["dataset"], options=options(FEATURE_EXTRACTION), **head_extra)
+        head.after(checked)
         head.set_display_name(FEATURE_EXTRACTION)
         tuned = tune_op(
-            dataset=prep.outputs["dataset"], base_model=head.outputs["model"], options=options(FINE_TUNING)
+            dataset=prep.outputs["dataset"], base_model=head.outputs["model"], options=options(FINE_TUNING),
+            **tune_extra,
         ).set_display_name(FINE_TUNING)
         if hardware.gpus and not hardware.as_custom_job:
             tuned.set_accelerator_type(hardware.accelerator).set_accelerator_limit(hardware.gpus)

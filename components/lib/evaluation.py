@@ -69,6 +69,7 @@ def evaluate_model(
             results["test_details"] = {
                 "confusion_matrix": confusion(y_true, y_prob.argmax(axis=1), num_classes),
                 "roc": roc(y_true, y_prob) if num_classes == 2 else None,
+                "per_class": per_class(y_true, y_prob.argmax(axis=1), class_names),
                 "misclassified": misclassified,
             }
     return results
@@ -104,6 +105,20 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[
     from sklearn.metrics import confusion_matrix
 
     return confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist()
+
+
+def per_class(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> list[dict]:
+    """Precision, recall and image count of each class (one against the rest)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels = list(range(len(class_names)))
+    precision, recall, _f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    return [
+        {"name": name, "precision": float(p), "recall": float(r), "images": int(n)}
+        for name, p, r, n in zip(class_names, precision, recall, support, strict=True)
+    ]
 
 
 def roc(y_true: np.ndarray, y_prob: np.ndarray) -> dict | None:

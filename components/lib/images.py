@@ -4,17 +4,26 @@ A prepared data set is a directory holding, per split, TFRecord shards of JPEG i
 resized to the model's input size, and ``metadata.json`` (class names, per-split per-class
 counts, image size, source spec, skipped files). Reading it back is a streaming tf.data
 pipeline, so memory stays flat however many images there are.
+
+Data prep decodes, resizes and encodes on every core: a pool of worker processes does that work
+while this process writes the results in their input order, so the shards are byte for byte
+the ones a single process writes. Shards are many and small enough for
+``AutoShardPolicy.FILE`` (see ``records_per_shard`` and ``auto_shard_policy``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
-from collections import Counter
+import tempfile
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -25,7 +34,19 @@ from tlp.components.lib.specs import MIN_IMAGE_SIZE, ConfigError, DataSpec, pars
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # the tutorial's 80/10/10
 METADATA_FILE = "metadata.json"
-SHARD_SIZE = 1000
+SHARD_SIZE = 1000  # records per shard when a split's size is not known in advance
+# Shards: about TARGET_SHARD_BYTES each for big sets, but at least SHARDS_PER_WORKER per worker of the
+# largest multi-worker run the data set should serve (AutoShardPolicy.FILE gives each worker whole
+# files), and never below MIN_SHARD_RECORDS records, so small sets keep few files (and DATA sharding).
+TARGET_SHARD_BYTES = 128 * 2**20
+SHARDS_PER_WORKER = 4
+DEFAULT_MAX_WORKERS = 8
+MIN_SHARD_RECORDS = 16
+JPEG_BYTES_PER_PIXEL = 0.5  # a resized quality-95 JPEG: ~13 KB at 160 px
+# Below this many images one process does the work: starting worker processes (each imports
+# TensorFlow, ~3 s) would cost more than it saves.
+PARALLEL_MIN_IMAGES = 1000
+SHUFFLE_BUFFER = 4096  # training-stream shuffle; the cut cache (cut_cache.py) shuffles record positions the same way
 JPEG_QUALITY = 95
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_SKIPPED_FRACTION = 0.10
@@ -44,6 +65,7 @@ class Example:
     encoded: bytes | None = None  # already resized and JPEG-encoded
     generate: Callable[[], np.ndarray] | None = None  # makes the pixels on demand (sample data)
     content_hash: str | None = None  # SHA-256 of the file's bytes (decides its split)
+    stored: tuple[int, int] | None = None  # (offset, length) of its encoded bytes in PreparedSplits.store
 
 
 @dataclass
@@ -51,8 +73,32 @@ class PreparedSplits:
     class_names: list[str]
     splits: dict[str, list[Example]]
     skipped: list[dict] = field(default_factory=list)
+    store: _EncodedStore | None = None  # encoded images kept on local disk, not in memory
     split: dict = field(default_factory=dict)  # how the splits were made (method, seed, moved photos)
     source_fingerprint: str = ""  # the data-fingerprint step's listing of the source
+
+
+class _EncodedStore:
+    """Encoded images appended to an anonymous temporary file (gone when closed or when the
+    process ends), so holding every resized photo between reading and writing costs no memory."""
+
+    def __init__(self):
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self._end = 0
+
+    def put(self, data: bytes) -> tuple[int, int]:
+        self._file.write(data)
+        reference = (self._end, len(data))
+        self._end += len(data)
+        return reference
+
+    def get(self, reference: tuple[int, int]) -> bytes:
+        self._file.flush()
+        offset, length = reference
+        return os.pread(self._file.fileno(), length, offset)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 # --- sources --------------------------------------------------------------------------------
@@ -96,7 +142,7 @@ def _sample_pixels(label: int, seed: tuple, size: int = 192) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def folder_examples(root: str, seed: int, image_size: int) -> PreparedSplits:
+def folder_examples(root: str, seed: int, image_size: int, processes: int | None = None) -> PreparedSplits:
     """The user's photos: one subfolder per class (nested folders inside a class are walked)."""
     import tensorflow as tf  # gfile reads local paths and gs:// alike
 
@@ -118,10 +164,11 @@ def folder_examples(root: str, seed: int, image_size: int) -> PreparedSplits:
             else:
                 skipped.append({"path": path, "reason": "not an image file (by extension)", "kind": "not_image"})
     _require_two_classes(root, class_names, examples, "with images")
-    examples, skipped = _encode_files(examples, skipped, image_size)
+    store = _EncodedStore()
+    examples, skipped = _encode_files(examples, skipped, image_size, store, processes)
     _require_two_classes(root, class_names, examples, "with readable images")
     splits, record = split_by_content(examples, seed)
-    return PreparedSplits(class_names, splits, skipped, split=record)
+    return PreparedSplits(class_names, splits, skipped, store, split=record)
 
 
 def _require_two_classes(root: str, class_names: list[str], examples: list[Example], what: str) -> None:
@@ -136,34 +183,47 @@ def _require_two_classes(root: str, class_names: list[str], examples: list[Examp
         )
 
 
-def _encode_files(examples: list[Example], skipped: list[dict], image_size: int):
+def _encode_files(examples: list[Example], skipped: list[dict], image_size: int, store: _EncodedStore,
+                  processes: int | None = None):
     """Decodes and resizes every file once, before splitting, so that unreadable files and
-    exact duplicates never unbalance the split. Resized JPEGs are small (~10 KB at 160 px)."""
+    exact duplicates never unbalance the split. Resized JPEGs (~10 KB at 160 px) go to ``store``.
+    Files are read and encoded on ``processes`` worker processes; the verdicts (duplicate,
+    unreadable, kept) are taken here in file order, as one process would take them."""
     readable, seen = [], {}
-    for count, example in enumerate(examples, 1):
-        try:
-            with _open(example.path) as handle:
-                data = handle.read()
-            digest = hashlib.sha256(data).hexdigest()
-            if digest in seen:
+    work = functools.partial(_read_and_encode, image_size=image_size)
+    with _Pool(_processes(processes, len(examples))) as pool:
+        progress = _Progress("read", "files", len(examples), pool.processes)
+        results = pool.map(work, [example.path for example in examples])
+        for example, (digest, encoded, error) in zip(examples, results, strict=True):
+            progress.tick()
+            if digest is not None and digest in seen:
                 original, original_label = seen[digest]
                 reason = f"exact duplicate of {original} (kept once, in one split)"
                 if original_label != example.label:  # the same photo filed under two classes
                     reason = f"same bytes as {original} in another class folder: a labelling conflict, kept there only"
                 skipped.append({"path": example.path, "reason": reason, "kind": "duplicate"})
                 continue
-            pixels = decode_bytes(data, image_size)
-            example.encoded = encode_example(pixels, image_size)
-        except Exception as error:  # any decoder failure means "skip and say why"
-            reason = f"{type(error).__name__}: {error}"
-            skipped.append({"path": example.path, "reason": reason, "kind": "unreadable"})
-            continue
-        seen[digest] = (example.path, example.label)
-        example.content_hash = digest
-        readable.append(example)
-        if count % 500 == 0:
-            print(f"  data prep: read {count}/{len(examples)} files", flush=True)
+            if error is not None:
+                skipped.append({"path": example.path, "reason": error, "kind": "unreadable"})
+                continue
+            example.stored = store.put(encoded)
+            seen[digest] = (example.path, example.label)
+            example.content_hash = digest
+            readable.append(example)
     return readable, skipped
+
+
+def _read_and_encode(path: str, image_size: int) -> tuple[str | None, bytes | None, str | None]:
+    """(sha256 of the file, resized JPEG, None), or the error that stopped it as its third item
+    (the digest too when the file could be read)."""
+    digest = None
+    try:
+        with _open(path) as handle:
+            data = handle.read()
+        digest = hashlib.sha256(data).hexdigest()
+        return digest, encode_example(decode_bytes(data, image_size), image_size), None
+    except Exception as error:  # any decoder failure means "skip and say why"
+        return digest, None, f"{type(error).__name__}: {error}"
 
 
 def tfds_examples(name: str, data_dir: str | None = None) -> PreparedSplits:
@@ -195,6 +255,11 @@ class _TfdsSplit:
     def __init__(self, dataset, name: str, split: str):
         self._dataset, self._name, self._split = dataset, name, split
 
+    def size(self) -> int | None:
+        """The number of images, if tfds knows it without reading them."""
+        count = int(self._dataset.cardinality())
+        return count if count >= 0 else None
+
     def __iter__(self) -> Iterator[Example]:
         for index, record in enumerate(self._dataset.as_numpy_iterator()):
             filename = record.get("image/filename", b"")
@@ -204,11 +269,12 @@ class _TfdsSplit:
             yield Example(source_id, int(record["label"]), pixels=record["image"])
 
 
-def load_examples(spec: DataSpec, seed: int, image_size: int, tfds_data_dir: str | None = None) -> PreparedSplits:
+def load_examples(spec: DataSpec, seed: int, image_size: int, tfds_data_dir: str | None = None,
+                  processes: int | None = None) -> PreparedSplits:
     if spec.kind == "sample":
         return sample_examples(spec.per_class, seed)
     if spec.kind == "folder":
-        return folder_examples(spec.path, seed, image_size)
+        return folder_examples(spec.path, seed, image_size, processes)
     return tfds_examples(spec.name, tfds_data_dir)
 
 
@@ -388,10 +454,18 @@ def write_prepared(
     image_size: int,
     source: str,
     progress: bool = True,
+    *,
+    processes: int | None = None,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    min_shard_records: int = MIN_SHARD_RECORDS,
 ) -> dict:
     """Resizes every example, writes TFRecord shards per split and ``metadata.json``.
 
-    Unreadable files are skipped and listed with their reason. Returns the metadata.
+    The resizing and encoding run on ``processes`` worker processes (default: every core for
+    200 images or more), the writing here, in input order: the files are the same bytes whatever
+    ``processes`` is. Each split gets ``records_per_shard(its size, image_size, max_workers)``
+    records per shard. Unreadable files are skipped and listed with their reason. Returns the
+    metadata.
     """
     import tensorflow as tf
 
@@ -400,42 +474,42 @@ def write_prepared(
     files: dict[str, list[str]] = {}
     skipped = list(prepared.skipped)
     digest = hashlib.sha256()
-    for split in SPLITS:
-        per_class: Counter = Counter()
-        files[split] = []
-        writer, in_shard = None, 0
-        for example in _iterate(prepared.splits[split]):
-            try:
-                encoded = example.encoded
-                if encoded is None:
-                    if example.pixels is not None:
-                        pixels = example.pixels
-                    elif example.generate is not None:
-                        pixels = example.generate()
-                    else:
-                        pixels = decode_file(example.path, image_size)
-                    encoded = encode_example(pixels, image_size)
-            except Exception as error:  # any decoder failure means "skip and say why"
-                reason = f"{type(error).__name__}: {error}"
-                skipped.append({"path": example.source_id, "reason": reason, "kind": "unreadable"})
-                continue
-            if writer is None or in_shard >= SHARD_SIZE:
-                if writer is not None:
-                    writer.close()
-                name = f"{split}-{len(files[split]):05d}.tfrecord"
-                files[split].append(name)
-                writer = tf.io.TFRecordWriter(_join(output_dir, name))
-                in_shard = 0
-            writer.write(_serialize(encoded, example.label, example.source_id))
-            digest.update(encoded)
-            in_shard += 1
-            per_class[prepared.class_names[example.label]] += 1
-            total = sum(per_class.values())
-            if progress and total % 500 == 0:
-                print(f"  data prep: {split}: {total} images written", flush=True)
-        if writer is not None:
-            writer.close()
-        counts[split] = {name: per_class.get(name, 0) for name in prepared.class_names}
+    sizes = {split: _size(prepared.splits[split]) for split in SPLITS}
+    to_encode = sum(_size(prepared.splits[split], needing_work=True) or 0 for split in SPLITS)
+    unknown = any(size is None for size in sizes.values())
+    work = functools.partial(_encode_example, image_size=image_size)
+    nothing_to_do = not unknown and to_encode == 0  # e.g. a folder source: encoded while it was read
+    with _Pool(1 if nothing_to_do else _processes(processes, None if unknown else to_encode)) as pool:
+        for split in SPLITS:
+            per_class: Counter = Counter()
+            files[split] = []
+            writer, in_shard = None, 0
+            per_shard = records_per_shard(sizes[split], image_size, max_workers, min_shard_records)
+            ticker = _Progress(f"{split}:", "images", sizes[split], pool.processes, "written") if progress else None
+            examples = prepared.splits[split]
+            encodings = pool.map(work, examples, ready=functools.partial(_already_encoded, store=prepared.store))
+            for example, (encoded, error) in zip(examples, encodings, strict=True):
+                if ticker:
+                    ticker.tick()
+                if error is not None:
+                    skipped.append({"path": example.source_id, "reason": error, "kind": "unreadable"})
+                    continue
+                if writer is None or in_shard >= per_shard:
+                    if writer is not None:
+                        writer.close()
+                    name = f"{split}-{len(files[split]):05d}.tfrecord"
+                    files[split].append(name)
+                    writer = tf.io.TFRecordWriter(_join(output_dir, name))
+                    in_shard = 0
+                writer.write(_serialize(encoded, example.label, example.source_id))
+                digest.update(encoded)
+                in_shard += 1
+                per_class[prepared.class_names[example.label]] += 1
+            if writer is not None:
+                writer.close()
+            counts[split] = {name: per_class.get(name, 0) for name in prepared.class_names}
+    if prepared.store is not None:
+        prepared.store.close()
     metadata = {
         "source": source,
         "class_names": prepared.class_names,
@@ -452,6 +526,223 @@ def write_prepared(
     with tf.io.gfile.GFile(_join(output_dir, METADATA_FILE), "w") as handle:
         json.dump(metadata, handle, indent=2)
     return metadata
+
+
+def records_per_shard(count: int | None, image_size: int, max_workers: int = DEFAULT_MAX_WORKERS,
+                      min_records: int = MIN_SHARD_RECORDS) -> int:
+    """Records per shard for a split of ``count`` images: shards of about TARGET_SHARD_BYTES, but
+    at least SHARDS_PER_WORKER x ``max_workers`` of them (so ``AutoShardPolicy.FILE`` can give
+    every worker of a ``max_workers`` cluster its own files in balance) unless that would make
+    shards smaller than ``min_records`` records. SHARD_SIZE when the count is unknown."""
+    if not count:
+        return SHARD_SIZE
+    by_bytes = math.ceil(count * image_size**2 * JPEG_BYTES_PER_PIXEL / TARGET_SHARD_BYTES)
+    shards = max(by_bytes, SHARDS_PER_WORKER * max(1, max_workers))
+    shards = max(1, min(shards, count // max(1, min_records)))
+    return math.ceil(count / shards)
+
+
+def auto_shard_policy(metadata: dict, workers: int):
+    """How fine-tuning's input is split across ``workers`` training workers (machines):
+    ``AutoShardPolicy.FILE`` (each worker reads only its own shard files) when the train split
+    has at least SHARDS_PER_WORKER files per worker and validation at least one, else ``DATA``
+    (every worker reads everything and keeps its share of each batch: always correct, but each
+    worker reads the whole data set)."""
+    import tensorflow as tf
+
+    policy = tf.data.experimental.AutoShardPolicy
+    if workers <= 1:
+        return policy.DATA  # one input pipeline: nothing is sharded
+    train, val = (len(metadata["files"][split]) for split in ("train", "val"))
+    if train >= SHARDS_PER_WORKER * workers and val >= workers:
+        print(f"  input: AutoShardPolicy.FILE, {train} train and {val} val files over {workers} workers "
+              "(each reads only its own files)", flush=True)
+        return policy.FILE
+    print(f"  input: AutoShardPolicy.DATA, {train} train and {val} val files are too few for {workers} workers "
+          f"(each reads all and keeps 1/{workers}; prepare the data with max_workers >= {workers})", flush=True)
+    return policy.DATA
+
+
+def _encode_example(example: Example, image_size: int) -> tuple[bytes | None, str | None]:
+    """(resized JPEG, None) or (None, the error that stopped it). Runs in a worker process."""
+    try:
+        if example.encoded is not None:
+            return example.encoded, None
+        if example.pixels is not None:
+            pixels = example.pixels
+        elif example.generate is not None:
+            pixels = example.generate()
+        else:
+            pixels = decode_file(example.path, image_size)
+        return encode_example(pixels, image_size), None
+    except Exception as error:  # any decoder failure means "skip and say why"
+        return None, f"{type(error).__name__}: {error}"
+
+
+def _already_encoded(example: Example, store: _EncodedStore | None):
+    """The result of ``_encode_example`` without any work, when the bytes are already at hand."""
+    if example.encoded is not None:
+        return example.encoded, None
+    if example.stored is not None and store is not None:
+        return store.get(example.stored), None
+    return None
+
+
+def _size(examples, needing_work: bool = False) -> int | None:
+    if isinstance(examples, list):
+        if needing_work:
+            return sum(1 for e in examples if e.encoded is None and e.stored is None)
+        return len(examples)
+    size = getattr(examples, "size", None)
+    return size() if size else None
+
+
+# --- every core -----------------------------------------------------------------------------
+
+
+def _processes(requested: int | None, items: int | None) -> int:
+    """Worker processes to use: ``requested``, else one per usable core, or just this process
+    for fewer than PARALLEL_MIN_IMAGES items (a pool's start-up would cost more than it saves)."""
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"processes={requested!r} must be at least 1 (1 = no worker processes).")
+        return requested
+    if items is not None and items < PARALLEL_MIN_IMAGES:
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _Pool:
+    """Worker processes that map a function over items and hand the results back in input order.
+
+    Spawned (fresh interpreters, never forked from a process whose TensorFlow runtime may be
+    running); each uses one TensorFlow thread, so N workers use N cores. While they start (each
+    imports TensorFlow, a few seconds) this process does the first items itself. At most
+    ``IN_FLIGHT_PER_PROCESS`` chunks per worker are queued at a time, so memory stays flat
+    however many items there are. With one process everything runs here, no pool is started."""
+
+    CHUNK = 8
+    IN_FLIGHT_PER_PROCESS = 4
+
+    def __init__(self, processes: int):
+        self.processes = processes
+        self._executor = None
+        self._starting: list = []  # one no-op task per worker: done once that worker is ready
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def _start(self):
+        if self._executor is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._executor = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
+            )
+            with _main_module_hidden():  # every worker is started by these submissions
+                self._starting = [self._executor.submit(_ready) for _ in range(self.processes)]
+        return self._executor
+
+    def map(self, fn: Callable, items: Iterable, ready: Callable | None = None) -> Iterator:
+        """``fn(item)`` for each item, in order; ``ready(item)``, when it returns something, is
+        that item's result without any work (no process is started for chunks of such items)."""
+        if self.processes <= 1:
+            for item in items:
+                result = ready(item) if ready else None
+                yield fn(item) if result is None else result
+            return
+        pending: deque = deque()
+        iterator = iter(items)
+        self._start()
+        while not all(task.done() for task in self._starting):  # workers still starting: work here
+            chunk = list(itertools.islice(iterator, self.CHUNK))
+            if not chunk:
+                return
+            for item in chunk:
+                result = ready(item) if ready else None
+                yield fn(item) if result is None else result
+
+        def submit() -> bool:
+            chunk = list(itertools.islice(iterator, self.CHUNK))
+            if not chunk:
+                return False
+            done = [ready(item) for item in chunk] if ready else [None]
+            if all(result is not None for result in done) and ready:
+                pending.append(done)
+            else:
+                pending.append(self._start().submit(_run_chunk, fn, chunk))
+            return True
+
+        for _ in range(self.IN_FLIGHT_PER_PROCESS * self.processes):
+            if not submit():
+                break
+        while pending:
+            head = pending.popleft()
+            results = head if isinstance(head, list) else head.result()
+            submit()
+            yield from results
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Spawned workers import the parent's ``__main__`` again, which reruns a script that calls
+    data prep at its top level (no ``if __name__ == "__main__"`` guard) in every worker. The
+    workers need nothing from it, so while they start, ``__main__`` is a blank module."""
+    import sys
+    import types
+
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _ready() -> None:
+    """A no-op: it returns once its worker has started (the initializer has run)."""
+
+
+def _run_chunk(fn: Callable, items: list) -> list:
+    return [fn(item) for item in items]
+
+
+def _start_worker() -> None:
+    """One TensorFlow thread per worker process: the pool, not TensorFlow, spreads the work."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+class _Progress:
+    """Prints ``data prep: <what> N/M <noun> <verb> (rate on P processes)`` every 500 items and at the end."""
+
+    EVERY = 500
+
+    def __init__(self, what: str, noun: str, total: int | None, processes: int, verb: str = ""):
+        self.what, self.noun, self.total, self.processes, self.verb = what, noun, total, processes, verb
+        self.count, self.started = 0, time.monotonic()
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.count % self.EVERY == 0 or self.count == self.total:
+            rate = self.count / max(time.monotonic() - self.started, 1e-9)
+            of = f"/{self.total}" if self.total else ""
+            workers = f"{self.processes} processes" if self.processes > 1 else "1 process"
+            verb = f" {self.verb}" if self.verb else ""
+            line = f"{self.what} {self.count}{of} {self.noun}{verb} ({rate:.0f}/s on {workers})"
+            print(f"  data prep: {line}", flush=True)
 
 
 def read_metadata(dataset_dir: str) -> dict:
@@ -476,16 +767,19 @@ def read_split(
     with_source_ids: bool = False,
     repeat: bool = False,
     cache_decoded: bool = False,
+    worker: tuple[int, int] = (0, 1),
 ):
     """A tf.data pipeline over one split: (uint8 image, label) or (image, label, source_id).
 
     ``cache_decoded`` keeps the decoded images in memory after the first pass, so later epochs
-    spend no CPU on JPEG decoding (on a CPU-only machine that CPU is taken from training)."""
+    spend no CPU on JPEG decoding (on a CPU-only machine that CPU is taken from training).
+    ``worker`` = (index, count) reads only that worker's shard files, the ones
+    ``AutoShardPolicy.FILE`` gives it (every count-th file from the index-th)."""
     import tensorflow as tf
 
     metadata = read_metadata(dataset_dir)
     image_size = metadata["image_size"]
-    paths = [_join(dataset_dir, name) for name in metadata["files"][split]]
+    paths = [_join(dataset_dir, name) for name in metadata["files"][split]][worker[0] :: worker[1]]
     if not paths:
         raise ConfigError(f"the {split} split of {dataset_dir} is empty; prepare more images.")
     spec = {
@@ -506,7 +800,7 @@ def read_split(
     if cache_decoded:
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     if shuffle_seed is not None:
-        dataset = dataset.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     if not cache_decoded:
@@ -527,11 +821,9 @@ def _serialize(encoded: bytes, label: int, source_id: str) -> bytes:
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
         "source_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[source_id.encode()])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def _iterate(examples: Iterable[Example]) -> Iterator[Example]:
-    yield from examples
+    # deterministic: features in key order. Without it the map order (and so the file bytes) changes from
+    # one process to the next.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def _join(root: str, name: str) -> str:
@@ -579,9 +871,16 @@ def prepare_dataset(
     max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION,
     tfds_data_dir: str | None = None,
     source_fingerprint: str = "",
+    processes: int | None = None,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    min_shard_records: int = MIN_SHARD_RECORDS,
 ) -> dict:
     """The data-prep step: parse the spec, load, split 80/10/10, resize, write. Returns metadata
     (``source_fingerprint``, the data-fingerprint step's, is recorded in it).
+
+    ``processes``: worker processes for decoding, resizing and encoding (default: every core,
+    for 200 images or more); the output does not depend on it. ``max_workers``: the largest
+    number of training workers (machines) the shards should serve with ``AutoShardPolicy.FILE``.
 
     Fails (ConfigError) when more than ``max_skipped_fraction`` of the image files could not be
     read, or when a class has no image left for some split."""
@@ -589,12 +888,15 @@ def prepare_dataset(
     spec = parse_data_spec(data)
     if not (isinstance(image_size, int) and image_size >= MIN_IMAGE_SIZE):
         raise ConfigError(f"--image-size {image_size!r} must be a whole number of at least {MIN_IMAGE_SIZE}.")
-    prepared = load_examples(spec, seed, image_size, tfds_data_dir)
+    if not (isinstance(max_workers, int) and max_workers >= 1):
+        raise ConfigError(f"max_workers {max_workers!r} must be a whole number of at least 1 (training machines).")
+    prepared = load_examples(spec, seed, image_size, tfds_data_dir, processes)
     print(f"  data prep: {spec} -> {len(prepared.class_names)} classes {prepared.class_names}", flush=True)
     if not 0.0 <= max_skipped_fraction <= 1.0:
         raise ConfigError(f"--max-skipped-fraction {max_skipped_fraction!r} must lie between 0 and 1 (default 0.1).")
     prepared.source_fingerprint = source_fingerprint
-    metadata = write_prepared(prepared, output_dir, image_size, str(spec))
+    metadata = write_prepared(prepared, output_dir, image_size, str(spec), processes=processes,
+                              max_workers=max_workers, min_shard_records=min_shard_records)
     unreadable = sum(1 for s in metadata["skipped"] if s.get("kind") == "unreadable")
     candidates = unreadable + sum(metadata["num_examples"].values()) + sum(
         1 for s in metadata["skipped"] if s.get("kind") == "duplicate"

@@ -45,6 +45,17 @@ figure img { width: 160px; height: 160px; object-fit: cover; }
 {% endfor %}</table>
 <h2>Learning curves</h2>
 <img src="data:image/png;base64,{{ curves_png }}" alt="learning curves">
+{% if roc_png %}
+<h2>ROC curve (test)</h2>
+<img src="data:image/png;base64,{{ roc_png }}" alt="ROC curve">
+{% endif %}
+{% if per_class and class_names|length > 2 %}
+<h2>Per class (test)</h2>
+<table class="per-class"><tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>
+{% for row in per_class %}<tr><th>{{ row.name }}</th><td>{{ "%.4f"|format(row.precision) }}</td>
+<td>{{ "%.4f"|format(row.recall) }}</td><td>{{ row.images }}</td></tr>
+{% endfor %}</table>
+{% endif %}
 <h2>Confusion matrix (test)</h2>
 <table><tr><th>true \\ predicted</th>{% for name in class_names %}<th>{{ name }}</th>{% endfor %}</tr>
 {% for name, row in confusion %}<tr><th>{{ name }}</th>{% for n in row %}<td>{{ n }}</td>{% endfor %}</tr>
@@ -62,10 +73,15 @@ figure img { width: 160px; height: 160px; object-fit: cover; }
 
 def learning_curves_png(feature_history: dict, fine_tune_history: dict | None) -> bytes:
     """Accuracy and loss over both phases, the fine-tuning start marked (as in the tutorial)."""
+    return _png(learning_curves_figure(feature_history, fine_tune_history))
+
+
+def learning_curves_figure(feature_history: dict, fine_tune_history: dict | None):
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     phases = [feature_history] + ([fine_tune_history] if fine_tune_history else [])
     figure, axes = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
@@ -81,7 +97,35 @@ def learning_curves_png(feature_history: dict, fine_tune_history: dict | None) -
             axis.axvline(start, color="gray", linestyle=":", label="Start fine-tuning")
         axis.set_title(title)
         axis.legend(loc="best")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes[1].set_xlabel("epoch")
+    return figure
+
+
+# The ROC curve's own colour (not matplotlib's first two, which the learning curves use), so the
+# screenshot test can tell the pictures apart.
+ROC_COLOUR = "#6a3d9a"
+
+
+def roc_png(roc: dict, auc: float) -> bytes:
+    """The test split's ROC curve (two classes), with the chance diagonal and the AUC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot(roc["fpr"], roc["tpr"], color=ROC_COLOUR, linewidth=2.5, label=f"model (AUC {auc:.3f})")
+    axis.plot([0, 1], [0, 1], color="gray", linestyle=":", label="chance")
+    axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate")
+    axis.set_title("ROC (test)")
+    axis.legend(loc="lower right")
+    return _png(figure)
+
+
+def _png(figure) -> bytes:
+    from matplotlib import pyplot as plt
+
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
@@ -105,6 +149,9 @@ def report_context(
         "class_names": results["class_names"],
         "confusion": list(zip(results["class_names"], details["confusion_matrix"], strict=True)),
         "curves_png": base64.b64encode(learning_curves_png(feature_history, fine_tune_history)).decode(),
+        "roc_png": base64.b64encode(roc_png(details["roc"], results["test"]["auc"])).decode() if details.get("roc")
+        else None,
+        "per_class": details.get("per_class", []),
         "misclassified": [
             {**{k: v for k, v in m.items() if k != "jpeg"}, "jpeg": base64.b64encode(m["jpeg"]).decode()}
             for m in details["misclassified"]
@@ -141,4 +188,5 @@ def add_registration(report_path: str, output_path: str, registered: dict) -> No
             f"{report_path} has no {context_path(report_path)} beside it; pass the report output of the evaluation "
             "step of this version of tlp (re-run evaluation)."
         ) from None
-    write_report(output_path, {**context, "registered": registered})
+    # Defaults for reports written before these sections existed.
+    write_report(output_path, {"roc_png": None, "per_class": [], **context, "registered": registered})

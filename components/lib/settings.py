@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from tlp.components.lib import specs
+from tlp.components.lib.augment import canonical as canonical_augment
 from tlp.components.lib.options import Group, NotPassedToStep, group_from_values, option, options_of
 from tlp.components.lib.steps import (
     DATA_CHECKS,
@@ -125,6 +126,11 @@ class TrainingOptions(Group):
         42, "seed of the split, shuffling and initialisation", commands=TRAINING_COMMANDS,
         steps=(DATA_PREP, *BOTH_PHASES), minimum=0, lineage=True,
     )
+    augment: str = option(
+        "", "augment the training images (both phases): flip, rotate:F, zoom:F, contrast:F, comma-separated, or "
+        "tutorial (= flip,rotate:0.2); feature extraction then runs the base every epoch (the tutorial's cost)",
+        commands=TRAINING_COMMANDS, steps=BOTH_PHASES, check=canonical_augment, lineage=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,10 @@ class FineTuningOptions(Group):
     fine_tune_at: int = option(
         100, "first base layer to unfreeze (MobileNetV2 has 154 layers)", commands=TRAINING_COMMANDS,
         steps=(FINE_TUNING,), minimum=0, lineage=True,
+    )
+    no_cut_cache: bool = option(
+        False, "train the whole model on images every epoch instead of the layers above --fine-tune-at on their "
+        "cached inputs (same result; the cut cache is faster)", commands=TRAINING_COMMANDS, steps=(FINE_TUNING,),
     )
 
 
@@ -306,6 +316,11 @@ class LocalRunOptions(Group):
         "engine)", commands=("run",), choices=("subprocess", "docker"),
     )
     summary_json: str = option("", "also write the summary as JSON to this file", commands=("run",))
+    verbose: bool = option(
+        False, "stream every step's full output (kfp's executor input, TensorFlow's start-up lines) instead of "
+        "one line per step, its progress and epochs; the full output is in RUN_DIR/logs either way",
+        commands=("run", "component"),
+    )
 
 
 @dataclass(frozen=True)
@@ -455,8 +470,23 @@ class ModelsOptions(Group):
                                flag="--json")
 
 
+@dataclass(frozen=True)
+class TrackingOptions(Group):
+    """Where a run's parameters, metrics and learning curves can be compared with other runs'."""
+
+    GROUP = "tracking"
+    experiment: str = option(
+        "", "experiment the run is tracked in: an MLflow experiment in the registry's store (local runs), Vertex "
+        "AI Experiments (submit) (default: the pipeline's name, transfer-learning)", commands=("run", "submit"),
+    )
+    tensorboard: str = option(
+        "", "Vertex AI TensorBoard, projects/P/locations/R/tensorboards/ID: both training steps run as custom jobs "
+        "that stream their TensorBoard logs to it", commands=("compile", *CLOUD_COMMANDS),
+    )
+
+
 RUNNER_GROUPS = (
     LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions, ServeOptions, DeployOptions,
-    PredictOptions, ModelsOptions,
+    PredictOptions, ModelsOptions, TrackingOptions,
 )
 ALL_GROUPS = PIPELINE_GROUPS + RUNNER_GROUPS

@@ -4,10 +4,14 @@ Phase 1, feature extraction: the base is frozen and runs in inference mode with 
 augmentation, so each image's pooled features never change. We compute them once and train
 the head on the cached features: the same model and result as the tutorial's ``model.fit``
 on images, at a fraction of the cost (the base runs once per image instead of once per image
-per epoch).
+per epoch). With ``--augment`` each epoch shows the base different images, so then the whole
+model (base frozen) trains on the augmented images, as in the tutorial, at the tutorial's cost.
 
 Phase 2, fine-tuning: the top of the base is unfrozen and the whole model trains on images,
 under the strategy from ``strategy.make_strategy``, with a tenth of the learning rate.
+
+Both phases write TensorBoard logs (per-epoch scalars; fine-tuning's epoch numbers continue
+phase 1's) to the directory ``tensorboard_dir`` chooses.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import time
 
 import numpy as np
 
-from tlp.components.lib import images, specs
+from tlp.components.lib import augment, images, specs
+from tlp.components.lib import cut_cache as cut_cache_lib
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.settings import Settings
-from tlp.components.lib.strategy import is_chief, make_strategy
+from tlp.components.lib.strategy import cluster_spec, cluster_workers, is_chief, make_strategy
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # Fine-tuning keeps decoded images in memory up to this size (20k images at 160 px: 1.5 GB).
@@ -54,7 +59,10 @@ def extract_features(backbone, dataset_dir: str, split: str, batch_size: int, la
     return np.concatenate(features), np.concatenate(labels)
 
 
-def train_head(dataset_dir: str, model_dir: str, settings: Settings, *, backup_dir: str | None = None) -> dict:
+def train_head(
+    dataset_dir: str, model_dir: str, settings: Settings, *, backup_dir: str | None = None,
+    tensorboard_dir: str | None = None,
+) -> dict:
     """Phase 1: frozen base, train the head. Saves the full model to ``model_dir``.
 
     ``runtime.mixed_precision`` and ``runtime.xla`` are GPU speed-ups; the feature extraction
@@ -62,6 +70,7 @@ def train_head(dataset_dir: str, model_dir: str, settings: Settings, *, backup_d
 
     With ``backup_dir``, the extracted features and each finished epoch are kept there, so a
     restarted (preempted) run skips the extraction and resumes after the last finished epoch.
+    With ``tensorboard_dir``, per-epoch scalars go there as TensorBoard logs.
     Returns the training history (per epoch: loss, accuracy, val_loss, val_accuracy).
     """
     keras = model_lib.keras()
@@ -72,45 +81,53 @@ def train_head(dataset_dir: str, model_dir: str, settings: Settings, *, backup_d
     specs.check_precision(runtime.mixed_precision, weights)
     keras.utils.set_random_seed(settings.training.seed)
     with model_lib.precision_policy(runtime.mixed_precision):
-        history = _train_head_under_policy(dataset_dir, model_dir, metadata, settings, weights, backup_dir)
+        history = _train_head_under_policy(
+            dataset_dir, model_dir, metadata, settings, weights, backup_dir, tensorboard_dir
+        )
     _discard_backup(backup_dir)  # the saved model now holds everything the backup did
     return history
 
 
-def _train_head_under_policy(dataset_dir, model_dir, metadata, settings: Settings, weights: str, backup_dir):
+def _train_head_under_policy(
+    dataset_dir, model_dir, metadata, settings: Settings, weights: str, backup_dir, tensorboard_dir
+):
     chosen, training, runtime = settings.model, settings.training, settings.runtime
     class_names = metadata["class_names"]
     backbone = model_lib.build_backbone(chosen.base, chosen.alpha, metadata["image_size"], weights)
-    cache = os.path.join(backup_dir, "features.npz") if backup_dir else None
-    if cache and os.path.isfile(cache):
-        with np.load(cache) as saved:
-            train_x, train_y, val_x, val_y = (saved[k] for k in ("train_x", "train_y", "val_x", "val_y"))
-        print(f"  features: reused {len(train_y) + len(val_y)} cached feature vectors from {cache}", flush=True)
-    else:
-        train_x, train_y = extract_features(backbone, dataset_dir, "train", training.batch_size, xla=runtime.xla)
-        val_x, val_y = extract_features(backbone, dataset_dir, "val", training.batch_size, xla=runtime.xla)
-        if cache:
-            os.makedirs(backup_dir, exist_ok=True)
-            np.savez(cache + ".tmp.npz", train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y)
-            os.replace(cache + ".tmp.npz", cache)  # atomic: a kill never leaves half a file
-
+    # With augmentation the head trains on images; the features then only give the standardization.
+    splits = ("train",) if training.augment else ("train", "val")
+    features = _cached_features(backbone, dataset_dir, splits, training.batch_size, runtime.xla, backup_dir)
+    train_x = features["train"][0]
     model = model_lib.build_model(
         backbone, len(class_names), settings.head.dropout, train_x.mean(axis=0), train_x.var(axis=0)
     )
-    head = model_lib.head(model)
-    model_lib.compile_model(
-        head, training.learning_rate, len(class_names), jit_compile=runtime.xla,
-        steps_per_execution=runtime.steps_per_execution,
-    )
-    head.fit(
-        train_x, train_y,
-        validation_data=(val_x, val_y),
-        epochs=training.epochs,
-        batch_size=training.batch_size,
-        shuffle=True,
-        verbose=2,
-        callbacks=_callbacks(backup_dir, "head"),
-    )
+    callbacks = _callbacks(backup_dir, "head", tensorboard_dir)
+    compile_options = {"jit_compile": runtime.xla, "steps_per_execution": runtime.steps_per_execution}
+    if training.augment:
+        print(f"  augmentation: {training.augment} on the training images; the frozen base runs on them every "
+              "epoch (the tutorial's cost: no cached features)", flush=True)
+        model_lib.compile_model(model, training.learning_rate, len(class_names), **compile_options)
+        train = images.read_split(dataset_dir, "train", training.batch_size, shuffle_seed=training.seed)
+        model.fit(
+            augment.apply(train, training.augment, training.seed),
+            validation_data=images.read_split(dataset_dir, "val", training.batch_size),
+            epochs=training.epochs,
+            verbose=2,
+            callbacks=callbacks,
+        )
+    else:
+        head = model_lib.head(model)
+        model_lib.compile_model(head, training.learning_rate, len(class_names), **compile_options)
+        train_y, (val_x, val_y) = features["train"][1], features["val"]
+        head.fit(
+            train_x, train_y,
+            validation_data=(val_x, val_y),
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            shuffle=True,
+            verbose=2,
+            callbacks=callbacks,
+        )
     history = _history(backup_dir, "head", phase="feature_extraction")
     info = {
         "image_size": metadata["image_size"],
@@ -124,16 +141,41 @@ def _train_head_under_policy(dataset_dir, model_dir, metadata, settings: Setting
     return history
 
 
+def _cached_features(backbone, dataset_dir: str, splits: tuple, batch_size: int, xla: bool, backup_dir) -> dict:
+    """split -> (features, labels), run through the backbone once; kept in ``backup_dir`` (if
+    given) so a restarted step skips the extraction."""
+    cache = os.path.join(backup_dir, "features.npz") if backup_dir else None
+    if cache and os.path.isfile(cache):
+        with np.load(cache) as saved:
+            if all(f"{split}_x" in saved for split in splits):
+                found = {split: (saved[f"{split}_x"], saved[f"{split}_y"]) for split in splits}
+                count = sum(len(labels) for _, labels in found.values())
+                print(f"  features: reused {count} cached feature vectors from {cache}", flush=True)
+                return found
+    found = {split: extract_features(backbone, dataset_dir, split, batch_size, xla=xla) for split in splits}
+    if cache:
+        os.makedirs(backup_dir, exist_ok=True)
+        arrays = {f"{split}_x": x for split, (x, _) in found.items()}
+        arrays.update({f"{split}_y": y for split, (_, y) in found.items()})
+        np.savez(cache + ".tmp.npz", **arrays)
+        os.replace(cache + ".tmp.npz", cache)  # atomic: a kill never leaves half a file
+    return found
+
+
 def fine_tune(
-    dataset_dir: str, model_in_dir: str, model_out_dir: str, settings: Settings, *, backup_dir: str | None = None
+    dataset_dir: str, model_in_dir: str, model_out_dir: str, settings: Settings, *, backup_dir: str | None = None,
+    tensorboard_dir: str | None = None,
 ) -> tuple[dict, int]:
     """Phase 2: unfreeze the base from ``fine_tune_at``, train at ``learning_rate / 10``.
 
     ``training.learning_rate`` is the base learning rate of phase 1, as in the tutorial.
     ``training.batch_size`` is per replica; the global batch is ``batch_size x replicas``. Epoch
-    numbers continue from phase 1. Writes a servable SavedModel to ``model_out_dir``. Returns
-    (history, replicas). ``runtime.mixed_precision`` must be the one phase 1 used (the saved
+    numbers continue from phase 1 (in the TensorBoard logs written to ``tensorboard_dir`` too).
+    ``training.augment`` augments the training images. Writes a servable SavedModel to
+    ``model_out_dir``. Returns (history, replicas). ``runtime.mixed_precision`` must be the one phase 1 used (the saved
     layers carry their policy).
+    ``fine_tuning.no_cut_cache`` off (the default), the layers above the cut train on their cached
+    inputs (cut_cache.py); on, the whole model runs on images every epoch.
     """
     import tensorflow as tf
 
@@ -184,21 +226,36 @@ def fine_tune(
         )
         val = images.read_split(dataset_dir, "val", global_batch, cache_decoded=cache)
         options = tf.data.Options()
-        # Few shards: shard by element so every worker gets data.
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        # FILE (each worker reads its own shard files) when there are enough shards, else DATA.
+        options.experimental_distribute.auto_shard_policy = images.auto_shard_policy(
+            metadata, cluster_workers(cluster_spec())
+        )
+        train = augment.apply(train, training.augment, training.seed)
         train, val = train.with_options(options), val.with_options(options)
         if replicas == 1 and tf.config.list_logical_devices("GPU"):
             # One GPU, no distribution: stage the next batches on the GPU while it computes.
             train = train.apply(tf.data.experimental.prefetch_to_device("/gpu:0"))
-        model.fit(
-            train,
-            validation_data=val,
-            initial_epoch=first_epoch,
-            epochs=first_epoch + tuning.fine_tune_epochs,
-            verbose=2,
-            callbacks=_callbacks(backup_dir, "fine_tune"),
-            **steps,
+        # --- cut cache (issue 15), the one call site: trains the layers above the cut on their cached
+        # inputs (same batches, same order, same weights as the model.fit below); False when the
+        # model cannot be cut, and then nothing was trained.
+        # Augmented images change every epoch: nothing below the cut can be cached then.
+        trained_from_cut = not (tuning.no_cut_cache or training.augment) and cut_cache_lib.fit_from_cut(
+            model, fine_tune_at=tuning.fine_tune_at, dataset_dir=dataset_dir, batch_size=global_batch,
+            seed=training.seed, initial_epoch=first_epoch, epochs=first_epoch + tuning.fine_tune_epochs,
+            callbacks=_callbacks(backup_dir, "fine_tune", tensorboard_dir), strategy=strategy,
+            shard_policy=options.experimental_distribute.auto_shard_policy, repeat=counted, **steps,
         )
+        if not trained_from_cut:
+            model.fit(
+                train,
+                validation_data=val,
+                initial_epoch=first_epoch,
+                epochs=first_epoch + tuning.fine_tune_epochs,
+                verbose=2,
+                callbacks=_callbacks(backup_dir, "fine_tune", tensorboard_dir),
+                **steps,
+            )
+        # --- end cut cache ---
         history = _history(backup_dir, "fine_tune", phase="fine_tuning")
     info = {
         **info,
@@ -231,18 +288,32 @@ def load_history(path: str) -> dict:
         return json.load(handle)
 
 
-def _callbacks(backup_dir: str | None, phase: str) -> list:
-    """NaN guard, per-epoch history log, and (with a backup dir) preemption recovery:
-    BackupAndRestore checkpoints each finished epoch and a restart resumes after it."""
+def tensorboard_dir(default: str) -> str:
+    """Where a training step writes its TensorBoard logs: the directory Vertex AI names in
+    ``AIP_TENSORBOARD_LOG_DIR`` when the step runs as a custom job with a TensorBoard attached
+    (Vertex AI uploads from there to the TensorBoard instance), else ``default``."""
+    return os.environ.get("AIP_TENSORBOARD_LOG_DIR") or default
+
+
+def _callbacks(backup_dir: str | None, phase: str, tensorboard_dir: str | None = None) -> list:
+    """NaN guard, per-epoch history log, (with a backup dir) preemption recovery:
+    BackupAndRestore checkpoints each finished epoch and a restart resumes after it, and (with a
+    TensorBoard dir, on the chief) per-epoch TensorBoard scalars."""
     keras = model_lib.keras()
     if not is_chief():
         backup_dir = os.path.join(backup_dir, f"worker-{os.getpid()}") if backup_dir else None
+        tensorboard_dir = None  # one writer: the chief
     directory = backup_dir or tempfile.mkdtemp(prefix="tlp-history-")
     os.makedirs(directory, exist_ok=True)
     _HISTORY_DIRS[phase] = directory
     callbacks = [_RaiseOnNaN(), keras.callbacks.CSVLogger(os.path.join(directory, f"{phase}.csv"), append=True)]
     if backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(backup_dir, phase)))
+    if tensorboard_dir:
+        # Scalars per epoch only: no graph of the whole base, no profiler.
+        callbacks.append(keras.callbacks.TensorBoard(
+            tensorboard_dir, histogram_freq=0, write_graph=False, update_freq="epoch", profile_batch=0
+        ))
     return callbacks
 
 

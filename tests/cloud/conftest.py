@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.cloud.metadata_api import add_metadata_api
 from tests.cloud.standin import StandIn
 
 # Anything that could lead a client to a real project, real credentials or the metadata server.
@@ -75,8 +76,9 @@ def _reset_aiplatform():
 
 @pytest.fixture
 def standin(tmp_path, monkeypatch):
-    """A started ``StandIn`` with the environment pointing at it; closed after the test."""
-    server = StandIn()
+    """A started ``StandIn`` (with the Metadata API of Vertex AI Experiments) with the environment
+    pointing at it; closed after the test."""
+    server = add_metadata_api(StandIn())
     try:
         _point_at(server, tmp_path, monkeypatch)
         _reset_aiplatform()

@@ -13,7 +13,13 @@ import pytest
 import yaml
 from kfp import compiler
 
-from tlp.components.lib.settings import CloudOptions, DeployOptions, HardwareOptions, ImageOptions
+from tlp.components.lib.settings import (
+    CloudOptions,
+    DeployOptions,
+    HardwareOptions,
+    ImageOptions,
+    TrackingOptions,
+)
 from tlp.pipelines.training import create_pipeline
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -26,6 +32,12 @@ VARIANTS = {
     ),
     # The deploy step, only behind "gate passed" and "registration made a new champion".
     "pipeline-deploy.yaml": (HardwareOptions(), CloudOptions(), DeployOptions(deploy_endpoint="cats", traffic=10)),
+    "pipeline-vertex-tensorboard.yaml": (
+        HardwareOptions(),
+        CloudOptions(service_account="trainer@my-project.iam.gserviceaccount.com"),
+        DeployOptions(),
+        TrackingOptions(tensorboard="projects/my-project/locations/us-central1/tensorboards/123"),
+    ),
 }
 
 
