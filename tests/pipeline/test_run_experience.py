@@ -10,11 +10,12 @@ import sys
 import pytest
 
 from tests.unit.test_augment_and_tensorboard import _epoch_scalars
+from tlp.components.lib.steps import STEP_NAMES
 
 TLP = [sys.executable, "-m", "tlp.pipelines.cli"]
 SMALL = ["--weights", "none", "--alpha", "0.35", "--image-size", "64", "--batch-size", "16"]
 MAX_CONSOLE_LINES = 80
-STEPS = ("data-prep", "feature-extraction", "fine-tuning", "evaluation", "registration")
+STEPS = STEP_NAMES  # data-fingerprint, data-prep, data-checks, feature-extraction, ... registration
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,8 @@ def test_default_console_is_short_and_the_step_logs_hold_the_rest(augmented_run)
     console = (stdout + stderr).splitlines()
     assert len(console) <= MAX_CONSOLE_LINES, "\n".join(console)
     for number, step in enumerate(STEPS, 1):
-        assert f"step {number}/5 {step}" in console
-        assert any(line.startswith(f"step {number}/5 {step} done in ") for line in console)
+        assert f"step {number}/{len(STEPS)} {step}" in console
+        assert any(line.startswith(f"step {number}/{len(STEPS)} {step} done in ") for line in console)
     epochs = [line for line in console if line.startswith("  epoch ")]
     assert len(epochs) == 20 and epochs[0].startswith("  epoch 1/10: loss ") and epochs[-1].startswith("  epoch 20/20")
     noise = ("executor_input", "I0000", "absl::InitializeLog", "non-Python base image", "[KFP Executor")
