@@ -24,18 +24,11 @@ def _history(stdout: str) -> dict:
     return json.loads(line[len("HISTORY "):])
 
 
-@pytest.fixture(scope="module")
-def head_without_dropout(sample_dataset, tmp_path_factory):
-    """Dropout off: its random masks would differ between replicas and hide equivalence."""
-    directory = str(tmp_path_factory.mktemp("head0") / "model")
-    train_head(sample_dataset, directory, settings(alpha=0.35, weights="none", epochs=1, batch_size=16, dropout=0.0))
-    return directory
-
-
 @pytest.mark.slow
-def test_killed_fine_tuning_resumes_from_last_finished_epoch(sample_dataset, head_without_dropout, tmp_path):
+def test_killed_fine_tuning_resumes_from_last_finished_epoch(even, tmp_path):
+    dataset, head = even
     backup, out = str(tmp_path / "backup"), str(tmp_path / "model")
-    args = [sample_dataset, head_without_dropout, out, backup, "4", "16", "auto"]
+    args = [dataset, head, out, backup, "4", "16", "auto"]
     process = subprocess.Popen([*WORKER, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, cwd=ROOT)
     seen = []
@@ -61,7 +54,7 @@ def test_killed_fine_tuning_resumes_from_last_finished_epoch(sample_dataset, hea
 
     from tlp.components.lib import images
 
-    batch, _ = next(iter(images.read_split(sample_dataset, "test", 2)))
+    batch, _ = next(iter(images.read_split(dataset, "test", 2)))
     result = serve(image_bytes=tf.constant([tf.io.encode_jpeg(i).numpy() for i in batch]))
     assert result["probabilities"].shape == (2, 2)
 
@@ -87,16 +80,17 @@ TOLERANCE = 1e-6
 
 
 @pytest.mark.slow
-def test_mirrored_on_two_cpus_equals_one_device(sample_dataset, head_without_dropout, tmp_path):
+def test_mirrored_on_two_cpus_equals_one_device(even, tmp_path):
+    dataset, head = even  # 64 training images: 4 full batches of 16
     runs = {}
     for name, batch, devices in (("one", "16", "cpu:1"), ("two", "8", "cpu:2")):  # global batch 16 both
         out = str(tmp_path / name)
-        result = subprocess.run([*WORKER, sample_dataset, head_without_dropout, out, "", "1", batch, devices],
+        result = subprocess.run([*WORKER, dataset, head, out, "", "1", batch, devices],
                                 capture_output=True, text=True, cwd=ROOT, timeout=600)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert f"REPLICAS {2 if name == 'two' else 1}" in result.stdout
         runs[name] = _weights(out)
-    before = _weights(head_without_dropout)
+    before = _weights(head)
     assert _max_difference(before, runs["one"]) > 50 * TOLERANCE  # training did move the weights
     assert _max_difference(runs["one"], runs["two"]) < TOLERANCE
 
@@ -108,7 +102,8 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_multi_worker_processes_equal_one_device(sample_dataset, head_without_dropout, tmp_path):
+def test_two_multi_worker_processes_equal_one_device(even, tmp_path):
+    dataset, head = even
     # The TF_CONFIG layout Vertex AI gives a 2-replica custom job: worker pool 0 is the chief,
     # worker pool 1 the workers.
     cluster = {"chief": [f"127.0.0.1:{_free_port()}"], "worker": [f"127.0.0.1:{_free_port()}"]}
@@ -118,7 +113,7 @@ def test_two_multi_worker_processes_equal_one_device(sample_dataset, head_withou
         index = len(workers)
         out = str(tmp_path / f"worker{index}")
         workers.append((out, subprocess.Popen(
-            [*WORKER, sample_dataset, head_without_dropout, out, "", "1", "8", "auto"],
+            [*WORKER, dataset, head, out, "", "1", "8", "auto"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)))
     for _out, process in workers:
         stdout = process.communicate(timeout=900)[0]
@@ -127,7 +122,7 @@ def test_two_multi_worker_processes_equal_one_device(sample_dataset, head_withou
     chief = _weights(workers[0][0])
     assert not os.path.exists(workers[1][0])  # only the chief writes the model
     single = str(tmp_path / "single")
-    result = subprocess.run([*WORKER, sample_dataset, head_without_dropout, single, "", "1", "16", "cpu:1"],
+    result = subprocess.run([*WORKER, dataset, head, single, "", "1", "16", "cpu:1"],
                             capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:]
     assert _max_difference(chief, _weights(single)) < TOLERANCE
