@@ -618,9 +618,11 @@ def _processes(requested: int | None, items: int | None) -> int:
 class _Pool:
     """Worker processes that map a function over items and hand the results back in input order.
 
-    Spawned (fresh interpreters, never forked from a process whose TensorFlow runtime may be
-    running); each uses one TensorFlow thread, so N workers use N cores. While they start (each
-    imports TensorFlow, a few seconds) this process does the first items itself. At most
+    Forked from multiprocessing's fork server, a fresh interpreter that imports TensorFlow once
+    and starts no TensorFlow runtime (never forked from this process, whose runtime may be
+    running); each uses one TensorFlow thread, so N workers use N cores. While the fork server
+    starts (a few seconds) this process does the first items itself; the fork server is stopped
+    when the pool closes, so nothing stays behind. At most
     ``IN_FLIGHT_PER_PROCESS`` chunks per worker are queued at a time, so memory stays flat
     however many items there are. With one process everything runs here, no pool is started."""
 
@@ -631,25 +633,49 @@ class _Pool:
         self.processes = processes
         self._executor = None
         self._starting: list = []  # one no-op task per worker: done once that worker is ready
+        self._starter = None  # the thread that starts them (starting one waits for the fork server)
+        self._start_error: BaseException | None = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if self._starter is not None:
+            self._starter.join()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+            _stop_fork_server()
 
-    def _start(self):
-        if self._executor is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+    def _start(self) -> None:
+        """Starts the workers in a background thread: this thread keeps working meanwhile."""
+        import threading
 
-            self._executor = ProcessPoolExecutor(
-                self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
-            )
+        if self._starter is None:
+            self._starter = threading.Thread(target=self._launch, name="data-prep-pool-start", daemon=True)
+            self._starter.start()
+
+    def _launch(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        try:
+            context = multiprocessing.get_context("forkserver")
+            # The fork server imports TensorFlow once (no runtime started); workers fork from it.
+            context.set_forkserver_preload(["tensorflow", __name__])
+            self._executor = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_start_worker)
             with _main_module_hidden():  # every worker is started by these submissions
                 self._starting = [self._executor.submit(_ready) for _ in range(self.processes)]
+        except BaseException as error:  # re-raised in the calling thread by _ready_executor
+            self._start_error = error
+
+    def _started(self) -> bool:
+        return not self._starter.is_alive() and all(task.done() for task in self._starting)
+
+    def _ready_executor(self):
+        self._starter.join()
+        if self._start_error is not None:
+            raise self._start_error
         return self._executor
 
     def map(self, fn: Callable, items: Iterable, ready: Callable | None = None) -> Iterator:
@@ -663,7 +689,7 @@ class _Pool:
         pending: deque = deque()
         iterator = iter(items)
         self._start()
-        while not all(task.done() for task in self._starting):  # workers still starting: work here
+        while not self._started():  # workers still starting: work here
             chunk = list(itertools.islice(iterator, self.CHUNK))
             if not chunk:
                 return
@@ -679,7 +705,7 @@ class _Pool:
             if all(result is not None for result in done) and ready:
                 pending.append(done)
             else:
-                pending.append(self._start().submit(_run_chunk, fn, chunk))
+                pending.append(self._ready_executor().submit(_run_chunk, fn, chunk))
             return True
 
         for _ in range(self.IN_FLIGHT_PER_PROCESS * self.processes):
@@ -706,6 +732,17 @@ def _main_module_hidden():
         yield
     finally:
         sys.modules["__main__"] = main
+
+
+def _stop_fork_server() -> None:
+    """Stops multiprocessing's fork server (it holds an imported TensorFlow, ~0.5 GB) and reaps
+    it, with the CPU time and memory of the workers it forked. multiprocessing starts a new one
+    when it is next needed; it has no public call for this."""
+    from multiprocessing import forkserver
+
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if stop is not None:
+        stop()
 
 
 def _ready() -> None:
