@@ -4,8 +4,8 @@ on a multi-GPU node and across machines.
 Order of preference:
 1. ``TF_CONFIG`` names more than one worker (Vertex AI sets it on multi-replica custom jobs)
    -> MultiWorkerMirroredStrategy.
-2. ``--devices cpu:N`` with N > 1 -> MirroredStrategy over N logical CPU devices (how tests
-   and laptops exercise the multi-replica code path).
+2. ``--devices cpu:N`` -> MirroredStrategy over N logical CPU devices (how tests and laptops
+   exercise the multi-replica code path; ``cpu:1`` pins training to the CPU).
 3. More than zero GPUs and ``--devices`` auto/gpu[:N] -> MirroredStrategy over the GPUs.
 4. Otherwise the default (single-device) strategy.
 """
@@ -57,7 +57,8 @@ def make_strategy(devices: str = "auto", tf_config: str | None = None):
         return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "cpu":
         if count <= 1:
-            return tf.distribute.OneDeviceStrategy("/cpu:0")
+            # Not OneDeviceStrategy: Keras' BackupAndRestore, which every training step uses, refuses it.
+            return tf.distribute.MirroredStrategy(["/cpu:0"])
         _ensure_logical_cpus(count)
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(count)])
     gpus = tf.config.list_physical_devices("GPU")

@@ -38,3 +38,14 @@ def test_logical_cpus_give_mirrored_strategy_in_a_fresh_process():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "MirroredStrategy 3"
+
+
+def test_one_cpu_device_fine_tunes_with_preemption_checkpoints(sample_dataset, head_model, tmp_path):
+    # --devices cpu:1 once gave OneDeviceStrategy, which BackupAndRestore refuses (NotImplementedError).
+    from tests.conftest import settings
+    from tlp.components.lib.training import fine_tune
+
+    history, replicas = fine_tune(sample_dataset, head_model[0], str(tmp_path / "model"),
+                                  settings(fine_tune_at=100, fine_tune_epochs=1, batch_size=16, devices="cpu:1"),
+                                  backup_dir=str(tmp_path / "backup"))
+    assert replicas == 1 and len(history["loss"]) == 1
