@@ -128,7 +128,7 @@ def _train_head_under_policy(
             verbose=2,
             callbacks=callbacks,
         )
-    history = _history(backup_dir, "head", phase="feature_extraction")
+    history = _history("head", phase="feature_extraction")
     info = {
         "image_size": metadata["image_size"],
         "class_names": class_names,
@@ -256,7 +256,7 @@ def fine_tune(
                 **steps,
             )
         # --- end cut cache ---
-        history = _history(backup_dir, "fine_tune", phase="fine_tuning")
+        history = _history("fine_tune", phase="fine_tuning")
     info = {
         **info,
         "options": {**trained_with, **settings.lineage()},
@@ -300,14 +300,18 @@ def _callbacks(backup_dir: str | None, phase: str, tensorboard_dir: str | None =
     BackupAndRestore checkpoints each finished epoch and a restart resumes after it, and (with a
     TensorBoard dir, on the chief) per-epoch TensorBoard scalars."""
     keras = model_lib.keras()
-    if not is_chief():
-        backup_dir = os.path.join(backup_dir, f"worker-{os.getpid()}") if backup_dir else None
+    chief = is_chief()
+    if not chief:
         tensorboard_dir = None  # one writer: the chief
-    directory = backup_dir or tempfile.mkdtemp(prefix="tlp-history-")
+    # The history log sits beside the checkpoints so that a restart keeps the epochs before it;
+    # other workers keep theirs apart (nobody reads them after the step).
+    directory = backup_dir if backup_dir and chief else tempfile.mkdtemp(prefix="tlp-history-")
     os.makedirs(directory, exist_ok=True)
     _HISTORY_DIRS[phase] = directory
     callbacks = [_RaiseOnNaN(), keras.callbacks.CSVLogger(os.path.join(directory, f"{phase}.csv"), append=True)]
     if backup_dir:
+        # The same directory on every worker: Keras has the chief write it and every worker
+        # restore from it, so that all resume at the same epoch.
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(backup_dir, phase)))
     if tensorboard_dir:
         # Scalars per epoch only: no graph of the whole base, no profiler.
@@ -325,12 +329,12 @@ def _discard_backup(backup_dir: str | None) -> None:
         shutil.rmtree(backup_dir, ignore_errors=True)
 
 
-def _history(backup_dir: str | None, phase_key: str, phase: str) -> dict:
+def _history(phase_key: str, phase: str) -> dict:
     """The whole phase's history from the per-epoch CSV log, including epochs finished before
     a restart (Keras' own History object only knows the epochs of the last call)."""
     import csv
 
-    path = os.path.join(backup_dir or _HISTORY_DIRS[phase_key], f"{phase_key}.csv")
+    path = os.path.join(_HISTORY_DIRS[phase_key], f"{phase_key}.csv")
     by_epoch: dict[int, dict] = {}
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):

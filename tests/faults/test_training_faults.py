@@ -105,15 +105,17 @@ def _free_port():
 def test_two_multi_worker_processes_equal_one_device(even, tmp_path):
     dataset, head = even
     # The TF_CONFIG layout Vertex AI gives a 2-replica custom job: worker pool 0 is the chief,
-    # worker pool 1 the workers.
+    # worker pool 1 the workers. Every worker gets the same backup directory, as the component
+    # gives them on Vertex AI (beside the model on the shared bucket).
     cluster = {"chief": [f"127.0.0.1:{_free_port()}"], "worker": [f"127.0.0.1:{_free_port()}"]}
+    backup = str(tmp_path / "backup")
     workers = []
     for task in ({"type": "chief", "index": 0}, {"type": "worker", "index": 0}):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
         index = len(workers)
         out = str(tmp_path / f"worker{index}")
         workers.append((out, subprocess.Popen(
-            [*WORKER, dataset, head, out, "", "1", "8", "auto"],
+            [*WORKER, dataset, head, out, backup, "1", "8", "auto"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)))
     for _out, process in workers:
         stdout = process.communicate(timeout=900)[0]
@@ -121,8 +123,45 @@ def test_two_multi_worker_processes_equal_one_device(even, tmp_path):
         assert "REPLICAS 2" in stdout
     chief = _weights(workers[0][0])
     assert not os.path.exists(workers[1][0])  # only the chief writes the model
+    assert not os.path.exists(backup)  # removed by the chief once the model was saved
     single = str(tmp_path / "single")
-    result = subprocess.run([*WORKER, dataset, head, single, "", "1", "16", "cpu:1"],
+    result = subprocess.run([*WORKER, dataset, head, single, str(tmp_path / "backup-single"), "1", "16", "cpu:1"],
                             capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:]
     assert _max_difference(chief, _weights(single)) < TOLERANCE
+
+
+@pytest.mark.slow
+def test_preempted_multi_worker_job_resumes_on_every_worker_at_the_same_epoch(even, tmp_path):
+    """A 2-replica Vertex AI job on spot VMs is preempted: both workers die and restart with the
+    same backup directory. Both must resume after the last epoch the chief checkpointed."""
+    dataset, head = even
+    backup = str(tmp_path / "backup")
+
+    def start(outs):
+        cluster = {"chief": [f"127.0.0.1:{_free_port()}"], "worker": [f"127.0.0.1:{_free_port()}"]}
+        return [subprocess.Popen([*WORKER, dataset, head, out, backup, "4", "8", "auto"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                 env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": task})})
+                for out, task in zip(outs, ({"type": "chief", "index": 0}, {"type": "worker", "index": 0}),
+                                     strict=True)]
+
+    outs = [str(tmp_path / "chief"), str(tmp_path / "worker")]
+    first = start(outs)
+    seen = []
+    for line in first[0].stdout:  # the chief's epoch lines: "Epoch 3/5" (phase 1 ran 1 epoch)
+        seen.append(line)
+        if line.startswith("Epoch 4/5"):  # epochs 2 and 3 are finished and checkpointed
+            break
+    for process in first:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    assert "".join(seen).count("Epoch ") == 3, "".join(seen[-20:])
+
+    outputs = [process.communicate(timeout=900)[0] for process in start(outs)]
+    for stdout in outputs:
+        assert "REPLICAS 2" in stdout, stdout[-3000:]
+        assert [line.split()[1] for line in stdout.splitlines() if line.startswith("Epoch ")] == ["4/5", "5/5"]
+    assert _history(outputs[0])["epoch"] == [2, 3, 4, 5]  # the chief's history keeps the epochs before
+    assert os.path.isfile(os.path.join(outs[0], "saved_model.pb"))
+    assert not os.path.exists(backup)
