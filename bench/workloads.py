@@ -515,15 +515,17 @@ def _settings(**values):
 
 @workload
 def train_head(dataset_dir: str, run_dir: str, alpha: float, weights: str, epochs: int, batch_size: int,
-               seed: int) -> dict:
+               seed: int, dropout: float | None = None) -> dict:
     """Ours: ``training.train_head`` as the feature-extraction component calls it (with a backup
-    directory beside the model), end to end: build, extract features once, fit the head, save."""
+    directory beside the model), end to end: build, extract features once, fit the head, save.
+    ``dropout``: the head's, when not the default."""
     from tlp.components.lib import training
 
     start, cpu = time.perf_counter(), time.process_time()
+    extra = {} if dropout is None else {"dropout": dropout}
     history = training.train_head(
         dataset_dir, os.path.join(run_dir, "model"),
-        _settings(alpha=alpha, weights=weights, epochs=epochs, batch_size=batch_size, seed=seed),
+        _settings(alpha=alpha, weights=weights, epochs=epochs, batch_size=batch_size, seed=seed, **extra),
         backup_dir=os.path.join(run_dir, "backup"),
     )
     return {
@@ -698,18 +700,30 @@ def head_then_tune(dataset_dir: str, run_dir: str, alpha: float, weights: str, h
 
 @workload
 def fine_tune_phase(dataset_dir: str, model_in: str, run_dir: str, epochs: int, batch_size: int, seed: int,
-                    fine_tune_at: int, learning_rate: float, cut_cache: bool, weights_out: str | None = None) -> dict:
+                    fine_tune_at: int, learning_rate: float, cut_cache: bool, weights_out: str | None = None,
+                    devices: str = "auto", tf_config: dict | None = None, count_records: bool = False) -> dict:
     """The whole fine-tuning phase as the component runs it (``training.fine_tune``: load the
     feature-extraction model, unfreeze, build the cut cache when ``cut_cache``, ``epochs``
     epochs with per-epoch checkpoints), timed from the call to the end of the last epoch. The
     SavedModel export that follows is replaced by saving the trained weights to ``weights_out``
-    (.npz, untimed) for the equivalence check."""
+    (.npz, untimed) for the equivalence check.
+
+    ``tf_config``: this process is one worker of a MultiWorkerMirroredStrategy cluster (the
+    ``TF_CONFIG`` Vertex AI sets). ``count_records``: also return a digest of every TFRecord
+    record this process read (the distribution tests' counter)."""
     import numpy as np
     import tf_keras as keras
 
     from tlp.components.lib import model as model_lib
     from tlp.components.lib import training
 
+    if tf_config is not None:
+        os.environ["TF_CONFIG"] = json.dumps(tf_config)
+    records: list = []
+    if count_records:
+        from tests.faults.cut_cache_worker import count_records as note_every_record
+
+        note_every_record(records)
     marks: dict = {}
 
     class Marks(keras.callbacks.Callback):
@@ -723,19 +737,23 @@ def fine_tune_phase(dataset_dir: str, model_in: str, run_dir: str, epochs: int, 
     _append_callback_to_every_fit(timer, Marks())
 
     def save_weights(model, *args, **kwargs):
+        # Every worker reads the weights: under MultiWorkerMirroredStrategy reading a synced
+        # variable is a collective op that all workers join.
+        weights = {f"{i:04d} {w.name}": w.numpy() for i, w in enumerate(model.weights)}
         if weights_out:
             os.makedirs(os.path.dirname(weights_out), exist_ok=True)
-            np.savez(weights_out, **{f"{i:04d} {w.name}": w.numpy() for i, w in enumerate(model.weights)})
+            np.savez(weights_out, **weights)
 
     model_lib.export_servable = save_weights
     start, cpu = time.perf_counter(), time.process_time()
     history, replicas = training.fine_tune(
         dataset_dir, model_in, os.path.join(run_dir, "tuned"),
         _settings(fine_tune_at=fine_tune_at, fine_tune_epochs=epochs, learning_rate=learning_rate,
-                  batch_size=batch_size, seed=seed, no_cut_cache=not cut_cache),
+                  batch_size=batch_size, seed=seed, no_cut_cache=not cut_cache, devices=devices),
         backup_dir=os.path.join(run_dir, "backup"),
     )
     return {
+        "records": records,
         "seconds": round(marks["train_end"] - start, 3), "cpu_seconds": round(marks["train_end_cpu"] - cpu, 3),
         "setup_seconds": round(marks["train_begin"] - start, 3),
         "epochs": [{k: v for k, v in e.items() if not k.endswith("_batches")} for e in timer.epochs],
