@@ -926,8 +926,9 @@ def bench_parallel_prep(suite: Suite, report: Report) -> None:
                    f"{every['workers_peak_rss_mb']:,.0f} MB")
     report.notes.append(
         "Both sides run prepare_dataset on the same folder, each in a process of its own: decode (JPEGs at reduced "
-        "scale), resize, encode, write TFRecord shards. 'all' starts one spawned worker process per core (each "
-        "imports TensorFlow, a few seconds, counted) and writes in input order; tests/unit/test_parallel_prep.py "
+        "scale), resize, encode, write TFRecord shards. 'all' starts one worker process per core, forked from a fork "
+        "server that imports TensorFlow once (a few seconds, counted; this process works on the first photos "
+        "meanwhile), and writes in input order; tests/unit/test_parallel_prep.py "
         "checks the shards are byte-identical. Photos are generated once per invocation (not timed)."
     )
     report.details = {"photos": {k: v for k, v in photos.items() if k != "process"}, "cores": cores,

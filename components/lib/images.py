@@ -618,13 +618,15 @@ def _processes(requested: int | None, items: int | None) -> int:
 class _Pool:
     """Worker processes that map a function over items and hand the results back in input order.
 
-    Forked from multiprocessing's fork server, a fresh interpreter that imports TensorFlow once
-    and starts no TensorFlow runtime (never forked from this process, whose runtime may be
-    running); each uses one TensorFlow thread, so N workers use N cores. While the fork server
-    starts (a few seconds) this process does the first items itself; the fork server is stopped
-    when the pool closes, so nothing stays behind. At most
-    ``IN_FLIGHT_PER_PROCESS`` chunks per worker are queued at a time, so memory stays flat
-    however many items there are. With one process everything runs here, no pool is started."""
+    N processes are this one and N-1 workers, each worker with one TensorFlow thread. Workers
+    are forked from this process when its TensorFlow runtime has not started yet, else from
+    multiprocessing's fork server, a fresh interpreter that imports TensorFlow once and starts no
+    runtime. While they start this process does the first items itself; after that
+    it does every N-th chunk of items, in turn with the workers (one TensorFlow start-up fewer
+    than N workers, and no core idle). The fork server is stopped when the pool closes, so
+    nothing stays behind. At most ``IN_FLIGHT_PER_PROCESS`` chunks per worker are queued at a
+    time, so memory stays flat however many items there are. With one process everything runs
+    here, no pool is started."""
 
     CHUNK = 8
     IN_FLIGHT_PER_PROCESS = 4
@@ -633,7 +635,9 @@ class _Pool:
         self.processes = processes
         self._executor = None
         self._starting: list = []  # one no-op task per worker: done once that worker is ready
-        self._starter = None  # the thread that starts them (starting one waits for the fork server)
+        self._launched = False
+        self._starter = None  # the thread that starts them from the fork server (which takes seconds)
+        self._start_method = ""
         self._start_error: BaseException | None = None
 
     def __enter__(self):
@@ -645,35 +649,47 @@ class _Pool:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-            _stop_fork_server()
+            if self._start_method == "forkserver":
+                _stop_fork_server()
 
     def _start(self) -> None:
-        """Starts the workers in a background thread: this thread keeps working meanwhile."""
+        """Starts the workers: forked from this process itself while its TensorFlow runtime has
+        not started (they inherit the imported modules: nothing to import, no second start-up),
+        else from the fork server, in a background thread while this thread keeps working."""
         import threading
 
-        if self._starter is None:
-            self._starter = threading.Thread(target=self._launch, name="data-prep-pool-start", daemon=True)
+        if self._launched:
+            return
+        self._launched = True
+        if _tensorflow_runtime_started():
+            self._starter = threading.Thread(target=self._launch, args=("forkserver",), name="data-prep-pool-start",
+                                             daemon=True)
             self._starter.start()
+        else:
+            self._launch("fork")  # now, before this process runs a TensorFlow op
 
-    def _launch(self) -> None:
+    def _launch(self, method: str) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         try:
-            context = multiprocessing.get_context("forkserver")
-            # The fork server imports TensorFlow once (no runtime started); workers fork from it.
-            context.set_forkserver_preload(["tensorflow", __name__])
-            self._executor = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_start_worker)
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                # The fork server imports TensorFlow once (no runtime started); workers fork from it.
+                context.set_forkserver_preload(["tensorflow", __name__])
+            self._start_method = method
+            self._executor = ProcessPoolExecutor(self.processes - 1, mp_context=context, initializer=_start_worker)
             with _main_module_hidden():  # every worker is started by these submissions
-                self._starting = [self._executor.submit(_ready) for _ in range(self.processes)]
+                self._starting = [self._executor.submit(_ready) for _ in range(self.processes - 1)]
         except BaseException as error:  # re-raised in the calling thread by _ready_executor
             self._start_error = error
 
     def _started(self) -> bool:
-        return not self._starter.is_alive() and all(task.done() for task in self._starting)
+        return (self._starter is None or not self._starter.is_alive()) and all(t.done() for t in self._starting)
 
     def _ready_executor(self):
-        self._starter.join()
+        if self._starter is not None:
+            self._starter.join()
         if self._start_error is not None:
             raise self._start_error
         return self._executor
@@ -686,8 +702,8 @@ class _Pool:
                 result = ready(item) if ready else None
                 yield fn(item) if result is None else result
             return
-        pending: deque = deque()
-        iterator = iter(items)
+        pending: deque = deque()  # per chunk, in input order: its results, a call that makes them here,
+        iterator = iter(items)     # or a worker's future of them
         self._start()
         while not self._started():  # workers still starting: work here
             chunk = list(itertools.islice(iterator, self.CHUNK))
@@ -697,6 +713,8 @@ class _Pool:
                 result = ready(item) if ready else None
                 yield fn(item) if result is None else result
 
+        turn = itertools.count()
+
         def submit() -> bool:
             chunk = list(itertools.islice(iterator, self.CHUNK))
             if not chunk:
@@ -704,6 +722,8 @@ class _Pool:
             done = [ready(item) for item in chunk] if ready else [None]
             if all(result is not None for result in done) and ready:
                 pending.append(done)
+            elif next(turn) % self.processes == 0:
+                pending.append(functools.partial(_run_chunk, fn, chunk))  # this process's turn
             else:
                 pending.append(self._ready_executor().submit(_run_chunk, fn, chunk))
             return True
@@ -713,7 +733,7 @@ class _Pool:
                 break
         while pending:
             head = pending.popleft()
-            results = head if isinstance(head, list) else head.result()
+            results = head if isinstance(head, list) else head() if callable(head) else head.result()
             submit()
             yield from results
 
@@ -732,6 +752,16 @@ def _main_module_hidden():
         yield
     finally:
         sys.modules["__main__"] = main
+
+
+def _tensorflow_runtime_started() -> bool:
+    """Whether this process has run TensorFlow ops: its runtime then has thread pools and locks a
+    forked child would inherit half-held. Importing TensorFlow starts no runtime (the fork server
+    forks after the same import)."""
+    from tensorflow.python.eager import context
+
+    current = context.context_safe()
+    return current is not None and getattr(current, "_context_handle", True) is not None
 
 
 def _stop_fork_server() -> None:

@@ -49,6 +49,23 @@ def test_parallel_data_prep_writes_the_bytes_one_process_writes(tmp_path, data, 
         assert sum(metadata["num_examples"].values()) == 29  # 28 JPEGs and a PNG; a copy and a conflict kept once
 
 
+def test_workers_forked_from_a_fresh_process_write_the_same_bytes(tmp_path):
+    """In a process that has run no TensorFlow op (a component's), the workers are forked from it
+    directly instead of from the fork server; the shards are still those of one process."""
+    photos = _photos(tmp_path / "photos")
+    code = ("import sys\nfrom tlp.components.lib import images\n"
+            "assert not images._tensorflow_runtime_started()\n"
+            "images.prepare_dataset(sys.argv[1], sys.argv[2], image_size=48, seed=5, processes=2, max_workers=2,"
+            " min_shard_records=4)\n")
+    run = subprocess.run([sys.executable, "-c", code, f"folder:{photos}", str(tmp_path / "forked")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "on 2 processes" in run.stdout
+    images.prepare_dataset(f"folder:{photos}", str(tmp_path / "one"), image_size=48, seed=5, processes=1,
+                           max_workers=2, min_shard_records=4)
+    assert _digests(tmp_path / "forked") == _digests(tmp_path / "one")
+
+
 def test_shards_are_the_same_bytes_in_every_process(tmp_path):
     """Serialized records do not depend on the process (protobuf map order is made deterministic)."""
     code = ("import sys\nfrom tlp.components.lib import images\n"
