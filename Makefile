@@ -51,7 +51,7 @@ lock: ## Re-resolve constraints.txt from pyproject.toml in a scratch venv
 	/tmp/tlp-lock/bin/pip install --quiet -e '.[dev]'
 	{ echo "# The one lock: exact versions for .venv (make) and for every container image."; \
 	  echo "# Regenerate with: make lock"; \
-	  /tmp/tlp-lock/bin/pip freeze --exclude-editable | grep -v '^tlp'; } > constraints.txt
+	  /tmp/tlp-lock/bin/pip freeze --all --exclude-editable | grep -v -e '^tlp' -e '^pip==' -e '^wheel=='; } > constraints.txt
 
 clean: ## Remove .venv and local outputs
 	rm -rf $(VENV) tlp-runs

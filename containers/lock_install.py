@@ -42,8 +42,10 @@ OMITTED = {
 }
 # What stands in for mlflow: its client, and the SQL store behind sqlite:/// registries.
 ADDED = ("mlflow-skinny", "sqlalchemy", "alembic")
-# pip's own tooling comes with the base image (pip freeze, hence the lock, leaves it out).
-PROVIDED_BY_BASE = {"pip", "setuptools", "wheel"}
+# pip's own tooling comes with the base image (pip freeze, hence the lock, leaves it out). Not
+# setuptools: grpcio-tools (kserve's) needs setuptools>=77 at run time, newer than some bases'
+# (Debian bookworm's is 66), so the lock pins it and the image installs it.
+PROVIDED_BY_BASE = {"pip", "wheel"}
 
 
 def canonical(name: str) -> str:
