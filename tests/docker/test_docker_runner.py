@@ -19,16 +19,12 @@ import time
 import pytest
 
 from tests.docker.conftest import SERVE_IMAGE, unavailable
+from tlp.components.lib import steps as catalogue
 
 pytestmark = pytest.mark.docker
 
-STEPS = {  # kfp's --function_to_execute -> the image it must run in
-    "data_prep": "light",
-    "feature_extraction": "train",
-    "fine_tuning": "train",
-    "evaluation": "light",
-    "registration": "light",
-}
+# kfp's --function_to_execute -> the image it must run in, from the one step catalogue.
+STEPS = {step.function: step.image for step in catalogue.STEPS}
 TEST_SIZE = [
     "--data", "sample:20", "--image-size", "32", "--alpha", "0.35", "--weights", "none",
     "--epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "8",
