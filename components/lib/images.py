@@ -621,12 +621,11 @@ class _Pool:
     N processes are this one and N-1 workers, each worker with one TensorFlow thread. Workers
     are forked from this process when its TensorFlow runtime has not started yet, else from
     multiprocessing's fork server, a fresh interpreter that imports TensorFlow once and starts no
-    runtime. While they start this process does the first items itself; after that
-    it does every N-th chunk of items, in turn with the workers (one TensorFlow start-up fewer
-    than N workers, and no core idle). The fork server is stopped when the pool closes, so
-    nothing stays behind. At most ``IN_FLIGHT_PER_PROCESS`` chunks per worker are queued at a
-    time, so memory stays flat however many items there are. With one process everything runs
-    here, no pool is started."""
+    runtime. While they start this process does the first items itself; after that it does every
+    N-th chunk of items, in turn with the workers (one TensorFlow start-up fewer than N workers,
+    and no core idle). The fork server is stopped when the pool closes, so nothing stays behind.
+    At most ``IN_FLIGHT_PER_PROCESS`` chunks per process are queued at a time, so memory stays
+    flat however many items there are. With one process everything runs here, no pool is started."""
 
     CHUNK = 8
     IN_FLIGHT_PER_PROCESS = 4
@@ -635,9 +634,8 @@ class _Pool:
         self.processes = processes
         self._executor = None
         self._starting: list = []  # one no-op task per worker: done once that worker is ready
-        self._launched = False
+        self._start_method = ""  # "fork" or "forkserver" once started
         self._starter = None  # the thread that starts them from the fork server (which takes seconds)
-        self._start_method = ""
         self._start_error: BaseException | None = None
 
     def __enter__(self):
@@ -658,26 +656,25 @@ class _Pool:
         else from the fork server, in a background thread while this thread keeps working."""
         import threading
 
-        if self._launched:
+        if self._start_method:
             return
-        self._launched = True
         if _tensorflow_runtime_started():
-            self._starter = threading.Thread(target=self._launch, args=("forkserver",), name="data-prep-pool-start",
-                                             daemon=True)
+            self._start_method = "forkserver"
+            self._starter = threading.Thread(target=self._launch, name="data-prep-pool-start", daemon=True)
             self._starter.start()
         else:
-            self._launch("fork")  # now, before this process runs a TensorFlow op
+            self._start_method = "fork"
+            self._launch()  # now, before this process runs a TensorFlow op
 
-    def _launch(self, method: str) -> None:
+    def _launch(self) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         try:
-            context = multiprocessing.get_context(method)
-            if method == "forkserver":
+            context = multiprocessing.get_context(self._start_method)
+            if self._start_method == "forkserver":
                 # The fork server imports TensorFlow once (no runtime started); workers fork from it.
                 context.set_forkserver_preload(["tensorflow", __name__])
-            self._start_method = method
             self._executor = ProcessPoolExecutor(self.processes - 1, mp_context=context, initializer=_start_worker)
             with _main_module_hidden():  # every worker is started by these submissions
                 self._starting = [self._executor.submit(_ready) for _ in range(self.processes - 1)]
@@ -702,8 +699,9 @@ class _Pool:
                 result = ready(item) if ready else None
                 yield fn(item) if result is None else result
             return
-        pending: deque = deque()  # per chunk, in input order: its results, a call that makes them here,
-        iterator = iter(items)     # or a worker's future of them
+        # Per chunk, in input order: its results, a call that makes them here, or a worker's future.
+        pending: deque = deque()
+        iterator = iter(items)
         self._start()
         while not self._started():  # workers still starting: work here
             chunk = list(itertools.islice(iterator, self.CHUNK))
