@@ -85,7 +85,7 @@ push: ## Push the three images to IMAGE_REPO (e.g. us-docker.pkg.dev/PROJECT/tlp
 
 BENCH_ARGS ?=
 
-bench: $(STAMP) ## Benchmark suite, about 20 min (BENCH_ARGS=--quick: about 3 min); writes bench/results.json
+bench: $(STAMP) ## Benchmark suite, about 18 min (BENCH_ARGS=--quick: about 3 min); writes bench/results.json
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 .PHONY: bench
