@@ -31,6 +31,7 @@ import tempfile
 import time
 import warnings
 
+from tlp.components.lib.specs import ServiceError
 from tlp.components.lib.steps import STEP_NAMES
 
 LOGS = "logs"
@@ -49,7 +50,7 @@ _NUMBERS = re.compile(r"\d+(?:\.\d+)?")
 _ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(ConfigError|TrainingDivergedError|\w+Error): (.+)$")
 
 
-class RunFailed(RuntimeError):
+class RunFailed(ServiceError):
     """A pipeline step failed; the message says which, its error and where its log is."""
 
     def __init__(self, message: str, run_dir: str | None = None):

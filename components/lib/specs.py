@@ -13,12 +13,30 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 
-class ConfigError(ValueError):
-    """A setting is wrong. The message is one sentence naming the value and the fix."""
+class TlpError(Exception):
+    """Every error tlp raises on purpose. ``exit_code`` is what the CLI exits with; the message is
+    one sentence naming the problem and the fix, printed without a traceback."""
+
+    exit_code = 1
+
+
+class ServiceError(TlpError):
+    """A run, a step or a service (Vertex AI, a registry, a server) failed: exit code 1."""
+
+    exit_code = 1
+
+
+class ConfigError(TlpError, ValueError):
+    """A setting is wrong. The message is one sentence naming the value and the fix: exit code 2."""
+
+    exit_code = 2
 
 
 class NotFound(ConfigError):
-    """What a command names (a registered model, a version, a previous champion) does not exist."""
+    """What a command names (a registered model, a version, a previous champion) does not exist:
+    exit code 3."""
+
+    exit_code = 3
 
 
 # Keras application constructors we support, with how each expects its pixels.
