@@ -302,13 +302,8 @@ def _local_registry(registry: str) -> str:
 
 
 def command_serve(args) -> int:
-    chosen = _group(ServeOptions, args)
-    config = serve.ServeConfig(
-        model=args.model, registry=_local_registry(args.registry), host=chosen.host, port=chosen.port,
-        name=chosen.route_name, max_batch=chosen.max_batch, max_latency_ms=chosen.max_latency_ms,
-        max_body_mb=chosen.max_body_mb,
-    )
-    serve.serve(serve.apply_vertex_environment(config))
+    options, model = serve.apply_vertex_environment(_group(ServeOptions, args), args.model)
+    serve.serve(model, _local_registry(args.registry), options)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 This is the runner side of serving: it resolves ``NAME@champion`` / ``NAME/VERSION`` in a
 registry or takes a model directory, reads Vertex AI's custom-container environment, and hands
-plain values to ``components/lib/serving.py``, which builds and runs the server.
+the declared serve options (``settings.ServeOptions``) to ``components/lib/serving/``, which
+builds and runs the server.
 
 Vertex AI custom-container contract: when ``AIP_HTTP_PORT`` is set the server listens on
 0.0.0.0 at that port; ``AIP_PREDICT_ROUTE`` and ``AIP_HEALTH_ROUTE`` are served besides the
@@ -20,35 +21,19 @@ from dataclasses import dataclass
 from tlp.components.lib import serving
 from tlp.components.lib.registry import open_registry
 from tlp.components.lib.registry.vertex_backend import download_prefix
+from tlp.components.lib.settings import ServeOptions
 from tlp.components.lib.specs import ConfigError
 from tlp.pipelines import environment
 
-DEFAULT_PORT = 8080
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    model: str = ""  # a model directory, gs:// prefix, NAME@ALIAS or NAME/VERSION
-    registry: str = ""
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    name: str = ""  # the name in the routes (/v1/models/NAME:predict); default: the registered name or "model"
-    max_batch: int = serving.DEFAULT_MAX_BATCH
-    max_latency_ms: float = serving.DEFAULT_MAX_LATENCY_MS
-    max_body_mb: float = serving.DEFAULT_MAX_BODY_MB
-    predict_route: str = ""
-    health_route: str = ""
-
-    def options(self) -> serving.ServeOptions:
-        return serving.ServeOptions(self.max_batch, self.max_latency_ms, self.max_body_mb,
-                                    self.predict_route, self.health_route).check()
-
-
-def apply_vertex_environment(config: ServeConfig, environ: dict | None = None) -> ServeConfig:
-    """Applies Vertex AI's ``AIP_*`` variables (custom-container contract) over ``config``."""
+def apply_vertex_environment(options: ServeOptions, model: str = "",
+                             environ: dict | None = None) -> tuple[ServeOptions, str]:
+    """Applies Vertex AI's ``AIP_*`` variables (custom-container contract) over ``options`` and
+    the model argument: (options, model)."""
     environ = environment.vertex_serving_variables() if environ is None else environ
-    changes = {}
+    changes: dict = {}
     port = environ.get("AIP_HTTP_PORT", "")
     if port:
         if not port.isdigit():
@@ -56,11 +41,14 @@ def apply_vertex_environment(config: ServeConfig, environ: dict | None = None) -
         # Vertex AI reaches the container from outside it: listen on every interface.
         changes.update(port=int(port), host="0.0.0.0")
     for key, variable in (("predict_route", "AIP_PREDICT_ROUTE"), ("health_route", "AIP_HEALTH_ROUTE")):
-        if environ.get(variable):
-            changes[key] = environ[variable]
-    if not config.model and environ.get("AIP_STORAGE_URI"):
-        changes["model"] = environ["AIP_STORAGE_URI"]
-    return dataclasses.replace(config, **changes)
+        route = environ.get(variable)
+        if route:
+            if not route.startswith("/"):
+                raise ConfigError(f"{variable}={route!r} is not a path; it must start with '/'.")
+            changes[key] = route
+    if not model and environ.get("AIP_STORAGE_URI"):
+        model = environ["AIP_STORAGE_URI"]
+    return dataclasses.replace(options, **changes), model
 
 
 @dataclass(frozen=True)
@@ -105,13 +93,12 @@ def _url_safe(name: str) -> str:
     return safe or "model"
 
 
-def prepare(config: ServeConfig):
+def prepare(model: str, registry: str, options: ServeOptions):
     """Everything before listening: checks, model resolution and loading, a warm-up prediction.
     Returns (app, card)."""
-    options = config.options()
-    if not 0 < config.port < 65536:
-        raise ConfigError(f"--port {config.port} is not a TCP port (1-65535).")
-    resolved = resolve(config.model, config.registry, config.name)
+    if not 0 < options.port < 65536:
+        raise ConfigError(f"--port {options.port} is not a TCP port (1-65535).")
+    resolved = resolve(model, registry, options.route_name)
     import tensorflow as tf
 
     try:
@@ -124,8 +111,8 @@ def prepare(config: ServeConfig):
     return serving.create_app(predictor, card, options), card
 
 
-def banner(config: ServeConfig, card) -> str:
-    base = f"http://{'127.0.0.1' if config.host == '0.0.0.0' else config.host}:{config.port}"
+def banner(options: ServeOptions, card) -> str:
+    base = f"http://{'127.0.0.1' if options.host == '0.0.0.0' else options.host}:{options.port}"
     lines = [
         f"tlp serve: {card.name} version {card.version} ({', '.join(card.class_names)}) from {card.source}",
         f"  page:     {base}/",
@@ -133,16 +120,18 @@ def banner(config: ServeConfig, card) -> str:
         '{"instances": [{"image_bytes": {"b64": "..."}}]}',
         f"  v2:       POST {base}/v2/models/{card.name}/infer",
         f"  health:   {base}/v2/health/ready   metrics: {base}/metrics",
-        f"  batching: up to {config.max_batch} images within {config.max_latency_ms:g} ms; "
-        f"bodies up to {config.max_body_mb:g} MB",
+        f"  batching: up to {options.max_batch} images within {options.max_latency_ms:g} ms; "
+        f"bodies up to {options.max_body_mb:g} MB",
     ]
-    if config.predict_route or config.health_route:
-        lines.append(f"  Vertex AI routes: predict {config.predict_route or '-'}, health {config.health_route or '-'}")
+    if options.predict_route or options.health_route:
+        routes = f"predict {options.predict_route or '-'}, health {options.health_route or '-'}"
+        lines.append(f"  Vertex AI routes: {routes}")
     return "\n".join(lines)
 
 
-def serve(config: ServeConfig, echo=print) -> None:
-    """Resolves, loads and serves the model until interrupted."""
-    app, card = prepare(config)
-    echo(banner(config, card), flush=True)
-    serving.run_server(app, config.host, config.port)
+def serve(model: str, registry: str, options: ServeOptions, echo=print) -> None:
+    """Resolves, loads and serves ``model`` (a directory, ``gs://`` prefix, NAME@ALIAS or
+    NAME/VERSION in ``registry``) until interrupted."""
+    app, card = prepare(model, registry, options)
+    echo(banner(options, card), flush=True)
+    serving.run_server(app, options.host, options.port)

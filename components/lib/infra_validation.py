@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from tlp.components.lib import images, serving
 from tlp.components.lib import model as model_lib
+from tlp.components.lib.specs import ServiceError
 
 DEFAULT_IMAGES = 8
 DEFAULT_TOLERANCE = 1e-4  # decode/resize in the signature vs evaluation's decoded JPEGs: ~1e-6 apart
@@ -161,7 +162,7 @@ def infra_validate(
                 answer = _predict(url, name, encoded, timeout)
     except urllib.error.HTTPError as error:
         failure = f"the server answered {error.code}: {error.read()[:300].decode(errors='replace')}"
-    except (RuntimeError, OSError, ValueError, KeyError) as error:
+    except (ServiceError, RuntimeError, OSError, ValueError, KeyError) as error:
         failure = f"the model could not be served ({error})"
     seconds = time.monotonic() - started
     if failure:

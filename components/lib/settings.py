@@ -419,17 +419,28 @@ class ServeOptions(Group):
                                    minimum=0.0, maximum=10_000.0)
     max_body_mb: float = option(32.0, "largest request body in MB; larger ones get 413", commands=("serve",),
                                 above=0.0, maximum=4096.0)
+    # Not options: Vertex AI's custom-container routes, set from AIP_PREDICT_ROUTE / AIP_HEALTH_ROUTE
+    # by the runner (pipelines/serve.py), served besides KServe's own.
+    predict_route: str = ""
+    health_route: str = ""
+
+
+# Vertex AI's serving machine, for endpoints and batch prediction jobs alike.
+SERVING_MACHINE_TYPE = "n1-standard-2"
 
 
 @dataclass(frozen=True)
 class DeployOptions(Group):
+    """``tlp deploy`` and the pipeline's deploy step (``--deploy-endpoint``): this group is what
+    ``vertex_deploy.deploy_version`` takes, and what the deploy step receives as one dict."""
+
     GROUP = "deploy"
     endpoint: str = option("", "Vertex AI endpoint display name; created if missing", commands=("deploy",))
     deploy_endpoint: str = option(
         "", "after registration makes a new champion, deploy it to this Vertex AI endpoint (created if missing; the "
         "replaced version is undeployed once the new one is healthy)", commands=CLOUD_COMMANDS,
     )
-    serving_machine_type: str = option("n1-standard-2", "serving machine type", commands=("deploy",),
+    serving_machine_type: str = option(SERVING_MACHINE_TYPE, "serving machine type", commands=("deploy",),
                                        flag="--machine-type")
     min_replicas: int = option(1, "fewest serving machines", commands=("deploy",), minimum=1, maximum=1000)
     max_replicas: int = option(1, "most serving machines (autoscaled)", commands=("deploy",), minimum=1, maximum=1000)
@@ -454,7 +465,7 @@ class PredictOptions(Group):
                              "vertex://PROJECT/REGION and --output gs://...)", commands=("predict",))
     images_per_call: int = option(32, "images per model call when predicting a folder", commands=("predict",),
                                   minimum=1, maximum=4096, flag="--batch-size")
-    batch_machine_type: str = option("n1-standard-2", "--batch-job machine type", commands=("predict",))
+    batch_machine_type: str = option(SERVING_MACHINE_TYPE, "--batch-job machine type", commands=("predict",))
     batch_replicas: int = option(1, "--batch-job machines", commands=("predict",), minimum=1, maximum=1000)
 
 

@@ -7,18 +7,25 @@ import sys
 import pytest
 
 from tests.serve.conftest import get, instance, post
+from tlp.components.lib.settings import ServeOptions
+from tlp.components.lib.specs import ConfigError
 from tlp.pipelines import serve
 
 
 def test_vertex_environment_sets_port_host_routes_and_model():
-    config = serve.apply_vertex_environment(serve.ServeConfig(), {
+    options, model = serve.apply_vertex_environment(ServeOptions(), "", {
         "AIP_HTTP_PORT": "8081", "AIP_PREDICT_ROUTE": "/v1/endpoints/1/deployedModels/2:predict",
         "AIP_HEALTH_ROUTE": "/v1/endpoints/1/deployedModels/2", "AIP_STORAGE_URI": "gs://bucket/model"})
-    assert (config.port, config.host, config.model) == (8081, "0.0.0.0", "gs://bucket/model")
-    assert config.predict_route.endswith(":predict") and config.health_route.endswith("/2")
+    assert (options.port, options.host, model) == (8081, "0.0.0.0", "gs://bucket/model")
+    assert options.predict_route.endswith(":predict") and options.health_route.endswith("/2")
     # An explicit model wins over AIP_STORAGE_URI; no AIP_* changes nothing.
-    assert serve.apply_vertex_environment(serve.ServeConfig(model="m"), {"AIP_STORAGE_URI": "gs://x"}).model == "m"
-    assert serve.apply_vertex_environment(serve.ServeConfig(), {}) == serve.ServeConfig()
+    assert serve.apply_vertex_environment(ServeOptions(), "m", {"AIP_STORAGE_URI": "gs://x"})[1] == "m"
+    assert serve.apply_vertex_environment(ServeOptions(), "", {}) == (ServeOptions(), "")
+
+
+def test_a_vertex_route_that_is_not_a_path_fails_in_one_sentence():
+    with pytest.raises(ConfigError, match="AIP_HEALTH_ROUTE='health' is not a path"):
+        serve.apply_vertex_environment(ServeOptions(), "m", {"AIP_HEALTH_ROUTE": "health"})
 
 
 def test_vertex_custom_container_contract(standin, tuned_model, photos, tmp_path):
