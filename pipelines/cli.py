@@ -308,23 +308,13 @@ def command_serve(args) -> int:
 
 
 def command_deploy(args) -> int:
-    chosen, target = _group(DeployOptions, args), _group(CloudOptions, args)
-    if not chosen.endpoint and not chosen.promote_traffic:
-        raise ConfigError("tlp deploy needs --endpoint NAME (the Vertex AI endpoint; created if missing).")
-    deploy.deploy(deploy.DeployOptions(
-        model=args.model, registry=args.registry, endpoint=chosen.endpoint, machine_type=chosen.serving_machine_type,
-        min_replicas=chosen.min_replicas, max_replicas=chosen.max_replicas, accelerator=chosen.serving_accelerator,
-        gpus=chosen.serving_gpus, traffic=chosen.traffic, promote_traffic=chosen.promote_traffic,
-        project=target.project, region=target.region, api_endpoint=target.api_endpoint,
-        service_account=target.service_account, network=target.network,
-    ))
+    deploy.deploy(args.model, args.registry, _group(DeployOptions, args), _group(CloudOptions, args))
     return 0
 
 
 def _predict_batch(model: str, sources: list[str], registry: str, chosen: PredictOptions) -> int:
     if chosen.batch_job:
-        predict.run_batch_job(model, sources, chosen.output, registry, machine_type=chosen.batch_machine_type,
-                              replicas=chosen.batch_replicas)
+        predict.run_batch_job(model, sources, registry, chosen)
         return 0
     summary = predict.predict_to_file(model, sources, chosen.output, registry, batch_size=chosen.images_per_call)
     return 0 if summary.predicted else 1

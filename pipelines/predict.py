@@ -13,6 +13,7 @@ from tlp.components.lib.images import IMAGE_EXTENSIONS
 from tlp.components.lib.model import load_servable
 from tlp.components.lib.registry import open_registry
 from tlp.components.lib.serving import Predictor, Unreadable
+from tlp.components.lib.settings import PredictOptions
 from tlp.components.lib.specs import ConfigError
 from tlp.pipelines.environment import check_credentials
 
@@ -220,10 +221,10 @@ def _list_images(folder: str, project: str) -> Iterator[str]:
             yield f"gs://{bucket}/{blob.name}"
 
 
-def run_batch_job(model: str, sources: list[str], output: str, registry_uri: str, *,
-                  machine_type: str = "n1-standard-2", replicas: int = 1, echo=print):
-    """Classifies the images under a ``gs://`` folder with a Vertex AI BatchPredictionJob and waits
-    for it. The job reads a file list (one ``gs://`` URI per line, written next to the output)
+def run_batch_job(model: str, sources: list[str], registry_uri: str, options: PredictOptions, echo=print):
+    """Classifies the images under a ``gs://`` folder with a Vertex AI BatchPredictionJob on
+    ``options.batch_replicas`` x ``options.batch_machine_type`` and waits for it, writing under
+    ``options.output``. The job reads a file list (one ``gs://`` URI per line, written next to the output)
     and sends each file to the model's serving container as ``{"b64": ...}``, which ``tlp serve``
     accepts; predictions land as JSON lines under ``output``."""
     import datetime
@@ -231,7 +232,7 @@ def run_batch_job(model: str, sources: list[str], output: str, registry_uri: str
 
     from google.cloud import storage
 
-
+    output, machine_type, replicas = options.output, options.batch_machine_type, options.batch_replicas
     if not registry_uri.startswith("vertex://"):
         raise ConfigError(f"--batch-job runs on Vertex AI and needs --registry vertex://PROJECT/REGION, not "
                           f"{registry_uri}; without --batch-job, tlp predict classifies a local folder here.")
@@ -239,8 +240,6 @@ def run_batch_job(model: str, sources: list[str], output: str, registry_uri: str
         raise ConfigError(f"--batch-job takes one gs:// folder of images, not {' '.join(sources)}.")
     if not output.startswith("gs://"):
         raise ConfigError(f"--batch-job writes to Cloud Storage: pass --output gs://BUCKET/PREFIX, not {output!r}.")
-    if replicas < 1:
-        raise ConfigError(f"--batch-replicas {replicas}: use 1 or more.")
     check_credentials()
     registry = open_registry(registry_uri)
     version = registry.model_version(model)

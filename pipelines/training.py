@@ -167,11 +167,7 @@ def create_pipeline(
                 metrics=scored.outputs["metrics"], report=scored.outputs["report"], options=options(REGISTRATION),
             ).set_display_name(REGISTRATION)
             if deploy.deploy_endpoint:  # TFX Pusher: only a new champion is deployed
-                add_deploy_step(
-                    registered, registered.outputs["registry"], deploy_op, endpoint=deploy.deploy_endpoint,
-                    machine_type=deploy.serving_machine_type, traffic=deploy.traffic,
-                    service_account=cloud.service_account, network=cloud.network,
-                )
+                add_deploy_step(registered, registered.outputs["registry"], deploy_op, deploy, cloud)
 
     transfer_learning.__signature__ = _parameters()  # kfp reads the parameters from the signature
     return dsl.pipeline(

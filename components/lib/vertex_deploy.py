@@ -19,41 +19,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tlp.components.lib.registry import open_registry
-from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.settings import CloudOptions, DeployOptions
+from tlp.components.lib.specs import ConfigError, ServiceError
 
-DEFAULT_MACHINE_TYPE = "n1-standard-2"
 
-
-@dataclass(frozen=True)
-class DeploySpec:
-    """What to deploy where, and on what."""
-
-    model: str  # NAME@champion or NAME/VERSION in the registry
-    registry: str  # vertex://PROJECT/REGION[?api_endpoint=...]
-    endpoint: str  # endpoint display name
-    machine_type: str = DEFAULT_MACHINE_TYPE
-    min_replicas: int = 1
-    max_replicas: int = 1
-    accelerator: str = ""
-    gpus: int = 0
-    traffic: int = 100
-    promote_traffic: bool = False
-    service_account: str = ""
-    network: str = ""
-
-    def check(self) -> DeploySpec:
-        if not self.endpoint:
-            raise ConfigError("--endpoint NAME is required: the Vertex AI endpoint to deploy to (created if missing).")
-        if not 0 < self.traffic <= 100:
-            raise ConfigError(f"--traffic {self.traffic}: give the new version's share in percent, 1-100.")
-        if self.promote_traffic and self.traffic != 100:
-            raise ConfigError("--promote-traffic moves all traffic to the version; drop --traffic.")
-        if self.min_replicas < 1 or self.max_replicas < self.min_replicas:
-            raise ConfigError(f"--min-replicas {self.min_replicas} / --max-replicas {self.max_replicas}: use at least "
-                              "1 and max >= min.")
-        if self.gpus < 0 or (self.gpus and not self.accelerator):
-            raise ConfigError(f"--gpus {self.gpus} needs --accelerator TYPE, e.g. --accelerator NVIDIA_TESLA_T4.")
-        return self
+def check_request(endpoint: str, options: DeployOptions) -> None:
+    """The rules that involve more than one deploy option (each option's own bounds ran when
+    the group was built), and the endpoint to deploy to."""
+    if not endpoint:
+        raise ConfigError("--endpoint NAME is required: the Vertex AI endpoint to deploy to (created if missing).")
+    if not 0 < options.traffic <= 100:
+        raise ConfigError(f"--traffic {options.traffic}: give the new version's share in percent, 1-100.")
+    if options.promote_traffic and options.traffic != 100:
+        raise ConfigError("--promote-traffic moves all traffic to the version; drop --traffic.")
+    if options.max_replicas < options.min_replicas:
+        raise ConfigError(f"--min-replicas {options.min_replicas} / --max-replicas {options.max_replicas}: use at "
+                          "least 1 and max >= min.")
+    if options.serving_gpus and not options.serving_accelerator:
+        raise ConfigError(f"--gpus {options.serving_gpus} needs --accelerator TYPE, e.g. --accelerator "
+                          "NVIDIA_TESLA_T4.")
 
 
 @dataclass
@@ -113,66 +97,71 @@ def _scaled(split: dict[str, int], new_id: str, share: int) -> dict[str, int]:
     return result
 
 
-def deploy_version(spec: DeploySpec, echo=print) -> Deployed:
-    """Deploys ``spec.model`` to ``spec.endpoint``; see the module docstring for the order of things."""
-    spec = spec.check()
-    vertex, aiplatform = _init(spec.registry)
-    model = vertex.model_version(spec.model)
+def deploy_version(model_ref: str, registry: str, endpoint_name: str, options: DeployOptions,
+                   cloud: CloudOptions | None = None, echo=print) -> Deployed:
+    """Deploys ``model_ref`` (NAME@champion or NAME/VERSION in ``registry``, a
+    ``vertex://PROJECT/REGION[?api_endpoint=...]`` URI) to the endpoint named ``endpoint_name``
+    with the machines and traffic of ``options``; ``cloud`` gives the service account and the
+    network (a private endpoint). See the module docstring for the order of things."""
+    check_request(endpoint_name, options)
+    cloud = cloud or CloudOptions()
+    vertex, aiplatform = _init(registry)
+    model = vertex.model_version(model_ref)
     version = str(model.version_id)
     target = f"{model.display_name} version {version}"
 
-    endpoint = find_endpoint(aiplatform, spec.endpoint, spec.network)
+    endpoint = find_endpoint(aiplatform, endpoint_name, cloud.network)
     created = endpoint is None
     if created:
-        if spec.promote_traffic:
-            raise ConfigError(f"endpoint {spec.endpoint!r} does not exist, so {target} is not deployed there; "
+        if options.promote_traffic:
+            raise ConfigError(f"endpoint {endpoint_name!r} does not exist, so {target} is not deployed there; "
                               "deploy it first (tlp deploy ... --traffic N), then --promote-traffic.")
-        echo(f"tlp deploy: creating endpoint {spec.endpoint!r}", flush=True)
-        if spec.network:
-            endpoint = aiplatform.PrivateEndpoint.create(display_name=spec.endpoint, network=spec.network)
+        echo(f"tlp deploy: creating endpoint {endpoint_name!r}", flush=True)
+        if cloud.network:
+            endpoint = aiplatform.PrivateEndpoint.create(display_name=endpoint_name, network=cloud.network)
         else:
-            endpoint = aiplatform.Endpoint.create(display_name=spec.endpoint)
+            endpoint = aiplatform.Endpoint.create(display_name=endpoint_name)
 
     current = [d for d in endpoint.list_models() if _same_model(d, model) and str(d.model_version_id) == version]
     split = {k: int(v) for k, v in (endpoint.traffic_split or {}).items()}
     if current:
         deployed_id = current[0].id
-        if spec.promote_traffic or split.get(deployed_id, 0) != spec.traffic:
-            split = _scaled(split, deployed_id, spec.traffic)
+        if options.promote_traffic or split.get(deployed_id, 0) != options.traffic:
+            split = _scaled(split, deployed_id, options.traffic)
             echo(f"tlp deploy: {target} is already deployed ({deployed_id}); traffic split -> {split}", flush=True)
             endpoint.update(traffic_split=split)
             changed = True
         else:
-            echo(f"tlp deploy: {target} already serves {spec.traffic}% of {spec.endpoint!r}; nothing to change",
+            echo(f"tlp deploy: {target} already serves {options.traffic}% of {endpoint_name!r}; nothing to change",
                  flush=True)
             changed = False
     else:
-        if spec.promote_traffic:
-            raise ConfigError(f"{target} is not deployed on endpoint {spec.endpoint!r}; deploy it first (tlp deploy "
+        if options.promote_traffic:
+            raise ConfigError(f"{target} is not deployed on endpoint {endpoint_name!r}; deploy it first (tlp deploy "
                               "... --traffic N), then --promote-traffic.")
-        accelerator = {"accelerator_type": spec.accelerator, "accelerator_count": spec.gpus or 1} \
-            if spec.accelerator else {}
-        traffic = spec.traffic if endpoint.list_models() else 100
-        if traffic != spec.traffic:
-            echo(f"tlp deploy: nothing else serves on {spec.endpoint!r}, so {target} gets 100% of the traffic",
+        gpu_type, gpus = options.serving_accelerator, options.serving_gpus or 1
+        accelerator = {"accelerator_type": gpu_type, "accelerator_count": gpus} if gpu_type else {}
+        traffic = options.traffic if endpoint.list_models() else 100
+        if traffic != options.traffic:
+            echo(f"tlp deploy: nothing else serves on {endpoint_name!r}, so {target} gets 100% of the traffic",
                  flush=True)
-        echo(f"tlp deploy: deploying {target} to {spec.endpoint!r} with {traffic}% of the traffic on "
-             f"{spec.min_replicas}-{spec.max_replicas} x {spec.machine_type}"
-             f"{f' + {spec.gpus or 1} x {spec.accelerator}' if spec.accelerator else ''}", flush=True)
+        echo(f"tlp deploy: deploying {target} to {endpoint_name!r} with {traffic}% of the traffic on "
+             f"{options.min_replicas}-{options.max_replicas} x {options.serving_machine_type}"
+             f"{f' + {gpus} x {gpu_type}' if gpu_type else ''}", flush=True)
         deployed_before = {d.id for d in endpoint.list_models()}
         # Waits for Vertex AI's long-running operation: it completes once the new model serves.
         endpoint.deploy(
             model=model, deployed_model_display_name=f"{model.display_name}-v{version}",
-            traffic_percentage=traffic, machine_type=spec.machine_type,
-            min_replica_count=spec.min_replicas, max_replica_count=spec.max_replicas,
-            service_account=spec.service_account or None, **accelerator,
+            traffic_percentage=traffic, machine_type=options.serving_machine_type,
+            min_replica_count=options.min_replicas, max_replica_count=options.max_replicas,
+            service_account=cloud.service_account or None, **accelerator,
         )
         endpoint = type(endpoint)(endpoint.resource_name)  # fresh state, not the SDK's cached copy
         fresh = [d for d in endpoint.list_models()
                  if d.id not in deployed_before and _same_model(d, model) and str(d.model_version_id) == version]
         if not fresh:
-            raise RuntimeError(f"the deployment of {target} to {endpoint.resource_name} finished but the endpoint does "
-                               "not list it; nothing was undeployed. Check the endpoint in the console.")
+            raise ServiceError(f"the deployment of {target} to {endpoint.resource_name} finished but the endpoint does "
+                               "not list it, so nothing was undeployed; check the endpoint in the console.")
         deployed_id = fresh[0].id
         changed = True
     return _retire_replaced(endpoint, model, deployed_id, created, changed, echo)

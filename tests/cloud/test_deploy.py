@@ -2,14 +2,17 @@
 stand-in: the endpoint is created, deployModel carries the traffic split, its long-running
 operation is polled until done, and the replaced version is undeployed only after that."""
 
+import dataclasses
 import json
 import re
 import typing
 
 import pytest
 
-from tlp.components.lib.specs import ConfigError
-from tlp.components.lib.vertex_deploy import DeploySpec, deploy_version
+from tlp.components.lib.options import group_from_values
+from tlp.components.lib.settings import DeployOptions
+from tlp.components.lib.specs import ConfigError, ServiceError
+from tlp.components.lib.vertex_deploy import deploy_version
 
 MODEL_ID = "4242"
 
@@ -35,7 +38,8 @@ def _registry(standin):
 
 
 def _deploy(standin, model, **settings):
-    return deploy_version(DeploySpec(model=model, registry=_registry(standin), endpoint="cats-endpoint", **settings),
+    """Deploys as ``tlp deploy`` does: the options built (and checked) from their declarations."""
+    return deploy_version(model, _registry(standin), "cats-endpoint", group_from_values(DeployOptions, settings),
                           echo=lambda *a, **k: None)
 
 
@@ -45,7 +49,7 @@ def _index(standin, method, pattern):
 
 def test_first_deploy_creates_the_endpoint_and_polls_the_deployment(standin):
     parent = seed_model(standin)
-    result = _deploy(standin, "cats@champion", machine_type="n1-standard-4", min_replicas=1, max_replicas=3)
+    result = _deploy(standin, "cats@champion", serving_machine_type="n1-standard-4", min_replicas=1, max_replicas=3)
 
     [create] = standin.find("POST", r"/endpoints$")
     assert create.body["displayName"] == "cats-endpoint"
@@ -120,6 +124,35 @@ def test_a_failed_deployment_undeploys_nothing(standin):
     assert endpoint["trafficSplit"] == {old.deployed_model_id: 100}
 
 
+def test_a_deployment_the_endpoint_does_not_list_is_a_service_error(standin, monkeypatch):
+    """Vertex AI said done but the endpoint does not list the new deployed model (here: the
+    listing is made to show none of this registered model's): a ServiceError, nothing undeployed."""
+    from tlp.components.lib import vertex_deploy
+
+    seed_model(standin)
+    _deploy(standin, "cats/1")
+    monkeypatch.setattr(vertex_deploy, "_same_model", lambda deployed, model: False)
+    with pytest.raises(ServiceError, match="finished but the endpoint does not list it"):
+        _deploy(standin, "cats@champion")
+    assert not standin.find("POST", r":undeployModel$")
+
+
+@pytest.mark.xfail(strict=True, reason="tlp's main() maps every TlpError to its exit code once issue 18 point 10 "
+                   "lands (another branch); then drop this marker")
+def test_tlp_deploy_says_so_in_one_sentence_when_the_endpoint_does_not_list_it(standin, capsys, monkeypatch):
+    from tlp.components.lib import vertex_deploy
+    from tlp.pipelines.cli import main
+
+    seed_model(standin)
+    monkeypatch.setattr(vertex_deploy, "_same_model", lambda deployed, model: False)
+    code = main(["deploy", "cats@champion", "--registry", "vertex://tlp-test/us-central1", "--api-endpoint",
+                 standin.url, "--endpoint", "cats-endpoint"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "finished but the endpoint does not list it" in err and "Traceback" not in err
+    assert not standin.find("POST", r":undeployModel$")
+
+
 def test_deploying_the_same_version_again_changes_nothing(standin):
     seed_model(standin)
     first = _deploy(standin, "cats@champion")
@@ -161,8 +194,13 @@ def test_the_deploy_component_deploys_the_new_champion(standin):
     from tlp.components.deployment import deployment
 
     seed_model(standin)
+    # Numbers cross kfp as floats: the step coerces them back to the declared types.
     outputs = deployment.python_func(registry=_registry(standin), model_name="cats", version="2",
-                                     endpoint="cats-endpoint", traffic=100)
+                                     endpoint="cats-endpoint", options={"traffic": 100.0, "max_replicas": 2.0})
+    [deploy] = standin.find("POST", r":deployModel$")
+    resources = deploy.body["deployedModel"]["dedicatedResources"]
+    assert resources["machineSpec"] == {"machineType": DeployOptions().serving_machine_type}
+    assert resources["maxReplicaCount"] == 2
     assert json.loads(outputs.traffic_split) == {outputs.deployed_model_id: 100}
     assert outputs.endpoint in standin.endpoints
 
@@ -174,6 +212,7 @@ def test_the_deploy_step_runs_only_for_a_new_champion(tmp_path):
     from kfp import compiler, dsl
 
     from tlp.components.deployment import add_deploy_step, deployment
+    from tlp.components.lib.settings import CloudOptions
 
     @dsl.component
     def register(registry: str) -> typing.NamedTuple(
@@ -181,9 +220,10 @@ def test_the_deploy_step_runs_only_for_a_new_champion(tmp_path):
         return (registry, "cats", "2", True, "")
 
     @dsl.pipeline(name="deploy-after-registration")
-    def pipeline(registry: str = "vertex://p/r", endpoint: str = "cats-endpoint"):
+    def pipeline(registry: str = "vertex://p/r"):
         registered = register(registry=registry)
-        add_deploy_step(registered, registry, deployment, endpoint=endpoint, traffic=100)
+        add_deploy_step(registered, registry, deployment, DeployOptions(deploy_endpoint="cats-endpoint", traffic=20),
+                        CloudOptions(service_account="sa@p.iam.gserviceaccount.com"))
 
     path = str(tmp_path / "pipeline.yaml")
     compiler.Compiler().compile(pipeline, path)
@@ -198,4 +238,9 @@ def test_the_deploy_step_runs_only_for_a_new_champion(tmp_path):
     assert inner["deployment"]["taskInfo"]["name"] == "deployment"
     parameters = inner["deployment"]["inputs"]["parameters"]
     assert parameters["version"]["componentInputParameter"] == "pipelinechannel--register-version"
+    assert parameters["endpoint"]["runtimeValue"]["constant"] == "cats-endpoint"
+    assert parameters["service_account"]["runtimeValue"]["constant"] == "sa@p.iam.gserviceaccount.com"
+    # Every deploy option reaches the step, each with its declared default unless set.
+    options = parameters["options"]["runtimeValue"]["constant"]
+    assert options == {**dataclasses.asdict(DeployOptions()), "deploy_endpoint": "cats-endpoint", "traffic": 20}
     assert "deployment" not in tasks  # never outside the condition
