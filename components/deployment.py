@@ -23,7 +23,11 @@ def deployment(
     options: dict,
     service_account: str = "",
     network: str = "",
-) -> NamedTuple("DeploymentOutputs", [("endpoint", str), ("deployed_model_id", str), ("traffic_split", str)]):
+# kfp reads several outputs from this call form of NamedTuple, which a type checker does not take
+# as an annotation.
+) -> NamedTuple(  # type: ignore[valid-type]
+    "DeploymentOutputs", [("endpoint", str), ("deployed_model_id", str), ("traffic_split", str)],
+):
     """Deploys a registered version to a Vertex AI endpoint (created if missing) and, once it is
     healthy, undeploys the version of the same model it replaces.
 
@@ -51,8 +55,9 @@ def deployment(
     chosen = group_from_values(DeployOptions, options)
     deployed = deploy_version(f"{model_name}/{version}", registry, endpoint, chosen,
                               CloudOptions(service_account=service_account, network=network))
-    outputs = namedtuple("DeploymentOutputs", ["endpoint", "deployed_model_id", "traffic_split"])
-    return outputs(deployed.endpoint, deployed.deployed_model_id, json.dumps(deployed.traffic_split, sort_keys=True))
+    DeploymentOutputs = namedtuple("DeploymentOutputs", ["endpoint", "deployed_model_id", "traffic_split"])
+    split = json.dumps(deployed.traffic_split, sort_keys=True)
+    return DeploymentOutputs(deployed.endpoint, deployed.deployed_model_id, split)
 
 
 def add_deploy_step(registered, registry, deploy_op, deploy: DeployOptions, cloud: CloudOptions | None = None):

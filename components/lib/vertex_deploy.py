@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tlp.components.lib.registry import open_registry
+from tlp.components.lib.registry.vertex_backend import VertexRegistry
 from tlp.components.lib.settings import CloudOptions, DeployOptions
 from tlp.components.lib.specs import ConfigError, ServiceError
 
@@ -65,7 +65,7 @@ def _init(registry):
             "a model in an MLflow registry is served with `tlp serve NAME@champion --registry URI` (or the "
             "tlp-serve image on your own machines)."
         )
-    vertex = open_registry(registry)
+    vertex = VertexRegistry(registry)
     return vertex, vertex._aiplatform
 
 

@@ -14,7 +14,6 @@ from tlp.components.lib.settings import ServeOptions
 PAGE_TEMPLATE = "page.html"
 
 
-
 def render_page(card: ModelCard) -> str:
     import jinja2
 
@@ -132,7 +131,7 @@ def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions | No
 
         app.add_api_route(options.health_route, vertex_health, methods=["GET"])
 
-    async def request_error(_request, error: RequestError):
+    async def request_error(_request, error):  # a RequestError (registered for it below)
         refused.labels(error.problem).inc()
         return JSONResponse(error.as_json(), status_code=error.status)
 

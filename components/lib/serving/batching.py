@@ -26,7 +26,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         if self._queue is None or self._worker is None or self._worker.done():
             self._queue = asyncio.Queue()
-            self._worker = loop.create_task(self._run())
+            self._worker = loop.create_task(self._run(self._queue))
         futures = []
         for image in images:
             future = loop.create_future()
@@ -34,9 +34,8 @@ class MicroBatcher:
             futures.append(future)
         return list(await asyncio.gather(*futures))
 
-    async def _run(self) -> None:
+    async def _run(self, queue: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
-        queue = self._queue
         while True:
             batch = [await queue.get()]
             deadline = loop.time() + self.max_latency

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from tlp.components.lib.serving.batching import MicroBatcher
 from tlp.components.lib.serving.predictor import ModelCard, Predictor, Unreadable
@@ -51,7 +52,8 @@ def metrics():
 
 def make_model(predictor: Predictor, card: ModelCard, options: ServeOptions):
     """The KServe model: decodes v1/v2 requests, batches, answers Vertex AI's prediction shape."""
-    kserve = import_kserve()
+    # Any to the checker: KServe ships no type information.
+    kserve_model: Any = import_kserve().Model
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
     batch_histogram, _ = metrics()
@@ -62,7 +64,7 @@ def make_model(predictor: Predictor, card: ModelCard, options: ServeOptions):
         request: object = None  # the v2 InferRequest, if it came that way
         predictions: list = field(default_factory=list)
 
-    class ImageClassifier(kserve.Model):
+    class ImageClassifier(kserve_model):
         def __init__(self):
             super().__init__(card.name)
             self.batcher = MicroBatcher(predictor, options.max_batch, options.max_latency_ms,

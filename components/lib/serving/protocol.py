@@ -20,7 +20,7 @@ class RequestError(Exception):
         self.message, self.status, self.index, self.problem = message, status, index, problem
 
     def as_json(self) -> dict:
-        body = {"error": self.message, "problem": self.problem}
+        body: dict[str, object] = {"error": self.message, "problem": self.problem}
         if self.index is not None:
             body["instance"] = self.index
         return body
