@@ -211,7 +211,8 @@ def test_deploy_endpoint_adds_a_deploy_step_only_behind_a_new_champion(standin, 
     tasks = _tasks(spec)
     arguments = tasks["deployment"]["inputs"]["parameters"]
     assert arguments["endpoint"]["runtimeValue"]["constant"] == "cats"
-    assert arguments["traffic"]["runtimeValue"]["constant"] == 10
+    chosen = arguments["options"]["runtimeValue"]["constant"]  # the declared deploy options, as one dict
+    assert chosen["traffic"] == 10 and chosen["serving_machine_type"] == "n1-standard-2"
 
     def condition_around(task_name):
         """The condition task whose sub-DAG holds ``task_name``."""
