@@ -353,7 +353,7 @@ class _RaiseOnNaN:
     def __new__(cls):
         keras = model_lib.keras()
 
-        class RaiseOnNaN(keras.callbacks.Callback):
+        class RaiseOnNaN(keras.callbacks.Callback):  # type: ignore[name-defined]  # keras is imported at run time (heavy), so a checker cannot see its classes
             def on_train_batch_end(self, batch, logs=None):
                 loss = (logs or {}).get("loss")
                 if loss is not None and not math.isfinite(float(loss)):
