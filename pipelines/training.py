@@ -173,7 +173,7 @@ def create_pipeline(
                     service_account=cloud.service_account, network=cloud.network,
                 )
 
-    transfer_learning.__signature__ = _parameters()  # kfp reads the parameters from the signature
+    transfer_learning.__signature__ = _parameters()  # type: ignore[attr-defined]  # functions take attributes; kfp reads the parameters from the signature
     return dsl.pipeline(
         name=PIPELINE_NAME,
         description="Transfer learning from an ImageNet ConvNet: data fingerprint, data prep, data checks, "

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+import typing
 
 import numpy as np
 
@@ -102,7 +103,9 @@ def _train_head_under_policy(
         backbone, len(class_names), settings.head.dropout, train_x.mean(axis=0), train_x.var(axis=0)
     )
     callbacks = _callbacks(backup_dir, "head", tensorboard_dir)
-    compile_options = {"jit_compile": runtime.xla, "steps_per_execution": runtime.steps_per_execution}
+    compile_options: dict[str, typing.Any] = {
+        "jit_compile": runtime.xla, "steps_per_execution": runtime.steps_per_execution,
+    }
     if training.augment:
         print(f"  augmentation: {training.augment} on the training images; the frozen base runs on them every "
               "epoch (the tutorial's cost: no cached features)", flush=True)
