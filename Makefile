@@ -39,8 +39,9 @@ test-fast: $(STAMP) ## The inner loop: lint and every test except whole-pipeline
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: $(STAMP) ## ruff on the code, hadolint on every Dockerfile
+lint: $(STAMP) ## ruff on the code, mypy over components and pipelines, hadolint on every Dockerfile
 	$(BIN)/ruff check components pipelines tests bench
+	$(BIN)/mypy
 	$(BIN)/hadolint containers/*.Dockerfile
 
 compile: $(STAMP) ## Write the pipeline as kfp IR YAML to pipeline.yaml

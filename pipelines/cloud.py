@@ -388,6 +388,8 @@ def plan_run(
     hardware = checks.check_hardware(hardware, settings.runtime.devices, on_vertex=cloud.on_vertex)
     labels = checks.parse_labels(cloud.labels)
     tracking = checks.check_tracking(tracking or TrackingOptions(), cloud)
+    # Without this a plan_run(...) that leaves deploy out ended in an AttributeError on None.
+    deploy = deploy or DeployOptions()
     settings, notes = resolve_cloud(settings, cloud.project, cloud.region, cloud.api_endpoint, cloud.on_vertex)
     settings = checks.check_cloud_settings(settings)
     if deploy.deploy_endpoint and not settings.registry.registry.startswith("vertex://"):

@@ -29,6 +29,7 @@ import re
 import sys
 import tempfile
 import time
+import typing
 import warnings
 
 from tlp.components.lib.specs import ServiceError
@@ -62,7 +63,7 @@ def step_error(lines) -> str | None:
     """The last exception message printed by a failed step (our own error types first)."""
     found = [m for m in map(_ERROR_LINE.match, lines) if m]
     ours = [m for m in found if m.group(1) in ("ConfigError", "TrainingDivergedError")]
-    chosen = (ours or found or [None])[-1]
+    chosen = (ours or found)[-1] if found else None
     return chosen.group(2).strip() if chosen else None
 
 
@@ -79,7 +80,9 @@ def traceback_of(lines: list[str]) -> list[str]:
 
 class _Step:
     def __init__(self, name: str):
-        self.name, self.started, self.seconds, self.status = name, time.monotonic(), None, None
+        self.name, self.started = name, time.monotonic()
+        self.seconds: float | None = None
+        self.status: str | None = None
         self.lines: collections.deque[str] = collections.deque(maxlen=2000)  # for the error, if it fails
 
 
@@ -100,7 +103,7 @@ class StepConsole(io.TextIOBase):
         self.failed: str | None = None
         self._partial = ""
         self._pending: list[tuple[str, str]] = []  # (log file name, line) until the run dir exists
-        self._files: dict[str, io.TextIOBase] = {}
+        self._files: dict[str, typing.IO[str]] = {}
         self._epoch: str | None = None
         self._held: tuple[str, str, float, bool] | None = None  # template, line, shown at, shown?
 
@@ -242,7 +245,7 @@ class StepConsole(io.TextIOBase):
             self.run_dir = self._run_dir_of()
             if self.run_dir is None:
                 return False
-            os.makedirs(self.logs_dir, exist_ok=True)
+            os.makedirs(os.path.join(self.run_dir, LOGS), exist_ok=True)
             for name, line in self._pending:
                 self._file(name).write(line + "\n")
             self._pending.clear()
@@ -250,7 +253,8 @@ class StepConsole(io.TextIOBase):
 
     def _file(self, name: str):
         if name not in self._files:
-            self._files[name] = open(os.path.join(self.logs_dir, name), "a", encoding="utf-8")  # noqa: SIM115
+            assert self.run_dir is not None, "log lines are written only once the run folder is known"
+            self._files[name] = open(os.path.join(self.run_dir, LOGS, name), "a", encoding="utf-8")  # noqa: SIM115
         return self._files[name]
 
     # --- failures ------------------------------------------------------------------------------

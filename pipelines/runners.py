@@ -8,6 +8,7 @@ import os
 import time
 
 from tlp.components.lib.settings import ImageOptions, LocalRunOptions, Settings, TrackingOptions
+from tlp.components.lib.specs import ServiceError
 from tlp.pipelines import docker_runner, environment, tracking
 from tlp.pipelines.console import routed_output
 from tlp.pipelines.resolve import default_registry
@@ -40,6 +41,8 @@ def run_local(
     with routed_output(lambda: new_run_dir(root, before), verbose=local.verbose) as console:
         create_pipeline(images)(**settings.values())
     run_dir = new_run_dir(root, before)
+    if run_dir is None:
+        raise ServiceError(f"kfp's local runner wrote no run folder under {root}; check that the folder is writable.")
     summary = summarize(run_dir, settings, notes, console.seconds)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     experiment = (tracked or TrackingOptions()).experiment or PIPELINE_NAME

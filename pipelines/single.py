@@ -15,7 +15,7 @@ from kfp import dsl
 
 from tlp.components.catalogue import COMPONENTS
 from tlp.components.lib.settings import Settings, step_values
-from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.specs import ConfigError, ServiceError
 from tlp.pipelines import environment
 from tlp.pipelines.console import routed_output
 from tlp.pipelines.resolve import resolve_local
@@ -109,6 +109,8 @@ def run_component(
     with routed_output(lambda: new_run_dir(root, before, prefix=prefix), verbose=verbose):
         pipeline()
     run_dir = new_run_dir(root, before, prefix=prefix)
+    if run_dir is None:
+        raise ServiceError(f"kfp's local runner wrote no run folder under {root}; check that the folder is writable.")
     task = COMPONENTS[name].name.replace("_", "-")
     outputs = task_outputs(run_dir, task) or {"parameters": {}, "artifacts": {}}
     return {"task_dir": os.path.join(run_dir, task), **outputs}

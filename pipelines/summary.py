@@ -6,6 +6,7 @@ import json
 import os
 
 from tlp.components.lib.settings import Settings
+from tlp.components.lib.specs import NotFound
 from tlp.components.lib.steps import DATA_CHECKS, DATA_PREP, EVALUATION, FINE_TUNING, REGISTRATION, STEP_NAMES
 from tlp.pipelines.console import LOGS
 
@@ -23,10 +24,18 @@ def task_outputs(run_dir: str, task: str) -> dict | None:
     return {"parameters": output.get("parameterValues", {}), "artifacts": artifacts}
 
 
+def _finished(run_dir: str, task: str) -> dict:
+    """The outputs of a step every finished run has."""
+    outputs = task_outputs(run_dir, task)
+    if outputs is None:
+        raise NotFound(f"{run_dir} has no outputs of the {task} step; summarize a run that finished (tlp run).")
+    return outputs
+
+
 def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: dict) -> dict:
-    prep = task_outputs(run_dir, DATA_PREP)
-    tuned = task_outputs(run_dir, FINE_TUNING)
-    scored = task_outputs(run_dir, EVALUATION)
+    prep = _finished(run_dir, DATA_PREP)
+    tuned = _finished(run_dir, FINE_TUNING)
+    scored = _finished(run_dir, EVALUATION)
     registered = task_outputs(run_dir, REGISTRATION)
     checked = task_outputs(run_dir, DATA_CHECKS)
     dataset_meta = prep["artifacts"]["dataset"]["metadata"]

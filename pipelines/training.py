@@ -169,7 +169,7 @@ def create_pipeline(
             if deploy.deploy_endpoint:  # TFX Pusher: only a new champion is deployed
                 add_deploy_step(registered, registered.outputs["registry"], deploy_op, deploy, cloud)
 
-    transfer_learning.__signature__ = _parameters()  # kfp reads the parameters from the signature
+    transfer_learning.__signature__ = _parameters()  # type: ignore[attr-defined]  # functions take attributes; kfp reads the parameters from the signature
     return dsl.pipeline(
         name=PIPELINE_NAME,
         description="Transfer learning from an ImageNet ConvNet: data fingerprint, data prep, data checks, "

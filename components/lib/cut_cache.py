@@ -34,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,8 +58,9 @@ class CutModels:
     ``names`` order, float32); ``upper`` takes them (one input each) and returns the logits,
     sharing its layers and weights with the full model."""
 
-    lower: object
-    upper: object
+    # Keras models: Keras is imported at run time (heavy), so a checker cannot see their class.
+    lower: typing.Any
+    upper: typing.Any
     names: list
     shapes: list
 
@@ -169,10 +171,10 @@ class ActivationCache:
         self.memory_rows = min(memory_rows, capacity)
         # np.empty: pages not yet written cost no memory, so an over-estimated capacity is free.
         self.memory = [np.empty((self.memory_rows, *shape), np.float32) for shape in self.shapes]
-        self.labels: list = []
+        self.labels: typing.Any = []  # label batches while building; one int64 array after finish()
         self.count = 0
         self.spill_path = spill_path
-        self._writer = None
+        self._writer: typing.IO[bytes] | None = None
         self._reader: int | None = None
         self.finished = False
 
@@ -218,11 +220,13 @@ class ActivationCache:
             target[in_memory] = store[indices[in_memory]]
         if not in_memory.all():
             row = np.empty(self.row_bytes // 4, np.float32)
-            view = memoryview(row).cast("B")
+            view = row.data.cast("B")
+            reader = self._reader
+            assert reader is not None, "rows beyond memory were spilled, so finish() opened the spill file"
             for position in np.flatnonzero(~in_memory):
                 offset, done = (int(indices[position]) - self.memory_rows) * self.row_bytes, 0
                 while done < self.row_bytes:  # pread may return short counts
-                    got = os.preadv(self._reader, [view[done:]], offset + done)
+                    got = os.preadv(reader, [view[done:]], offset + done)
                     if got <= 0:
                         raise OSError(f"the cut cache file {self.spill_path} ended early")
                     done += got
@@ -320,7 +324,7 @@ def input_pipeline(strategy) -> tuple[int, int]:
     resolver = getattr(strategy, "cluster_resolver", None)
     spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
     workers = len(spec.get("chief", [])) + len(spec.get("worker", []))
-    if workers <= 1:
+    if workers <= 1 or resolver is None:
         return 0, 1
     if resolver.task_type == "chief":
         return 0, workers

@@ -39,7 +39,9 @@ def evaluate_model(
     predict = tf.function(lambda batch: model_lib.probabilities(model(batch, training=False), num_classes))
     results: dict = {"class_names": class_names}
     for split in splits:
-        labels, probs, misclassified = [], [], []
+        labels: list[int] = []
+        probs: list = []
+        misclassified: list[dict] = []
         dataset = images.read_split(dataset_dir, split, batch_size, with_source_ids=True)
         for batch_images, batch_labels, source_ids in dataset:
             if exclude_source_ids:
@@ -136,7 +138,8 @@ def gate(results: dict, max_gap: float, min_accuracy: float) -> tuple[bool, list
     gate passes, the conditions that were met."""
     train, val, test = (results[s]["accuracy"] for s in images.SPLITS)
     gap = train - val
-    failed, met = [], []
+    failed: list[str] = []
+    met: list[str] = []
     gap_text = f"overfitting gap (train {train:.3f} - val {val:.3f}) = {gap:.3f}"
     (failed if gap > max_gap else met).append(
         f"{gap_text} {'exceeds' if gap > max_gap else 'is within'} max_gap {max_gap:.3f}"

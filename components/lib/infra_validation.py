@@ -165,7 +165,7 @@ def infra_validate(
     except (ServiceError, RuntimeError, OSError, ValueError, KeyError) as error:
         failure = f"the model could not be served ({error})"
     seconds = time.monotonic() - started
-    if failure:
+    if failure or answer is None:
         return InfraResult(False, failure, len(encoded), None, seconds, mode, serving.log_tail(log_path))
     served = np.asarray([p["probabilities"] for p in answer["predictions"]], dtype=np.float64)
     wanted = np.asarray(expected, dtype=np.float64)

@@ -46,11 +46,21 @@ class Spec:
     flag: str | None = None  # when the flag is not --NAME (a name taken in another command's sense)
 
 
-def option(default, help: str, **spec) -> dataclasses.Field:  # noqa: A002 - argparse's word
-    """Declares an option: a dataclass field with its ``Spec`` as metadata."""
+_T = typing.TypeVar("_T")
+
+
+def option(default: _T, help: str, **spec: typing.Any) -> _T:  # noqa: A002 - argparse's word
+    """Declares an option: a dataclass field with its ``Spec`` as metadata.
+
+    Typed as returning the default's type (as ``dataclasses.field`` itself is typed) so a type
+    checker sees ``settings.head.dropout`` as a ``float`` and a wrong group in a call as an error;
+    at run time ``@dataclass`` receives the ``Field``.
+    """
+    metadata = {"option": Spec(help, **spec)}
     if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata={"option": Spec(help, **spec)})
-    return dataclasses.field(default=default, metadata={"option": Spec(help, **spec)})
+        items = list(default)
+        return typing.cast(_T, dataclasses.field(default_factory=lambda: list(items), metadata=metadata))
+    return typing.cast(_T, dataclasses.field(default=default, metadata=metadata))
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,7 @@ def options_of(group_class) -> list[Option]:
         if spec is None:
             continue
         kind = typing.get_origin(hints[field.name]) or hints[field.name]
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
         found.append(Option(field.name, kind, default, spec, group))
     return found
 

@@ -51,7 +51,7 @@ def make_strategy(devices: str = "auto", tf_config: str | None = None):
     kind, count = parse_devices(devices)
     if tf_config is None:
         tf_config = cluster_spec()
-    if cluster_workers(tf_config) > 1:
+    if tf_config and cluster_workers(tf_config) > 1:
         # MultiWorkerMirroredStrategy reads TF_CONFIG from the environment itself.
         os.environ["TF_CONFIG"] = tf_config
         return tf.distribute.MultiWorkerMirroredStrategy()

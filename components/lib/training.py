@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+import typing
 
 import numpy as np
 
@@ -102,7 +103,9 @@ def _train_head_under_policy(
         backbone, len(class_names), settings.head.dropout, train_x.mean(axis=0), train_x.var(axis=0)
     )
     callbacks = _callbacks(backup_dir, "head", tensorboard_dir)
-    compile_options = {"jit_compile": runtime.xla, "steps_per_execution": runtime.steps_per_execution}
+    compile_options: dict[str, typing.Any] = {
+        "jit_compile": runtime.xla, "steps_per_execution": runtime.steps_per_execution,
+    }
     if training.augment:
         print(f"  augmentation: {training.augment} on the training images; the frozen base runs on them every "
               "epoch (the tutorial's cost: no cached features)", flush=True)
@@ -353,7 +356,7 @@ class _RaiseOnNaN:
     def __new__(cls):
         keras = model_lib.keras()
 
-        class RaiseOnNaN(keras.callbacks.Callback):
+        class RaiseOnNaN(keras.callbacks.Callback):  # type: ignore[name-defined]  # keras is imported at run time (heavy), so a checker cannot see its classes
             def on_train_batch_end(self, batch, logs=None):
                 loss = (logs or {}).get("loss")
                 if loss is not None and not math.isfinite(float(loss)):

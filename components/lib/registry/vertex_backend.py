@@ -119,7 +119,7 @@ class VertexRegistry:
                 f"the model at {model_dir} is on a local disk and {self.uri} names no staging bucket to upload "
                 "it to; add ?staging_bucket=gs://BUCKET to the registry URI."
             )
-        if artifact_uri is None:
+        if artifact_uri is None and staging:
             _check_bucket(staging, self.location.project)
         labels = {"model_digest": digest, "tlp_code_version": label_value(tags.get("code_version", ""))}
         labels.update({label_value(k): label_value(float(v)) for k, v in metrics.items()})
