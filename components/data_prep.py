@@ -31,7 +31,7 @@ def data_prep(
     import json
     from collections import namedtuple
 
-    from tlp.components.lib.images import prepare_dataset
+    from tlp.components.lib.dataprep.prepare import prepare_dataset
     from tlp.components.lib.settings import Settings
     from tlp.components.lib.steps import DATA_PREP
 
