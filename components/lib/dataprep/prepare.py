@@ -56,6 +56,23 @@ class DataflowJob:
                               "workers stage and write there).")
 
 
+def dataflow_job(data, output_uri: str) -> DataflowJob | None:
+    """The Dataflow job the data-prep step's settings (``settings.data``) ask for, or None for the
+    DirectRunner. Temp and staging default to a folder beside the step's output (under the
+    pipeline root) when that output is on Cloud Storage."""
+    if data.data_prep_runner != "dataflow":
+        return None
+    from tlp.components.lib.version import image_reference
+
+    temp = data.dataflow_temp_location
+    if not temp and output_uri.startswith("gs://"):
+        temp = output_uri.rstrip("/").rsplit("/", 1)[0] + "/dataflow"
+    return DataflowJob(project=data.dataflow_project, region=data.dataflow_region, temp_location=temp,
+                       max_workers=data.dataflow_max_workers, machine_type=data.dataflow_machine_type,
+                       service_account=data.dataflow_service_account, network=data.dataflow_network,
+                       image=data.dataflow_image or image_reference(kind="dataflow"))
+
+
 def worker_processes(requested: int | None, photos: int) -> int:
     """Beam worker processes: ``requested`` (0: this process only), else one per usable core, or
     none for fewer than PARALLEL_MIN_IMAGES photos."""
