@@ -326,10 +326,16 @@ def make_folder(root: str, count: int, size: int, seed: int) -> dict:
 
 
 @workload
-def prep(data: str, output_dir: str, image_size: int, seed: int, processes: int | None = None) -> dict:
-    """The data-prep step's function, ``prepare_dataset`` (``processes``: its worker processes;
-    default every core for 1,000 images or more). CPU seconds include the worker processes'."""
+def prep(data: str, output_dir: str, image_size: int, seed: int, processes: int | None = None,
+         one_core: bool = False) -> dict:
+    """The data-prep step's function, ``prepare_dataset`` (``processes``: its Beam worker
+    processes, 0 this process only; default every core for 1,000 images or more). ``one_core``:
+    this process and its workers pinned to one core (what taskset -c 0 does). CPU seconds include
+    the worker processes'."""
     import resource
+
+    if one_core:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
     from tlp.components.lib.dataprep.prepare import prepare_dataset
 
@@ -847,8 +853,8 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
 
 # --- child entry points -----------------------------------------------------------------------
 
-PRELOAD = ("numpy", "PIL.Image", "tensorflow", "tf_keras", "tlp.components.lib.images", "tlp.components.lib.model",
-           "tlp.components.lib.training")
+PRELOAD = ("numpy", "PIL.Image", "tensorflow", "tf_keras", "tlp.components.lib.dataprep.prepare",
+           "tlp.components.lib.model", "tlp.components.lib.training")
 
 
 _RUNNING: dict = {}  # the workload this process runs: its result file and start time
