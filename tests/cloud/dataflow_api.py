@@ -19,36 +19,39 @@ _JOBS = r"^/v1b3/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/jobs"
 
 
 def add_dataflow_api(standin: StandIn) -> StandIn:
-    standin.dataflow_jobs = {}
-    standin.dataflow_outcome = "JOB_STATE_FAILED"
-    standin.dataflow_error = "Workflow failed. Causes: S01:ReadDigestEncode failed: ZeroDivisionError"
+    jobs: dict[str, dict] = {}
+    # setattr: the stand-in's class declares none of these (metadata_api.py adds its own the same way)
+    setattr(standin, "dataflow_jobs", jobs)  # noqa: B010
+    setattr(standin, "dataflow_outcome", "JOB_STATE_FAILED")  # noqa: B010
+    setattr(standin, "dataflow_error", "Workflow failed. Causes: S01:ReadDigestEncode failed: ZeroDivisionError")  # noqa: B010
 
     def job(request):
-        found = standin.dataflow_jobs.get(request.group("id"))
+        found = jobs.get(request.group("id"))
         if found is None:
             raise _HttpError(404, f"Dataflow job {request.group('id')} not found")
         return found
 
     def create(request):
         body = request.body if isinstance(request.body, dict) else {}
-        job_id = f"2026-12-03_00_00_00-{len(standin.dataflow_jobs) + 1}"
+        job_id = f"2026-12-03_00_00_00-{len(jobs) + 1}"
         created = {**body, "id": job_id, "projectId": request.group("project"), "location": request.group("location"),
                    "currentState": "JOB_STATE_PENDING", "createTime": standin._now(), "polls": 0}
-        standin.dataflow_jobs[job_id] = created
+        jobs[job_id] = created
         return {key: value for key, value in created.items() if key != "polls"}
 
     def get(request):
         found = job(request)
         found["polls"] += 1
         if found["polls"] > 1:
-            found["currentState"] = standin.dataflow_outcome
+            found["currentState"] = getattr(standin, "dataflow_outcome")  # noqa: B009
         return {key: value for key, value in found.items() if key not in ("polls", "steps")}
 
     def messages(request):
         found = job(request)
         if found["currentState"] != "JOB_STATE_FAILED":
             return {"jobMessages": []}
-        return {"jobMessages": [{"id": "1", "time": standin._now(), "messageText": standin.dataflow_error,
+        return {"jobMessages": [{"id": "1", "time": standin._now(), "messageText": getattr(standin, "dataflow_error"),  # noqa: B009
+
                                  "messageImportance": "JOB_MESSAGE_ERROR"}]}
 
     routes = [

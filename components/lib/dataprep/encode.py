@@ -38,12 +38,12 @@ def decode_bytes(data: bytes, max_side: int) -> np.ndarray:
             raise ValueError(f"{image.width}x{image.height} pixels is above the {MAX_PIXELS:,} pixel ceiling")
         image.draft("RGB", (max_side * 2, max_side * 2))  # JPEG only: decode near target size
         image.seek(0)
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "P"):
-            image = image.convert("RGBA")
-            flat = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(flat, image)
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        picture: Image.Image = ImageOps.exif_transpose(image)
+        if picture.mode in ("RGBA", "LA", "P"):
+            picture = picture.convert("RGBA")
+            flat = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+            picture = Image.alpha_composite(flat, picture)
+        return np.asarray(picture.convert("RGB"), dtype=np.uint8)
 
 
 def resize(pixels, image_size: int):

@@ -106,7 +106,7 @@ def metadata_of(listing: Listing, image_size: int, shards: list[dict], skipped: 
     for name in split.SPLITS:
         mine = [s for s in shards if s["split"] == name]
         files[name] = [s["name"] for s in mine]
-        per_label = Counter()
+        per_label: Counter[int] = Counter()
         for s in mine:
             per_label.update({int(label): n for label, n in s["labels"].items()})
         counts[name] = {class_name: per_label.get(label, 0) for label, class_name in enumerate(listing.class_names)}

@@ -261,7 +261,7 @@ def prepare_dataset(
 
 def check_prepared(metadata: dict, spec, output_dir: str, max_skipped_fraction: float) -> None:
     if spec.kind == "folder":
-        kept = Counter()
+        kept: Counter[int] = Counter()
         for split in SPLITS:
             kept.update({label: metadata["counts"][split][name] for label, name in enumerate(metadata["class_names"])})
         sources.require_two_classes(spec.path, metadata["class_names"], kept, "with readable images")

@@ -120,7 +120,9 @@ def write_splits(output_dir: str, class_names: list[str], splits: dict[str, list
 
     if "://" not in output_dir:
         os.makedirs(output_dir, exist_ok=True)
-    counts, files, digests = {}, {}, []
+    counts: dict[str, dict[str, int]] = {}
+    files: dict[str, list[str]] = {}
+    digests: list[str] = []
     for split in SPLITS:
         members = splits.get(split, [])
         per_shard = records_per_shard(len(members), image_size, max_workers, min_shard_records)

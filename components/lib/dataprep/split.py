@@ -57,10 +57,10 @@ def split_by_content(examples: list, seed: int) -> tuple[dict[str, list], dict]:
     more, an empty split takes the photo nearest to it. ``examples``: anything with
     ``source_id``, ``label`` and ``content_hash``. Returns the splits (each ordered by position)
     and the record of the method for ``metadata.json``."""
-    by_class: dict[int, list[tuple[float, object]]] = {}
+    by_class: dict[int, list[tuple[float, Example]]] = {}
     for example in examples:
         by_class.setdefault(example.label, []).append((split_position(identity(example), seed), example))
-    splits: dict[str, list[tuple[float, object]]] = {split: [] for split in SPLITS}
+    splits: dict[str, list[tuple[float, Example]]] = {split: [] for split in SPLITS}
     moved: list[dict] = []
     for label in sorted(by_class):
         members = sorted(by_class[label], key=lambda item: (item[0], item[1].source_id))
