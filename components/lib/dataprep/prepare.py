@@ -18,6 +18,7 @@ from tlp.components.lib.dataprep import pipeline as prep_pipeline
 from tlp.components.lib.dataprep import records, sources
 from tlp.components.lib.dataprep.split import SPLITS
 from tlp.components.lib.specs import MIN_IMAGE_SIZE, ConfigError, ServiceError, parse_data_spec
+from tlp.components.lib.version import image_reference
 
 DEFAULT_MAX_SKIPPED_FRACTION = 0.10
 # Below this many photos the pipeline runs in this process: starting worker processes (each
@@ -62,8 +63,6 @@ def dataflow_job(data, output_uri: str) -> DataflowJob | None:
     pipeline root) when that output is on Cloud Storage."""
     if data.data_prep_runner != "dataflow":
         return None
-    from tlp.components.lib.version import image_reference
-
     temp = data.dataflow_temp_location
     if not temp and output_uri.startswith("gs://"):
         temp = output_uri.rstrip("/").rsplit("/", 1)[0] + "/dataflow"
