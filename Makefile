@@ -13,6 +13,8 @@ IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 BASE_IMAGE ?= python:3.11.7-slim-bookworm
 TRAIN_BASE_IMAGE ?= tensorflow/tensorflow:2.21.0-gpu
 STANDIN_BASE ?= tlp-local/debian-python:bookworm
+# Dataflow workers' SDK harness boot comes from Beam's SDK image of the locked apache-beam (Docker Hub).
+BEAM_SDK_IMAGE ?= apache/beam_python3.11_sdk:2.77.0
 BAKE_WEIGHTS ?= 1
 
 .DEFAULT_GOAL := help
@@ -59,14 +61,20 @@ clean: ## Remove .venv and local outputs
 
 .PHONY: help install run test test-fast lint compile lock clean
 
-images: ## Build the CPU, training and serving images (IMAGE_REPO, IMAGE_TAG, BASE_IMAGE, TRAIN_BASE_IMAGE, BAKE_WEIGHTS=0|1)
+images: ## Build the CPU, training, serving and Dataflow-worker images (IMAGE_REPO, IMAGE_TAG, BASE_IMAGE, TRAIN_BASE_IMAGE, BAKE_WEIGHTS=0|1)
 	docker build -f containers/base.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	    -t $(IMAGE_REPO)/tlp:$(IMAGE_TAG) .
 	docker build -f containers/train.Dockerfile --build-arg BASE_IMAGE=$(TRAIN_BASE_IMAGE) \
 	    --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) -t $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG) .
 	docker build -f containers/serve.Dockerfile --build-arg CPU_IMAGE=$(IMAGE_REPO)/tlp:$(IMAGE_TAG) \
 	    -t $(IMAGE_REPO)/tlp-serve:$(IMAGE_TAG) .
-	@for name in tlp tlp-train tlp-serve; do ref=$(IMAGE_REPO)/$$name:$(IMAGE_TAG); \
+	@# Beam's SDK image (the harness's boot) lives on Docker Hub only: without it, say so and go on.
+	@if docker image inspect $(BEAM_SDK_IMAGE) > /dev/null 2>&1 || docker pull $(BEAM_SDK_IMAGE) > /dev/null; then \
+	  docker build -f containers/dataflow.Dockerfile --build-arg CPU_IMAGE=$(IMAGE_REPO)/tlp:$(IMAGE_TAG) \
+	    --build-arg BEAM_SDK_IMAGE=$(BEAM_SDK_IMAGE) -t $(IMAGE_REPO)/tlp-dataflow:$(IMAGE_TAG) .; \
+	else echo "SKIPPED $(IMAGE_REPO)/tlp-dataflow:$(IMAGE_TAG): $(BEAM_SDK_IMAGE) cannot be pulled"; fi
+	@for name in tlp tlp-train tlp-serve tlp-dataflow; do docker image inspect $(IMAGE_REPO)/$$name:$(IMAGE_TAG) \
+	  > /dev/null 2>&1 || continue;  ref=$(IMAGE_REPO)/$$name:$(IMAGE_TAG); \
 	  echo "$$ref  $$(docker image ls --format '{{.Size}}' $$ref)  (base: $$(docker image inspect \
 	    --format '{{index .Config.Labels "org.opencontainers.image.base.name"}}' $$ref))"; \
 	done
@@ -81,6 +89,7 @@ push: ## Push the three images to IMAGE_REPO (e.g. us-docker.pkg.dev/PROJECT/tlp
 	docker push $(IMAGE_REPO)/tlp:$(IMAGE_TAG)
 	docker push $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG)
 	docker push $(IMAGE_REPO)/tlp-serve:$(IMAGE_TAG)
+	docker push $(IMAGE_REPO)/tlp-dataflow:$(IMAGE_TAG)
 
 .PHONY: images standin-base images-offline push
 

@@ -259,38 +259,39 @@ def make_datasets(root: str, sets: dict, image_size: int, seed: int) -> dict:
     """Writes prepared data sets with exact split sizes (``sets``: name -> {train, val, test}),
     all drawn from one pool of the project's generated sample images, so a smaller set is a
     subset of a bigger one."""
-    from tlp.components.lib import images
+    from tlp.components.lib.dataprep import encode, records, sources
+    from tlp.components.lib.dataprep import split as content_split
 
     start = time.perf_counter()
-    need = {split: max(counts[split] for counts in sets.values()) for split in images.SPLITS}
-    pool = images.sample_examples(sum(need.values()) // 2 + 3, seed)
+    need = {split: max(counts[split] for counts in sets.values()) for split in records.SPLITS}
+    pool = sources.list_sample(sum(need.values()) // 2 + 3, seed)
+    items = [(source_id, label, index) for unit in pool.units for source_id, label, index in unit[2]]
+    examples = [content_split.Example(source_id, label) for source_id, label, _ in items]
+    numbers = {source_id: index for source_id, _, index in items}
+    splits, _ = content_split.split_by_content(examples, seed)
     by_class: dict[int, list] = {}
-    for members in pool.splits.values():
+    for members in splits.values():
         for example in members:
             by_class.setdefault(example.label, []).append(example)
     chosen, taken = {}, dict.fromkeys(by_class, 0)
-    for split in images.SPLITS:
+    for split in records.SPLITS:
         picked = []
         for label in sorted(by_class):
             count = need[split] // 2 + (need[split] % 2 if label == 0 else 0)
             picked += by_class[label][taken[label] : taken[label] + count]
             taken[label] += count
         random.Random(f"{seed}-{split}").shuffle(picked)
-        chosen[split] = picked
-    for members in chosen.values():
-        for example in members:
-            pixels = example.pixels
-            if pixels is None:  # drawn on demand by newer versions of sample_examples
-                pixels = example.generate()
-            example.encoded = images.encode_example(pixels, image_size)
-            example.pixels = None
+        chosen[split] = [
+            (encode.encode_pixels(sources.sample_pixels(e.label, (seed, e.label, numbers[e.source_id])), image_size),
+             e.label, e.source_id)
+            for e in picked
+        ]
     generated = _since(start)
     written = {}
     for name, counts in sets.items():
-        splits = {split: chosen[split][: counts[split]] for split in images.SPLITS}
-        prepared = images.PreparedSplits(pool.class_names, splits)
-        metadata = images.write_prepared(
-            prepared, os.path.join(root, name), image_size, f"bench:{name}", progress=False
+        metadata = records.write_splits(
+            os.path.join(root, name), pool.class_names,
+            {split: chosen[split][: counts[split]] for split in records.SPLITS}, image_size, f"bench:{name}",
         )
         written[name] = metadata["num_examples"]
     return {"generate_seconds": generated, "seconds": _since(start), "sets": written}
@@ -325,16 +326,22 @@ def make_folder(root: str, count: int, size: int, seed: int) -> dict:
 
 
 @workload
-def prep(data: str, output_dir: str, image_size: int, seed: int, processes: int | None = None) -> dict:
-    """The data-prep step's function, ``prepare_dataset`` (``processes``: its worker processes;
-    default every core for 1,000 images or more). CPU seconds include the worker processes'."""
+def prep(data: str, output_dir: str, image_size: int, seed: int, processes: int | None = None,
+         one_core: bool = False) -> dict:
+    """The data-prep step's function, ``prepare_dataset`` (``processes``: its Beam worker
+    processes, 0 this process only; default every core for 1,000 images or more). ``one_core``:
+    this process and its workers pinned to one core (what taskset -c 0 does). CPU seconds include
+    the worker processes'."""
     import resource
 
-    from tlp.components.lib import images
+    if one_core:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+    from tlp.components.lib.dataprep.prepare import prepare_dataset
 
     start, cpu = time.perf_counter(), time.process_time()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    metadata = images.prepare_dataset(data, output_dir, image_size=image_size, seed=seed, processes=processes)
+    metadata = prepare_dataset(data, output_dir, image_size=image_size, seed=seed, processes=processes)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool's processes have ended and were reaped
     workers_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     return {"seconds": _since(start), "cpu_seconds": round(_cpu_since(cpu) + workers_cpu, 3),
@@ -402,9 +409,9 @@ def make_photos(root: str, count: int, seed: int) -> dict:
 def reader(dataset_dir: str, split: str, batch_size: int, passes: int, seed: int) -> dict:
     """Iterates the prepared split exactly as fine-tuning reads it (parse, decode, shuffle, batch,
     prefetch), ``passes`` times."""
-    from tlp.components.lib import images
+    from tlp.components.lib.dataprep import records
 
-    dataset = images.read_split(dataset_dir, split, batch_size, shuffle_seed=seed)
+    dataset = records.read_split(dataset_dir, split, batch_size, shuffle_seed=seed)
     runs = []
     for _ in range(passes):
         start, count = time.perf_counter(), 0
@@ -448,7 +455,7 @@ def calibrate_weights(dataset_dir: str, output: str, alpha: float, image_size: i
     import tensorflow as tf
     import tf_keras as keras
 
-    from tlp.components.lib import images
+    from tlp.components.lib.dataprep import records
 
     if method not in CALIBRATIONS:
         raise ValueError(f"unknown calibration {method!r}; use one of {CALIBRATIONS}")
@@ -458,7 +465,7 @@ def calibrate_weights(dataset_dir: str, output: str, alpha: float, image_size: i
         input_shape=(image_size, image_size, 3), include_top=False, weights=None, alpha=alpha
     )
     batches, count = [], 0
-    for batch_images, _labels in images.read_split(dataset_dir, "train", 32):
+    for batch_images, _labels in records.read_split(dataset_dir, "train", 32):
         batches.append(batch_images)
         count += int(batch_images.shape[0])
         if count >= images_count:
@@ -544,7 +551,7 @@ def tutorial(dataset_dir: str, image_size: int, epochs: int, batch_size: int, le
     validation every epoch. Same reader and images as ours; end to end = build + fit."""
     import tf_keras as keras
 
-    from tlp.components.lib import images
+    from tlp.components.lib.dataprep import records
 
     start, cpu = time.perf_counter(), time.process_time()
     keras.utils.set_random_seed(seed)
@@ -566,8 +573,8 @@ def tutorial(dataset_dir: str, image_size: int, epochs: int, batch_size: int, le
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
         metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")],
     )
-    train = images.read_split(dataset_dir, "train", batch_size, shuffle_seed=seed)
-    val = images.read_split(dataset_dir, "val", batch_size)
+    train = records.read_split(dataset_dir, "train", batch_size, shuffle_seed=seed)
+    val = records.read_split(dataset_dir, "val", batch_size)
     timer = make_epoch_timer()
     history = model.fit(train, validation_data=val, epochs=epochs, verbose=2, callbacks=[timer])
     return {
@@ -589,12 +596,12 @@ def fine_tune_plain(dataset_dir: str, model_in: str, epochs: int, batch_size: in
     import numpy as np
     import tf_keras as keras
 
-    from tlp.components.lib import images
     from tlp.components.lib import model as model_lib
+    from tlp.components.lib.dataprep import records
 
     def load(split):
         xs, ys = [], []
-        for batch_images, labels in images.read_split(dataset_dir, split, 256):
+        for batch_images, labels in records.read_split(dataset_dir, split, 256):
             xs.append(batch_images.numpy())
             ys.append(labels.numpy())
         return np.concatenate(xs), np.concatenate(ys)
@@ -796,9 +803,9 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
 
     dataset = os.path.join(task("data-prep"), "dataset")
     start = time.perf_counter()
-    from tlp.components.lib import images
+    from tlp.components.lib.dataprep import prepare
 
-    images.prepare_dataset(data, dataset, image_size=image_size, seed=seed)
+    prepare.prepare_dataset(data, dataset, image_size=image_size, seed=seed)
     seconds["data-prep"] = _since(start)
     if "feature-extraction" in steps:
         start = time.perf_counter()
@@ -846,8 +853,8 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
 
 # --- child entry points -----------------------------------------------------------------------
 
-PRELOAD = ("numpy", "PIL.Image", "tensorflow", "tf_keras", "tlp.components.lib.images", "tlp.components.lib.model",
-           "tlp.components.lib.training")
+PRELOAD = ("numpy", "PIL.Image", "tensorflow", "tf_keras", "tlp.components.lib.dataprep.prepare",
+           "tlp.components.lib.model", "tlp.components.lib.training")
 
 
 _RUNNING: dict = {}  # the workload this process runs: its result file and start time

@@ -21,7 +21,8 @@ def data_prep(
     Args:
         dataset: Output directory: TFRecord shards per split and metadata.json.
         options: The options this step reads (``data``, ``image_size``, ``seed``,
-            ``max_skipped_fraction``; declared in tlp.components.lib.settings).
+            ``max_skipped_fraction``, ``data_prep_runner`` and the ``dataflow_*`` options; declared in
+            tlp.components.lib.settings).
         source_fingerprint: The data-fingerprint step's listing of the source. Recorded; and as
             an input it makes a cached data prep (Vertex AI, Kubeflow) run again when the data changed.
 
@@ -31,14 +32,18 @@ def data_prep(
     import json
     from collections import namedtuple
 
-    from tlp.components.lib.images import prepare_dataset
+    from tlp.components.lib.dataprep.prepare import dataflow_job, prepare_dataset
     from tlp.components.lib.settings import Settings
     from tlp.components.lib.steps import DATA_PREP
 
     settings = Settings.for_step(DATA_PREP, options)
+    dataflow = dataflow_job(settings.data, dataset.uri)
+    # Dataflow's workers write to Cloud Storage: the output's gs:// URI (the local path is its mount).
+    output = dataset.uri if dataflow and dataset.uri.startswith("gs://") else dataset.path
     metadata = prepare_dataset(
-        settings.data.data, dataset.path, image_size=settings.model.image_size, seed=settings.training.seed,
+        settings.data.data, output, image_size=settings.model.image_size, seed=settings.training.seed,
         max_skipped_fraction=settings.data.max_skipped_fraction, source_fingerprint=source_fingerprint,
+        dataflow=dataflow,
     )
     dataset.metadata.update({
         "source": metadata["source"],

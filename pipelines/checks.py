@@ -8,7 +8,7 @@ import os
 import re
 
 from tlp.components.lib import specs
-from tlp.components.lib.images import IMAGE_EXTENSIONS
+from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS
 from tlp.components.lib.model import base_layer_count
 from tlp.components.lib.settings import CloudOptions, HardwareOptions, Settings, TrackingOptions
 from tlp.components.lib.specs import ConfigError

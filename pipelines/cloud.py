@@ -24,6 +24,7 @@ from tlp.components.lib.settings import (
 )
 from tlp.components.lib.specs import ConfigError
 from tlp.components.lib.steps import DATA_PREP
+from tlp.components.lib.version import image_reference
 from tlp.pipelines import checks, environment
 from tlp.pipelines.console import RunFailed
 from tlp.pipelines.resolve import resolve_cloud
@@ -399,4 +400,25 @@ def plan_run(
         )
     if cloud.on_vertex:
         environment.check_credentials()
+    settings = dataflow_defaults(settings, cloud, images)
     return CloudRun(settings, cloud, hardware, images, deploy, labels, tracking), notes
+
+
+def dataflow_defaults(settings: Settings, cloud: CloudOptions, images: ImageOptions) -> Settings:
+    """With ``--data-prep-runner dataflow``, the Dataflow settings not given take the cloud
+    options' values (project, region, service account, network), the temp folder lies under the
+    pipeline root and the workers' image beside the other images."""
+    data = settings.data
+    if data.data_prep_runner != "dataflow":
+        return settings
+    given = {
+        "dataflow_project": data.dataflow_project or cloud.project,
+        "dataflow_region": data.dataflow_region or cloud.region,
+        "dataflow_service_account": data.dataflow_service_account or cloud.service_account,
+        "dataflow_network": data.dataflow_network or cloud.network,
+        "dataflow_temp_location": data.dataflow_temp_location
+        or (f"{cloud.pipeline_root.rstrip('/')}/dataflow" if cloud.pipeline_root else ""),
+        "dataflow_image": data.dataflow_image or image_reference(images.image_repo, images.image_tag or None,
+                                                                 kind="dataflow"),
+    }
+    return settings.replace(**given)

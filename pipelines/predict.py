@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tlp.components.lib.images import IMAGE_EXTENSIONS
+from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS
 from tlp.components.lib.model import load_servable
 from tlp.components.lib.registry import open_registry
 from tlp.components.lib.serving import Predictor, Unreadable

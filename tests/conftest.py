@@ -15,7 +15,7 @@ SMALL = {"image_size": 64, "alpha": 0.35, "weights": "none"}
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory):
     """A prepared sample data set: 2 classes x 40 images, 64 px."""
-    from tlp.components.lib.images import prepare_dataset
+    from tlp.components.lib.dataprep.prepare import prepare_dataset
 
     directory = str(tmp_path_factory.mktemp("data") / "dataset")
     prepare_dataset("sample:40", directory, image_size=SMALL["image_size"], seed=7)

@@ -13,7 +13,7 @@ below ``fine_tune_at`` that a layer at or above it consumes, residual branches i
 ``block_10_project_BN``).
 
 The training stream is the plain path's, index for index: record positions go through the same
-shuffle (buffer, seed, reshuffle each epoch), repeat and batch as ``images.read_split`` applies
+shuffle (buffer, seed, reshuffle each epoch), repeat and batch as ``records.read_split`` applies
 to the records, and each batch of positions is then replaced by those records' cached tensors.
 The same batches therefore arrive in the same order; under a tf.distribute strategy they are
 split across replicas and workers the same way too.
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tlp.components.lib import images
 from tlp.components.lib import model as model_lib
+from tlp.components.lib.dataprep import records
 
 DEFAULT_BUDGET_BYTES = 1 << 30  # cached tensors held in memory; the rest is spilled to local disk
 SPILL_PREFIX = "tlp-cut-cache-"
@@ -255,12 +255,12 @@ def build_cache(lower, dataset_dir: str, split: str, batch_size: int, shapes: li
     (this worker's files when ``worker`` is (index, count) with count > 1, record order) and
     caches its outputs. On any error the partial cache is deleted and the error raised: a cache
     is either complete or gone."""
-    total = images.read_metadata(dataset_dir)["num_examples"][split]
+    total = records.read_metadata(dataset_dir)["num_examples"][split]
     row_bytes = 4 * sum(math.prod(s) for s in shapes)
     cache = ActivationCache(shapes, total, max(0, memory_bytes) // row_bytes, spill_path)
     started, batches = time.monotonic(), 0
     try:
-        for batch_images, batch_labels in images.read_split(dataset_dir, split, batch_size, worker=worker):
+        for batch_images, batch_labels in records.read_split(dataset_dir, split, batch_size, worker=worker):
             cache.add([t.numpy() for t in lower(batch_images)], batch_labels.numpy())
             batches += 1
             if batches % 20 == 0:
@@ -276,7 +276,7 @@ def build_cache(lower, dataset_dir: str, split: str, batch_size: int, shapes: li
 def cache_dataset(cache: ActivationCache, batch_size: int, *, shuffle_seed: int | None = None, repeat: bool = False,
                   distributed: bool = False, every_epoch: bool = False):
     """(cached tensors, label) batches: record positions shuffled, repeated and batched exactly as
-    ``images.read_split`` shuffles, repeats and batches the records, then gathered from ``cache``.
+    ``records.read_split`` shuffles, repeats and batches the records, then gathered from ``cache``.
 
     ``every_epoch`` (one replica): the epochs' batches (each epoch's last one partial) follow one
     another endlessly, each epoch reshuffled as Keras' new iterator over the finite dataset would
@@ -291,7 +291,7 @@ def cache_dataset(cache: ActivationCache, batch_size: int, *, shuffle_seed: int 
 
     dataset = tf.data.Dataset.range(cache.count)
     if shuffle_seed is not None:
-        dataset = dataset.shuffle(images.SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(records.SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size)
@@ -375,7 +375,7 @@ def fit_from_cut(
 ) -> bool:
     """Fine-tunes ``model`` (already unfrozen from ``fine_tune_at`` and compiled) on cached
     activations at the cut instead of images: the same batches in the same order as
-    ``model.fit`` on ``images.read_split(dataset_dir, "train", batch_size, shuffle_seed=seed,
+    ``model.fit`` on ``records.read_split(dataset_dir, "train", batch_size, shuffle_seed=seed,
     repeat=repeat)`` with ``read_split(..., "val", batch_size)`` for validation. ``batch_size``
     is the global batch. ``shard_policy`` is the ``AutoShardPolicy`` the image datasets would
     get. The model's weights are trained in place; nothing is returned but whether it ran.
@@ -390,7 +390,7 @@ def fit_from_cut(
     except CutNotApplicable as reason:
         print(f"  cut cache: not used ({reason}); training on images", flush=True)
         return False
-    metadata = images.read_metadata(dataset_dir)
+    metadata = records.read_metadata(dataset_dir)
     worker, workers = input_pipeline(strategy)
     by_file = workers > 1 and shard_policy == tf.data.experimental.AutoShardPolicy.FILE
     rows = sum(metadata["num_examples"][split] for split in ("train", "val"))

@@ -18,7 +18,7 @@ import json
 import math
 import os
 
-from tlp.components.lib import images
+from tlp.components.lib.dataprep import records
 from tlp.components.lib.registry import ModelVersion, open_registry
 from tlp.components.lib.registry.champion import model_name_for, split_of, split_of_data
 from tlp.components.lib.specs import ConfigError
@@ -32,7 +32,7 @@ def _at_least(value: float) -> str:
 def compare(metadata: dict, champion: ModelVersion | None, *, name: str, max_data_drop: float,
             max_class_shift: float) -> dict:
     """The findings for one data set (its ``metadata.json``) against the champion's record."""
-    counts = {c: sum(metadata["counts"][s].get(c, 0) for s in images.SPLITS) for c in metadata["class_names"]}
+    counts = {c: sum(metadata["counts"][s].get(c, 0) for s in records.SPLITS) for c in metadata["class_names"]}
     total = sum(counts.values())
     found = {"model": name, "champion": None, "photos": total, "champion_photos": None, "drop": None,
              "shares": {}, "added": [], "removed": [], "same_data": False, "class_set_changed": False,
@@ -117,7 +117,7 @@ def check_against_champion(dataset_dir: str, registry_uri: str, model_name: str,
     """The data-checks step: looks up the champion of the model this run registers into and
     compares. Returns the findings (``passed`` false: the caller stops the run)."""
     # A step's artifact path is a local (or /gcs-mounted) directory: no TensorFlow needed to read it.
-    with open(os.path.join(dataset_dir, images.METADATA_FILE)) as handle:
+    with open(os.path.join(dataset_dir, records.METADATA_FILE)) as handle:
         metadata = json.load(handle)
     registry = open_registry(registry_uri)
     name = model_name_for(registry, model_name, metadata["source"])

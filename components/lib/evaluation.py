@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tlp.components.lib import images, report
 from tlp.components.lib import model as model_lib
+from tlp.components.lib import report
+from tlp.components.lib.dataprep import records
 from tlp.components.lib.settings import Settings
 from tlp.components.lib.training import load_history
 
@@ -18,7 +19,7 @@ MAX_MISCLASSIFIED_SHOWN = 24
 
 
 def evaluate_model(
-    model_dir: str, dataset_dir: str, batch_size: int = 64, splits: tuple[str, ...] = images.SPLITS,
+    model_dir: str, dataset_dir: str, batch_size: int = 64, splits: tuple[str, ...] = records.SPLITS,
     exclude_source_ids: set[str] | frozenset[str] = frozenset(),
 ) -> dict:
     """Scores the model on train, val and test. Returns per-split metrics plus, for the test
@@ -29,7 +30,7 @@ def evaluate_model(
 
     model = model_lib.load_keras(model_dir)
     class_names = model_lib.read_info(model_dir)["class_names"]
-    data_classes = images.read_metadata(dataset_dir)["class_names"]
+    data_classes = records.read_metadata(dataset_dir)["class_names"]
     if data_classes != class_names:
         raise ValueError(
             f"the model was trained on classes {class_names} but the data set has "
@@ -42,7 +43,7 @@ def evaluate_model(
         labels: list[int] = []
         probs: list = []
         misclassified: list[dict] = []
-        dataset = images.read_split(dataset_dir, split, batch_size, with_source_ids=True)
+        dataset = records.read_split(dataset_dir, split, batch_size, with_source_ids=True)
         for batch_images, batch_labels, source_ids in dataset:
             if exclude_source_ids:
                 keep = np.array([s.decode("utf-8", "replace") not in exclude_source_ids for s in source_ids.numpy()])
@@ -136,7 +137,7 @@ def roc(y_true: np.ndarray, y_prob: np.ndarray) -> dict | None:
 def gate(results: dict, max_gap: float, min_accuracy: float) -> tuple[bool, list[str], float]:
     """Returns (passed, reasons, gap). ``reasons`` lists every failed condition, or, when the
     gate passes, the conditions that were met."""
-    train, val, test = (results[s]["accuracy"] for s in images.SPLITS)
+    train, val, test = (results[s]["accuracy"] for s in records.SPLITS)
     gap = train - val
     failed: list[str] = []
     met: list[str] = []
@@ -172,7 +173,7 @@ def evaluate_and_report(
     report.write_report(report_path, {**context, "data_checks": data_checks})
     flat = {
         f"{split}_{key}": results[split][key]
-        for split in images.SPLITS
+        for split in records.SPLITS
         for key in ("accuracy", "loss", "precision", "recall", "auc")
         if np.isfinite(results[split][key])
     }

@@ -23,7 +23,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from tlp.components.lib import images
+from tlp.components.lib.dataprep import sources
 from tlp.components.lib.specs import ConfigError, DataSpec, parse_data_spec
 
 
@@ -62,7 +62,7 @@ def _identity(spec: DataSpec, identity: str) -> SourceFingerprint:
 def _is_image(relative: str) -> bool:
     """An image file inside a class folder, as data prep reads it (hidden class folders are not classes)."""
     class_name, sep, _rest = relative.partition("/")
-    return bool(sep) and not class_name.startswith(".") and relative.lower().endswith(images.IMAGE_EXTENSIONS)
+    return bool(sep) and not class_name.startswith(".") and relative.lower().endswith(sources.IMAGE_EXTENSIONS)
 
 
 def _local_entries(root: str) -> list[tuple[str, int, int]]:
@@ -75,7 +75,7 @@ def _local_entries(root: str) -> list[tuple[str, int, int]]:
         class_dir = os.path.join(root, class_name)
         if not os.path.isdir(class_dir):
             continue
-        for path in images._walk_files(class_dir):  # the same walk as data prep (symlinks, loops)
+        for path in sources.walk_files(class_dir):  # the same walk as data prep (symlinks, loops)
             relative = os.path.relpath(path, root).replace(os.sep, "/")
             if _is_image(relative):
                 status = os.stat(path)

@@ -19,8 +19,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from tlp.components.lib import images, serving
 from tlp.components.lib import model as model_lib
+from tlp.components.lib import serving
+from tlp.components.lib.dataprep import records
 from tlp.components.lib.specs import ServiceError
 
 DEFAULT_IMAGES = 8
@@ -50,7 +51,7 @@ def split_images(dataset_dir: str, count: int = DEFAULT_IMAGES, split: str = "te
     import tensorflow as tf
 
 
-    metadata = images.read_metadata(dataset_dir)
+    metadata = records.read_metadata(dataset_dir)
     paths = [os.path.join(dataset_dir, name) for name in metadata["files"][split]]
     spec = {"image": tf.io.FixedLenFeature([], tf.string)}
     found = []

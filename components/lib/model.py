@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 
-from tlp.components.lib.images import resize
+from tlp.components.lib.dataprep.encode import resize
 from tlp.components.lib.specs import BASES, check_fine_tune_at
 
 BASE_LAYER_NAME = "base"

@@ -8,7 +8,7 @@ import base64
 import io
 import json
 
-from tlp.components.lib import images
+from tlp.components.lib.dataprep import records
 from tlp.components.lib.specs import ConfigError
 
 TEMPLATE = """<!doctype html>
@@ -144,8 +144,8 @@ def report_context(
         "passed": passed,
         "reasons": reasons,
         "gap": gap,
-        "splits": list(images.SPLITS),
-        "results": {split: results[split] for split in images.SPLITS},
+        "splits": list(records.SPLITS),
+        "results": {split: results[split] for split in records.SPLITS},
         "class_names": results["class_names"],
         "confusion": list(zip(results["class_names"], details["confusion_matrix"], strict=True)),
         "curves_png": base64.b64encode(learning_curves_png(feature_history, fine_tune_history)).decode(),

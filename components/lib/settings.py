@@ -59,6 +59,41 @@ class DataOptions(Group):
         0.1, "fail data prep if more than this fraction of image files are unreadable",
         commands=TRAINING_COMMANDS, steps=(DATA_PREP,), minimum=0.0, maximum=1.0,
     )
+    # Where data prep's Beam pipeline runs. On submit the empty Dataflow settings take the cloud
+    # options' values (pipelines/cloud.py: plan_run), so they reach the step as parameters.
+    data_prep_runner: str = option(
+        "direct", "where data prep's Beam pipeline runs: direct (this machine, every core) or dataflow (Google "
+        "Cloud Dataflow, the --dataflow-* options)", commands=TRAINING_COMMANDS, steps=(DATA_PREP,),
+        choices=("direct", "dataflow"),
+    )
+    dataflow_max_workers: int = option(
+        10, "most Dataflow workers for data prep (autoscaled)", commands=TRAINING_COMMANDS, steps=(DATA_PREP,),
+        minimum=1, maximum=4000,
+    )
+    dataflow_machine_type: str = option(
+        "n1-standard-4", "Dataflow worker machine type", commands=TRAINING_COMMANDS, steps=(DATA_PREP,),
+    )
+    dataflow_project: str = option(
+        "", "Dataflow project (default: --project)", commands=TRAINING_COMMANDS, steps=(DATA_PREP,),
+    )
+    dataflow_region: str = option(
+        "", "Dataflow region (default: --region)", commands=TRAINING_COMMANDS, steps=(DATA_PREP,),
+    )
+    dataflow_service_account: str = option(
+        "", "service account Dataflow's workers run as (default: --service-account)", commands=TRAINING_COMMANDS,
+        steps=(DATA_PREP,),
+    )
+    dataflow_network: str = option(
+        "", "VPC network of Dataflow's workers (default: --network)", commands=TRAINING_COMMANDS, steps=(DATA_PREP,),
+    )
+    dataflow_temp_location: str = option(
+        "", "gs:// folder for Dataflow's temp and staging files (default: under the pipeline root)",
+        commands=TRAINING_COMMANDS, steps=(DATA_PREP,),
+    )
+    dataflow_image: str = option(
+        "", "Dataflow workers' container (default: IMAGE_REPO/tlp-dataflow:IMAGE_TAG, containers/dataflow.Dockerfile)",
+        commands=TRAINING_COMMANDS, steps=(DATA_PREP,),
+    )
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ import typing
 
 import numpy as np
 
-from tlp.components.lib import augment, images, specs
+from tlp.components.lib import augment, specs
 from tlp.components.lib import cut_cache as cut_cache_lib
 from tlp.components.lib import model as model_lib
+from tlp.components.lib.dataprep import records
 from tlp.components.lib.settings import Settings
 from tlp.components.lib.strategy import cluster_spec, cluster_workers, is_chief, make_strategy
 
@@ -48,9 +49,9 @@ def extract_features(backbone, dataset_dir: str, split: str, batch_size: int, la
     run_backbone = tf.function(
         lambda batch: tf.cast(backbone(batch, training=False), tf.float32), jit_compile=xla or None
     )
-    total = images.read_metadata(dataset_dir)["num_examples"][split]
+    total = records.read_metadata(dataset_dir)["num_examples"][split]
     features, labels, done, started = [], [], 0, time.monotonic()
-    for batch_images, batch_labels in images.read_split(dataset_dir, split, batch_size):
+    for batch_images, batch_labels in records.read_split(dataset_dir, split, batch_size):
         features.append(run_backbone(batch_images).numpy())
         labels.append(batch_labels.numpy())
         done += len(batch_labels)
@@ -75,7 +76,7 @@ def train_head(
     Returns the training history (per epoch: loss, accuracy, val_loss, val_accuracy).
     """
     keras = model_lib.keras()
-    metadata = images.read_metadata(dataset_dir)
+    metadata = records.read_metadata(dataset_dir)
     chosen, runtime = settings.model, settings.runtime
     weights = specs.parse_weights_spec(chosen.weights)
     specs.check_base(chosen.base, chosen.alpha, metadata["image_size"], weights)
@@ -110,10 +111,10 @@ def _train_head_under_policy(
         print(f"  augmentation: {training.augment} on the training images; the frozen base runs on them every "
               "epoch (the tutorial's cost: no cached features)", flush=True)
         model_lib.compile_model(model, training.learning_rate, len(class_names), **compile_options)
-        train = images.read_split(dataset_dir, "train", training.batch_size, shuffle_seed=training.seed)
+        train = records.read_split(dataset_dir, "train", training.batch_size, shuffle_seed=training.seed)
         model.fit(
             augment.apply(train, training.augment, training.seed),
-            validation_data=images.read_split(dataset_dir, "val", training.batch_size),
+            validation_data=records.read_split(dataset_dir, "val", training.batch_size),
             epochs=training.epochs,
             verbose=2,
             callbacks=callbacks,
@@ -185,7 +186,7 @@ def fine_tune(
     tuning, training, runtime = settings.fine_tuning, settings.training, settings.runtime
     strategy = make_strategy(runtime.devices)  # first: logical devices must be set before TF starts
     keras = model_lib.keras()
-    metadata = images.read_metadata(dataset_dir)
+    metadata = records.read_metadata(dataset_dir)
     info = model_lib.read_info(model_in_dir)
     trained_with = info.get("options", {})
     specs.check_precision(runtime.mixed_precision, trained_with.get("weights", ""))
@@ -224,13 +225,13 @@ def fine_tune(
         size = metadata["image_size"]
         fits = (metadata["num_examples"]["train"] + metadata["num_examples"]["val"]) * size * size * 3
         cache = fits <= DECODED_CACHE_BYTES  # decoded uint8 images; beyond that, decode each epoch
-        train = images.read_split(
+        train = records.read_split(
             dataset_dir, "train", global_batch, shuffle_seed=training.seed, repeat=counted, cache_decoded=cache
         )
-        val = images.read_split(dataset_dir, "val", global_batch, cache_decoded=cache)
+        val = records.read_split(dataset_dir, "val", global_batch, cache_decoded=cache)
         options = tf.data.Options()
         # FILE (each worker reads its own shard files) when there are enough shards, else DATA.
-        options.experimental_distribute.auto_shard_policy = images.auto_shard_policy(
+        options.experimental_distribute.auto_shard_policy = records.auto_shard_policy(
             metadata, cluster_workers(cluster_spec())
         )
         train = augment.apply(train, training.augment, training.seed)

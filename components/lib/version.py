@@ -6,7 +6,7 @@ from importlib import metadata
 
 DEFAULT_REPO = "tlp"
 # The image of each kind: training steps (TensorFlow with CUDA), everything else, the server.
-IMAGE_NAMES = {"train": "tlp-train", "light": "tlp", "serve": "tlp-serve"}
+IMAGE_NAMES = {"train": "tlp-train", "light": "tlp", "serve": "tlp-serve", "dataflow": "tlp-dataflow"}
 
 
 def project_version() -> str:

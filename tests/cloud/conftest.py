@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.cloud.dataflow_api import add_dataflow_api
 from tests.cloud.metadata_api import add_metadata_api
 from tests.cloud.standin import StandIn
 
@@ -78,7 +79,7 @@ def _reset_aiplatform():
 def standin(tmp_path, monkeypatch):
     """A started ``StandIn`` (with the Metadata API of Vertex AI Experiments) with the environment
     pointing at it; closed after the test."""
-    server = add_metadata_api(StandIn())
+    server = add_dataflow_api(add_metadata_api(StandIn()))
     try:
         _point_at(server, tmp_path, monkeypatch)
         _reset_aiplatform()

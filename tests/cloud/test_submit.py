@@ -232,3 +232,23 @@ def test_deploy_endpoint_needs_the_vertex_registry(standin, capsys):
     code = cli.main(["submit", *_vertex(standin), "--deploy-endpoint", "cats", "--registry", "http://mlflow:5000"])
     assert code == 2 and "deploys to a Vertex AI endpoint" in capsys.readouterr().err
     assert not standin.find("POST", r"/pipelineJobs$")
+
+
+def test_data_prep_on_dataflow_takes_the_cloud_options_as_its_parameters(standin, capsys):
+    code = cli.main(["submit", *_vertex(standin), "--service-account", SA,
+                     "--network", "projects/123456789012/global/networks/vpc", "--image-repo",
+                     "us-docker.pkg.dev/tlp-test/tlp", "--image-tag", "1.2.3", "--data-prep-runner", "dataflow",
+                     "--dataflow-max-workers", "40", "--dataflow-machine-type", "n2-highcpu-16"])
+    assert code == 0, capsys.readouterr().out
+    [create] = standin.find("POST", r"/pipelineJobs$")
+    values = create.body["runtimeConfig"]["parameterValues"]
+    assert values["data_prep_runner"] == "dataflow"
+    assert values["dataflow_max_workers"] == 40 and values["dataflow_machine_type"] == "n2-highcpu-16"
+    assert values["dataflow_project"] == "tlp-test" and values["dataflow_region"] == "us-central1"
+    assert values["dataflow_service_account"] == SA
+    assert values["dataflow_network"] == "projects/123456789012/global/networks/vpc"
+    assert values["dataflow_temp_location"] == "gs://tlp-bucket/runs/dataflow"
+    assert values["dataflow_image"] == "us-docker.pkg.dev/tlp-test/tlp/tlp-dataflow:1.2.3"
+    # They reach the data-prep step only.
+    prep = _tasks(create.body["pipelineSpec"])["data-prep"]["inputs"]["parameters"]["options"]
+    assert "dataflow_image" in str(prep)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import settings
-from tlp.components.lib import images
 from tlp.components.lib import model as model_lib
+from tlp.components.lib.dataprep import records
 from tlp.components.lib.specs import ConfigError
 from tlp.components.lib.training import fine_tune, train_head
 
@@ -40,7 +40,7 @@ def test_flag_trains_and_the_model_predicts(
     assert model_lib.read_info(str(tmp_path / "tuned"))["options"]["mixed_precision"] == precision
     assert model_lib.keras().mixed_precision.global_policy().name == "float32"  # restored
     serve = model_lib.load_servable(str(tmp_path / "tuned"))
-    batch, _ = next(iter(images.read_split(sample_dataset, "test", 3)))
+    batch, _ = next(iter(records.read_split(sample_dataset, "test", 3)))
     result = serve(image_bytes=tf.constant([tf.io.encode_jpeg(i).numpy() for i in batch]))
     probabilities = result["probabilities"].numpy()
     assert probabilities.dtype == np.float32 and probabilities.shape == (3, 2)

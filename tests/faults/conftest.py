@@ -3,7 +3,7 @@
 import pytest
 
 from tests.conftest import settings
-from tlp.components.lib import images
+from tlp.components.lib.dataprep import prepare, records
 from tlp.components.lib.training import train_head
 
 # The equivalence tests compare 1 device with 2 replicas, which only agree when every batch
@@ -13,8 +13,8 @@ EVEN_SPLIT_SEED = 5
 
 
 def _prepare_even(directory: str, **options) -> str:
-    images.prepare_dataset("sample:40", directory, image_size=64, seed=EVEN_SPLIT_SEED, **options)
-    sizes = [sum(images.read_metadata(directory)["counts"][split].values()) for split in images.SPLITS]
+    prepare.prepare_dataset("sample:40", directory, image_size=64, seed=EVEN_SPLIT_SEED, **options)
+    sizes = [sum(records.read_metadata(directory)["counts"][split].values()) for split in records.SPLITS]
     assert sizes == [64, 8, 8], f"seed {EVEN_SPLIT_SEED} no longer splits 80 sample images 64/8/8: {sizes}"
     return directory
 

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from tlp.components.lib import images
 from tlp.components.lib import model as model_lib
+from tlp.components.lib.dataprep import records
 
 WORKER = [sys.executable, "-m", "tests.faults.cut_cache_worker"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -75,7 +75,7 @@ def test_two_workers_each_read_half_of_the_files_and_equal_one_worker(sharded, t
     Global batch 64 = the whole training split, so each step's gradient is over the same images
     whichever worker read them."""
     dataset, head = sharded
-    assert [len(images.read_metadata(dataset)["files"][s]) for s in ("train", "val")] == [8, 2]
+    assert [len(records.read_metadata(dataset)["files"][s]) for s in ("train", "val")] == [8, 2]
     single = str(tmp_path / "single")
     single_out = _finish(_start(_options(dataset, head, single, batch=64, devices="cpu:1", count_records=True)))
     everything = _line(single_out, "RECORDS")

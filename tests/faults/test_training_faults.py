@@ -52,9 +52,9 @@ def test_killed_fine_tuning_resumes_from_last_finished_epoch(even, tmp_path):
     serve = model_lib.load_servable(out)
     import tensorflow as tf
 
-    from tlp.components.lib import images
+    from tlp.components.lib.dataprep import records
 
-    batch, _ = next(iter(images.read_split(dataset, "test", 2)))
+    batch, _ = next(iter(records.read_split(dataset, "test", 2)))
     result = serve(image_bytes=tf.constant([tf.io.encode_jpeg(i).numpy() for i in batch]))
     assert result["probabilities"].shape == (2, 2)
 

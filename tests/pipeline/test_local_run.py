@@ -58,10 +58,10 @@ def _test_images(summary, directory):
     """Writes two test-split images to files; returns their paths and true labels."""
     import tensorflow as tf
 
-    from tlp.components.lib import images
+    from tlp.components.lib.dataprep import records
 
     dataset = os.path.join(summary["run_dir"], "data-prep", "dataset")
-    batch, labels = next(iter(images.read_split(dataset, "test", 6)))
+    batch, labels = next(iter(records.read_split(dataset, "test", 6)))
     paths = []
     for i in range(len(labels)):
         path = os.path.join(directory, f"test{i}.jpg")

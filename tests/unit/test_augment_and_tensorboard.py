@@ -33,11 +33,12 @@ def test_bad_specs_are_refused_with_the_fix(spec, words):
 
 
 def test_augmentation_changes_training_batches_each_epoch_and_keeps_the_range(sample_dataset):
-    from tlp.components.lib import augment, images
+    from tlp.components.lib import augment
+    from tlp.components.lib.dataprep import records
 
-    stream = augment.apply(images.read_split(sample_dataset, "train", 8), "flip,rotate:0.2,contrast:0.1", seed=1)
+    stream = augment.apply(records.read_split(sample_dataset, "train", 8), "flip,rotate:0.2,contrast:0.1", seed=1)
     first, second = (next(iter(stream))[0].numpy() for _ in range(2))
-    original = next(iter(images.read_split(sample_dataset, "train", 8)))[0].numpy()
+    original = next(iter(records.read_split(sample_dataset, "train", 8)))[0].numpy()
     assert first.shape == original.shape and first.dtype == np.float32
     assert 0.0 <= first.min() and first.max() <= 255.0
     assert not np.allclose(first, original) and not np.allclose(first, second)
@@ -72,14 +73,14 @@ def test_exported_model_carries_no_augmentation(augmented_run, sample_dataset):
     """Same images in, same probabilities out, call after call: nothing random at inference."""
     import tensorflow as tf
 
-    from tlp.components.lib import images
     from tlp.components.lib import model as model_lib
+    from tlp.components.lib.dataprep import records
 
     root = augmented_run[0]
     keras_model = model_lib.load_keras(str(root / "tuned"))
     layer_types = {type(layer).__name__ for layer in keras_model.layers}
     assert not any(name.startswith("Random") for name in layer_types), layer_types
-    batch = next(iter(images.read_split(sample_dataset, "test", 6)))[0]
+    batch = next(iter(records.read_split(sample_dataset, "test", 6)))[0]
     encoded = tf.stack([tf.io.encode_png(image) for image in batch])
     serve = model_lib.load_servable(str(root / "tuned"))
     calls = [serve(image_bytes=encoded)["probabilities"].numpy() for _ in range(3)]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_image
-from tlp.components.lib import images
+from tlp.components.lib.dataprep import encode, prepare, records, sources
 from tlp.components.lib.specs import ConfigError
 
 SIZE = 32  # the smallest allowed --image-size keeps data prep fast
@@ -26,7 +26,7 @@ def _photos(root, per_class=10, classes=("cat", "dog")):
 
 
 def _prepare(root, out, **kwargs):
-    return images.prepare_dataset(f"folder:{root}", str(out), image_size=SIZE, seed=1, **kwargs)
+    return prepare.prepare_dataset(f"folder:{root}", str(out), image_size=SIZE, seed=1, **kwargs)
 
 
 def _skipped(metadata):
@@ -46,8 +46,8 @@ def _noise_jpeg(seed):
 
 def _all_source_ids(dataset_dir):
     ids = []
-    for split in images.SPLITS:
-        for _, _, source_ids in images.read_split(dataset_dir, split, 64, with_source_ids=True):
+    for split in records.SPLITS:
+        for _, _, source_ids in records.read_split(dataset_dir, split, 64, with_source_ids=True):
             ids += [s.decode() for s in source_ids.numpy()]
     return ids
 
@@ -66,7 +66,7 @@ def test_truncated_jpeg_is_skipped_as_unreadable(tmp_path, monkeypatch):
     assert sum(metadata["num_examples"].values()) == 20
     # tfds flips this Pillow global in-process (create_thumbnail); then it decodes partially, not crashes.
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
-    assert images.decode_bytes(data[: len(data) // 2], SIZE).shape == (64, 64, 3)
+    assert encode.decode_bytes(data[: len(data) // 2], SIZE).shape == (64, 64, 3)
 
 
 # 2
@@ -101,8 +101,8 @@ def test_other_formats_are_read(tmp_path, name, fmt):
     # GIF: two frames, the first is used; the others are single images.
     extra = {"save_all": True, "append_images": [Image.new("RGB", (40, 30), (0, 0, 255))]} if fmt == "GIF" else {}
     red.save(path, format=fmt, **extra)
-    assert path.lower().endswith(images.IMAGE_EXTENSIONS)
-    pixels = images.decode_file(path, SIZE)
+    assert path.lower().endswith(sources.IMAGE_EXTENSIONS)
+    pixels = encode.decode_file(path, SIZE)
     assert pixels.shape == (30, 40, 3) and pixels.dtype == np.uint8
     r, g, b = pixels.reshape(-1, 3).mean(axis=0)
     assert r > 200 and g < 40 and b < 40
@@ -118,7 +118,7 @@ def test_other_formats_are_read(tmp_path, name, fmt):
 def test_colour_modes_become_rgb(tmp_path, mode, fmt, expected):
     path = write_image(str(tmp_path / f"a.{fmt.lower()}"), color=(255, 0, 0), mode=mode, fmt=fmt)
     assert Image.open(path).mode == mode
-    pixels = images.decode_file(path, SIZE)
+    pixels = encode.decode_file(path, SIZE)
     assert pixels.shape == (30, 40, 3) and pixels.dtype == np.uint8
     assert np.abs(pixels.reshape(-1, 3).mean(axis=0) - expected).max() < 12
 
@@ -128,7 +128,7 @@ def test_transparent_pixels_become_white(tmp_path):
     image.paste((0, 0, 0, 0), (0, 0, 20, 30))  # left half fully transparent (black underneath)
     path = str(tmp_path / "alpha.png")
     image.save(path)
-    pixels = images.decode_file(path, SIZE)
+    pixels = encode.decode_file(path, SIZE)
     assert pixels[15, 5].tolist() == [255, 255, 255] and pixels[15, 35].tolist() == [255, 0, 0]
 
 
@@ -142,7 +142,7 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # Orientation: rotate 90 clockwise to display
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", exif=exif)
-    decoded = images.decode_bytes(buffer.getvalue(), SIZE)
+    decoded = encode.decode_bytes(buffer.getvalue(), SIZE)
     assert decoded.shape == (40, 20, 3)  # tall: 20 wide, 40 high
     top, bottom = decoded[:15].reshape(-1, 3).mean(axis=0), decoded[-15:].reshape(-1, 3).mean(axis=0)
     assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]  # the left edge is now the top
@@ -152,7 +152,7 @@ def test_exif_orientation_is_applied():
 def test_huge_jpeg_is_decoded_in_draft_mode():
     buffer = io.BytesIO()
     Image.new("L", (10000, 10000), 128).save(buffer, "JPEG")  # grey: 100 MB to make, not 400 MB
-    pixels = images.decode_bytes(buffer.getvalue(), 64)
+    pixels = encode.decode_bytes(buffer.getvalue(), 64)
     # libjpeg scales by 1/8 at most, so draft mode gives 1250 px, not the brief's 4*64*2; still 64x fewer
     # pixels than a full decode (the full 10000x10000 is never in memory).
     assert pixels.shape == (1250, 1250, 3)
@@ -167,7 +167,7 @@ def test_image_above_pixel_ceiling_is_refused():
     ihdr = b"IHDR" + struct.pack(">II", 16000, 15000) + bytes(data[24:29])
     data[12:33] = ihdr + struct.pack(">I", zlib.crc32(ihdr))
     with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ValueError, match="pixel ceiling"):
-        images.decode_bytes(bytes(data), 64)
+        encode.decode_bytes(bytes(data), 64)
 
 
 # 8
@@ -180,7 +180,7 @@ def test_nested_and_symlinked_files_and_folders_are_included(tmp_path):
     os.symlink(tmp_path / "elsewhere" / "folder", tmp_path / "photos" / "cat" / "linked_folder")
     metadata = _prepare(root, tmp_path / "out")
     assert metadata["skipped"] == []
-    assert sum(metadata["counts"][split]["cat"] for split in images.SPLITS) == 13
+    assert sum(metadata["counts"][split]["cat"] for split in records.SPLITS) == 13
     ids = _all_source_ids(str(tmp_path / "out"))
     assert {os.path.relpath(i, root) for i in ids} >= {
         "cat/2024/june/deep.jpg", "cat/link.jpg", "cat/linked_folder/inside.jpg"
@@ -204,13 +204,13 @@ def test_class_names_with_spaces_and_non_ascii_round_trip(tmp_path):
     out = str(tmp_path / "out")
     metadata = _prepare(root, out)
     assert metadata["class_names"] == sorted(classes)
-    assert images.read_metadata(out)["class_names"] == sorted(classes)
+    assert records.read_metadata(out)["class_names"] == sorted(classes)
     counts = json.loads((tmp_path / "out" / "metadata.json").read_text(encoding="utf-8"))["counts"]
-    assert {name: sum(counts[s][name] for s in images.SPLITS) for name in classes} == {
+    assert {name: sum(counts[s][name] for s in records.SPLITS) for name in classes} == {
         "Hunde-Größe": 10, "chats sauvages": 10,
     }
-    for split in images.SPLITS:
-        for image, labels, source_ids in images.read_split(out, split, 64, with_source_ids=True):
+    for split in records.SPLITS:
+        for image, labels, source_ids in records.read_split(out, split, 64, with_source_ids=True):
             assert image.shape[1:] == (SIZE, SIZE, 3)
             for label, source_id in zip(labels.numpy(), source_ids.numpy(), strict=True):
                 assert f"/{metadata['class_names'][label]}/" in source_id.decode("utf-8")

@@ -35,7 +35,8 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def test_there_is_a_training_a_base_and_a_serving_image():
-    assert {p.name for p in DOCKERFILES} == {"train.Dockerfile", "base.Dockerfile", "serve.Dockerfile"}
+    assert {p.name for p in DOCKERFILES} == {"train.Dockerfile", "base.Dockerfile", "serve.Dockerfile",
+                                             "dataflow.Dockerfile"}
 
 
 def _arg_defaults(path: Path) -> dict[str, str]:
@@ -61,7 +62,8 @@ def _lock_install():
 
 
 def test_there_is_a_cpu_a_training_and_a_serving_image():
-    assert {p.name for p in DOCKERFILES} == {"base.Dockerfile", "train.Dockerfile", "serve.Dockerfile"}
+    assert {p.name for p in DOCKERFILES} == {"base.Dockerfile", "train.Dockerfile", "serve.Dockerfile",
+                                             "dataflow.Dockerfile"}
 
 
 @pytest.mark.parametrize("dockerfile", BUILT_FROM_LOCK, ids=lambda p: p.name)
@@ -108,7 +110,8 @@ def test_serving_image_is_the_cpu_image_of_this_version():
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_bases_are_build_args_with_exact_pinned_defaults(dockerfile):
     froms = [arg for op, arg in _instructions(dockerfile) if op == "FROM"]
-    assert froms and all(re.fullmatch(r"\$\{\w+\}", arg) for arg in froms), "FROM ${ARG}: bases can be swapped"
+    pattern = r"\$\{\w+\}( AS [\w-]+)?"  # a named stage (COPY --from) is a base too
+    assert froms and all(re.fullmatch(pattern, arg) for arg in froms), "FROM ${ARG}: bases can be swapped"
     for image in _base_images(dockerfile):
         tag = image.rpartition(":")[2]
         assert re.match(r"\d+\.\d+\.\d+", tag), f"{image}: the default base tag must be an exact version"
@@ -412,3 +415,21 @@ def test_an_unwritable_mount_is_reported_before_the_run(tmp_path, engine):
     with pytest.raises(ConfigError, match="cannot write to the pipeline root .*Permission denied") as error:
         docker_runner.make_runner(*_config(tmp_path))
     assert _one_sentence(str(error.value))
+
+
+def test_dataflow_workers_run_the_cpu_image_with_the_beam_harness_of_the_locked_sdk():
+    """The workers' image is the CPU image (one lock) plus /opt/apache/beam/boot from Beam's SDK
+    image of exactly the locked apache-beam; its entry point is the boot program Dataflow starts."""
+    from tlp.components.lib.version import image_reference
+
+    dockerfile = CONTAINERS / "dataflow.Dockerfile"
+    steps = _instructions(dockerfile)
+    defaults = _arg_defaults(dockerfile)
+    assert defaults["BEAM_SDK_IMAGE"] == f"apache/beam_python3.11_sdk:{_lock()['apache-beam']}"
+    assert defaults["CPU_IMAGE"] == image_reference(kind="light")
+    assert ("COPY", "--from=beam-sdk /opt/apache/beam /opt/apache/beam") in steps
+    assert ("RUN", "python /opt/tlp-lock/lock_install.py check") in steps
+    assert steps[-1] == ("ENTRYPOINT", '["/opt/apache/beam/boot"]')
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"BEAM_SDK_IMAGE ?= {defaults['BEAM_SDK_IMAGE']}" in makefile
+    assert "-f containers/dataflow.Dockerfile" in makefile and "tlp-dataflow:$(IMAGE_TAG)" in makefile

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import SMALL, settings
-from tlp.components.lib import cut_cache, images, training
+from tlp.components.lib import cut_cache, training
 from tlp.components.lib import model as model_lib
+from tlp.components.lib.dataprep import records as prepared
 
 # Measured: the cut-cached and the plain path end with bit-identical weights on one device and on
 # two logical CPUs (max difference 0.0); this leaves room for float summation order only.
@@ -113,8 +114,8 @@ def test_a_cache_whose_build_fails_is_deleted(sample_dataset, tmp_path, monkeypa
 
 
 def test_training_stream_is_the_record_stream_batch_for_batch(sample_dataset):
-    """Same shuffle, repeat and batches as images.read_split, epoch after epoch."""
-    records = images.read_split(sample_dataset, "train", with_source_ids=True)
+    """Same shuffle, repeat and batches as prepared.read_split, epoch after epoch."""
+    records = prepared.read_split(sample_dataset, "train", with_source_ids=True)
     ids = [source_id.decode() for _, _, source_id in records.as_numpy_iterator()]
     cache = cut_cache.ActivationCache([(1,)], len(ids), len(ids), "unused")
     cache.add([np.arange(len(ids), dtype=np.float32)[:, None]], np.zeros(len(ids)))
@@ -128,17 +129,18 @@ def test_training_stream_is_the_record_stream_batch_for_batch(sample_dataset):
 
     # One iterator per epoch (model.fit without steps_per_epoch): reshuffled every epoch.
     ours_epochs = cut_cache.cache_dataset(cache, 12, shuffle_seed=5)
-    plain_epochs = images.read_split(sample_dataset, "train", 12, shuffle_seed=5, with_source_ids=True)
+    plain_epochs = prepared.read_split(sample_dataset, "train", 12, shuffle_seed=5, with_source_ids=True)
     first = ours(ours_epochs, 99)
     assert first == plain(plain_epochs, 99) and len(first) == -(-len(ids) // 12)  # the last batch may be short
     second = ours(ours_epochs, 99)
     assert second == plain(plain_epochs, 99) and second != first
     # Several replicas: the gathered rows are batched again (so tf.distribute finds the batch size).
     rebatched = ours(cut_cache.cache_dataset(cache, 12, shuffle_seed=5, distributed=True), 99)
-    assert rebatched == plain(images.read_split(sample_dataset, "train", 12, shuffle_seed=5, with_source_ids=True), 99)
+    replayed = prepared.read_split(sample_dataset, "train", 12, shuffle_seed=5, with_source_ids=True)
+    assert rebatched == plain(replayed, 99)
     # One endless iterator (steps_per_execution > 1): batches run across epoch boundaries.
     endless = ours(cut_cache.cache_dataset(cache, 12, shuffle_seed=5, repeat=True), 16)
-    assert endless == plain(images.read_split(sample_dataset, "train", 12, shuffle_seed=5, with_source_ids=True,
+    assert endless == plain(prepared.read_split(sample_dataset, "train", 12, shuffle_seed=5, with_source_ids=True,
                                               repeat=True), 16)
 
 
@@ -177,7 +179,7 @@ def test_fine_tuning_from_the_cut_equals_fine_tuning_on_images(sample_dataset, h
         )
         runs[name] = (history, _weights(str(tmp_path / name)))
     output = capsys.readouterr().out
-    counts = images.read_metadata(sample_dataset)["num_examples"]  # about 64 and 8 (the split is by content)
+    counts = prepared.read_metadata(sample_dataset)["num_examples"]  # about 64 and 8 (the split is by content)
     assert f"train {counts['train']} images (32 in memory, {counts['train'] - 32} spilled to disk" in output
     assert f"val {counts['val']} images (0 in memory, {counts['val']} spilled to disk" in output
     assert runs["cut"][0] == runs["plain"][0]  # the same losses and accuracies, epoch by epoch

@@ -5,11 +5,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import write_image
-from tlp.components.lib import images
+from tlp.components.lib.dataprep import encode, prepare, records, sources
+from tlp.components.lib.dataprep import split as content_split
 
 
 def _digests(directory) -> dict:
@@ -29,84 +31,111 @@ def _photos(root, per_class=14):
     return root
 
 
+def _shards(directory) -> dict:
+    return {name: digest for name, digest in _digests(directory).items() if name.endswith(".tfrecord")}
+
+
 @pytest.mark.parametrize("data", ["folder", "sample:24"])
-def test_parallel_data_prep_writes_the_bytes_one_process_writes(tmp_path, data, capsys):
+def test_beam_on_two_worker_processes_writes_the_bytes_one_process_writes(tmp_path, data):
     spec = f"folder:{_photos(tmp_path / 'photos')}" if data == "folder" else data
-    outputs = {}
-    for processes in (1, 2):
-        out = tmp_path / f"out-{processes}"
-        images.prepare_dataset(spec, str(out), image_size=48, seed=5, processes=processes, max_workers=2,
-                               min_shard_records=4)
-        outputs[processes] = _digests(out)
-    assert outputs[1] == outputs[2]  # every shard and metadata.json, byte for byte
-    assert sum(name.startswith("train-") for name in outputs[1]) > 1
-    printed = capsys.readouterr().out
-    assert "on 2 processes" in printed and "on 1 process)" in printed  # progress, with the process count
+    one = prepare.prepare_dataset(spec, str(tmp_path / "one"), image_size=32, seed=3, processes=0)
+    two = prepare.prepare_dataset(spec, str(tmp_path / "two"), image_size=32, seed=3, processes=2,
+                                  min_shard_records=4)
+    again = prepare.prepare_dataset(spec, str(tmp_path / "again"), image_size=32, seed=3, processes=0,
+                                    min_shard_records=4)
+    assert _shards(tmp_path / "two") == _shards(tmp_path / "again")  # the runner and its workers: no say
+    assert len(_shards(tmp_path / "two")) > 3  # several shards per split were written by the workers
+    for key in ("counts", "skipped", "split", "num_examples"):
+        assert one[key] == two[key] == again[key], key
+    assert two["fingerprint"] == again["fingerprint"]  # over the shards' images in order
     if data == "folder":
-        metadata = images.read_metadata(str(tmp_path / "out-2"))
-        kinds = sorted(s["kind"] for s in metadata["skipped"])
+        kinds = sorted(s["kind"] for s in one["skipped"])
         assert kinds == ["duplicate", "duplicate", "unreadable"]
-        assert sum(metadata["num_examples"].values()) == 29  # 28 JPEGs and a PNG; a copy and a conflict kept once
 
 
-def test_workers_forked_from_a_fresh_process_write_the_same_bytes(tmp_path):
-    """In a process that has run no TensorFlow op (a component's), the workers are forked from it
-    directly instead of from the fork server; the shards are still those of one process."""
-    photos = _photos(tmp_path / "photos")
-    code = ("import sys\nfrom tlp.components.lib import images\n"
-            "assert not images._tensorflow_runtime_started()\n"
-            "images.prepare_dataset(sys.argv[1], sys.argv[2], image_size=48, seed=5, processes=2, max_workers=2,"
-            " min_shard_records=4)\n")
-    run = subprocess.run([sys.executable, "-c", code, f"folder:{photos}", str(tmp_path / "forked")],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "on 2 processes" in run.stdout
-    images.prepare_dataset(f"folder:{photos}", str(tmp_path / "one"), image_size=48, seed=5, processes=1,
-                           max_workers=2, min_shard_records=4)
-    assert _digests(tmp_path / "forked") == _digests(tmp_path / "one")
+def _reference_split(root: str, seed: int) -> dict:
+    """tlp 0.1.0's decisions in one process, without Beam: files in listing order, the first of
+    identical readable files kept, then ``split_by_content`` on what was kept."""
+    listing = sources.list_folder(root)
+    kept, seen = [], set()
+    for unit in listing.units:
+        for path, label in unit[1]:
+            data = open(path, "rb").read()
+            digest = hashlib.sha256(data).hexdigest()
+            try:
+                encode.decode_bytes(data, 32)
+            except Exception:
+                continue
+            if digest not in seen:
+                seen.add(digest)
+                kept.append(content_split.Example(path, label, digest))
+    splits, _ = content_split.split_by_content(kept, seed)
+    return {name: [e.source_id for e in splits[name]] for name in records.SPLITS}
 
 
-def test_shards_are_the_same_bytes_in_every_process(tmp_path):
-    """Serialized records do not depend on the process (protobuf map order is made deterministic)."""
-    code = ("import sys\nfrom tlp.components.lib import images\n"
-            "images.prepare_dataset('sample:10', sys.argv[1], image_size=32, seed=1)\n")
-    for name in ("a", "b"):
-        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True, capture_output=True)
-    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+def test_the_beam_split_is_tlp_0_1_0_split_on_hundreds_of_photos_with_duplicates_and_conflicts(tmp_path):
+    import random
+
+    root = tmp_path / "photos"
+    rng = random.Random(5)
+    for index, name in enumerate(("cat", "dog", "fox")):
+        for i in range(150 if name != "fox" else 12):  # a small class: its val/test are filled
+            write_image(str(root / name / f"{i:03d}.jpg"), size=(20 + i % 7, 16 + i % 5),
+                        color=(index * 90, rng.randrange(256), i % 256))
+    for i in range(20):  # duplicates in the same class, and the same photo under another class
+        shutil.copy(root / "cat" / f"{i:03d}.jpg", root / "cat" / f"dup-{i:03d}.jpg")
+        shutil.copy(root / "dog" / f"{i:03d}.jpg", root / "cat" / f"conflict-{i:03d}.jpg")
+    (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    metadata = prepare.prepare_dataset(f"folder:{root}", str(tmp_path / "out"), image_size=32, seed=11,
+                                       processes=2)
+    written = {}
+    for name in records.SPLITS:
+        written[name] = [s.decode() for _, _, ids in records.read_split(str(tmp_path / "out"), name, 64,
+                                                                         with_source_ids=True)
+                         for s in ids.numpy()]
+    assert written == _reference_split(str(root), 11)  # the same photos, in the same order
+    kinds = [s["kind"] for s in metadata["skipped"]]
+    assert kinds.count("duplicate") == 40 and kinds.count("unreadable") == 1
+    conflicts = [s for s in metadata["skipped"] if "labelling conflict" in s["reason"]]
+    # cat/ is listed before dog/: its copy is kept, the dog photo is the one reported
+    assert len(conflicts) == 20 and all("/dog/" in s["path"] and "/cat/conflict-" in s["reason"] for s in conflicts)
+    assert metadata["counts"]["test"]["fox"] >= 1 and metadata["counts"]["val"]["fox"] >= 1
 
 
-def test_a_script_without_a_main_guard_can_prepare_data_on_every_core(tmp_path):
-    """Spawned workers do not rerun the calling script (it has no ``if __name__ == "__main__"``)."""
-    script = tmp_path / "prep.py"
-    script.write_text("import sys\nfrom tlp.components.lib import images\nprint('RAN')\n"
-                      "images.prepare_dataset('sample:10', sys.argv[1], image_size=32, processes=2)\n")
-    run = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.count("RAN") == 1 and "on 2 processes" in run.stdout
+def test_beam_workers_do_not_import_tensorflow(tmp_path):
+    """Each worker would pay TensorFlow's import (about 3 s, 0.5 GB) for nothing."""
+    code = ("import sys\nfrom tlp.components.lib.dataprep import prepare\n"
+            f"prepare.prepare_dataset('sample:10', {str(tmp_path / 'out')!r}, image_size=32, seed=1, processes=1)\n"
+            "assert 'tensorflow' not in sys.modules, 'the launcher imported TensorFlow'\n")
+    probe = tmp_path / "probe.py"
+    probe.write_text(code)
+    # The workers run the same modules; a module-level TensorFlow import would show here too.
+    result = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for module in ("pipeline", "encode", "records", "sources", "split"):
+        source = (Path(prepare.__file__).parent / f"{module}.py").read_text()
+        assert "\nimport tensorflow" not in source and "\nfrom tensorflow" not in source, module
 
 
-def test_folder_images_wait_on_disk_not_in_memory(tmp_path):
-    prepared = images.folder_examples(str(_photos(tmp_path / "photos", per_class=6)), seed=1, image_size=32,
-                                      processes=1)
-    kept = [e for split in images.SPLITS for e in prepared.splits[split]]
-    assert kept and all(e.encoded is None and e.stored is not None for e in kept)
-    assert prepared.store.get(kept[0].stored)[:2] == b"\xff\xd8"  # a JPEG
-    prepared.store.close()
+def test_the_hand_made_pool_is_gone():
+    from tlp.components.lib import dataprep
+
+    names = {name for module in Path(dataprep.__file__).parent.glob("*.py") for name in [module.read_text()]}
+    assert not any("_Pool" in text or "forkserver" in text for text in names)
 
 
 def test_shard_sizes():
     # Small sets: shards of at least 16 records, so few files (and DATA sharding).
-    assert images.records_per_shard(64, 160) == 16
-    assert images.records_per_shard(10, 160) == 10
+    assert records.records_per_shard(64, 160) == 16
+    assert records.records_per_shard(10, 160) == 10
     # Mid-size sets: 4 shards per worker of an 8-worker cluster.
-    assert images.records_per_shard(1600, 160) == 50
-    assert images.records_per_shard(18_600, 160) == 582
+    assert records.records_per_shard(1600, 160) == 50
+    assert records.records_per_shard(18_600, 160) == 582
     # Big sets: about 128 MB per shard (~13 KB per 160 px image).
-    per_shard = images.records_per_shard(1_000_000, 160)
-    assert 100e6 < per_shard * 160**2 * images.JPEG_BYTES_PER_PIXEL < 200e6
-    assert images.records_per_shard(None, 160) == images.SHARD_SIZE  # length unknown in advance
-    assert images.records_per_shard(64, 64, max_workers=2, min_records=4) == 8
+    per_shard = records.records_per_shard(1_000_000, 160)
+    assert 100e6 < per_shard * 160**2 * records.JPEG_BYTES_PER_PIXEL < 200e6
+    assert records.records_per_shard(None, 160) == records.SHARD_SIZE  # length unknown in advance
+    assert records.records_per_shard(64, 64, max_workers=2, min_records=4) == 8
 
 
 def test_auto_shard_policy_is_file_only_when_every_worker_gets_its_own_files(capsys):
@@ -117,8 +146,8 @@ def test_auto_shard_policy_is_file_only_when_every_worker_gets_its_own_files(cap
     def metadata(train, val):
         return {"files": {"train": [f"t{i}" for i in range(train)], "val": [f"v{i}" for i in range(val)]}}
 
-    assert images.auto_shard_policy(metadata(32, 4), 2) == policy.FILE
-    assert images.auto_shard_policy(metadata(32, 4), 8) == policy.DATA  # too few validation files
-    assert images.auto_shard_policy(metadata(7, 4), 2) == policy.DATA  # fewer than 4 files per worker
-    assert images.auto_shard_policy(metadata(1, 1), 1) == policy.DATA  # one worker: nothing to shard
+    assert records.auto_shard_policy(metadata(32, 4), 2) == policy.FILE
+    assert records.auto_shard_policy(metadata(32, 4), 8) == policy.DATA  # too few validation files
+    assert records.auto_shard_policy(metadata(7, 4), 2) == policy.DATA  # fewer than 4 files per worker
+    assert records.auto_shard_policy(metadata(1, 1), 1) == policy.DATA  # one worker: nothing to shard
     assert "too few for 8 workers" in capsys.readouterr().out

@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 
 from tests.conftest import write_image
-from tlp.components.lib import images
+from tlp.components.lib.dataprep import prepare, records, sources
+from tlp.components.lib.dataprep import split as content_split
 from tlp.components.lib.registry import ModelVersion, champion
 
 
@@ -29,8 +30,8 @@ def _folder(root, per_class, start=0, classes=("cat", "dog")):
 def _splits_by_content(dataset_dir):
     """content SHA-256 -> split, read back from the prepared TFRecords (source_id is the file path)."""
     found = {}
-    for split in images.SPLITS:
-        for _image, _label, source_id in images.read_split(dataset_dir, split, 64, with_source_ids=True).unbatch():
+    for split in records.SPLITS:
+        for _image, _label, source_id in records.read_split(dataset_dir, split, 64, with_source_ids=True).unbatch():
             path = source_id.numpy().decode()
             with open(path, "rb") as handle:
                 found[hashlib.sha256(handle.read()).hexdigest()] = split
@@ -38,7 +39,7 @@ def _splits_by_content(dataset_dir):
 
 
 def _prepare(root, out):
-    images.prepare_dataset(f"folder:{root}", str(out), image_size=32, seed=42)
+    prepare.prepare_dataset(f"folder:{root}", str(out), image_size=32, seed=42)
     return _splits_by_content(str(out))
 
 
@@ -98,7 +99,7 @@ def test_the_champion_is_rescored_only_on_photos_it_never_trained_on(grown, tmp_
 
             def version(self, name, version):
                 return ModelVersion(name, "1", "", ["champion"], {}, {
-                    "class_names": '["cat", "dog"]', "split_method": images.SPLIT_METHOD, "split_seed": "42"})
+                    "class_names": '["cat", "dog"]', "split_method": content_split.SPLIT_METHOD, "split_seed": "42"})
 
             def model_dir(self, reference):
                 return "champion-model"
@@ -109,7 +110,7 @@ def test_the_champion_is_rescored_only_on_photos_it_never_trained_on(grown, tmp_
         assert promote is not None, reason
         excluded = scored["champion-model"]
         test_photos = {}
-        for _image, _label, source_id in images.read_split(dataset_dir, "test", 64, with_source_ids=True).unbatch():
+        for _image, _label, source_id in records.read_split(dataset_dir, "test", 64, with_source_ids=True).unbatch():
             path = source_id.numpy().decode()
             if path not in excluded:
                 with open(path, "rb") as handle:
@@ -128,14 +129,14 @@ def test_the_champion_is_rescored_only_on_photos_it_never_trained_on(grown, tmp_
     for name in os.listdir(shrunk / "dog"):
         if name not in dog_train[:4]:
             os.remove(shrunk / "dog" / name)
-    images.prepare_dataset(f"folder:{shrunk}", str(tmp_path / "small"), image_size=32, seed=42)
+    prepare.prepare_dataset(f"folder:{shrunk}", str(tmp_path / "small"), image_size=32, seed=42)
     test_photos, excluded = challenge_on(str(tmp_path / "small"))
     assert excluded, "the small class's pulled-in test photo must be left out of the champion's scoring"
     assert not set(test_photos) & champion_train
 
 
 def _examples(per_class, classes=3, tag="x"):
-    return [images.Example(f"{label}/{tag}{i}", label,
+    return [content_split.Example(f"{label}/{tag}{i}", label,
                            content_hash=hashlib.sha256(f"{label}-{tag}-{i}".encode()).hexdigest())
             for label in range(classes) for i in range(per_class)]
 
@@ -143,20 +144,20 @@ def _examples(per_class, classes=3, tag="x"):
 @pytest.mark.parametrize("per_class", [500, 640, 1000, 2500])
 @pytest.mark.parametrize("seed", [1, 42, 2026])
 def test_fractions_within_two_points_from_500_photos_per_class(per_class, seed):
-    splits, record = images.split_by_content(_examples(per_class, tag=f"s{seed}"), seed)
+    splits, record = content_split.split_by_content(_examples(per_class, tag=f"s{seed}"), seed)
     for label in range(3):
-        counts = Counter(split for split in images.SPLITS for e in splits[split] if e.label == label)
-        for split, share in zip(images.SPLITS, images.SPLIT_FRACTIONS, strict=True):
+        counts = Counter(split for split in records.SPLITS for e in splits[split] if e.label == label)
+        for split, share in zip(records.SPLITS, content_split.SPLIT_FRACTIONS, strict=True):
             assert abs(counts[split] / per_class - share) <= 0.02 + 1e-9, (label, split, counts)
     # Balancing moves few photos, and only between neighbouring splits near their boundary.
     assert all({m["from"], m["to"]} != {"train", "test"} for m in record["moved"])
 
 
 def test_train_and_test_never_swap_as_a_large_class_grows():
-    first, _ = images.split_by_content(_examples(500, classes=1), 42)
-    second, record = images.split_by_content(_examples(700, classes=1), 42)
-    where = {e.source_id: s for s in images.SPLITS for e in second[s]}
-    changed = [(s, where[e.source_id]) for s in images.SPLITS for e in first[s] if where[e.source_id] != s]
+    first, _ = content_split.split_by_content(_examples(500, classes=1), 42)
+    second, record = content_split.split_by_content(_examples(700, classes=1), 42)
+    where = {e.source_id: s for s in records.SPLITS for e in second[s]}
+    changed = [(s, where[e.source_id]) for s in records.SPLITS for e in first[s] if where[e.source_id] != s]
     assert all({a, b} != {"train", "test"} for a, b in changed)
     assert len(changed) <= 10  # a few photos by the boundaries, out of 500
 
@@ -164,18 +165,23 @@ def test_train_and_test_never_swap_as_a_large_class_grows():
 @pytest.mark.parametrize("per_class", [10, 11, 15, 20, 30])
 def test_small_classes_get_a_val_and_a_test_photo(per_class):
     for seed in range(20):
-        splits, _ = images.split_by_content(_examples(per_class, tag=f"{seed}"), seed)
+        splits, _ = content_split.split_by_content(_examples(per_class, tag=f"{seed}"), seed)
         for label in range(3):
-            assert all(any(e.label == label for e in splits[s]) for s in images.SPLITS), (seed, label)
+            assert all(any(e.label == label for e in splits[s]) for s in records.SPLITS), (seed, label)
 
 
 def test_the_split_method_is_recorded(tmp_path):
-    metadata = images.prepare_dataset("sample:20", str(tmp_path / "out"), image_size=32, seed=5)
+    metadata = prepare.prepare_dataset("sample:20", str(tmp_path / "out"), image_size=32, seed=5)
     split = metadata["split"]
     assert split["method"] == "content-sha256" and split["seed"] == 5 and split["fractions"] == [0.8, 0.1, 0.1]
     assert isinstance(split["moved"], list)
     # A bigger sample keeps the smaller one's photos where they were (generated photos: their name is their content).
-    grown = images.sample_examples(150, seed=5)
-    first = images.sample_examples(100, seed=5)
-    where = {e.source_id: s for s in images.SPLITS for e in grown.splits[s]}
-    assert all(where[e.source_id] == s for s in images.SPLITS for e in first.splits[s])
+    grown, _ = content_split.split_by_content(_sample(150), 5)
+    first, _ = content_split.split_by_content(_sample(100), 5)
+    where = {e.source_id: s for s in records.SPLITS for e in grown[s]}
+    assert all(where[e.source_id] == s for s in records.SPLITS for e in first[s])
+
+
+def _sample(per_class):
+    listing = sources.list_sample(per_class, seed=5)
+    return [content_split.Example(source_id, label) for unit in listing.units for source_id, label, _ in unit[2]]

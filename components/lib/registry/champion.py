@@ -14,8 +14,8 @@ import datetime
 import json
 import shlex
 
-from tlp.components.lib import images
 from tlp.components.lib import model as model_lib
+from tlp.components.lib.dataprep import records, split
 from tlp.components.lib.evaluation import evaluate_model
 from tlp.components.lib.infra_validation import infra_validate
 from tlp.components.lib.registry import ModelVersion, Registered, Registry, open_registry
@@ -45,7 +45,7 @@ def split_of(tags: dict) -> str:
     method = tags.get("split_method")
     if not method:
         return OLD_SPLIT
-    return f"{method}/seed={tags['split_seed']}" if method == images.SPLIT_METHOD else method
+    return f"{method}/seed={tags['split_seed']}" if method == split.SPLIT_METHOD else method
 
 
 def split_of_data(split: dict) -> str:
@@ -76,7 +76,7 @@ def challenge(
     if champion == candidate_version:
         return True, "already the champion"
     record = registry.version(name, champion)
-    data = images.read_metadata(dataset_dir)
+    data = records.read_metadata(dataset_dir)
     changed = _class_change(record, model_lib.read_info(candidate_dir)["class_names"])
     if changed:
         return None, (f"the classes changed since champion version {champion} ({changed}), so the two cannot be "
@@ -174,7 +174,7 @@ def register_model(
     version, then lets it challenge the champion."""
 
     info = model_lib.read_info(model_dir)
-    data = images.read_metadata(dataset_dir)
+    data = records.read_metadata(dataset_dir)
     registry = open_registry(registry_uri)
     name = model_name_for(registry, model_name, data["source"])
     # The options the training steps recorded (those declared with lineage=True), and what they led to.
@@ -184,7 +184,7 @@ def register_model(
         **{key: info[key] for key in ("fine_tune_learning_rate", "epochs_done", "replicas") if key in info},
     }
     split = data.get("split", {})
-    class_counts = {name: sum(data["counts"][s].get(name, 0) for s in images.SPLITS) for name in data["class_names"]}
+    class_counts = {name: sum(data["counts"][s].get(name, 0) for s in records.SPLITS) for name in data["class_names"]}
     tags = {
         "data_spec": data["source"],
         "data_fingerprint": data["fingerprint"],

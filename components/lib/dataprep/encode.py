@@ -1,0 +1,121 @@
+"""The read stage's work on each photo: read, digest, decode, resize, encode.
+
+All of it runs in Beam's workers with Pillow and numpy only: a worker never imports TensorFlow
+(its import alone costs a worker about 3 s and 0.5 GB). JPEGs are decoded at a reduced scale
+(Pillow's draft mode), so a 12 MP photo costs a fraction of a full decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+
+from tlp.components.lib.dataprep import sources
+from tlp.components.lib.dataprep.sources import Photo
+
+JPEG_QUALITY = 95
+# PIL refuses images above ~179 Mpx as decompression bombs; our own ceiling is explicit (decode_bytes).
+MAX_PIXELS = 200_000_000
+
+
+def decode_file(path: str, max_side: int) -> np.ndarray:
+    return decode_bytes(sources.read_bytes(path), max_side)
+
+
+def decode_bytes(data: bytes, max_side: int) -> np.ndarray:
+    """Decodes an image file's bytes into uint8 RGB: EXIF orientation applied, palette/grayscale/
+    RGBA/CMYK converted, GIF first frame, and big JPEGs decoded at a reduced scale to bound memory."""
+    from PIL import Image, ImageOps
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    with Image.open(io.BytesIO(data)) as image:
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make the ceiling a hard one.
+        if image.width * image.height > MAX_PIXELS:
+            raise ValueError(f"{image.width}x{image.height} pixels is above the {MAX_PIXELS:,} pixel ceiling")
+        image.draft("RGB", (max_side * 2, max_side * 2))  # JPEG only: decode near target size
+        image.seek(0)
+        picture: Image.Image = ImageOps.exif_transpose(image)
+        if picture.mode in ("RGBA", "LA", "P"):
+            picture = picture.convert("RGBA")
+            flat = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+            picture = Image.alpha_composite(flat, picture)
+        return np.asarray(picture.convert("RGB"), dtype=np.uint8)
+
+
+def resize(pixels, image_size: int):
+    """The serving signature's resize (TensorFlow, bilinear, antialiased). Data prep resizes with
+    Pillow's antialiased bilinear filter (``encode_pixels``), the same filter; the two differ by
+    rounding only (tests/unit/test_images.py bounds the difference)."""
+    import tensorflow as tf
+
+    return tf.image.resize(pixels, [image_size, image_size], method="bilinear", antialias=True)
+
+
+def encode_pixels(pixels: np.ndarray, image_size: int) -> bytes:
+    """uint8 pixels (HxW or HxWxC) -> a square ``image_size`` JPEG (quality 95, 4:2:0), resized
+    with Pillow's antialiased bilinear filter; the aspect ratio is not kept (as the model sees it)."""
+    from PIL import Image
+
+    if pixels.ndim == 2:
+        pixels = np.stack([pixels] * 3, axis=-1)
+    image = Image.fromarray(np.ascontiguousarray(pixels[..., :3], dtype=np.uint8), "RGB")
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _failure(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def read_unit(unit: tuple, index: int, image_size: int) -> list[Photo]:
+    """The photos of one listing unit (``sources.Listing.units[index]``), each read, digested
+    and encoded, or with the error that stopped it (any decoder failure means "skip and say why")."""
+    kind = unit[0]
+    if kind == "files":
+        return [_read_file(path, label, (index, i), image_size) for i, (path, label) in enumerate(unit[1])]
+    if kind == "sample":
+        seed, items = unit[1], unit[2]
+        return [Photo((index, i), source_id, label,
+                      encoded=encode_pixels(sources.sample_pixels(label, (seed, label, number)), image_size))
+                for i, (source_id, label, number) in enumerate(items)]
+    if kind == "tfds":
+        return _read_tfds(unit, index, image_size)
+    raise ValueError(f"unknown listing unit {kind!r}")
+
+
+def _read_file(path: str, label: int, order: tuple, image_size: int) -> Photo:
+    photo = Photo(order, path, label)
+    try:
+        data = sources.read_bytes(path)
+        photo.digest = hashlib.sha256(data).hexdigest()
+        photo.encoded = encode_pixels(decode_bytes(data, image_size), image_size)
+    except Exception as error:  # any decoder failure means "skip and say why"
+        photo.error = _failure(error)
+    return photo
+
+
+def _read_tfds(unit: tuple, index: int, image_size: int) -> list[Photo]:
+    """One even sub-split of a TFDS slice (the worker imports tfds: the set is read through it)."""
+    import tensorflow_datasets as tfds
+
+    _, name, data_dir, split, part = unit
+    photos = []
+    dataset = tfds.load(name, split=part, data_dir=data_dir, as_supervised=False)
+    for i, record in enumerate(dataset.as_numpy_iterator()):
+        filename = record.get("image/filename", b"")
+        if isinstance(filename, bytes):
+            filename = filename.decode("utf-8", "replace")
+        photo = Photo((index, i), filename or f"tfds:{name}/{part}/{i}", int(record["label"]), split=split)
+        try:
+            photo.encoded = encode_pixels(record["image"], image_size)
+        except Exception as error:  # a record that cannot be encoded is skipped with its reason
+            photo.error = _failure(error)
+        photos.append(photo)
+    return photos

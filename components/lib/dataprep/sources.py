@@ -1,0 +1,209 @@
+"""The pipeline's first stage: what a data spec names, listed as units of work (no photo read).
+
+A folder (local or gs://) is listed here, in the launching process: one class per subfolder,
+each class's files in sorted order (that order decides which of two identical files is kept).
+Generated samples and TFDS sets are listed as the recipes that make their images. Each unit
+holds a batch of photos, so a Beam worker does enough per element that the per-element cost of
+the runner stays small next to decoding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from tlp.components.lib.specs import ConfigError, DataSpec
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+PHOTOS_PER_UNIT = 16  # photos a worker reads, digests and encodes per element
+TFDS_UNITS_PER_SPLIT = 8  # a TFDS split is read as this many even sub-splits, in parallel
+
+
+@dataclass
+class Photo:
+    """One photo after the read stage: where it came from, its class, its content digest and its
+    resized JPEG, or the error that stopped it."""
+
+    order: tuple  # (unit, index): its place in the listing; the first of identical files is kept
+    source_id: str
+    label: int
+    digest: str | None = None  # SHA-256 of the file's bytes (None: generated or TFDS)
+    encoded: bytes | None = None
+    error: str | None = None
+    split: str | None = None  # TFDS: fixed by the slice it was read from
+
+
+@dataclass
+class Listing:
+    """What the source holds: class names, units of work, files skipped while listing."""
+
+    spec: str
+    class_names: list[str]
+    units: list[tuple]  # ("files", [(path, label)]) | ("sample", seed, [(source_id, label, index)]) | ("tfds", ...)
+    photos: int  # how many photos the units hold
+    skipped: list[dict] = field(default_factory=list)
+    split: dict | None = None  # TFDS: its slices' record; None: the content split decides
+
+
+def list_source(spec: DataSpec, seed: int, tfds_data_dir: str | None = None) -> Listing:
+    if spec.kind == "sample":
+        return list_sample(spec.per_class, seed)
+    if spec.kind == "folder":
+        return list_folder(spec.path)
+    return list_tfds(spec.name, tfds_data_dir)
+
+
+def _batches(items: list, size: int = PHOTOS_PER_UNIT) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def list_sample(per_class: int, seed: int) -> Listing:
+    """A generated two-class set (warm circles vs cool squares, drawn by ``sample_pixels``)."""
+    class_names = ["circles", "squares"]
+    items = [(f"sample/{class_names[label]}/{index:05d}", label, index)
+             for label in range(2) for index in range(per_class)]
+    units = [("sample", seed, batch) for batch in _batches(items)]
+    return Listing(f"sample:{per_class}", class_names, units, len(items))
+
+
+def sample_pixels(label: int, seed: tuple, size: int = 192):
+    """One sample image: both colour and shape separate the classes, so a network with ImageNet
+    weights learns it from shape and one with random weights still learns it from colour
+    statistics; that keeps offline runs meaningful. Made on the fly: no binary files, no network."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    warm, cool = np.array([215.0, 115.0, 45.0]), np.array([45.0, 115.0, 215.0])
+    tint = warm if label == 0 else cool
+    background = 0.45 * tint + rng.normal(70, 25, 3)
+    image = background + rng.normal(0, 18, (size, size, 3))
+    radius = rng.uniform(size * 0.15, size * 0.35)
+    cy, cx = rng.uniform(radius, size - radius, 2)
+    if label == 0:
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+    else:
+        mask = (np.abs(yy - cy) <= radius) & (np.abs(xx - cx) <= radius)
+    image[mask] = tint + rng.normal(0, 20, 3)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def list_folder(root: str) -> Listing:
+    """The user's photos: one subfolder per class (nested folders inside a class are walked)."""
+    if not _isdir(root):
+        raise ConfigError(
+            f"--data folder:{root} is not a directory; give a folder holding one subfolder of "
+            "images per class."
+        )
+    class_names = sorted(name.rstrip("/") for name in _listdir(root)
+                         if _isdir(join(root, name)) and not name.startswith("."))
+    files, skipped = [], []
+    for label, class_name in enumerate(class_names):
+        for path in sorted(walk_files(join(root, class_name))):
+            if path.lower().endswith(IMAGE_EXTENSIONS):
+                files.append((path, label))
+            else:
+                skipped.append({"path": path, "reason": "not an image file (by extension)", "kind": "not_image"})
+    require_two_classes(root, class_names, Counter(label for _, label in files), "with images")
+    units = [("files", batch) for batch in _batches(files)]
+    return Listing(f"folder:{root}", class_names, units, len(files), skipped)
+
+
+def list_tfds(name: str, data_dir: str | None = None) -> Listing:
+    """A TensorFlow Datasets image set with the tutorial's 80/10/10 slices of its train split,
+    each read as even sub-splits (the same photos every time, whatever the seed)."""
+    import tensorflow_datasets as tfds
+
+    percent_splits = ["train[:80%]", "train[80%:90%]", "train[90%:]"]
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare()
+        class_names = list(builder.info.features["label"].names)
+        splits = builder.info.splits
+        photos = int(splits["train"].num_examples) if "train" in splits else 0  # 0: not known before reading
+    except Exception as error:  # tfds raises many types; name the source and keep the cause
+        raise ConfigError(
+            f"--data tfds:{name} could not be loaded ({type(error).__name__}: {error}); check the "
+            "name on tensorflow.org/datasets and the network, or use folder:PATH or sample."
+        ) from error
+    units = []
+    for split, percent in zip(("train", "val", "test"), percent_splits, strict=True):
+        parts = tfds.even_splits(percent, n=TFDS_UNITS_PER_SPLIT)
+        units += [("tfds", name, data_dir, split, part) for part in parts]
+    record = {"method": f"tfds-slices:{builder.info.full_name}", "slices": percent_splits, "moved": []}
+    return Listing(f"tfds:{name}", class_names, units, photos, split=record)
+
+
+def require_two_classes(root: str, class_names: list[str], counts: Counter, what: str) -> None:
+    usable = [name for label, name in enumerate(class_names) if counts[label] > 0]
+    if len(usable) < 2:
+        found = ", ".join(f"{name!r} ({counts[i]} images)" for i, name in enumerate(class_names))
+        raise ConfigError(
+            f"--data folder:{root} has {len(usable)} class folder(s) {what} "
+            f"({found or 'no subfolders'}); put each class's images in its own subfolder, "
+            "at least two classes."
+        )
+
+
+# --- files, local or gs:// ------------------------------------------------------------------
+
+
+def join(root: str, name: str) -> str:
+    return root.rstrip("/") + "/" + name.lstrip("/")
+
+
+def read_bytes(path: str) -> bytes:
+    """A file's bytes: local files directly, gs:// through Beam's file systems (no TensorFlow,
+    so a worker never imports it)."""
+    if "://" not in path:
+        with open(path, "rb") as handle:
+            return handle.read()
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read()
+
+
+def _isdir(path: str) -> bool:
+    if "://" not in path:
+        return os.path.isdir(path)
+    import tensorflow as tf
+
+    return tf.io.gfile.isdir(path)
+
+
+def _listdir(path: str) -> list[str]:
+    if "://" not in path:
+        return os.listdir(path)
+    import tensorflow as tf
+
+    return tf.io.gfile.listdir(path)
+
+
+def walk_files(root: str) -> Iterator[str]:
+    """Every file under root. Local folders follow symlinks (photo libraries often link folders in)
+    but enter each real directory once: gfile.walk loops on a link back up the tree until ELOOP."""
+    if "://" in root:
+        import tensorflow as tf
+
+        for directory, _subdirs, names in tf.io.gfile.walk(root):
+            for name in names:
+                yield join(directory, name)
+        return
+    top = os.path.realpath(root)
+    seen = {top}
+    for directory, subdirs, names in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(subdirs):
+            real = os.path.realpath(os.path.join(directory, name))
+            if top.startswith(real.rstrip(os.sep) + os.sep):
+                continue  # a link up the tree would pull in the other classes
+            if real not in seen:  # marked here, not on entry, so two links to one folder count once
+                seen.add(real)
+                kept.append(name)
+        subdirs[:] = kept
+        for name in names:
+            yield join(directory, name)
