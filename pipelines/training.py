@@ -12,10 +12,11 @@ one photo did. The runners submit with the compiled per-task settings (``enable_
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 from kfp import dsl
 
-from tlp.components.catalogue import COMPONENTS
+from tlp.components.catalogue import COMPONENTS, TUNING_COMPONENTS
 from tlp.components.container_images import image_reference
 from tlp.components.deployment import add_deploy_step, deployment
 from tlp.components.lib.settings import (
@@ -36,6 +37,7 @@ from tlp.components.lib.steps import (
     REGISTRATION,
     step,
 )
+from tlp.components.lib.tuning import TuningPlan
 
 PIPELINE_NAME = "transfer-learning"
 DEFAULT_MACHINE_TYPE = "n1-standard-8"
@@ -89,9 +91,31 @@ def _tensorboard_output(step_name: str) -> dict:
     return {"base_output_directory": f"{dsl.PIPELINE_ROOT_PLACEHOLDER}/{dsl.PIPELINE_JOB_ID_PLACEHOLDER}/{step_name}"}
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What evaluation and registration take from training: the model and both phases' histories."""
+
+    model: object
+    feature_history: object
+    fine_tune_history: object
+
+
+def on_training_hardware(task, hardware: HardwareOptions) -> None:
+    """GPUs for a fine-tuning task that is not a custom job (a custom job names its own machine)."""
+    if hardware.gpus and not hardware.as_custom_job:
+        task.set_accelerator_type(hardware.accelerator).set_accelerator_limit(hardware.gpus)
+
+
+def with_retries(tasks, hardware: HardwareOptions) -> None:
+    if hardware.retries:
+        for training in tasks:
+            training.set_retry(num_retries=hardware.retries, backoff_duration=RETRY_BACKOFF,
+                               backoff_factor=RETRY_BACKOFF_FACTOR)
+
+
 def _op(name: str, images: ImageOptions):
     """The step's component, set to run in its image."""
-    component = COMPONENTS[name]
+    component = {**COMPONENTS, **TUNING_COMPONENTS}[name]
     image = image_reference(images.image_repo, images.image_tag or None, kind=step(name).image)
     return dsl.component(component.python_func, base_image=image, install_kfp_package=False)
 
@@ -109,11 +133,13 @@ def create_pipeline(
     images: ImageOptions | None = None, hardware: HardwareOptions | None = None, cloud: CloudOptions | None = None,
     deploy: DeployOptions | None = None,
     tracking: TrackingOptions | None = None,
+    tuning: TuningPlan | None = None,
 ):
     """Builds the pipeline. ``images`` chooses the component images, ``hardware`` (and the
     service account and network of ``cloud``) where fine-tuning runs on Vertex AI; with
     ``deploy.deploy_endpoint`` a new champion is deployed to that Vertex AI endpoint, and
-    ``tracking.tensorboard`` is the Vertex AI TensorBoard both training steps write to."""
+    ``tracking.tensorboard`` is the Vertex AI TensorBoard both training steps write to. With
+    ``tuning`` (``--tune``), the trials fan out in a ParallelFor (``pipelines/tuned.py``)."""
     images, hardware, cloud = images or ImageOptions(), hardware or HardwareOptions(), cloud or CloudOptions()
     fingerprint_op, checks_op = _op(DATA_FINGERPRINT, images), _op(DATA_CHECKS, images)
     deploy = deploy or DeployOptions()
@@ -143,27 +169,32 @@ def create_pipeline(
         prep.set_display_name(DATA_PREP)
         checked = checks_op(dataset=prep.outputs["dataset"], options=options(DATA_CHECKS))
         checked.set_display_name(DATA_CHECKS)
-        head = head_op(dataset=prep.outputs["dataset"], options=options(FEATURE_EXTRACTION), **head_extra)
-        head.after(checked)
-        head.set_display_name(FEATURE_EXTRACTION)
-        tuned = tune_op(
-            dataset=prep.outputs["dataset"], base_model=head.outputs["model"], options=options(FINE_TUNING),
-            **tune_extra,
-        ).set_display_name(FINE_TUNING)
-        if hardware.gpus and not hardware.as_custom_job:
-            tuned.set_accelerator_type(hardware.accelerator).set_accelerator_limit(hardware.gpus)
-        if hardware.retries:
-            for training in (head, tuned):
-                training.set_retry(num_retries=hardware.retries, backoff_duration=RETRY_BACKOFF,
-                                   backoff_factor=RETRY_BACKOFF_FACTOR)
+        if tuning is not None:  # --tune: every trial, then the best (pipelines/tuned.py)
+            from tlp.pipelines.tuned import tuned_steps
+
+            trained = tuned_steps(
+                tuning, images, hardware, cloud, tensorboard, prep.outputs["dataset"], checked,
+                options(FEATURE_EXTRACTION), options(FINE_TUNING),
+            )
+        else:
+            head = head_op(dataset=prep.outputs["dataset"], options=options(FEATURE_EXTRACTION), **head_extra)
+            head.after(checked)
+            head.set_display_name(FEATURE_EXTRACTION)
+            tuned = tune_op(
+                dataset=prep.outputs["dataset"], base_model=head.outputs["model"], options=options(FINE_TUNING),
+                **tune_extra,
+            ).set_display_name(FINE_TUNING)
+            on_training_hardware(tuned, hardware)
+            with_retries((head, tuned), hardware)
+            trained = Trained(tuned.outputs["model"], head.outputs["history"], tuned.outputs["history"])
         scored = eval_op(
-            dataset=prep.outputs["dataset"], model=tuned.outputs["model"],
-            feature_history=head.outputs["history"], fine_tune_history=tuned.outputs["history"],
+            dataset=prep.outputs["dataset"], model=trained.model,
+            feature_history=trained.feature_history, fine_tune_history=trained.fine_tune_history,
             options=options(EVALUATION), data_checks=checked.outputs["findings"],
         ).set_display_name(EVALUATION)
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             registered = register_op(
-                model=tuned.outputs["model"], dataset=prep.outputs["dataset"],
+                model=trained.model, dataset=prep.outputs["dataset"],
                 metrics=scored.outputs["metrics"], report=scored.outputs["report"], options=options(REGISTRATION),
             ).set_display_name(REGISTRATION)
             if deploy.deploy_endpoint:  # TFX Pusher: only a new champion is deployed

@@ -35,9 +35,20 @@ STEPS = (
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
 
+# A tuned run (--tune) replaces feature extraction and fine-tuning with these.
+FEATURE_EXTRACTION_HEADS = "feature-extraction-heads"
+FINE_TUNING_TRIAL = "fine-tuning-trial"
+TRIAL_SELECTION = "trial-selection"
+TUNING_STEPS = (
+    Step(FEATURE_EXTRACTION_HEADS, "feature_extraction_heads", "train",
+         "a tuned run's feature extraction: the base runs once, one head per head setting"),
+    Step(FINE_TUNING_TRIAL, "fine_tuning_trial", "train", "one trial's fine-tuning (a ParallelFor iteration)"),
+    Step(TRIAL_SELECTION, "trial_selection", "light", "the best trial by validation accuracy goes on"),
+)
+
 
 def step(name: str) -> Step:
-    for candidate in STEPS:
+    for candidate in STEPS + TUNING_STEPS:
         if candidate.name == name:
             return candidate
     raise KeyError(name)
