@@ -1,7 +1,7 @@
 """The components of a tuned run (``--tune``): the heads, one trial's fine-tuning, the selection.
 Thin wrappers over ``tlp.components.lib.tuning_runs``."""
 
-from typing import List, NamedTuple
+from typing import List, NamedTuple  # noqa: UP035 - kfp reads typing.List for a collected input
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -84,7 +84,7 @@ def fine_tuning_trial(
 
 @dsl.component(base_image=image_reference(kind="light"), install_kfp_package=False)
 def trial_selection(
-    trials: Input[List[Model]],
+    trials: Input[List[Model]],  # noqa: UP006
     model: Output[Model],
     history: Output[Artifact],
     feature_history: Output[Artifact],
