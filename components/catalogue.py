@@ -10,7 +10,13 @@ from tlp.components.feature_extraction import feature_extraction
 from tlp.components.fine_tuning import fine_tuning
 from tlp.components.lib.steps import STEPS, TUNING_STEPS
 from tlp.components.registration import registration
-from tlp.components.tuning import feature_extraction_heads, fine_tuning_trial, trial_selection
+from tlp.components.tuning import (
+    feature_extraction_heads,
+    fine_tuning_trial,
+    trial_selection,
+    vizier_selection,
+    vizier_worker_pools,
+)
 
 _FUNCTIONS = {
     "data_fingerprint": data_fingerprint,
@@ -23,6 +29,8 @@ _FUNCTIONS = {
     "feature_extraction_heads": feature_extraction_heads,
     "fine_tuning_trial": fine_tuning_trial,
     "trial_selection": trial_selection,
+    "vizier_worker_pools": vizier_worker_pools,
+    "vizier_selection": vizier_selection,
 }
 COMPONENTS = {step.name: _FUNCTIONS[step.function] for step in STEPS}
 TUNING_COMPONENTS = {step.name: _FUNCTIONS[step.function] for step in TUNING_STEPS}

@@ -113,3 +113,80 @@ def trial_selection(
     model.metadata.update({"framework": "tensorflow", "format": "saved_model", "trial": best["params"]})
     tuning.metadata.update({"trials": len(chosen["trials"]), "best": best["params"]})
     return namedtuple("SelectionOutputs", ["best", "replicas"])(json.dumps(best["params"]), int(best["replicas"]))
+
+
+@dsl.component(base_image=image_reference(kind="light"), install_kfp_package=False)
+def vizier_worker_pools(
+    dataset: Input[Dataset],
+    heads: Input[Model],
+    options: dict,
+    image: str,
+    machine_type: str,
+    accelerator_type: str,
+    accelerator_count: int,
+) -> list:
+    """The hyperparameter tuning job's worker pool: our training image running one trial on the
+    data and heads of this run (their URIs are known only once those steps ran).
+
+    Args:
+        dataset: The data-prep output.
+        heads: The feature-extraction-heads output.
+        options: The options fine-tuning reads.
+        image: The training image.
+        machine_type: The trial machine type.
+        accelerator_type: The GPU type ("" for none).
+        accelerator_count: GPUs per trial machine.
+
+    Returns:
+        The worker_pool_specs of HyperparameterTuningJobRunOp.
+    """
+    import json
+
+    machine = {"machine_type": machine_type}
+    if accelerator_type:
+        machine.update(accelerator_type=accelerator_type, accelerator_count=accelerator_count)
+    return [{
+        "machine_spec": machine, "replica_count": 1,
+        "container_spec": {
+            "image_uri": image, "command": ["python", "-m", "tlp.components.vizier_trial"],
+            "args": ["--dataset", dataset.uri, "--heads", heads.uri, "--options", json.dumps(options)],
+        },
+    }]
+
+
+@dsl.component(base_image=image_reference(kind="light"), install_kfp_package=False)
+def vizier_selection(
+    trials_root: str,
+    model: Output[Model],
+    history: Output[Artifact],
+    feature_history: Output[Artifact],
+    tuning: Output[Artifact],
+) -> NamedTuple("VizierSelectionOutputs", [("best", str), ("replicas", int)]):
+    """The best of the hyperparameter tuning job's trials (each wrote TRIAL_ID/model/trial.json),
+    chosen as ``trial_selection`` chooses.
+
+    Args:
+        trials_root: The job's base output directory (gs://...).
+        model: Output: a copy of the best trial's model.
+        history: Output: its fine-tuning history (JSON).
+        feature_history: Output: its head's feature-extraction history (JSON).
+        tuning: Output: every trial and the best (JSON).
+
+    Returns:
+        The best trial's parameters (JSON) and its replicas in sync.
+    """
+    import glob
+    import json
+    import os
+    from collections import namedtuple
+
+    from tlp.components.lib.tuning_runs import TRIAL_FILE, select
+    from tlp.components.vizier_trial import fuse_path
+
+    found = sorted(os.path.dirname(path) for path in glob.glob(os.path.join(fuse_path(trials_root), "*", "model",
+                                                                            TRIAL_FILE)))
+    chosen = select(found, model.path, history.path, feature_history.path, tuning.path)
+    model.metadata.update({"framework": "tensorflow", "format": "saved_model", "trial": chosen["best"]["params"]})
+    return namedtuple("VizierSelectionOutputs", ["best", "replicas"])(
+        json.dumps(chosen["best"]["params"]), int(chosen["best"]["replicas"])
+    )

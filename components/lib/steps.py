@@ -39,11 +39,15 @@ STEP_NAMES = tuple(step.name for step in STEPS)
 FEATURE_EXTRACTION_HEADS = "feature-extraction-heads"
 FINE_TUNING_TRIAL = "fine-tuning-trial"
 TRIAL_SELECTION = "trial-selection"
+VIZIER_WORKER_POOLS = "vizier-worker-pools"
+VIZIER_SELECTION = "vizier-selection"
 TUNING_STEPS = (
     Step(FEATURE_EXTRACTION_HEADS, "feature_extraction_heads", "train",
          "a tuned run's feature extraction: the base runs once, one head per head setting"),
     Step(FINE_TUNING_TRIAL, "fine_tuning_trial", "train", "one trial's fine-tuning (a ParallelFor iteration)"),
     Step(TRIAL_SELECTION, "trial_selection", "light", "the best trial by validation accuracy goes on"),
+    Step(VIZIER_WORKER_POOLS, "vizier_worker_pools", "light", "--tuner vizier: the tuning job's trial worker pool"),
+    Step(VIZIER_SELECTION, "vizier_selection", "light", "--tuner vizier: the best of the tuning job's trials"),
 )
 
 

@@ -40,6 +40,11 @@ class TuningPlan:
     trials: tuple = ()
     parallelism: int = 4
     tuner: str = "grid"
+    trial_count: int = 0  # vizier: --tune-trials (its own draw from the space); else len(trials)
+
+    @property
+    def count(self) -> int:
+        return self.trial_count or len(self.trials)
 
     @property
     def head_settings(self) -> list[dict]:
@@ -110,7 +115,8 @@ def plan(text: str, trials: int = 0, seed: int = 42, parallelism: int = 4, tuner
             f"--tune makes {len(points)} trials, more than {MAX_GRID_TRIALS}; draw some of them with --tune-trials N "
             "or give fewer values."
         )
-    return TuningPlan(grid=grid, trials=tuple(points), parallelism=parallelism, tuner=tuner)
+    return TuningPlan(grid=grid, trials=tuple(points), parallelism=parallelism, tuner=tuner,
+                      trial_count=trials if tuner == "vizier" else 0)
 
 
 def head_of(trial: dict) -> dict:

@@ -53,3 +53,50 @@ def test_spot_trials_run_as_custom_jobs(standin, capsys):
     [pool] = inputs["worker_pool_specs"]["defaultValue"]
     assert pool["machine_spec"] == {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4",
                                     "accelerator_count": 1}
+
+
+def _constant(task: dict, name: str):
+    return task["inputs"]["parameters"][name]["runtimeValue"]["constant"]
+
+
+def test_submit_tuner_vizier_sends_a_hyperparameter_tuning_job_over_the_same_space(standin, capsys):
+    code = cli.main(["submit", *_vertex(standin), "--service-account", SA, "--tune", GRID, "--tuner", "vizier",
+                     "--tune-trials", "3", "--tune-parallelism", "2", "--gpus", "1", "--accelerator", "NVIDIA_L4",
+                     "--image-repo", "us-docker.pkg.dev/tlp-test/tlp", "--image-tag", "1.2.3"])
+    assert code == 0, capsys.readouterr()
+    spec = standin.find("POST", r"/pipelineJobs$")[0].body["pipelineSpec"]
+    tasks = _tasks(spec)
+    job = tasks["hyperparameter-tuning-job"]
+    assert int(_constant(job, "max_trial_count")) == 3 and int(_constant(job, "parallel_trial_count")) == 2
+    # GCPC's serialize_metrics writes the enum as its number: MAXIMIZE is 1.
+    assert _constant(job, "study_spec_metrics") == [{"metric_id": "val_accuracy", "goal": 1}]
+    space = {p["parameter_id"]: p["discrete_value_spec"]["values"] for p in _constant(job, "study_spec_parameters")}
+    assert space == {"fine_tune_at": [40.0, 50.0], "learning_rate": [1e-4, 3e-5]}
+    assert _constant(job, "location") == "us-central1" and _constant(job, "service_account") == SA
+    assert "hyperparameter_tuning_job.launcher" in " ".join(_executor(spec, "hyperparameter-tuning-job")
+                                                            ["container"]["command"])
+    # The trials' worker pool: our training image running one trial on this run's data and heads.
+    pools = tasks["vizier-worker-pools"]
+    assert job["inputs"]["parameters"]["worker_pool_specs"]["taskOutputParameter"]["producerTask"] == \
+        "vizier-worker-pools"
+    assert _constant(pools, "image") == "us-docker.pkg.dev/tlp-test/tlp/tlp-train:1.2.3"
+    assert _constant(pools, "accelerator_type") == "NVIDIA_L4" and int(_constant(pools, "accelerator_count")) == 1
+    assert pools["inputs"]["artifacts"]["heads"]["taskOutputArtifact"]["producerTask"] == "feature-extraction-heads"
+    assert tasks["evaluation"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == \
+        "vizier-selection"
+
+
+def test_vizier_worker_pool_runs_the_trial_entry_point_on_the_runs_artifacts():
+    from kfp import dsl
+
+    from tlp.components.tuning import vizier_worker_pools
+
+    dataset, heads = dsl.Dataset(uri="gs://b/run/data-prep/dataset"), dsl.Model(uri="gs://b/run/heads")
+    [pool] = vizier_worker_pools.python_func(dataset, heads, {"seed": 1}, "img:1", "g2-standard-8", "NVIDIA_L4", 1)
+    assert pool["machine_spec"] == {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4",
+                                    "accelerator_count": 1}
+    container = pool["container_spec"]
+    assert container["image_uri"] == "img:1"
+    assert container["command"] == ["python", "-m", "tlp.components.vizier_trial"]
+    assert container["args"] == ["--dataset", "gs://b/run/data-prep/dataset", "--heads", "gs://b/run/heads",
+                                 "--options", '{"seed": 1}']
