@@ -103,9 +103,6 @@ def select(trial_dirs: list[str], model_dir: str, history_path: str, feature_his
     if os.path.exists(model_dir):
         shutil.rmtree(model_dir)
     shutil.copytree(chosen["model"], model_dir)
-    for path, key in ((history_path, "history"), (feature_history_path, "feature_history")):
-        with open(path, "w") as handle:
-            json.dump(chosen[key], handle, indent=2)
     summary = {
         "trials": [
             {"params": r["params"], "val_accuracy": r["val_accuracy"], "val_loss": r["val_loss"],
@@ -117,6 +114,12 @@ def select(trial_dirs: list[str], model_dir: str, history_path: str, feature_his
     }
     with open(tuning_path, "w") as handle:
         json.dump(summary, handle, indent=2)
+    # The evaluation report shows every trial: the best's history carries them along.
+    histories = ((history_path, {**chosen["history"], "tuning": summary}),
+                 (feature_history_path, chosen["feature_history"]))
+    for path, history in histories:
+        with open(path, "w") as handle:
+            json.dump(history, handle, indent=2)
     print(f"  best of {len(records)} trials: {tuning.label(chosen['params'])} (val accuracy "
           f"{chosen['val_accuracy']:.4f}, val loss {chosen['val_loss']:.4f})", flush=True)
     return summary

@@ -77,5 +77,23 @@ def test_selection_copies_the_best_trials_model_and_lists_every_trial(tmp_path):
     assert (out / "model" / "saved_model.pb").read_text() == "model 2"
     assert [t["params"]["fine_tune_at"] for t in chosen["trials"]] == [60, 61, 62]
     assert json.loads((out / "t.json").read_text())["best"] == chosen["best"]
-    assert json.loads((out / "h.json").read_text()) == {"val_accuracy": [0.9]}
+    history = json.loads((out / "h.json").read_text())
+    assert history["val_accuracy"] == [0.9] and history["tuning"]["best"] == chosen["best"]
     assert os.path.isfile(out / "f.json")
+
+
+def test_report_shows_every_trial_in_a_table_and_their_curves(tmp_path):
+    from tests.unit.test_report import FEATURE, TUNED, _results
+    from tlp.components.lib import report
+
+    tuned = {"trials": [{"params": {"fine_tune_at": 60}, "val_accuracy": 0.8, "val_loss": 0.5, "seconds": 3.0,
+                         "val_curve": [0.7, 0.8]},
+                        {"params": {"fine_tune_at": 100}, "val_accuracy": 0.9, "val_loss": 0.4, "seconds": 4.0,
+                         "val_curve": [0.85, 0.9]}],
+             "best": {"params": {"fine_tune_at": 100}}}
+    context = report.report_context(_results(["cat", "dog"]), True, [], 0.0, FEATURE, {**TUNED, "tuning": tuned})
+    html = report.render_html(context)
+    assert "Tuning: 2 trials" in html and "fine_tune_at=60" in html and "2 (best)" in html
+    assert 'alt="validation curves of the trials"' in html
+    plain = report.render_html(report.report_context(_results(["cat", "dog"]), True, [], 0.0, FEATURE, TUNED))
+    assert "Tuning:" not in plain
