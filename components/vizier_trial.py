@@ -11,6 +11,9 @@ import json
 import os
 import sys
 
+from tlp.components.lib.tuning import TUNABLE
+from tlp.components.lib.tuning_runs import run_trial
+
 HYPERTUNE_FILE = "/tmp/hypertune/output.metrics"  # where Vertex AI's trial runner reads metrics from
 
 
@@ -27,9 +30,6 @@ def report_metric(value: float, path: str = HYPERTUNE_FILE) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tlp.components.lib.tuning import TUNABLE
-    from tlp.components.lib.tuning_runs import run_trial
-
     parser = argparse.ArgumentParser(prog="vizier_trial")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--heads", required=True)

@@ -33,8 +33,13 @@ from tlp.components.lib.steps import (
     DATA_PREP,
     EVALUATION,
     FEATURE_EXTRACTION,
+    FEATURE_EXTRACTION_HEADS,
     FINE_TUNING,
+    FINE_TUNING_TRIAL,
     REGISTRATION,
+    TRIAL_SELECTION,
+    VIZIER_SELECTION,
+    VIZIER_WORKER_POOLS,
     step,
 )
 from tlp.components.lib.tuning import TuningPlan
@@ -139,7 +144,7 @@ def create_pipeline(
     service account and network of ``cloud``) where fine-tuning runs on Vertex AI; with
     ``deploy.deploy_endpoint`` a new champion is deployed to that Vertex AI endpoint, and
     ``tracking.tensorboard`` is the Vertex AI TensorBoard both training steps write to. With
-    ``tuning`` (``--tune``), the trials fan out in a ParallelFor (``pipelines/tuned.py``)."""
+    ``tuning`` (``--tune``), the trials fan out in a ParallelFor (``tuned_steps``)."""
     images, hardware, cloud = images or ImageOptions(), hardware or HardwareOptions(), cloud or CloudOptions()
     fingerprint_op, checks_op = _op(DATA_FINGERPRINT, images), _op(DATA_CHECKS, images)
     deploy = deploy or DeployOptions()
@@ -169,9 +174,7 @@ def create_pipeline(
         prep.set_display_name(DATA_PREP)
         checked = checks_op(dataset=prep.outputs["dataset"], options=options(DATA_CHECKS))
         checked.set_display_name(DATA_CHECKS)
-        if tuning is not None:  # --tune: every trial, then the best (pipelines/tuned.py)
-            from tlp.pipelines.tuned import tuned_steps
-
+        if tuning is not None:  # --tune: every trial, then the best
             trained = tuned_steps(
                 tuning, images, hardware, cloud, tensorboard, prep.outputs["dataset"], checked,
                 options(FEATURE_EXTRACTION), options(FINE_TUNING),
@@ -210,3 +213,87 @@ def create_pipeline(
         description="Transfer learning from an ImageNet ConvNet: data fingerprint, data prep, data checks, "
         "feature extraction, fine-tuning, evaluation with an overfitting gate, registration.",
     )(transfer_learning)
+
+
+# --- a tuned run (--tune): the grid is known at compile time, so the trials are the ParallelFor's
+# items (a constant list) and the distinct head settings are known too: one feature-extraction-heads
+# task runs the base once and trains one head per head setting; each trial fine-tunes on the
+# fine-tuning hardware, ``parallelism`` at a time; dsl.Collected hands every trial's model to the
+# selection step, whose copy of the best goes on to evaluation and registration.
+
+TRIALS_LOOP = "trials"
+VIZIER_METRIC = "val_accuracy"
+VIZIER_JOB_NAME = "fine-tuning-trials"
+
+
+def tuned_steps(
+    plan: TuningPlan, images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, tensorboard: str,
+    dataset, checked, head_options: dict, tune_options: dict,
+) -> Trained:
+    """Heads, the trials' ParallelFor and the selection; returns what evaluation takes."""
+    if plan.tuner == "vizier":
+        return vizier_steps(plan, images, hardware, cloud, dataset, checked, head_options, tune_options)
+    heads = _op(FEATURE_EXTRACTION_HEADS, images)(
+        dataset=dataset, options=head_options, head_settings=plan.head_settings,
+    ).set_display_name(FEATURE_EXTRACTION_HEADS)
+    heads.after(checked)
+    trial_op = _on_hardware(_op(FINE_TUNING_TRIAL, images), hardware, cloud, tensorboard)
+    extra = _tensorboard_output(FINE_TUNING_TRIAL) if tensorboard else {}
+    with dsl.ParallelFor(list(plan.trials), parallelism=plan.parallelism, name=TRIALS_LOOP) as trial:
+        run = trial_op(dataset=dataset, heads=heads.outputs["heads"], options=tune_options, trial=trial, **extra)
+        run.set_display_name(FINE_TUNING_TRIAL)
+        on_training_hardware(run, hardware)
+    with_retries((heads, run), hardware)
+    chosen = _op(TRIAL_SELECTION, images)(trials=dsl.Collected(run.outputs["model"]))
+    chosen.set_display_name(TRIAL_SELECTION)
+    return Trained(chosen.outputs["model"], chosen.outputs["feature_history"], chosen.outputs["history"])
+
+
+def search_space(plan: TuningPlan) -> list:
+    """The grid as Vizier parameters: each tuned option a discrete parameter over its values."""
+    from google.cloud.aiplatform import hyperparameter_tuning as hpt
+    from google_cloud_pipeline_components.v1.hyperparameter_tuning_job import serialize_parameters
+
+    return serialize_parameters({
+        name: hpt.DiscreteParameterSpec(values=[float(value) for value in values], scale="linear")
+        for name, values in plan.grid.items()
+    })
+
+
+def vizier_steps(
+    plan: TuningPlan, images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, dataset, checked,
+    head_options: dict, tune_options: dict,
+) -> Trained:
+    """``--tuner vizier``: fine-tuning as a Vertex AI hyperparameter tuning job (GCPC's
+    HyperparameterTuningJobRunOp) over the grid's space, ``plan.count`` trials, ``parallelism`` at
+    once. Each trial (``tlp.components.vizier_trial``, in the training image) writes its model and
+    trial.json below the job's output directory and reports val_accuracy; the selection step reads
+    them back."""
+    from google_cloud_pipeline_components.v1.hyperparameter_tuning_job import (
+        HyperparameterTuningJobRunOp,
+        serialize_metrics,
+    )
+
+    heads = _op(FEATURE_EXTRACTION_HEADS, images)(
+        dataset=dataset, options=head_options, head_settings=plan.head_settings,
+    ).set_display_name(FEATURE_EXTRACTION_HEADS)
+    heads.after(checked)
+    with_retries((heads,), hardware)
+    pools = _op(VIZIER_WORKER_POOLS, images)(
+        dataset=dataset, heads=heads.outputs["heads"], options=tune_options,
+        image=image_reference(images.image_repo, images.image_tag or None, kind="train"),
+        machine_type=hardware.machine_type or DEFAULT_MACHINE_TYPE,
+        accelerator_type=hardware.accelerator if hardware.gpus else "", accelerator_count=hardware.gpus,
+    ).set_display_name(VIZIER_WORKER_POOLS)
+    root = f"{dsl.PIPELINE_ROOT_PLACEHOLDER}/{dsl.PIPELINE_JOB_ID_PLACEHOLDER}/{VIZIER_JOB_NAME}"
+    job = HyperparameterTuningJobRunOp(
+        display_name=VIZIER_JOB_NAME, base_output_directory=root, worker_pool_specs=pools.output,
+        study_spec_metrics=serialize_metrics({VIZIER_METRIC: "maximize"}), study_spec_parameters=search_space(plan),
+        max_trial_count=plan.count, parallel_trial_count=plan.parallelism,
+        # A failed trial is retried by Vizier up to this many times in all, as --retries does for a step.
+        max_failed_trial_count=hardware.retries, location=cloud.region or "us-central1",
+        study_spec_algorithm="GRID_SEARCH" if not plan.trial_count else "ALGORITHM_UNSPECIFIED",
+        service_account=cloud.service_account, network=cloud.network,
+    ).set_display_name(VIZIER_JOB_NAME)
+    chosen = _op(VIZIER_SELECTION, images)(trials_root=root).after(job).set_display_name(VIZIER_SELECTION)
+    return Trained(chosen.outputs["model"], chosen.outputs["feature_history"], chosen.outputs["history"])

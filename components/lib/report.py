@@ -8,7 +8,7 @@ import base64
 import io
 import json
 
-from tlp.components.lib import images
+from tlp.components.lib import images, tuning
 from tlp.components.lib.specs import ConfigError
 
 TEMPLATE = """<!doctype html>
@@ -174,9 +174,7 @@ def tuning_context(tuned: dict | None) -> dict | None:
     """A tuned run's trials for the report: a table and every trial's validation curve."""
     if not tuned:
         return None
-    from tlp.components.lib.tuning import label
-
-    trials = [{**trial, "label": label(trial["params"])} for trial in tuned["trials"]]
+    trials = [{**trial, "label": tuning.label(trial["params"])} for trial in tuned["trials"]]
     return {"trials": trials, "best": tuned["best"],
             "curves_png": base64.b64encode(trial_curves_png(trials)).decode()}
 

@@ -21,7 +21,8 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from tlp.components.lib.options import Option, check_value, coerce
+from tlp.components.lib.options import Option, check_value, coerce, iter_options
+from tlp.components.lib.settings import PIPELINE_GROUPS
 from tlp.components.lib.specs import ConfigError
 
 MAX_GRID_TRIALS = 64  # without --tune-trials, more than this is refused (each trial is a fine-tuning run)
@@ -56,9 +57,6 @@ class TuningPlan:
 
 
 def _options() -> dict[str, Option]:
-    from tlp.components.lib.options import iter_options
-    from tlp.components.lib.settings import PIPELINE_GROUPS
-
     return {opt.name: opt for opt in iter_options(PIPELINE_GROUPS) if opt.name in TUNABLE}
 
 

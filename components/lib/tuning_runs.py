@@ -16,7 +16,9 @@ import time
 
 from tlp.components.lib import tuning
 from tlp.components.lib.options import coerce, iter_options
+from tlp.components.lib.settings import PIPELINE_GROUPS, Settings
 from tlp.components.lib.steps import FEATURE_EXTRACTION, FINE_TUNING
+from tlp.components.lib.training import fine_tune, save_history, train_head
 
 TRIAL_FILE = "trial.json"
 HISTORY_FILE = "history.json"
@@ -25,8 +27,6 @@ TUNING_FILE = "tuning.json"
 
 def normalised(params: dict) -> dict:
     """A trial's values in their options' types (a loop item may have crossed kfp as floats)."""
-    from tlp.components.lib.settings import PIPELINE_GROUPS
-
     options = {opt.name: opt for opt in iter_options(PIPELINE_GROUPS)}
     return {name: coerce(options[name], value) for name, value in params.items()}
 
@@ -36,9 +36,6 @@ def train_heads(dataset_dir: str, heads_dir: str, options: dict, head_settings: 
     """Feature extraction for a tuned run: the base runs over the images once, then one head is
     trained per head setting (saved under ``heads_dir/head_key(setting)``, with its history).
     Returns {head key: history}."""
-    from tlp.components.lib.settings import Settings
-    from tlp.components.lib.training import save_history, train_head
-
     features_dir = os.path.join(backup_dir, "features")  # shared by every head of this step
     histories = {}
     for setting in head_settings or [{}]:
@@ -60,9 +57,6 @@ def run_trial(dataset_dir: str, heads_dir: str, model_dir: str, options: dict, t
               backup_dir: str, tensorboard_dir: str) -> dict:
     """Fine-tunes the head of ``trial``'s head setting with the trial's fine-tuning options.
     Writes the servable model and ``trial.json`` to ``model_dir``; returns the trial's record."""
-    from tlp.components.lib.settings import Settings
-    from tlp.components.lib.training import fine_tune
-
     params = normalised(trial)
     started = time.monotonic()
     head_dir = os.path.join(heads_dir, tuning.head_key(tuning.head_of(params)))
