@@ -142,7 +142,7 @@ def vizier_worker_pools(
     """
     import json
 
-    machine = {"machine_type": machine_type}
+    machine: dict = {"machine_type": machine_type}
     if accelerator_type:
         machine.update(accelerator_type=accelerator_type, accelerator_count=accelerator_count)
     return [{

@@ -22,7 +22,7 @@ def check_trials(plan: TuningPlan | None, settings: Settings, cloud: CloudOption
         return None
     if plan.tuner == "vizier" and cloud is not None and not cloud.on_vertex:  # compile: cloud unknown yet
         raise specs.ConfigError("--tuner vizier runs a Vertex AI hyperparameter tuning job; drop --kfp-host or "
-                                    "use --tuner grid.")
+                                "use --tuner grid.")
     for trial in plan.trials:
         Settings.from_values({**settings.values(), **trial})
     cuts = sorted(set(plan.grid.get("fine_tune_at", ())))
