@@ -23,6 +23,7 @@ The options' flags, defaults, help and checks come from their declarations in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -44,10 +45,11 @@ from tlp.components.lib.settings import (
     ServeOptions,
     Settings,
     TrackingOptions,
+    TuneOptions,
 )
 from tlp.components.lib.specs import ConfigError, NotFound
 from tlp.components.lib.steps import STEPS
-from tlp.pipelines import checks, cloud, deploy, models, predict, runners, serve, single
+from tlp.pipelines import checks, cloud, deploy, models, predict, runners, serve, single, tuned
 from tlp.pipelines.console import RunFailed, native_stderr_captured
 from tlp.pipelines.environment import check_credentials, quiet_tensorflow
 from tlp.pipelines.resolve import default_registry, resolve_local
@@ -150,8 +152,15 @@ def _group(group_class, args):
 # --- tlp run ----------------------------------------------------------------------------------
 
 
+def _tuning(args, settings: Settings | None = None):
+    """The trials of --tune (None without it), checked before anything starts."""
+    chosen = _group(TuneOptions, args)
+    return tuned.plan_tuning(chosen, settings or Settings())
+
+
 def command_run(args) -> int:
     settings, local, images = _settings(args), _group(LocalRunOptions, args), _group(ImageOptions, args)
+    tuning = _tuning(args, settings)
     if local.runner == "docker" and not settings.registry.registry:
         # Only the pipeline root is mounted into the containers: keep the registry inside it.
         settings = settings.replace(registry=f"sqlite:///{runners.pipeline_root(local.output_dir)}/registry.db")
@@ -162,10 +171,11 @@ def command_run(args) -> int:
         for note in notes:
             print(f"tlp run: {note}", flush=True)
         settings = checks.check_settings(settings)
+        tuning = tuned.check_trials(tuning, settings)
         print(f"tlp run: registry {settings.registry.registry}; outputs under {os.path.abspath(local.output_dir)}",
               flush=True)
         try:
-            summary = runners.run_local(settings, local, images, notes, _group(TrackingOptions, args))
+            summary = runners.run_local(settings, local, images, notes, _group(TrackingOptions, args), tuning)
         except RunFailed as error:
             native.run_dir = error.run_dir
             raise
@@ -230,7 +240,8 @@ def command_compile(args) -> int:
     tracking = _group(TrackingOptions, args)
     if tracking.tensorboard:
         checks.check_tensorboard_name(tracking.tensorboard)
-    cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output, tracking)
+    cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output, tracking=tracking,
+                           tuning=tuned.check_trials(_tuning(args), Settings()))
     print(f"pipeline written to {args.output}")
     return 0
 
@@ -253,11 +264,14 @@ def command_options(args) -> int:
 
 
 def _cloud_run(args) -> cloud.CloudRun:
+    tuning = _tuning(args, _settings(args))
     run, notes = cloud.plan_run(
         _settings(args), _group(CloudOptions, args), _group(HardwareOptions, args), _group(ImageOptions, args),
         _group(DeployOptions, args),
         _group(TrackingOptions, args),
     )
+    if tuning is not None:
+        run = dataclasses.replace(run, tuning=tuned.check_trials(tuning, run.settings, cloud=run.cloud))
     for note in notes:
         print(f"tlp {args.command}: {note}", flush=True)
     where = run.cloud.kfp_host or f"{run.cloud.project}/{run.cloud.region}"

@@ -24,6 +24,7 @@ from tlp.components.lib.settings import (
 )
 from tlp.components.lib.specs import ConfigError
 from tlp.components.lib.steps import DATA_PREP
+from tlp.components.lib.tuning import TuningPlan
 from tlp.components.lib.version import image_reference
 from tlp.pipelines import checks, environment
 from tlp.pipelines.console import RunFailed
@@ -44,6 +45,7 @@ class CloudRun:
     deploy: DeployOptions
     labels: dict
     tracking: TrackingOptions = TrackingOptions()
+    tuning: TuningPlan | None = None  # --tune: the trials
 
     @property
     def enable_caching(self) -> bool | None:
@@ -62,11 +64,11 @@ class CloudRun:
 
 def compile_pipeline(
     images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, path: str,
-    deploy: DeployOptions | None = None, tracking: TrackingOptions | None = None,
+    deploy: DeployOptions | None = None, tracking: TrackingOptions | None = None, tuning: TuningPlan | None = None,
 ) -> str:
     from kfp import compiler
 
-    pipeline = create_pipeline(images, hardware, cloud, deploy=deploy, tracking=tracking)
+    pipeline = create_pipeline(images, hardware, cloud, deploy=deploy, tracking=tracking, tuning=tuning)
     compiler.Compiler().compile(pipeline, path)
     return path
 
@@ -87,7 +89,8 @@ def _init_vertex(cloud: CloudOptions):
 
 def _compile(run: CloudRun, scratch: str) -> str:
     return compile_pipeline(
-        run.images, run.hardware, run.cloud, os.path.join(scratch, "pipeline.yaml"), run.deploy, run.tracking
+        run.images, run.hardware, run.cloud, os.path.join(scratch, "pipeline.yaml"), run.deploy, run.tracking,
+        run.tuning,
     )
 
 

@@ -7,7 +7,17 @@ import os
 
 from tlp.components.lib.settings import Settings
 from tlp.components.lib.specs import NotFound
-from tlp.components.lib.steps import DATA_CHECKS, DATA_PREP, EVALUATION, FINE_TUNING, REGISTRATION, STEP_NAMES
+from tlp.components.lib.steps import (
+    DATA_CHECKS,
+    DATA_PREP,
+    EVALUATION,
+    FINE_TUNING,
+    REGISTRATION,
+    STEP_NAMES,
+    TRIAL_SELECTION,
+    TUNING_STEPS,
+)
+from tlp.components.lib.tuning import label
 from tlp.pipelines.console import LOGS
 
 
@@ -34,7 +44,7 @@ def _finished(run_dir: str, task: str) -> dict:
 
 def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: dict) -> dict:
     prep = _finished(run_dir, DATA_PREP)
-    tuned = _finished(run_dir, FINE_TUNING)
+    tuned = task_outputs(run_dir, FINE_TUNING) or _finished(run_dir, TRIAL_SELECTION)  # --tune: the best's
     scored = _finished(run_dir, EVALUATION)
     registered = task_outputs(run_dir, REGISTRATION)
     checked = task_outputs(run_dir, DATA_CHECKS)
@@ -94,8 +104,33 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
         "augment": settings.training.augment,
         # Both training steps write TensorBoard logs beside their outputs (STEP/tensorboard).
         "tensorboard": f"tensorboard --logdir {run_dir}",
-        "steps": {name: step_seconds.get(name) for name in STEP_NAMES if name in step_seconds},
+        "steps": {name: step_seconds.get(name) for name in (*STEP_NAMES, *TUNING_STEP_NAMES) if name in step_seconds},
+        **_tuning(run_dir),
     }
+
+
+TUNING_STEP_NAMES = tuple(step.name for step in TUNING_STEPS)
+
+
+def _tuning(run_dir: str) -> dict:
+    """A tuned run's trials (params, val_accuracy, val_loss, seconds, validation curve) and best."""
+    chosen = task_outputs(run_dir, TRIAL_SELECTION)
+    if not chosen:
+        return {}
+    with open(chosen["artifacts"]["tuning"]["uri"]) as handle:
+        return {"tuning": json.load(handle)}
+
+
+def _tuning_lines(tuned: dict | None) -> list[str]:
+    if not tuned:
+        return []
+    best = tuned["best"]["params"]
+    lines = [f"  tuning    {len(tuned['trials'])} trials; best by validation accuracy goes on:"]
+    for trial in tuned["trials"]:
+        mark = "*" if trial["params"] == best else " "
+        lines.append(f"          {mark} {label(trial['params']):<44} val acc {trial['val_accuracy']:.4f}  "
+                     f"val loss {trial['val_loss']:.4f}  {trial['seconds']:.0f}s")
+    return lines
 
 
 def _findings(checked: dict | None) -> dict | None:
@@ -121,6 +156,7 @@ def format_summary(summary: dict) -> str:
              "every epoch (the tutorial's cost; without --augment it runs once per image)"]
           if summary.get("augment") else []),
         *_check_lines(summary.get("checks")),
+        *_tuning_lines(summary.get("tuning")),
         f"  accuracy  train {metrics['train_accuracy']:.4f}  val {metrics['val_accuracy']:.4f}  "
         f"test {metrics['test_accuracy']:.4f}  gap {metrics['gap']:.4f}",
         f"  gate      {'PASSED' if gate['passed'] else 'FAILED'}",

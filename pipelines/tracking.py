@@ -21,7 +21,7 @@ import tempfile
 from tlp.components.lib import specs
 from tlp.components.lib.registry import MlflowRegistry
 from tlp.components.lib.settings import Settings
-from tlp.components.lib.steps import FEATURE_EXTRACTION, FINE_TUNING
+from tlp.components.lib.steps import FEATURE_EXTRACTION, FINE_TUNING, TRIAL_SELECTION
 from tlp.pipelines.summary import task_outputs
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -35,11 +35,11 @@ def tracking_uri(registry: str, local_default: str) -> str:
     return local_default if registry.startswith(specs.VERTEX_SCHEME) else registry
 
 
-def _history(run_dir: str, step: str) -> dict | None:
+def _history(run_dir: str, step: str, key: str = "history") -> dict | None:
     outputs = task_outputs(run_dir, step)
-    if not outputs or "history" not in outputs["artifacts"]:
+    if not outputs or key not in outputs["artifacts"]:
         return None
-    path = outputs["artifacts"]["history"]["uri"]
+    path = outputs["artifacts"][key]["uri"]
     if not os.path.isfile(path):
         return None
     with open(path) as handle:
@@ -89,8 +89,8 @@ def track_run(summary: dict, settings: Settings, uri: str, experiment: str, star
     params.update({"data_resolved": summary["data"]["spec"], "class_names": json.dumps(summary["data"]["class_names"])})
     metrics: list = []
     timestamp = started_ms
-    for step in (FEATURE_EXTRACTION, FINE_TUNING):
-        history = _history(run_dir, step) or {}
+    for step, tuned_key in ((FEATURE_EXTRACTION, "feature_history"), (FINE_TUNING, "history")):
+        history = _history(run_dir, step) or _history(run_dir, TRIAL_SELECTION, tuned_key) or {}
         for key in HISTORY_KEYS:
             for epoch, value in zip(history.get("epoch", []), history.get(key, []), strict=False):
                 # epoch_*: TensorBoard's names, apart from the evaluation's val_accuracy etc.
@@ -121,6 +121,7 @@ def track_run(summary: dict, settings: Settings, uri: str, experiment: str, star
     for first in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=metrics[first:first + 1000])
     _log_artifacts(client, run_id, summary)
+    _track_trials(client, experiment_id, run_id, summary, started_ms)
     if not adopted:
         client.set_terminated(run_id, "FINISHED")
     return {"uri": uri, "experiment": experiment, "run_id": run_id, "linked_version": adopted}
@@ -138,3 +139,26 @@ def _log_artifacts(client, run_id: str, summary: dict) -> None:
         client.log_artifact(run_id, summary_path)
     if os.path.isdir(summary.get("logs", "")):
         client.log_artifacts(run_id, summary["logs"], "logs")
+
+
+def _track_trials(client, experiment_id: str, parent_id: str, summary: dict, started_ms: int) -> list[str]:
+    """A tuned run's trials as MLflow child runs of the run (``mlflow.parentRunId``): each with its
+    parameters, validation accuracy and loss, seconds and validation curve. Returns their IDs."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    tuned = summary.get("tuning")
+    if not tuned:
+        return []
+    best, ids = tuned["best"]["params"], []
+    for index, trial in enumerate(tuned["trials"]):
+        child = client.create_run(experiment_id, start_time=started_ms, run_name=f"trial-{index}", tags={
+            "mlflow.parentRunId": parent_id, "tlp.trial": str(index), "tlp.best": str(trial["params"] == best)})
+        metrics = [Metric(key, float(trial[key]), started_ms, 0) for key in ("val_accuracy", "val_loss", "seconds")]
+        metrics += [Metric("epoch_val_accuracy", float(value), started_ms, epoch)
+                    for epoch, value in enumerate(trial.get("val_curve", []), start=1)]
+        client.log_batch(child.info.run_id, metrics=metrics,
+                         params=[Param(key, str(value)) for key, value in trial["params"].items()],
+                         tags=[RunTag("mlflow.runName", f"trial-{index}")])
+        client.set_terminated(child.info.run_id, "FINISHED")
+        ids.append(child.info.run_id)
+    return ids

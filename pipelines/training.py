@@ -12,10 +12,11 @@ one photo did. The runners submit with the compiled per-task settings (``enable_
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 from kfp import dsl
 
-from tlp.components.catalogue import COMPONENTS
+from tlp.components.catalogue import COMPONENTS, TUNING_COMPONENTS
 from tlp.components.container_images import image_reference
 from tlp.components.deployment import add_deploy_step, deployment
 from tlp.components.lib.settings import (
@@ -32,10 +33,16 @@ from tlp.components.lib.steps import (
     DATA_PREP,
     EVALUATION,
     FEATURE_EXTRACTION,
+    FEATURE_EXTRACTION_HEADS,
     FINE_TUNING,
+    FINE_TUNING_TRIAL,
     REGISTRATION,
+    TRIAL_SELECTION,
+    VIZIER_SELECTION,
+    VIZIER_WORKER_POOLS,
     step,
 )
+from tlp.components.lib.tuning import TuningPlan
 
 PIPELINE_NAME = "transfer-learning"
 DEFAULT_MACHINE_TYPE = "n1-standard-8"
@@ -89,9 +96,31 @@ def _tensorboard_output(step_name: str) -> dict:
     return {"base_output_directory": f"{dsl.PIPELINE_ROOT_PLACEHOLDER}/{dsl.PIPELINE_JOB_ID_PLACEHOLDER}/{step_name}"}
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What evaluation and registration take from training: the model and both phases' histories."""
+
+    model: object
+    feature_history: object
+    fine_tune_history: object
+
+
+def on_training_hardware(task, hardware: HardwareOptions) -> None:
+    """GPUs for a fine-tuning task that is not a custom job (a custom job names its own machine)."""
+    if hardware.gpus and not hardware.as_custom_job:
+        task.set_accelerator_type(hardware.accelerator).set_accelerator_limit(hardware.gpus)
+
+
+def with_retries(tasks, hardware: HardwareOptions) -> None:
+    if hardware.retries:
+        for training in tasks:
+            training.set_retry(num_retries=hardware.retries, backoff_duration=RETRY_BACKOFF,
+                               backoff_factor=RETRY_BACKOFF_FACTOR)
+
+
 def _op(name: str, images: ImageOptions):
     """The step's component, set to run in its image."""
-    component = COMPONENTS[name]
+    component = {**COMPONENTS, **TUNING_COMPONENTS}[name]
     image = image_reference(images.image_repo, images.image_tag or None, kind=step(name).image)
     return dsl.component(component.python_func, base_image=image, install_kfp_package=False)
 
@@ -109,11 +138,13 @@ def create_pipeline(
     images: ImageOptions | None = None, hardware: HardwareOptions | None = None, cloud: CloudOptions | None = None,
     deploy: DeployOptions | None = None,
     tracking: TrackingOptions | None = None,
+    tuning: TuningPlan | None = None,
 ):
     """Builds the pipeline. ``images`` chooses the component images, ``hardware`` (and the
     service account and network of ``cloud``) where fine-tuning runs on Vertex AI; with
     ``deploy.deploy_endpoint`` a new champion is deployed to that Vertex AI endpoint, and
-    ``tracking.tensorboard`` is the Vertex AI TensorBoard both training steps write to."""
+    ``tracking.tensorboard`` is the Vertex AI TensorBoard both training steps write to. With
+    ``tuning`` (``--tune``), the trials fan out in a ParallelFor (``tuned_steps``)."""
     images, hardware, cloud = images or ImageOptions(), hardware or HardwareOptions(), cloud or CloudOptions()
     fingerprint_op, checks_op = _op(DATA_FINGERPRINT, images), _op(DATA_CHECKS, images)
     deploy = deploy or DeployOptions()
@@ -143,27 +174,30 @@ def create_pipeline(
         prep.set_display_name(DATA_PREP)
         checked = checks_op(dataset=prep.outputs["dataset"], options=options(DATA_CHECKS))
         checked.set_display_name(DATA_CHECKS)
-        head = head_op(dataset=prep.outputs["dataset"], options=options(FEATURE_EXTRACTION), **head_extra)
-        head.after(checked)
-        head.set_display_name(FEATURE_EXTRACTION)
-        tuned = tune_op(
-            dataset=prep.outputs["dataset"], base_model=head.outputs["model"], options=options(FINE_TUNING),
-            **tune_extra,
-        ).set_display_name(FINE_TUNING)
-        if hardware.gpus and not hardware.as_custom_job:
-            tuned.set_accelerator_type(hardware.accelerator).set_accelerator_limit(hardware.gpus)
-        if hardware.retries:
-            for training in (head, tuned):
-                training.set_retry(num_retries=hardware.retries, backoff_duration=RETRY_BACKOFF,
-                                   backoff_factor=RETRY_BACKOFF_FACTOR)
+        if tuning is not None:  # --tune: every trial, then the best
+            trained = tuned_steps(
+                tuning, images, hardware, cloud, tensorboard, prep.outputs["dataset"], checked,
+                options(FEATURE_EXTRACTION), options(FINE_TUNING),
+            )
+        else:
+            head = head_op(dataset=prep.outputs["dataset"], options=options(FEATURE_EXTRACTION), **head_extra)
+            head.after(checked)
+            head.set_display_name(FEATURE_EXTRACTION)
+            tuned = tune_op(
+                dataset=prep.outputs["dataset"], base_model=head.outputs["model"], options=options(FINE_TUNING),
+                **tune_extra,
+            ).set_display_name(FINE_TUNING)
+            on_training_hardware(tuned, hardware)
+            with_retries((head, tuned), hardware)
+            trained = Trained(tuned.outputs["model"], head.outputs["history"], tuned.outputs["history"])
         scored = eval_op(
-            dataset=prep.outputs["dataset"], model=tuned.outputs["model"],
-            feature_history=head.outputs["history"], fine_tune_history=tuned.outputs["history"],
+            dataset=prep.outputs["dataset"], model=trained.model,
+            feature_history=trained.feature_history, fine_tune_history=trained.fine_tune_history,
             options=options(EVALUATION), data_checks=checked.outputs["findings"],
         ).set_display_name(EVALUATION)
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             registered = register_op(
-                model=tuned.outputs["model"], dataset=prep.outputs["dataset"],
+                model=trained.model, dataset=prep.outputs["dataset"],
                 metrics=scored.outputs["metrics"], report=scored.outputs["report"], options=options(REGISTRATION),
             ).set_display_name(REGISTRATION)
             if deploy.deploy_endpoint:  # TFX Pusher: only a new champion is deployed
@@ -175,3 +209,87 @@ def create_pipeline(
         description="Transfer learning from an ImageNet ConvNet: data fingerprint, data prep, data checks, "
         "feature extraction, fine-tuning, evaluation with an overfitting gate, registration.",
     )(transfer_learning)
+
+
+# --- a tuned run (--tune): the grid is known at compile time, so the trials are the ParallelFor's
+# items (a constant list) and the distinct head settings are known too: one feature-extraction-heads
+# task runs the base once and trains one head per head setting; each trial fine-tunes on the
+# fine-tuning hardware, ``parallelism`` at a time; dsl.Collected hands every trial's model to the
+# selection step, whose copy of the best goes on to evaluation and registration.
+
+TRIALS_LOOP = "trials"
+VIZIER_METRIC = "val_accuracy"
+VIZIER_JOB_NAME = "fine-tuning-trials"
+
+
+def tuned_steps(
+    plan: TuningPlan, images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, tensorboard: str,
+    dataset, checked, head_options: dict, tune_options: dict,
+) -> Trained:
+    """Heads, the trials' ParallelFor and the selection; returns what evaluation takes."""
+    if plan.tuner == "vizier":
+        return vizier_steps(plan, images, hardware, cloud, dataset, checked, head_options, tune_options)
+    heads = _op(FEATURE_EXTRACTION_HEADS, images)(
+        dataset=dataset, options=head_options, head_settings=plan.head_settings,
+    ).set_display_name(FEATURE_EXTRACTION_HEADS)
+    heads.after(checked)
+    trial_op = _on_hardware(_op(FINE_TUNING_TRIAL, images), hardware, cloud, tensorboard)
+    extra = _tensorboard_output(FINE_TUNING_TRIAL) if tensorboard else {}
+    with dsl.ParallelFor(list(plan.trials), parallelism=plan.parallelism, name=TRIALS_LOOP) as trial:
+        run = trial_op(dataset=dataset, heads=heads.outputs["heads"], options=tune_options, trial=trial, **extra)
+        run.set_display_name(FINE_TUNING_TRIAL)
+        on_training_hardware(run, hardware)
+    with_retries((heads, run), hardware)
+    chosen = _op(TRIAL_SELECTION, images)(trials=dsl.Collected(run.outputs["model"]))
+    chosen.set_display_name(TRIAL_SELECTION)
+    return Trained(chosen.outputs["model"], chosen.outputs["feature_history"], chosen.outputs["history"])
+
+
+def search_space(plan: TuningPlan) -> list:
+    """The grid as Vizier parameters: each tuned option a discrete parameter over its values."""
+    from google.cloud.aiplatform import hyperparameter_tuning as hpt
+    from google_cloud_pipeline_components.v1.hyperparameter_tuning_job import serialize_parameters
+
+    return serialize_parameters({
+        name: hpt.DiscreteParameterSpec(values=[float(value) for value in values], scale="linear")
+        for name, values in plan.grid.items()
+    })
+
+
+def vizier_steps(
+    plan: TuningPlan, images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, dataset, checked,
+    head_options: dict, tune_options: dict,
+) -> Trained:
+    """``--tuner vizier``: fine-tuning as a Vertex AI hyperparameter tuning job (GCPC's
+    HyperparameterTuningJobRunOp) over the grid's space, ``plan.count`` trials, ``parallelism`` at
+    once. Each trial (``tlp.components.vizier_trial``, in the training image) writes its model and
+    trial.json below the job's output directory and reports val_accuracy; the selection step reads
+    them back."""
+    from google_cloud_pipeline_components.v1.hyperparameter_tuning_job import (
+        HyperparameterTuningJobRunOp,
+        serialize_metrics,
+    )
+
+    heads = _op(FEATURE_EXTRACTION_HEADS, images)(
+        dataset=dataset, options=head_options, head_settings=plan.head_settings,
+    ).set_display_name(FEATURE_EXTRACTION_HEADS)
+    heads.after(checked)
+    with_retries((heads,), hardware)
+    pools = _op(VIZIER_WORKER_POOLS, images)(
+        dataset=dataset, heads=heads.outputs["heads"], options=tune_options,
+        image=image_reference(images.image_repo, images.image_tag or None, kind="train"),
+        machine_type=hardware.machine_type or DEFAULT_MACHINE_TYPE,
+        accelerator_type=hardware.accelerator if hardware.gpus else "", accelerator_count=hardware.gpus,
+    ).set_display_name(VIZIER_WORKER_POOLS)
+    root = f"{dsl.PIPELINE_ROOT_PLACEHOLDER}/{dsl.PIPELINE_JOB_ID_PLACEHOLDER}/{VIZIER_JOB_NAME}"
+    job = HyperparameterTuningJobRunOp(
+        display_name=VIZIER_JOB_NAME, base_output_directory=root, worker_pool_specs=pools.output,
+        study_spec_metrics=serialize_metrics({VIZIER_METRIC: "maximize"}), study_spec_parameters=search_space(plan),
+        max_trial_count=plan.count, parallel_trial_count=plan.parallelism,
+        # A failed trial is retried by Vizier up to this many times in all, as --retries does for a step.
+        max_failed_trial_count=hardware.retries, location=cloud.region or "us-central1",
+        study_spec_algorithm="GRID_SEARCH" if not plan.trial_count else "ALGORITHM_UNSPECIFIED",
+        service_account=cloud.service_account, network=cloud.network,
+    ).set_display_name(VIZIER_JOB_NAME)
+    chosen = _op(VIZIER_SELECTION, images)(trials_root=root).after(job).set_display_name(VIZIER_SELECTION)
+    return Trained(chosen.outputs["model"], chosen.outputs["feature_history"], chosen.outputs["history"])

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 
+from tlp.components.lib import tuning
 from tlp.components.lib.dataprep import records
 from tlp.components.lib.specs import ConfigError
 
@@ -35,6 +36,15 @@ figure img { width: 160px; height: 160px; object-fit: cover; }
 <p>Registered <b>{{ registered.name }}</b> version <b>{{ registered.version }}</b> in {{ registered.registry }}:
 {{ "the champion" if registered.champion else "not the champion" }}.</p>
 <p>{{ registered.reason }}</p>
+{% endif %}
+{% if tuning is defined and tuning %}
+<h2>Tuning: {{ tuning.trials|length }} trials, the best by validation accuracy went on</h2>
+<table class="trials"><tr><th>trial</th><th>parameters</th><th>val accuracy</th><th>val loss</th><th>seconds</th></tr>
+{% for trial in tuning.trials %}<tr><th>{{ loop.index }}{{ " (best)" if trial.params == tuning.best.params }}</th>
+<td>{{ trial.label }}</td><td>{{ "%.4f"|format(trial.val_accuracy) }}</td><td>{{ "%.4f"|format(trial.val_loss) }}</td>
+<td>{{ "%.0f"|format(trial.seconds) }}</td></tr>
+{% endfor %}</table>
+<img src="data:image/png;base64,{{ tuning.curves_png }}" alt="validation curves of the trials">
 {% endif %}
 <h2>Metrics (inference mode)</h2>
 <table><tr><th>split</th><th>accuracy</th><th>loss</th><th>precision</th><th>recall</th><th>AUC</th><th>images</th></tr>
@@ -157,7 +167,33 @@ def report_context(
             for m in details["misclassified"]
         ],
         "registered": None,
+        "tuning": tuning_context((fine_tune_history or {}).get("tuning")),
     }
+
+
+def tuning_context(tuned: dict | None) -> dict | None:
+    """A tuned run's trials for the report: a table and every trial's validation curve."""
+    if not tuned:
+        return None
+    trials = [{**trial, "label": tuning.label(trial["params"])} for trial in tuned["trials"]]
+    return {"trials": trials, "best": tuned["best"],
+            "curves_png": base64.b64encode(trial_curves_png(trials)).decode()}
+
+
+def trial_curves_png(trials: list[dict]) -> bytes:
+    """Each trial's fine-tuning validation accuracy per epoch, one line per trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4))
+    for trial in trials:
+        curve = trial.get("val_curve", [])
+        axis.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=trial["label"])
+    axis.set(xlabel="fine-tuning epoch", ylabel="validation accuracy", title="Trials")
+    axis.legend(loc="best", fontsize=8)
+    return _png(figure)
 
 
 def render_html(context: dict) -> str:
@@ -189,4 +225,4 @@ def add_registration(report_path: str, output_path: str, registered: dict) -> No
             "step of this version of tlp (re-run evaluation)."
         ) from None
     # Defaults for reports written before these sections existed.
-    write_report(output_path, {"roc_png": None, "per_class": [], **context, "registered": registered})
+    write_report(output_path, {"roc_png": None, "per_class": [], "tuning": None, **context, "registered": registered})

@@ -535,4 +535,27 @@ RUNNER_GROUPS = (
     LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions, ServeOptions, DeployOptions,
     PredictOptions, ModelsOptions, TrackingOptions,
 )
+
+
+@dataclass(frozen=True)
+class TuneOptions(Group):
+    """Tuning in one run (components/lib/tuning.py): trials share data prep, the data checks and
+    feature extraction per head setting; the best by validation goes on to evaluation."""
+
+    GROUP = "tuning"
+    tune: str = option(
+        "", 'a grid of trials, e.g. "fine_tune_at=60,100,120 learning_rate=1e-4,3e-5 dropout=0.2,0.4" (a tuned '
+        "learning_rate is fine-tuning's; feature extraction keeps --learning-rate)",
+        commands=("run", "compile", *CLOUD_COMMANDS), metavar="NAME=V1,V2 ...",
+    )
+    tune_trials: int = option(0, "draw this many of the grid's points at random with the seed (0: every point, at "
+                              "most 64)", commands=("run", "compile", *CLOUD_COMMANDS), minimum=0, maximum=1000)
+    tune_parallelism: int = option(4, "trials running at once (Vertex AI; the local runner runs one at a time)",
+                                   commands=("run", "compile", *CLOUD_COMMANDS), minimum=1, maximum=64)
+    tuner: str = option("grid", "grid: the trials as a ParallelFor in the pipeline; vizier: fine-tuning as a Vertex "
+                        "AI hyperparameter tuning job over the same space (--tune-trials trials)",
+                        commands=("compile", *CLOUD_COMMANDS), choices=("grid", "vizier"))
+
+
+RUNNER_GROUPS += (TuneOptions,)
 ALL_GROUPS = PIPELINE_GROUPS + RUNNER_GROUPS

@@ -35,9 +35,24 @@ STEPS = (
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
 
+# A tuned run (--tune) replaces feature extraction and fine-tuning with these.
+FEATURE_EXTRACTION_HEADS = "feature-extraction-heads"
+FINE_TUNING_TRIAL = "fine-tuning-trial"
+TRIAL_SELECTION = "trial-selection"
+VIZIER_WORKER_POOLS = "vizier-worker-pools"
+VIZIER_SELECTION = "vizier-selection"
+TUNING_STEPS = (
+    Step(FEATURE_EXTRACTION_HEADS, "feature_extraction_heads", "train",
+         "a tuned run's feature extraction: the base runs once, one head per head setting"),
+    Step(FINE_TUNING_TRIAL, "fine_tuning_trial", "train", "one trial's fine-tuning (a ParallelFor iteration)"),
+    Step(TRIAL_SELECTION, "trial_selection", "light", "the best trial by validation accuracy goes on"),
+    Step(VIZIER_WORKER_POOLS, "vizier_worker_pools", "light", "--tuner vizier: the tuning job's trial worker pool"),
+    Step(VIZIER_SELECTION, "vizier_selection", "light", "--tuner vizier: the best of the tuning job's trials"),
+)
+
 
 def step(name: str) -> Step:
-    for candidate in STEPS:
+    for candidate in STEPS + TUNING_STEPS:
         if candidate.name == name:
             return candidate
     raise KeyError(name)

@@ -63,7 +63,7 @@ def extract_features(backbone, dataset_dir: str, split: str, batch_size: int, la
 
 def train_head(
     dataset_dir: str, model_dir: str, settings: Settings, *, backup_dir: str | None = None,
-    tensorboard_dir: str | None = None,
+    tensorboard_dir: str | None = None, features_dir: str | None = None,
 ) -> dict:
     """Phase 1: frozen base, train the head. Saves the full model to ``model_dir``.
 
@@ -72,7 +72,9 @@ def train_head(
 
     With ``backup_dir``, the extracted features and each finished epoch are kept there, so a
     restarted (preempted) run skips the extraction and resumes after the last finished epoch.
-    With ``tensorboard_dir``, per-epoch scalars go there as TensorBoard logs.
+    With ``tensorboard_dir``, per-epoch scalars go there as TensorBoard logs. With
+    ``features_dir``, the extracted features are kept there instead and outlive the call (a
+    tuned run trains several heads on one extraction).
     Returns the training history (per epoch: loss, accuracy, val_loss, val_accuracy).
     """
     keras = model_lib.keras()
@@ -84,21 +86,24 @@ def train_head(
     keras.utils.set_random_seed(settings.training.seed)
     with model_lib.precision_policy(runtime.mixed_precision):
         history = _train_head_under_policy(
-            dataset_dir, model_dir, metadata, settings, weights, backup_dir, tensorboard_dir
+            dataset_dir, model_dir, metadata, settings, weights, backup_dir, tensorboard_dir, features_dir
         )
     _discard_backup(backup_dir)  # the saved model now holds everything the backup did
     return history
 
 
 def _train_head_under_policy(
-    dataset_dir, model_dir, metadata, settings: Settings, weights: str, backup_dir, tensorboard_dir
+    dataset_dir, model_dir, metadata, settings: Settings, weights: str, backup_dir, tensorboard_dir,
+    features_dir=None,
 ):
     chosen, training, runtime = settings.model, settings.training, settings.runtime
     class_names = metadata["class_names"]
     backbone = model_lib.build_backbone(chosen.base, chosen.alpha, metadata["image_size"], weights)
     # With augmentation the head trains on images; the features then only give the standardization.
     splits = ("train",) if training.augment else ("train", "val")
-    features = _cached_features(backbone, dataset_dir, splits, training.batch_size, runtime.xla, backup_dir)
+    features = _cached_features(
+        backbone, dataset_dir, splits, training.batch_size, runtime.xla, features_dir or backup_dir
+    )
     train_x = features["train"][0]
     model = model_lib.build_model(
         backbone, len(class_names), settings.head.dropout, train_x.mean(axis=0), train_x.var(axis=0)

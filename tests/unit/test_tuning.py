@@ -1,0 +1,99 @@
+"""The --tune grid, its trials and the choice of the best (plain functions, no kfp run)."""
+
+import json
+import os
+
+import pytest
+
+from tlp.components.lib import tuning, tuning_runs
+from tlp.components.lib.specs import ConfigError
+
+
+def test_a_grid_is_every_combination_with_values_in_their_options_types():
+    plan = tuning.plan("fine_tune_at=60,100,120 learning_rate=1e-4,3e-5 dropout=0.2,0.4")
+    assert len(plan.trials) == 12
+    assert plan.trials[0] == {"fine_tune_at": 60, "learning_rate": 1e-4, "dropout": 0.2}
+    assert isinstance(plan.trials[0]["fine_tune_at"], int)
+    assert plan.head_settings == [{"dropout": 0.2}, {"dropout": 0.4}]  # one feature extraction each
+
+
+def test_tune_trials_draws_points_with_the_seed():
+    text = "fine_tune_at=60,80,100,120 learning_rate=1e-4,3e-5,1e-5"
+    first, again = tuning.plan(text, trials=5, seed=7), tuning.plan(text, trials=5, seed=7)
+    other = tuning.plan(text, trials=5, seed=8)
+    assert first.trials == again.trials and len(first.trials) == 5
+    assert first.trials != other.trials
+    assert all(trial in tuning.grid_points(tuning.parse_grid(text)) for trial in first.trials)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("momentum=0.9", "--tune cannot tune 'momentum'"),
+    ("learning_rate=20", "--learning-rate 20 must be a number of above 0 and at most 10"),
+    ("dropout=1.0", "--dropout 1 must be a number of at least 0 and below 1"),
+    ("fine_tune_at=-1", "--fine-tune-at -1 must be a whole number of at least 0"),
+    ("dropout=", "--tune dropout= has no values"),
+    ("dropout=,", "--tune dropout= has no values"),
+    ("dropout", "is not NAME=VALUE"),
+    ("dropout=0.1 dropout=0.2", "names dropout twice"),
+])
+def test_bad_grids_are_refused(text, expected):
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+        tuning.plan(text)
+
+
+def test_more_than_64_trials_needs_tune_trials():
+    text = "fine_tune_at=" + ",".join(str(n) for n in range(10, 90, 5)) + " learning_rate=1e-4,3e-5,1e-5,3e-6,1e-6"
+    with pytest.raises(ConfigError, match="80 trials, more than 64"):
+        tuning.plan(text)
+    assert len(tuning.plan(text, trials=10).trials) == 10
+
+
+def test_best_is_by_validation_accuracy_then_lower_loss_never_test():
+    results = [
+        {"params": {"a": 1}, "val_accuracy": 0.9, "val_loss": 0.3, "test_accuracy": 0.99},
+        {"params": {"a": 2}, "val_accuracy": 0.95, "val_loss": 0.4, "test_accuracy": 0.5},
+        {"params": {"a": 3}, "val_accuracy": 0.95, "val_loss": 0.2, "test_accuracy": 0.5},
+    ]
+    assert tuning.best(results)["params"] == {"a": 3}
+
+
+def test_selection_copies_the_best_trials_model_and_lists_every_trial(tmp_path):
+    dirs = []
+    for index, (accuracy, loss) in enumerate([(0.8, 0.5), (0.9, 0.4), (0.9, 0.3)]):
+        path = tmp_path / f"trial{index}"
+        path.mkdir()
+        (path / "saved_model.pb").write_text(f"model {index}")
+        record = {"params": {"fine_tune_at": 60 + index, "learning_rate": 1e-4}, "val_accuracy": accuracy,
+                  "val_loss": loss, "seconds": 1.0 + index, "replicas": 1,
+                  "history": {"val_accuracy": [accuracy]}, "feature_history": {"val_accuracy": [0.7]}}
+        (path / tuning_runs.TRIAL_FILE).write_text(json.dumps(record))
+        dirs.append(str(path))
+    out = tmp_path / "out"
+    out.mkdir()
+    # Handed over in any order: the records, not the order, say which trial is which.
+    chosen = tuning_runs.select(dirs[::-1], str(out / "model"), str(out / "h.json"), str(out / "f.json"),
+                                str(out / "t.json"))
+    assert chosen["best"]["params"] == {"fine_tune_at": 62, "learning_rate": 1e-4}
+    assert (out / "model" / "saved_model.pb").read_text() == "model 2"
+    assert [t["params"]["fine_tune_at"] for t in chosen["trials"]] == [60, 61, 62]
+    assert json.loads((out / "t.json").read_text())["best"] == chosen["best"]
+    history = json.loads((out / "h.json").read_text())
+    assert history["val_accuracy"] == [0.9] and history["tuning"]["best"] == chosen["best"]
+    assert os.path.isfile(out / "f.json")
+
+
+def test_report_shows_every_trial_in_a_table_and_their_curves(tmp_path):
+    from tests.unit.test_report import FEATURE, TUNED, _results
+    from tlp.components.lib import report
+
+    tuned = {"trials": [{"params": {"fine_tune_at": 60}, "val_accuracy": 0.8, "val_loss": 0.5, "seconds": 3.0,
+                         "val_curve": [0.7, 0.8]},
+                        {"params": {"fine_tune_at": 100}, "val_accuracy": 0.9, "val_loss": 0.4, "seconds": 4.0,
+                         "val_curve": [0.85, 0.9]}],
+             "best": {"params": {"fine_tune_at": 100}}}
+    context = report.report_context(_results(["cat", "dog"]), True, [], 0.0, FEATURE, {**TUNED, "tuning": tuned})
+    html = report.render_html(context)
+    assert "Tuning: 2 trials" in html and "fine_tune_at=60" in html and "2 (best)" in html
+    assert 'alt="validation curves of the trials"' in html
+    plain = report.render_html(report.report_context(_results(["cat", "dog"]), True, [], 0.0, FEATURE, TUNED))
+    assert "Tuning:" not in plain
