@@ -241,7 +241,9 @@ def run_batch_job(model: str, sources: list[str], registry_uri: str, options: Pr
     if not output.startswith("gs://"):
         raise ConfigError(f"--batch-job writes to Cloud Storage: pass --output gs://BUCKET/PREFIX, not {output!r}.")
     check_credentials()
-    registry = open_registry(registry_uri)
+    from tlp.components.lib.registry.vertex_backend import VertexRegistry
+
+    registry = VertexRegistry(registry_uri)  # the vertex:// check above: the Vertex backend's own calls follow
     version = registry.model_version(model)
     project = registry.location.project
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")

@@ -41,6 +41,7 @@ import numpy as np
 
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep import records
+from tlp.components.lib.specs import ServiceError
 
 DEFAULT_BUDGET_BYTES = 1 << 30  # cached tensors held in memory; the rest is spilled to local disk
 SPILL_PREFIX = "tlp-cut-cache-"
@@ -49,7 +50,10 @@ BUILD_BATCH_CPU = 16
 
 
 class CutNotApplicable(Exception):
-    """The model cannot be trained from the cut (the message says why); train it on images."""
+    """The model cannot be trained from the cut (the message says why); train it on images.
+
+    Internal on purpose: ``fine_tune_from_cut`` catches it and falls back to training on images,
+    so it never reaches a user (tests/unit/test_errors.py lists it as internal)."""
 
 
 @dataclass
@@ -188,7 +192,7 @@ class ActivationCache:
 
     def add(self, tensors: list, labels) -> None:
         if self.finished:
-            raise RuntimeError("the cut cache is already finished")
+            raise ServiceError("the cut cache is already finished; build a new ActivationCache to add more rows.")
         n = len(labels)
         in_memory = max(0, min(n, self.memory_rows - self.count))
         for store, values in zip(self.memory, tensors, strict=True):
@@ -212,7 +216,8 @@ class ActivationCache:
     def gather(self, indices) -> list:
         """The cached tensors and labels of ``indices`` (record positions), in that order."""
         if not self.finished:
-            raise RuntimeError("the cut cache is read before it was completely built")
+            raise ServiceError("the cut cache is read before it was completely built; "
+                               "call finish() after the last add().")
         indices = np.asarray(indices, np.int64)
         out = [np.empty((len(indices), *shape), np.float32) for shape in self.shapes]
         in_memory = indices < self.memory_rows
@@ -228,7 +233,8 @@ class ActivationCache:
                 while done < self.row_bytes:  # pread may return short counts
                     got = os.preadv(reader, [view[done:]], offset + done)
                     if got <= 0:
-                        raise OSError(f"the cut cache file {self.spill_path} ended early")
+                        raise ServiceError(f"the cut cache file {self.spill_path} ended early; keep other processes "
+                                           "from deleting or truncating it while training runs, and train again.")
                     done += got
                 start = 0
                 for target, size, shape in zip(out, self.sizes, self.shapes, strict=True):

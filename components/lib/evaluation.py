@@ -13,6 +13,7 @@ from tlp.components.lib import model as model_lib
 from tlp.components.lib import report
 from tlp.components.lib.dataprep import records
 from tlp.components.lib.settings import Settings
+from tlp.components.lib.specs import ConfigError
 from tlp.components.lib.training import load_history
 
 MAX_MISCLASSIFIED_SHOWN = 24
@@ -32,7 +33,7 @@ def evaluate_model(
     class_names = model_lib.read_info(model_dir)["class_names"]
     data_classes = records.read_metadata(dataset_dir)["class_names"]
     if data_classes != class_names:
-        raise ValueError(
+        raise ConfigError(
             f"the model was trained on classes {class_names} but the data set has "
             f"{data_classes}; evaluate on the data set the model was trained on."
         )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from tlp.components.lib import model as model_lib
 from tlp.components.lib import serving
 from tlp.components.lib.dataprep import records
-from tlp.components.lib.specs import ServiceError
+from tlp.components.lib.specs import ConfigError, ServiceError
 
 DEFAULT_IMAGES = 8
 DEFAULT_TOLERANCE = 1e-4  # decode/resize in the signature vs evaluation's decoded JPEGs: ~1e-6 apart
@@ -132,7 +132,7 @@ def infra_validate(
 
 
     if mode not in ("subprocess", "inprocess"):
-        raise ValueError(f"mode {mode!r}: use 'subprocess' or 'inprocess'")
+        raise ConfigError(f"infra validation mode {mode!r} is not one I know; use 'subprocess' or 'inprocess'.")
     started = time.monotonic()
     encoded = _load_images(images)
     if not encoded:
@@ -144,7 +144,8 @@ def infra_validate(
         return InfraResult(False, f"the model does not load ({error})", len(encoded), mode=mode,
                            seconds=time.monotonic() - started)
     if len(expected) != len(encoded):
-        raise ValueError(f"{len(expected)} expected probability rows for {len(encoded)} images")
+        raise ConfigError(f"{len(expected)} expected probability rows were given for {len(encoded)} images; "
+                          "give one row per test image, in the order of the images.")
     name = "candidate"
     log_path = os.path.join(tempfile.mkdtemp(prefix="tlp-infra-"), "server.log")
     answer, failure = None, ""

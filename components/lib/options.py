@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.specs import ConfigError, ServiceError
 
 _UNSET = object()
 
@@ -92,6 +92,10 @@ class NotPassedToStep:
         return f"<{self.name}: not passed to {self.step}>"
 
 
+class OptionNotPassed(ServiceError, LookupError):
+    """A step read an option its declaration does not pass to it: a bug in settings.py, exit code 1."""
+
+
 class Group:
     """Base of the option groups: reading an option a step was not given fails loudly,
     instead of silently using the default."""
@@ -99,9 +103,9 @@ class Group:
     def __getattribute__(self, name: str):
         value = object.__getattribute__(self, name)
         if isinstance(value, NotPassedToStep):
-            raise LookupError(
+            raise OptionNotPassed(
                 f"option {value.name} is not passed to the {value.step} step; add {value.step!r} to its "
-                "steps in tlp/components/lib/settings.py"
+                "steps in tlp/components/lib/settings.py."
             )
         return value
 

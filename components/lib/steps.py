@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tlp.components.lib.specs import NotFound
+
 DATA_FINGERPRINT = "data-fingerprint"
 DATA_PREP = "data-prep"
 DATA_CHECKS = "data-checks"
@@ -55,4 +57,4 @@ def step(name: str) -> Step:
     for candidate in STEPS + TUNING_STEPS:
         if candidate.name == name:
             return candidate
-    raise KeyError(name)
+    raise NotFound(f"no pipeline step is named {name!r}; use one of {', '.join(STEP_NAMES)}.")

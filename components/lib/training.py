@@ -38,7 +38,7 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 DECODED_CACHE_BYTES = 1 << 30
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(specs.ServiceError):
     """The loss became NaN or infinite."""
 
 

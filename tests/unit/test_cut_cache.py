@@ -10,6 +10,7 @@ from tests.conftest import SMALL, settings
 from tlp.components.lib import cut_cache, training
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep import records as prepared
+from tlp.components.lib.specs import ServiceError
 
 # Measured: the cut-cached and the plain path end with bit-identical weights on one device and on
 # two logical CPUs (max difference 0.0); this leaves room for float summation order only.
@@ -80,7 +81,7 @@ def test_cache_keeps_rows_in_memory_up_to_the_budget_and_spills_the_rest(tmp_pat
     cache = cut_cache.ActivationCache(shapes, capacity=10, memory_rows=3, spill_path=spill)
     for start in (0, 4, 8):  # batches of 4, 4, 2
         cache.add([first[start : start + 4], second[start : start + 4]], labels[start : start + 4])
-    with pytest.raises(RuntimeError, match="before it was completely built"):
+    with pytest.raises(ServiceError, match="before it was completely built"):
         cache.gather([0])
     cache.finish()
     assert cache.count == 10 and cache.spilled_rows == 7
