@@ -20,8 +20,8 @@ import contextlib
 import json
 import os
 
-from tlp.components.lib.images import resize
 from tlp.components.lib import specs
+from tlp.components.lib.images import resize
 from tlp.components.lib.specs import BASES, check_fine_tune_at
 
 BASE_LAYER_NAME = "base"
@@ -209,8 +209,8 @@ def export_servable(model, export_dir: str, class_names: list[str], image_size: 
     Input ``image_bytes`` (the ``_bytes`` suffix makes Vertex AI's TF serving container decode
     ``{"b64": ...}``); outputs ``probabilities`` [N, C], ``label`` [N] (class name),
     ``class_index`` [N] and ``score`` [N]. A second signature, ``serving_with_features``, returns the
-    same plus ``pooled_features`` [N, D] float32 from the same call (drift). The directory also holds the Keras model and
-    ``model_info.json`` so evaluation and later phases can load it.
+    same plus ``pooled_features`` [N, D] float32 from the same call (drift). The directory also holds
+    the Keras model and ``model_info.json`` so evaluation and later phases can load it.
     """
     import tensorflow as tf
 
