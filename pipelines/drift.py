@@ -23,7 +23,7 @@ def photo_paths(sources: list[str]) -> list[str]:
 
     from tlp.components.lib.images import IMAGE_EXTENSIONS
 
-    found = []
+    found: list[str] = []
     for source in sources:
         if tf.io.gfile.isdir(source):
             for directory, _subdirs, names in sorted(tf.io.gfile.walk(source)):
