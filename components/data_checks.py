@@ -37,6 +37,7 @@ def data_checks(
     found = check_against_champion(
         dataset.path, settings.registry.registry, settings.registry.model_name,
         max_data_drop=settings.checks.max_data_drop, max_class_shift=settings.checks.max_class_shift,
+        max_image_drift=settings.checks.max_image_drift,
     )
     with open(findings.path, "w") as handle:  # written first: a stopped run keeps them too
         json.dump(found, handle, indent=2)

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     deployed = command("deploy", "deploy a registered version to a Vertex AI endpoint")
     deployed.add_argument("model", help="NAME@champion or NAME/VERSION in the Vertex AI Model Registry")
 
+    drifted = command("drift", "score photos against a model's training photos (exit 4 when they drifted)")
+    drifted.add_argument("model", help="a model directory, or NAME/VERSION or NAME@champion in the registry")
+    drifted.add_argument("photos", nargs="+", help="image files or folders (local or gs://)")
+
     compile_ = command("compile", "write the pipeline as kfp IR YAML")
     compile_.add_argument("--output", default="pipeline.yaml")
 
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": command_run, "component": command_component, "predict": command_predict,
                 "compile": command_compile, "submit": command_submit, "schedule": command_schedule,
                 "options": command_options, "serve": command_serve, "deploy": command_deploy,
-                "models": command_models}
+                "models": command_models, "drift": command_drift}
     try:
         return handlers[args.command](args)
     except NotFound as error:
@@ -333,6 +337,19 @@ def _predict_batch(model: str, sources: list[str], registry: str, chosen: Predic
     summary = predict.predict_to_file(model, sources, chosen.output, registry, batch_size=chosen.images_per_call)
     return 0 if summary.predicted else 1
 
+
+
+# --- tlp drift --------------------------------------------------------------------------------
+
+
+def command_drift(args) -> int:
+    from tlp.components.lib.settings import DriftOptions
+    from tlp.pipelines import drift
+
+    chosen = _group(DriftOptions, args)
+    with native_stderr_captured():
+        return drift.run(args.model, args.photos, _local_registry(args.registry), threshold=chosen.threshold,
+                         as_json=chosen.drift_json)
 
 
 # --- tlp models -------------------------------------------------------------------------------

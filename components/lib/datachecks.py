@@ -18,6 +18,8 @@ import json
 import math
 import os
 
+import numpy as np
+
 from tlp.components.lib.dataprep import records
 from tlp.components.lib.registry import ModelVersion, open_registry
 from tlp.components.lib.registry.champion import model_name_for, split_of, split_of_data
@@ -108,12 +110,48 @@ def compare(metadata: dict, champion: ModelVersion | None, *, name: str, max_dat
     return found
 
 
+def image_drift(dataset_dir: str, champion_dir: str, *, max_image_drift: float, seed: int = 0) -> dict:
+    """Drift of the new training photos against the champion's reference features, with the
+    champion's own network (its ``serving_with_features`` signature on the prepared photos, the
+    path its reference took). ``max_image_drift`` > 0 and reached: a problem that stops the run."""
+    import tensorflow as tf
+
+    from tlp.components.lib import drift
+    from tlp.components.lib import model as model_lib
+
+    reference = drift.load_reference(champion_dir)
+    signature = model_lib.load_servable(champion_dir, model_lib.FEATURES_SIGNATURE)
+    total = records.read_metadata(dataset_dir)["num_examples"]["train"]
+    keep = np.zeros(total, dtype=bool)
+    keep[drift.sample_indices(total, drift.MAX_NEW, seed)] = True
+    features, ids, position = [], [], 0
+    for batch, _labels, source_ids in records.read_split(dataset_dir, "train", 64, with_source_ids=True):
+        rows = np.flatnonzero(keep[position:position + len(source_ids)])
+        position += len(source_ids)
+        if len(rows):
+            encoded = [tf.io.encode_png(batch[int(i)]).numpy() for i in rows]  # lossless: the pixels as stored
+            features.append(signature(image_bytes=tf.constant(encoded))[model_lib.FEATURES_OUTPUT].numpy())
+            ids.extend(source_ids.numpy()[rows].astype(str).tolist())
+    result = drift.two_sample_test(reference.features, np.concatenate(features), seed=seed, ids=ids)
+    found = {"image_drift_auc": round(result.auc, 4), "image_drift_most_different": result.most_different(5),
+             "findings": [f"image drift of the new training photos vs the champion's: AUC {result.auc:.3f} "
+                          f"({drift.verdict(result.auc, max_image_drift or drift.DEFAULT_THRESHOLD)})"],
+             "problems": []}
+    if max_image_drift and result.auc >= max_image_drift:
+        found["problems"].append(
+            f"the new photos' drift AUC against the champion's training photos is {result.auc:.3f}, at or above "
+            f"--max-image-drift {max_image_drift:g}; look at the photos it names (tlp drift), or pass "
+            f"--max-image-drift 0 to train on them anyway"
+        )
+    return found
+
+
 def stop_sentence(found: dict) -> str:
     return "the data checks stopped the run before training: " + "; and ".join(found["problems"]) + "."
 
 
 def check_against_champion(dataset_dir: str, registry_uri: str, model_name: str, *, max_data_drop: float,
-                           max_class_shift: float) -> dict:
+                           max_class_shift: float, max_image_drift: float = 0.0) -> dict:
     """The data-checks step: looks up the champion of the model this run registers into and
     compares. Returns the findings (``passed`` false: the caller stops the run)."""
     # A step's artifact path is a local (or /gcs-mounted) directory: no TensorFlow needed to read it.
@@ -127,6 +165,15 @@ def check_against_champion(dataset_dir: str, registry_uri: str, model_name: str,
         champion = registry.version(name, version) if version else None
     found = compare(metadata, champion, name=name, max_data_drop=max_data_drop, max_class_shift=max_class_shift)
     found["registry"] = registry.uri
+    if champion is not None and max_image_drift:
+        # Off by default: it downloads the champion's model and runs its network over the photos.
+        drifted = image_drift(dataset_dir, registry.model_dir(f"{name}/{champion.version}"),
+                              max_image_drift=max_image_drift)
+        found["image_drift_auc"] = drifted["image_drift_auc"]
+        found["image_drift_most_different"] = drifted["image_drift_most_different"]
+        found["findings"] += drifted["findings"]
+        found["problems"] += drifted["problems"]
+        found["passed"] = not found["problems"]
     for line in found["findings"]:
         print(f"  data checks: {line}", flush=True)
     return found

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 
+from tlp.components.lib import specs
 from tlp.components.lib.dataprep.encode import resize
 from tlp.components.lib.specs import BASES, check_fine_tune_at
 
@@ -165,6 +166,11 @@ def probabilities(logits, num_classes: int):
 # --- saving ---------------------------------------------------------------------------------
 
 KERAS_FILE = "model.keras"
+# The second signature of the same SavedModel: serving_default's outputs plus the pooled features
+# (what drift is measured on), from one forward pass. serving_default itself is unchanged, so
+# Vertex AI's prebuilt containers and older clients see what they always saw.
+FEATURES_SIGNATURE = "serving_with_features"
+FEATURES_OUTPUT = "pooled_features"
 INFO_FILE = "model_info.json"
 
 
@@ -202,22 +208,26 @@ def export_servable(model, export_dir: str, class_names: list[str], image_size: 
 
     Input ``image_bytes`` (the ``_bytes`` suffix makes Vertex AI's TF serving container decode
     ``{"b64": ...}``); outputs ``probabilities`` [N, C], ``label`` [N] (class name),
-    ``class_index`` [N] and ``score`` [N]. The directory also holds the Keras model and
-    ``model_info.json`` so evaluation and later phases can load it.
+    ``class_index`` [N] and ``score`` [N]. A second signature, ``serving_with_features``, returns the
+    same plus ``pooled_features`` [N, D] float32 from the same call (drift). The directory also holds
+    the Keras model and ``model_info.json`` so evaluation and later phases can load it.
     """
     import tensorflow as tf
 
 
     num_classes = len(class_names)
+    keras_ = keras()
+    # One forward pass gives both: the pooled features are an intermediate of the classifier.
+    both = keras_.Model(model.input, [model.output, model.get_layer("pooled_features").output])
 
     class Servable(tf.Module):
         def __init__(self):
             super().__init__()
             self.model = model
+            self.both = both
             self.class_names = tf.constant(class_names)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        def serve(self, image_bytes):
+        def _outputs(self, image_bytes):
             def decode(data):
                 image = tf.io.decode_image(data, channels=3, expand_animations=False)
                 return resize(tf.cast(image, tf.float32), image_size)
@@ -228,22 +238,41 @@ def export_servable(model, export_dir: str, class_names: list[str], image_size: 
                 fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
             )
             images = tf.round(tf.clip_by_value(images, 0.0, 255.0))
-            probs = probabilities(self.model(images, training=False), num_classes)
+            logits, features = self.both(images, training=False)
+            probs = probabilities(logits, num_classes)
             index = tf.argmax(probs, axis=-1, output_type=tf.int32)
             return {
                 "probabilities": probs,
                 "class_index": index,
                 "label": tf.gather(self.class_names, index),
                 "score": tf.reduce_max(probs, axis=-1),
-            }
+            }, tf.cast(features, tf.float32)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve(self, image_bytes):
+            return self._outputs(image_bytes)[0]
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve_with_features(self, image_bytes):
+            outputs, features = self._outputs(image_bytes)
+            return {**outputs, FEATURES_OUTPUT: features}
 
     servable = Servable()
-    tf.saved_model.save(servable, export_dir, signatures={"serving_default": servable.serve})
+    tf.saved_model.save(servable, export_dir, signatures={
+        "serving_default": servable.serve, FEATURES_SIGNATURE: servable.serve_with_features,
+    })
     save_keras(model, export_dir, info)
 
 
-def load_servable(model_dir: str):
-    """The serving signature of an exported model: call it with ``image_bytes=tf.constant([...])``."""
+def load_servable(model_dir: str, signature: str = "serving_default"):
+    """The serving signature of an exported model: call it with ``image_bytes=tf.constant([...])``.
+    ``signature=FEATURES_SIGNATURE``: the same outputs plus ``pooled_features`` [N, D]."""
     import tensorflow as tf
 
-    return tf.saved_model.load(model_dir).signatures["serving_default"]
+    signatures = tf.saved_model.load(model_dir).signatures
+    if signature not in signatures:
+        raise specs.NotFound(
+            f"the model at {model_dir} has no {signature!r} signature (exported before tlp added it); retrain it "
+            "(tlp run) to get a version that has one."
+        )
+    return signatures[signature]

@@ -109,6 +109,10 @@ class CheckOptions(Group):
         0.15, "stop before training if a class's share of the photos moved this much from the champion's",
         commands=TRAINING_COMMANDS, steps=(DATA_CHECKS,), minimum=0.0, maximum=1.0,
     )
+    max_image_drift: float = option(
+        0.0, "stop before training if the new photos' drift AUC against the champion's reference features reaches "
+        "this (0: off)", commands=TRAINING_COMMANDS, steps=(DATA_CHECKS,), minimum=0.0, maximum=1.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -223,7 +227,7 @@ class RegistryOptions(Group):
     registry: str = option(
         "", "registry URI: sqlite:///PATH.db or http(s)://MLFLOW (MLflow), vertex://PROJECT/REGION[/MODEL]; "
         "default sqlite:///OUTPUT_DIR/registry.db locally, vertex in the cloud",
-        commands=(*TRAINING_COMMANDS, *MODELS_COMMANDS, "predict", "serve", "deploy"),
+        commands=(*TRAINING_COMMANDS, *MODELS_COMMANDS, "predict", "serve", "deploy", "drift"),
         steps=(DATA_CHECKS, REGISTRATION), check=_registry_uri,
     )
     model_name: str = option(
@@ -531,9 +535,20 @@ class TrackingOptions(Group):
     )
 
 
+@dataclass(frozen=True)
+class DriftOptions(Group):
+    """``tlp drift``: photos scored against the reference features stored with a model."""
+
+    GROUP = "drift"
+    threshold: float = option(0.75, "drifted (exit 4) at this cross-validated AUC or above (0.5: indistinguishable)",
+                              commands=("drift",), minimum=0.5, maximum=1.0)
+    drift_json: bool = option(False, "print JSON: auc, threshold, drifted, n, most_different", commands=("drift",),
+                              flag="--json")
+
+
 RUNNER_GROUPS = (
     LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions, ServeOptions, DeployOptions,
-    PredictOptions, ModelsOptions, TrackingOptions,
+    PredictOptions, ModelsOptions, TrackingOptions, DriftOptions,
 )
 
 

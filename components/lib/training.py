@@ -277,10 +277,38 @@ def fine_tune(
     }
     target = model_out_dir if is_chief() else tempfile.mkdtemp()
     model_lib.export_servable(model, target, class_names, info["image_size"], info)
+    write_drift_reference(model, dataset_dir, target, training.batch_size, training.seed)
     if target != model_out_dir:  # non-chief workers write a throwaway copy (collective ops)
         shutil.rmtree(target, ignore_errors=True)
     _discard_backup(backup_dir)
     return history, replicas
+
+
+def write_drift_reference(model, dataset_dir: str, model_dir: str, batch_size: int, seed: int) -> int:
+    """The fine-tuned network's pooled features of at most ``drift.MAX_REFERENCE`` training photos (a
+    seeded sample), stored in ``model_dir`` so that they travel with the model into the registry: what
+    ``tlp drift``, the data checks and the server compare new photos with. Returns the count."""
+    import tensorflow as tf
+
+    from tlp.components.lib import drift
+
+    keras = model_lib.keras()
+    features_model = keras.Model(model.input, model.get_layer("pooled_features").output)
+    run = tf.function(lambda batch: tf.cast(features_model(batch, training=False), tf.float32))
+    total = records.read_metadata(dataset_dir)["num_examples"]["train"]
+    wanted = drift.sample_indices(total, drift.MAX_REFERENCE, seed)
+    keep = np.zeros(total, dtype=bool)
+    keep[wanted] = True
+    features, ids, position = [], [], 0
+    for batch_images, _labels, source_ids in records.read_split(dataset_dir, "train", batch_size, with_source_ids=True):
+        rows = np.flatnonzero(keep[position:position + len(source_ids)])
+        position += len(source_ids)
+        if len(rows):
+            features.append(run(tf.gather(batch_images, rows)).numpy())
+            ids.extend(source_ids.numpy()[rows].astype(str).tolist())
+    drift.save_reference(model_dir, np.concatenate(features), ids)
+    print(f"  drift reference: pooled features of {len(ids)} training photos -> {drift.REFERENCE_FILE}", flush=True)
+    return len(ids)
 
 
 def save_history(history: dict, path: str) -> None:

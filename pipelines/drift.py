@@ -1,0 +1,94 @@
+"""``tlp drift MODEL PHOTOS...``: do these photos still look like the photos the model was trained on?
+
+The photos' pooled features come from the model's own SavedModel (its ``serving_with_features``
+signature: the network that was registered); ``drift.two_sample_test`` compares them with the
+reference stored in the model directory. Exit code 4 when they drifted, so a scheduler can act."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from tlp.components.lib import drift
+from tlp.components.lib.specs import ConfigError
+
+DRIFTED_EXIT = 4
+SHOWN = 10
+
+
+def photo_paths(sources: list[str]) -> list[str]:
+    """Image files named or under named folders (local or gs://), sorted within each folder."""
+    import tensorflow as tf
+
+    from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS
+
+    found: list[str] = []
+    for source in sources:
+        if tf.io.gfile.isdir(source):
+            for directory, _subdirs, names in sorted(tf.io.gfile.walk(source)):
+                found.extend(f"{directory.rstrip('/')}/{name}" for name in sorted(names)
+                             if name.lower().endswith(IMAGE_EXTENSIONS))
+        elif tf.io.gfile.exists(source):
+            found.append(source)
+        else:
+            raise ConfigError(f"{source!r} is neither an image file nor a folder; give photos or folders of them.")
+    if not found:
+        raise ConfigError(f"no image files under {', '.join(sources)}; give photos or folders of them.")
+    return found
+
+
+def features_of(model_dir: str, paths: list[str], batch_size: int = 32) -> tuple[np.ndarray, list[str], list[str]]:
+    """(features [N, D], the paths scored, the unreadable ones) through the model's features signature."""
+    import tensorflow as tf
+
+    from tlp.components.lib import model as model_lib
+
+    signature = model_lib.load_servable(model_dir, model_lib.FEATURES_SIGNATURE)
+
+    def run(batch: list[bytes]) -> np.ndarray:
+        return signature(image_bytes=tf.constant(batch))[model_lib.FEATURES_OUTPUT].numpy()
+
+    features, scored, unreadable = [], [], []
+    for start in range(0, len(paths), batch_size):
+        names = paths[start:start + batch_size]
+        data = [tf.io.gfile.GFile(name, "rb").read() for name in names]
+        try:
+            features.append(run(data))
+            scored.extend(names)
+        except tf.errors.InvalidArgumentError:  # one bad file refuses the batch: score the others alone
+            for name, one in zip(names, data, strict=True):
+                try:
+                    features.append(run([one]))
+                    scored.append(name)
+                except tf.errors.InvalidArgumentError:
+                    unreadable.append(name)
+    if not features:
+        raise ConfigError(f"none of the {len(paths)} files could be decoded as an image; give JPEG, PNG, GIF or BMP.")
+    return np.concatenate(features), scored, unreadable
+
+
+def score(model: str, sources: list[str], registry_uri: str, *, seed: int = 0) -> tuple[drift.DriftResult, list[str]]:
+    from tlp.pipelines.predict import resolve_model
+
+    model_dir = resolve_model(model, registry_uri)
+    reference = drift.load_reference(model_dir, model)
+    features, scored, unreadable = features_of(model_dir, photo_paths(sources))
+    return drift.two_sample_test(reference.features, features, seed=seed, ids=scored), unreadable
+
+
+def report(result: drift.DriftResult, unreadable: list[str], threshold: float, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({**result.as_dict(threshold, SHOWN), "unreadable": unreadable})
+    lines = [f"tlp drift: {result.n_new} photos vs {result.n_reference} training photos of the model: AUC "
+             f"{result.auc:.3f}", f"  {drift.verdict(result.auc, threshold)}", "  least like the training photos:"]
+    lines += [f"    {row['score']:.3f}  {row['photo']}" for row in result.most_different(SHOWN)]
+    if unreadable:
+        lines.append(f"  {len(unreadable)} unreadable file(s) left out, e.g. {unreadable[0]}")
+    return "\n".join(lines)
+
+
+def run(model: str, sources: list[str], registry_uri: str, *, threshold: float, as_json: bool, echo=print) -> int:
+    result, unreadable = score(model, sources, registry_uri)
+    echo(report(result, unreadable, threshold, as_json))
+    return DRIFTED_EXIT if result.drifted(threshold) else 0
