@@ -13,7 +13,7 @@ def data_checks(
     dataset: Input[Dataset],
     findings: Output[Artifact],
     options: dict,
-) -> NamedTuple("DataChecksOutputs", [("same_data", bool), ("class_set_changed", bool)]):
+) -> NamedTuple("DataChecksOutputs", [("same_data", bool), ("class_set_changed", bool)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """Compares the prepared data with the champion's (photo count, class shares, class set,
     source fingerprint) and stops the run, before training, if it shrank or shifted too much.
 
@@ -43,5 +43,5 @@ def data_checks(
         json.dump(found, handle, indent=2)
     findings.metadata.update({key: found[key] for key in ("champion", "passed", "same_data", "findings", "problems")})
     raise_if_stopped(found)
-    outputs = namedtuple("DataChecksOutputs", ["same_data", "class_set_changed"])
-    return outputs(found["same_data"], found["class_set_changed"])
+    DataChecksOutputs = namedtuple("DataChecksOutputs", ["same_data", "class_set_changed"])
+    return DataChecksOutputs(found["same_data"], found["class_set_changed"])

@@ -10,7 +10,7 @@ from tlp.components.container_images import image_reference
 @dsl.component(base_image=image_reference(kind="light"), install_kfp_package=False)
 def data_fingerprint(
     options: dict,
-) -> NamedTuple("DataFingerprintOutputs", [("fingerprint", str), ("files", int), ("description", str)]):
+) -> NamedTuple("DataFingerprintOutputs", [("fingerprint", str), ("files", int), ("description", str)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """Lists what the ``data`` option names, as it is now (names, sizes, generations or
     modification times; the TFDS version), into one fingerprint for data prep.
 
@@ -29,5 +29,5 @@ def data_fingerprint(
 
     found = fingerprint_source(Settings.for_step(DATA_FINGERPRINT, options).data.data)
     print(f"  data fingerprint: {found.description} -> {found.fingerprint}", flush=True)
-    outputs = namedtuple("DataFingerprintOutputs", ["fingerprint", "files", "description"])
-    return outputs(found.fingerprint, found.files, found.description)
+    DataFingerprintOutputs = namedtuple("DataFingerprintOutputs", ["fingerprint", "files", "description"])
+    return DataFingerprintOutputs(found.fingerprint, found.files, found.description)

@@ -13,7 +13,7 @@ def data_prep(
     dataset: Output[Dataset],
     options: dict,
     source_fingerprint: str = "",
-) -> NamedTuple("DataPrepOutputs", [("class_names", str), ("train_images", int),
+) -> NamedTuple("DataPrepOutputs", [("class_names", str), ("train_images", int),  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
                                     ("val_images", int), ("test_images", int), ("skipped", int)]):
     """Loads the images named by the ``data`` option and writes the 80/10/10 splits (each photo's
     split decided by its content and the seed), resized, as TFRecord shards.
@@ -56,8 +56,10 @@ def data_prep(
         "skipped_count": len(metadata["skipped"]),
         "skipped": metadata["skipped"],  # every skipped file with its reason
     })
-    outputs = namedtuple("DataPrepOutputs", ["class_names", "train_images", "val_images", "test_images", "skipped"])
+    DataPrepOutputs = namedtuple(
+        "DataPrepOutputs", ["class_names", "train_images", "val_images", "test_images", "skipped"]
+    )
     counts = metadata["num_examples"]
-    return outputs(
+    return DataPrepOutputs(
         json.dumps(metadata["class_names"]), counts["train"], counts["val"], counts["test"], len(metadata["skipped"])
     )

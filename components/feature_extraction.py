@@ -14,7 +14,7 @@ def feature_extraction(
     model: Output[Model],
     history: Output[Artifact],
     options: dict,
-) -> NamedTuple("FeatureExtractionOutputs", [("val_accuracy", float)]):
+) -> NamedTuple("FeatureExtractionOutputs", [("val_accuracy", float)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """Trains the classification head on a frozen ImageNet base (features computed once).
 
     Args:

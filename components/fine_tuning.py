@@ -15,7 +15,7 @@ def fine_tuning(
     model: Output[Model],
     history: Output[Artifact],
     options: dict,
-) -> NamedTuple("FineTuningOutputs", [("replicas", int)]):
+) -> NamedTuple("FineTuningOutputs", [("replicas", int)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """Unfreezes the base from ``fine_tune_at`` and trains at ``learning_rate / 10``.
 
     Args:
@@ -47,4 +47,5 @@ def fine_tuning(
     save_history(result, history.path)
     model.metadata.update({"framework": "tensorflow", "format": "saved_model", "replicas": replicas,
                            "tensorboard": logs})
-    return namedtuple("FineTuningOutputs", ["replicas"])(replicas)
+    FineTuningOutputs = namedtuple("FineTuningOutputs", ["replicas"])
+    return FineTuningOutputs(replicas)

@@ -16,7 +16,7 @@ def registration(
     report: Input[HTML],
     registered_report: Output[HTML],
     options: dict,
-) -> NamedTuple("RegistrationOutputs", [("registry", str), ("name", str), ("version", str),
+) -> NamedTuple("RegistrationOutputs", [("registry", str), ("name", str), ("version", str),  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
                                         ("champion", bool), ("reason", str), ("promote_command", str),
                                         ("infra_validation", str)]):
     """Registers the model as a new version, with its metrics, parameters and lineage.
@@ -51,10 +51,12 @@ def registration(
         chosen.champion_tolerance,
     )
     add_registration(report.path, registered_report.path, dataclasses.asdict(registered))
-    fields = ["registry", "name", "version", "champion", "reason", "promote_command", "infra_validation"]
-    outputs = namedtuple("RegistrationOutputs", fields)
+    RegistrationOutputs = namedtuple(
+        "RegistrationOutputs",
+        ["registry", "name", "version", "champion", "reason", "promote_command", "infra_validation"],
+    )
     infra = json.dumps(registered.infra_validation) if registered.infra_validation else ""
-    return outputs(
+    return RegistrationOutputs(
         registered.registry, registered.name, registered.version, registered.champion, registered.reason,
         registered.promote_command, infra,
     )

@@ -15,7 +15,7 @@ def feature_extraction_heads(
     heads: Output[Model],
     options: dict,
     head_settings: list,
-) -> NamedTuple("HeadsOutputs", [("heads", int)]):
+) -> NamedTuple("HeadsOutputs", [("heads", int)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """Feature extraction once for every trial: the frozen base runs over the images once and one
     head is trained per distinct head setting.
 
@@ -40,7 +40,8 @@ def feature_extraction_heads(
         tensorboard_dir=tensorboard_dir(os.path.join(task_dir, "tensorboard")),
     )
     heads.metadata.update({"framework": "tf-keras", "heads": sorted(trained)})
-    return namedtuple("HeadsOutputs", ["heads"])(len(trained))
+    HeadsOutputs = namedtuple("HeadsOutputs", ["heads"])
+    return HeadsOutputs(len(trained))
 
 
 @dsl.component(base_image=image_reference(kind="train"), install_kfp_package=False)
@@ -50,7 +51,7 @@ def fine_tuning_trial(
     model: Output[Model],
     options: dict,
     trial: dict,
-) -> NamedTuple("TrialOutputs", [("val_accuracy", float), ("val_loss", float), ("seconds", float)]):
+) -> NamedTuple("TrialOutputs", [("val_accuracy", float), ("val_loss", float), ("seconds", float)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """One trial: fine-tunes its head setting's head with the trial's fine-tuning options.
 
     Args:
@@ -77,7 +78,8 @@ def fine_tuning_trial(
     )
     model.metadata.update({"framework": "tensorflow", "format": "saved_model", "trial": record["params"],
                            "val_accuracy": record["val_accuracy"], "val_loss": record["val_loss"]})
-    return namedtuple("TrialOutputs", ["val_accuracy", "val_loss", "seconds"])(
+    TrialOutputs = namedtuple("TrialOutputs", ["val_accuracy", "val_loss", "seconds"])
+    return TrialOutputs(
         record["val_accuracy"], record["val_loss"], record["seconds"]
     )
 
@@ -89,7 +91,7 @@ def trial_selection(
     history: Output[Artifact],
     feature_history: Output[Artifact],
     tuning: Output[Artifact],
-) -> NamedTuple("SelectionOutputs", [("best", str), ("replicas", int)]):
+) -> NamedTuple("SelectionOutputs", [("best", str), ("replicas", int)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """Chooses the best trial by validation accuracy (ties: lower validation loss); never by test.
 
     Args:
@@ -112,7 +114,8 @@ def trial_selection(
     best = chosen["best"]
     model.metadata.update({"framework": "tensorflow", "format": "saved_model", "trial": best["params"]})
     tuning.metadata.update({"trials": len(chosen["trials"]), "best": best["params"]})
-    return namedtuple("SelectionOutputs", ["best", "replicas"])(json.dumps(best["params"]), int(best["replicas"]))
+    SelectionOutputs = namedtuple("SelectionOutputs", ["best", "replicas"])
+    return SelectionOutputs(json.dumps(best["params"]), int(best["replicas"]))
 
 
 @dsl.component(base_image=image_reference(kind="light"), install_kfp_package=False)
@@ -161,7 +164,7 @@ def vizier_selection(
     history: Output[Artifact],
     feature_history: Output[Artifact],
     tuning: Output[Artifact],
-) -> NamedTuple("VizierSelectionOutputs", [("best", str), ("replicas", int)]):
+) -> NamedTuple("VizierSelectionOutputs", [("best", str), ("replicas", int)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """The best of the hyperparameter tuning job's trials (each wrote TRIAL_ID/model/trial.json),
     chosen as ``trial_selection`` chooses.
 
@@ -187,6 +190,7 @@ def vizier_selection(
                                                                             TRIAL_FILE)))
     chosen = select(found, model.path, history.path, feature_history.path, tuning.path)
     model.metadata.update({"framework": "tensorflow", "format": "saved_model", "trial": chosen["best"]["params"]})
-    return namedtuple("VizierSelectionOutputs", ["best", "replicas"])(
+    VizierSelectionOutputs = namedtuple("VizierSelectionOutputs", ["best", "replicas"])
+    return VizierSelectionOutputs(
         json.dumps(chosen["best"]["params"]), int(chosen["best"]["replicas"])
     )

@@ -94,7 +94,7 @@ def accelerator_types() -> list[str]:
     """The accelerator names Vertex AI knows, from the API's own enum."""
     from google.cloud.aiplatform_v1.types import AcceleratorType
 
-    return [t.name for t in AcceleratorType if t.name != "ACCELERATOR_TYPE_UNSPECIFIED"]
+    return [t.name for t in AcceleratorType.__members__.values() if t.name != "ACCELERATOR_TYPE_UNSPECIFIED"]
 
 
 def check_hardware(hardware: HardwareOptions, devices: str, on_vertex: bool = True) -> HardwareOptions:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import typing
 
 import numpy as np
 
@@ -133,7 +134,8 @@ def image_drift(dataset_dir: str, champion_dir: str, *, max_image_drift: float, 
             features.append(signature(image_bytes=tf.constant(encoded))[model_lib.FEATURES_OUTPUT].numpy())
             ids.extend(source_ids.numpy()[rows].astype(str).tolist())
     result = drift.two_sample_test(reference.features, np.concatenate(features), seed=seed, ids=ids)
-    found = {"image_drift_auc": round(result.auc, 4), "image_drift_most_different": result.most_different(5),
+    found: dict[str, typing.Any] = {
+        "image_drift_auc": round(result.auc, 4), "image_drift_most_different": result.most_different(5),
              "findings": [f"image drift of the new training photos vs the champion's: AUC {result.auc:.3f} "
                           f"({drift.verdict(result.auc, max_image_drift or drift.DEFAULT_THRESHOLD)})"],
              "problems": []}

@@ -75,7 +75,7 @@ def save_reference(model_dir: str, features: np.ndarray, ids: list[str]) -> str:
     """Writes the reference (float16) into ``model_dir``; returns the file's path."""
     features = np.asarray(features)
     if features.ndim != 2 or len(features) != len(ids):
-        raise ValueError(f"reference features {features.shape} do not match {len(ids)} photo ids")
+        raise ConfigError(f"reference features {features.shape} do not match {len(ids)} photo ids; give one id per row")
     # float16 per feature, relative to the feature's largest magnitude (kept float32): random-weight
     # networks give features of ~1e-12, below float16's smallest number.
     scale = np.abs(features).max(axis=0).astype(np.float32)
@@ -111,7 +111,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     labels = np.asarray(labels).astype(bool)
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if not positives or not negatives:
-        raise ValueError("ROC AUC needs both classes")
+        raise ConfigError("ROC AUC needs both classes; give scores of reference and new photos")
     _, inverse, counts = np.unique(np.asarray(scores), return_inverse=True, return_counts=True)
     average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based, ties share their mean rank
     ranks = average_rank[inverse]

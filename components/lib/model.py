@@ -189,7 +189,7 @@ def load_keras(directory: str):
 
     path = os.path.join(directory, KERAS_FILE)
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(
+        raise specs.NotFound(
             f"{directory} holds no {KERAS_FILE}; pass a Model output of the feature-extraction "
             "or fine-tuning component."
         )

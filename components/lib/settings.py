@@ -546,7 +546,7 @@ class DriftOptions(Group):
                               flag="--json")
 
 
-RUNNER_GROUPS = (
+RUNNER_GROUPS: tuple[type[Group], ...] = (
     LocalRunOptions, ImageOptions, HardwareOptions, CloudOptions, ScheduleOptions, ServeOptions, DeployOptions,
     PredictOptions, ModelsOptions, TrackingOptions, DriftOptions,
 )

@@ -26,31 +26,17 @@ INTERNAL = {
         "the serving app's exception handler answers it as an HTTP 400 with a JSON error; the server goes on",
 }
 
+# Raises of an expression the scan cannot resolve statically, each checked by hand.
+EXPRESSIONS = {
+    "error.__cause__": "pipelines/cloud.py: the GoogleAPICallError the SDK wrapped (isinstance-checked just above); "
+                       "the CLI maps it to one sentence and exit code 1",
+    "console.explain_failure": "pipelines/console.py: Console.explain_failure is annotated to return RunFailed "
+                               "(a ServiceError)",
+}
+
 # Files other branches rewrite this round; the lead converts their raises after merging.
 REWRITTEN_ELSEWHERE = "being rewritten on another branch this round"
-NOT_YET_CONVERTED = {
-    "components/lib/images.py": REWRITTEN_ELSEWHERE,
-    "components/lib/dataprep": REWRITTEN_ELSEWHERE,
-    "components/data_prep.py": REWRITTEN_ELSEWHERE,
-    "pipelines/cli.py": REWRITTEN_ELSEWHERE,
-    "pipelines/summary.py": REWRITTEN_ELSEWHERE,
-    "pipelines/console.py": REWRITTEN_ELSEWHERE,
-    "pipelines/environment.py": REWRITTEN_ELSEWHERE,
-    "pipelines/cloud.py": REWRITTEN_ELSEWHERE,
-    "components/lib/registry/champion.py": REWRITTEN_ELSEWHERE,
-    "components/lib/registration.py": REWRITTEN_ELSEWHERE,
-    "components/registration.py": REWRITTEN_ELSEWHERE,
-    "pipelines/training.py": REWRITTEN_ELSEWHERE,
-    "components/lib/datachecks.py": REWRITTEN_ELSEWHERE,
-    "components/data_checks.py": REWRITTEN_ELSEWHERE,
-    "pipelines/checks.py": REWRITTEN_ELSEWHERE,
-    "components/lib/model.py": REWRITTEN_ELSEWHERE,
-    "components/fine_tuning.py": REWRITTEN_ELSEWHERE,
-    "components/feature_extraction.py": REWRITTEN_ELSEWHERE,
-    "pipelines/tracking.py": REWRITTEN_ELSEWHERE,
-    "components/lib/report.py": REWRITTEN_ELSEWHERE,
-    "components/lib/settings.py": REWRITTEN_ELSEWHERE,
-}
+NOT_YET_CONVERTED: dict[str, str] = {}
 
 
 def _skipped(relative: str) -> bool:
@@ -86,6 +72,8 @@ def _verdict(module, node: ast.Raise, caught: set[str]) -> str | None:
         return None  # bare re-raise inside an except block
     target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
     if isinstance(target, ast.Name) and target.id in caught and not isinstance(node.exc, ast.Call):
+        return None
+    if ast.unparse(target) in EXPRESSIONS:
         return None
     try:
         value = _lookup(vars(module), target)

@@ -14,6 +14,7 @@ import numpy as np
 
 from tlp.components.lib.dataprep import sources
 from tlp.components.lib.dataprep.sources import Photo
+from tlp.components.lib.specs import ConfigError, ServiceError
 
 JPEG_QUALITY = 95
 # PIL refuses images above ~179 Mpx as decompression bombs; our own ceiling is explicit (decode_bytes).
@@ -31,11 +32,11 @@ def decode_bytes(data: bytes, max_side: int) -> np.ndarray:
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     if not data:
-        raise ValueError("empty file (0 bytes)")
+        raise ConfigError("empty file (0 bytes)")  # a skip reason, listed in metadata.json
     with Image.open(io.BytesIO(data)) as image:
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make the ceiling a hard one.
         if image.width * image.height > MAX_PIXELS:
-            raise ValueError(f"{image.width}x{image.height} pixels is above the {MAX_PIXELS:,} pixel ceiling")
+            raise ConfigError(f"{image.width}x{image.height} pixels is above the {MAX_PIXELS:,} pixel ceiling")
         image.draft("RGB", (max_side * 2, max_side * 2))  # JPEG only: decode near target size
         image.seek(0)
         picture: Image.Image = ImageOps.exif_transpose(image)
@@ -87,7 +88,7 @@ def read_unit(unit: tuple, index: int, image_size: int) -> list[Photo]:
                 for i, (source_id, label, number) in enumerate(items)]
     if kind == "tfds":
         return _read_tfds(unit, index, image_size)
-    raise ValueError(f"unknown listing unit {kind!r}")
+    raise ServiceError(f"unknown listing unit {kind!r}; this is a bug in tlp's data prep, please report it")
 
 
 def _read_file(path: str, label: int, order: tuple, image_size: int) -> Photo:

@@ -56,7 +56,7 @@ def serialize_example(encoded: bytes, label: int, source_id: str) -> bytes:
     written by hand (map entries in key order, the int64 list packed): a worker needs no
     TensorFlow, and tests/unit/test_images.py checks the bytes against TensorFlow's."""
     if label < 0:
-        raise ValueError(f"label {label} must not be negative")
+        raise ConfigError(f"label {label} must not be negative; class labels count from 0")
     bytes_feature = lambda value: _field(1, _field(1, value))  # noqa: E731 - Feature.bytes_list.value
     features = {
         "image": bytes_feature(encoded),
