@@ -230,7 +230,9 @@ def command_compile(args) -> int:
     tracking = _group(TrackingOptions, args)
     if tracking.tensorboard:
         checks.check_tensorboard_name(tracking.tensorboard)
-    cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output, tracking)
+    deploy_options = _group(DeployOptions, args)
+    cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output,
+                           deploy=deploy_options, tracking=tracking)
     print(f"pipeline written to {args.output}")
     return 0
 
