@@ -47,10 +47,10 @@ from tlp.components.lib.settings import (
     TrackingOptions,
     TuneOptions,
 )
-from tlp.components.lib.specs import ConfigError, NotFound
+from tlp.components.lib.specs import ConfigError, TlpError
 from tlp.components.lib.steps import STEPS
 from tlp.pipelines import checks, cloud, deploy, models, predict, runners, serve, single, tuned
-from tlp.pipelines.console import RunFailed, native_stderr_captured
+from tlp.pipelines.console import LOGS, NativeLog, RunFailed, native_stderr_captured, write_traceback
 from tlp.pipelines.environment import check_credentials, quiet_tensorflow
 from tlp.pipelines.resolve import default_registry, resolve_local
 from tlp.pipelines.summary import format_summary
@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that may load TensorFlow in this process: its C++ start-up lines and libjpeg's decoder
+# warnings go to a file (named when the command fails), not between the command's own lines.
+NATIVE_CAPTURED = ("predict", "component", "serve", "models")
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     args = build_parser().parse_args(argv)
@@ -127,21 +132,42 @@ def main(argv: list[str] | None = None) -> int:
                 "compile": command_compile, "submit": command_submit, "schedule": command_schedule,
                 "options": command_options, "serve": command_serve, "deploy": command_deploy,
                 "models": command_models, "drift": command_drift}
+    native = NativeLog()
     try:
-        return handlers[args.command](args)
-    except NotFound as error:
+        with native_stderr_captured(enabled=args.command in NATIVE_CAPTURED, native=native):
+            code = handlers[args.command](args)
+            native.keep = code != 0
+    except TlpError as error:  # raised on purpose: its one sentence and its exit code
         print(f"tlp: error: {error}", file=sys.stderr)
-        return 3
-    except ConfigError as error:
-        print(f"tlp: error: {error}", file=sys.stderr)
-        return 2
-    except RunFailed as error:
-        print(f"tlp: error: {error}", file=sys.stderr)
-        return 1
+        _name_native_log(native)
+        return error.exit_code
     except GoogleAPICallError as error:  # e.g. a missing permission or API, or no route to Google
         print(f"tlp: error: Google Cloud refused the request: {error.code} {error.message}; check the project, "
               "region, that the Vertex AI API is enabled and your account's roles.", file=sys.stderr)
+        _name_native_log(native)
         return 1
+    except Exception as error:  # a bug: one line here, the traceback (and native lines) in a file
+        path = write_traceback(error, _logs_dir(args))
+        if native.kept:
+            with open(native.kept, encoding="utf-8", errors="replace") as source, open(path, "a") as target:
+                target.write("\nWhat native code (TensorFlow, libjpeg) wrote to stderr:\n" + source.read())
+            os.unlink(native.kept)
+        message = (str(error).strip().splitlines() or [""])[0]
+        print(f"tlp: error: unexpected {type(error).__name__}: {message}; full traceback in {path}", file=sys.stderr)
+        return 1
+    _name_native_log(native)
+    return code
+
+
+def _name_native_log(native: NativeLog) -> None:
+    if native.kept:
+        print(f"tlp: what TensorFlow's native code wrote to stderr is in {native.kept}", file=sys.stderr)
+
+
+def _logs_dir(args) -> str | None:
+    """The output directory's logs/ if this command has one and it exists, else None (the temp directory)."""
+    output_dir = getattr(args, "output_dir", "")
+    return os.path.join(output_dir, LOGS) if output_dir and os.path.isdir(output_dir) else None
 
 
 def _settings(args) -> Settings:
@@ -244,7 +270,9 @@ def command_compile(args) -> int:
     tracking = _group(TrackingOptions, args)
     if tracking.tensorboard:
         checks.check_tensorboard_name(tracking.tensorboard)
-    cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output, tracking=tracking,
+    deploy_options = _group(DeployOptions, args)
+    cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output,
+                           deploy=deploy_options, tracking=tracking,
                            tuning=tuned.check_trials(_tuning(args), Settings()))
     print(f"pipeline written to {args.output}")
     return 0

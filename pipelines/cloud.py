@@ -63,9 +63,11 @@ class CloudRun:
 
 
 def compile_pipeline(
-    images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, path: str,
+    images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, path: str, *,
     deploy: DeployOptions | None = None, tracking: TrackingOptions | None = None, tuning: TuningPlan | None = None,
 ) -> str:
+    """Writes the pipeline a submission with these groups would run (``tlp compile``, ``tlp submit``).
+    The optional groups are keyword-only: passed by position, one group lands in another's slot."""
     from kfp import compiler
 
     pipeline = create_pipeline(images, hardware, cloud, deploy=deploy, tracking=tracking, tuning=tuning)
@@ -89,8 +91,8 @@ def _init_vertex(cloud: CloudOptions):
 
 def _compile(run: CloudRun, scratch: str) -> str:
     return compile_pipeline(
-        run.images, run.hardware, run.cloud, os.path.join(scratch, "pipeline.yaml"), run.deploy, run.tracking,
-        run.tuning,
+        run.images, run.hardware, run.cloud, os.path.join(scratch, "pipeline.yaml"), deploy=run.deploy,
+        tracking=run.tracking, tuning=run.tuning,
     )
 
 

@@ -32,7 +32,7 @@ import time
 import typing
 import warnings
 
-from tlp.components.lib.specs import ServiceError
+from tlp.components.lib.specs import ConfigError, ServiceError
 from tlp.components.lib.steps import STEP_NAMES
 
 LOGS = "logs"
@@ -298,20 +298,25 @@ def routed_output(run_dir_of, verbose: bool = False):
 
 class NativeLog:
     """Where what native code wrote to stderr during ``native_stderr_captured`` ends up: set
-    ``run_dir`` once the run has one, and it is kept in ``RUN_DIR/logs/tlp.log``."""
+    ``run_dir`` once the run has one, and it is kept in ``RUN_DIR/logs/tlp.log``. Without a run
+    directory it is kept only when the command failed (``keep``: set by an exception other than
+    a bad setting, or by the caller): then ``kept`` is the file's path, for the error to name."""
 
     def __init__(self):
         self.run_dir: str | None = None
+        self.keep = False
+        self.kept: str | None = None
 
 
 @contextlib.contextmanager
-def native_stderr_captured(enabled: bool = True):
+def native_stderr_captured(enabled: bool = True, native: NativeLog | None = None):
     """Sends what native code writes to file descriptor 2 (TensorFlow's C++ start-up lines, which
-    no setting silences before absl is initialised) to a file, while Python's ``sys.stderr`` keeps
-    writing to the terminal. Yields a ``NativeLog``; on the way out the lines are moved to
-    ``RUN_DIR/logs/tlp.log`` if its ``run_dir`` was set, else dropped. ``enabled=False``: no
-    capture (``--verbose``)."""
-    native = NativeLog()
+    no setting silences before absl is initialised, libjpeg's decoder warnings) to a file, while
+    Python's ``sys.stderr`` keeps writing to the terminal. Yields a ``NativeLog`` (``native``, or a
+    new one); on the way out the lines are moved to ``RUN_DIR/logs/tlp.log`` if its ``run_dir`` was
+    set, kept where they are if the command failed, else dropped. ``enabled=False``: no capture
+    (``--verbose``)."""
+    native = native or NativeLog()
     if not enabled:
         yield native
         return
@@ -319,25 +324,56 @@ def native_stderr_captured(enabled: bool = True):
     handle = tempfile.NamedTemporaryFile("w+b", prefix="tlp-native-", suffix=".log", delete=False)  # noqa: SIM115
     saved = os.dup(2)
     python_stderr = sys.stderr
-    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True,
-                                  encoding=getattr(python_stderr, "encoding", None) or "utf-8",
-                                  errors="backslashreplace")
+    # Python's stderr keeps the terminal; one that is not file descriptor 2 (a test's capture) stays as it is.
+    rewired = _writes_to_fd2(python_stderr)
+    if rewired:
+        sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True,
+                                      encoding=getattr(python_stderr, "encoding", None) or "utf-8",
+                                      errors="backslashreplace")
     os.dup2(handle.fileno(), 2)
     try:
         yield native
+    except BaseException as error:
+        native.keep = not isinstance(error, ConfigError)  # a bad setting's sentence says it all
+        raise
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
-        sys.stderr.close()
-        sys.stderr = python_stderr
+        if rewired:
+            sys.stderr.close()
+            sys.stderr = python_stderr
         handle.close()
-        _keep_native_log(handle.name, native.run_dir)
+        _keep_native_log(handle.name, native)
 
 
-def _keep_native_log(path: str, run_dir: str | None) -> None:
-    if run_dir and os.path.getsize(path):
-        os.makedirs(os.path.join(run_dir, LOGS), exist_ok=True)
-        with open(path, "rb") as source, open(os.path.join(run_dir, LOGS, TLP_LOG), "ab") as target:
+def _writes_to_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
+
+
+def _keep_native_log(path: str, native: NativeLog) -> None:
+    if native.run_dir and os.path.getsize(path):
+        os.makedirs(os.path.join(native.run_dir, LOGS), exist_ok=True)
+        with open(path, "rb") as source, open(os.path.join(native.run_dir, LOGS, TLP_LOG), "ab") as target:
             target.write(source.read())
+    elif native.keep and os.path.getsize(path):
+        native.kept = path
+        return
     os.unlink(path)
+
+
+def write_traceback(error: BaseException, directory: str | None = None) -> str:
+    """Writes ``error``'s full traceback to a new file (in ``directory`` if given, else the temp
+    directory) and returns its path: the console shows one line, the file the rest."""
+    import traceback
+
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    descriptor, path = tempfile.mkstemp(prefix=f"tlp-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log",
+                                        dir=directory or None)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write("".join(traceback.format_exception(error)))
+    return path

@@ -477,7 +477,7 @@ class DeployOptions(Group):
     endpoint: str = option("", "Vertex AI endpoint display name; created if missing", commands=("deploy",))
     deploy_endpoint: str = option(
         "", "after registration makes a new champion, deploy it to this Vertex AI endpoint (created if missing; the "
-        "replaced version is undeployed once the new one is healthy)", commands=CLOUD_COMMANDS,
+        "replaced version is undeployed once the new one is healthy)", commands=("compile", *CLOUD_COMMANDS),
     )
     serving_machine_type: str = option(SERVING_MACHINE_TYPE, "serving machine type", commands=("deploy",),
                                        flag="--machine-type")
@@ -488,7 +488,7 @@ class DeployOptions(Group):
     serving_gpus: int = option(0, "GPUs per serving machine (1 when --accelerator is given)",
                                commands=("deploy",), minimum=0, maximum=16, flag="--gpus")
     traffic: int = option(100, "percent of the endpoint's traffic for this version (canary: the rest stays on the "
-                          "current one)", commands=("deploy", *CLOUD_COMMANDS), minimum=0, maximum=100)
+                          "current one)", commands=("deploy", "compile", *CLOUD_COMMANDS), minimum=0, maximum=100)
     promote_traffic: bool = option(False, "move 100% of the traffic to this (already deployed) version and undeploy "
                                    "the one it replaces", commands=("deploy",))
 

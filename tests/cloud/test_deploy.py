@@ -137,8 +137,6 @@ def test_a_deployment_the_endpoint_does_not_list_is_a_service_error(standin, mon
     assert not standin.find("POST", r":undeployModel$")
 
 
-@pytest.mark.xfail(strict=True, reason="tlp's main() maps every TlpError to its exit code once issue 18 point 10 "
-                   "lands (another branch); then drop this marker")
 def test_tlp_deploy_says_so_in_one_sentence_when_the_endpoint_does_not_list_it(standin, capsys, monkeypatch):
     from tlp.components.lib import vertex_deploy
     from tlp.pipelines.cli import main

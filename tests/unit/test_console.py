@@ -136,3 +136,20 @@ def test_native_stderr_goes_to_the_run_log_while_python_stderr_stays(tmp_path, c
     assert (tmp_path / "logs" / "tlp.log").read_text() == "I0000 native start-up line\n"
     err = capfd.readouterr().err
     assert "native start-up line" not in err and "python says" in err
+
+
+def test_native_stderr_is_kept_when_the_command_fails_and_dropped_when_it_is_a_bad_setting(capfd):
+    from tlp.components.lib.specs import ConfigError, ServiceError
+
+    failed = console_lib.NativeLog()
+    with pytest.raises(ServiceError), console_lib.native_stderr_captured(native=failed):
+        os.write(2, b"E0000 failed call to cuInit\n")
+        raise ServiceError("the service failed")
+    assert open(failed.kept).read() == "E0000 failed call to cuInit\n"
+    os.unlink(failed.kept)
+    setting = console_lib.NativeLog()
+    with pytest.raises(ConfigError), console_lib.native_stderr_captured(native=setting):
+        os.write(2, b"E0000 failed call to cuInit\n")
+        raise ConfigError("--epochs 0 must be at least 1.")
+    assert setting.kept is None
+    assert "cuInit" not in capfd.readouterr().err
