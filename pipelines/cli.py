@@ -36,6 +36,7 @@ from tlp.components.lib.settings import (
     PIPELINE_GROUPS,
     CloudOptions,
     DeployOptions,
+    DriftOptions,
     HardwareOptions,
     ImageOptions,
     LocalRunOptions,
@@ -49,7 +50,7 @@ from tlp.components.lib.settings import (
 )
 from tlp.components.lib.specs import ConfigError, TlpError
 from tlp.components.lib.steps import STEPS
-from tlp.pipelines import checks, cloud, deploy, models, predict, runners, serve, single, tuned
+from tlp.pipelines import checks, cloud, deploy, drift, models, predict, runners, serve, single, tuned
 from tlp.pipelines.console import LOGS, NativeLog, RunFailed, native_stderr_captured, write_traceback
 from tlp.pipelines.environment import check_credentials, quiet_tensorflow
 from tlp.pipelines.resolve import default_registry, resolve_local
@@ -371,9 +372,6 @@ def _predict_batch(model: str, sources: list[str], registry: str, chosen: Predic
 
 
 def command_drift(args) -> int:
-    from tlp.components.lib.settings import DriftOptions
-    from tlp.pipelines import drift
-
     chosen = _group(DriftOptions, args)
     with native_stderr_captured():
         return drift.run(args.model, args.photos, _local_registry(args.registry), threshold=chosen.threshold,

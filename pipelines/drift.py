@@ -11,7 +11,10 @@ import json
 import numpy as np
 
 from tlp.components.lib import drift
+from tlp.components.lib import model as model_lib
+from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS
 from tlp.components.lib.specs import ConfigError
+from tlp.pipelines.predict import resolve_model
 
 DRIFTED_EXIT = 4
 SHOWN = 10
@@ -20,8 +23,6 @@ SHOWN = 10
 def photo_paths(sources: list[str]) -> list[str]:
     """Image files named or under named folders (local or gs://), sorted within each folder."""
     import tensorflow as tf
-
-    from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS
 
     found: list[str] = []
     for source in sources:
@@ -41,8 +42,6 @@ def photo_paths(sources: list[str]) -> list[str]:
 def features_of(model_dir: str, paths: list[str], batch_size: int = 32) -> tuple[np.ndarray, list[str], list[str]]:
     """(features [N, D], the paths scored, the unreadable ones) through the model's features signature."""
     import tensorflow as tf
-
-    from tlp.components.lib import model as model_lib
 
     signature = model_lib.load_servable(model_dir, model_lib.FEATURES_SIGNATURE)
 
@@ -69,8 +68,6 @@ def features_of(model_dir: str, paths: list[str], batch_size: int = 32) -> tuple
 
 
 def score(model: str, sources: list[str], registry_uri: str, *, seed: int = 0) -> tuple[drift.DriftResult, list[str]]:
-    from tlp.pipelines.predict import resolve_model
-
     model_dir = resolve_model(model, registry_uri)
     reference = drift.load_reference(model_dir, model)
     features, scored, unreadable = features_of(model_dir, photo_paths(sources))

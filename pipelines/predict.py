@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS
 from tlp.components.lib.model import load_servable
 from tlp.components.lib.registry import open_registry
+from tlp.components.lib.registry.vertex_backend import VertexRegistry
 from tlp.components.lib.serving import Predictor, Unreadable
 from tlp.components.lib.settings import PredictOptions
 from tlp.components.lib.specs import ConfigError
@@ -241,8 +242,6 @@ def run_batch_job(model: str, sources: list[str], registry_uri: str, options: Pr
     if not output.startswith("gs://"):
         raise ConfigError(f"--batch-job writes to Cloud Storage: pass --output gs://BUCKET/PREFIX, not {output!r}.")
     check_credentials()
-    from tlp.components.lib.registry.vertex_backend import VertexRegistry
-
     registry = VertexRegistry(registry_uri)  # the vertex:// check above: the Vertex backend's own calls follow
     version = registry.model_version(model)
     project = registry.location.project

@@ -21,6 +21,8 @@ import typing
 
 import numpy as np
 
+from tlp.components.lib import drift
+from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep import records
 from tlp.components.lib.registry import ModelVersion, open_registry
 from tlp.components.lib.registry.champion import model_name_for, split_of, split_of_data
@@ -116,9 +118,6 @@ def image_drift(dataset_dir: str, champion_dir: str, *, max_image_drift: float, 
     champion's own network (its ``serving_with_features`` signature on the prepared photos, the
     path its reference took). ``max_image_drift`` > 0 and reached: a problem that stops the run."""
     import tensorflow as tf
-
-    from tlp.components.lib import drift
-    from tlp.components.lib import model as model_lib
 
     reference = drift.load_reference(champion_dir)
     signature = model_lib.load_servable(champion_dir, model_lib.FEATURES_SIGNATURE)

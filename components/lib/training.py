@@ -26,7 +26,7 @@ import typing
 
 import numpy as np
 
-from tlp.components.lib import augment, specs
+from tlp.components.lib import augment, drift, specs
 from tlp.components.lib import cut_cache as cut_cache_lib
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep import records
@@ -289,8 +289,6 @@ def write_drift_reference(model, dataset_dir: str, model_dir: str, batch_size: i
     seeded sample), stored in ``model_dir`` so that they travel with the model into the registry: what
     ``tlp drift``, the data checks and the server compare new photos with. Returns the count."""
     import tensorflow as tf
-
-    from tlp.components.lib import drift
 
     keras = model_lib.keras()
     features_model = keras.Model(model.input, model.get_layer("pooled_features").output)
