@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from tlp.components.lib import report
 from tlp.components.lib.settings import Settings
 from tlp.components.lib.specs import NotFound
 from tlp.components.lib.steps import (
@@ -98,7 +99,9 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
         "replicas": int(tuned["parameters"]["replicas"]),
         "model": tuned["artifacts"]["model"]["uri"],
         # After registration, its copy of the report also says which version and why.
-        "report": (registered or scored)["artifacts"]["registered_report" if registered else "report"]["uri"],
+        "report": report.page_path(
+            (registered or scored)["artifacts"]["registered_report" if registered else "report"]["uri"]
+        ),
         "run_dir": run_dir,
         "logs": os.path.join(run_dir, LOGS),
         "augment": settings.training.augment,

@@ -207,9 +207,17 @@ def context_path(report_path: str) -> str:
     return report_path + ".json"
 
 
+def page_path(report_path: str) -> str:
+    """The report as a file a browser shows as a page: kfp names an HTML artifact without an
+    extension (browsers then show its source as text), so a copy ending in .html sits beside it."""
+    return report_path if report_path.endswith((".html", ".htm")) else report_path + ".html"
+
+
 def write_report(report_path: str, context: dict) -> None:
-    with open(report_path, "w", encoding="utf-8") as handle:
-        handle.write(render_html(context))
+    page = render_html(context)
+    for path in {report_path, page_path(report_path)}:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(page)
     with open(context_path(report_path), "w", encoding="utf-8") as handle:
         json.dump(context, handle, default=float)  # numpy scalars
 

@@ -111,6 +111,7 @@ def test_single_component_runs_on_earlier_outputs(passing_run, tmp_path):
     printed = _printed_outputs(stdout, "evaluation")
     assert printed["Output"] == "True"
     assert os.path.isfile(printed["report"]) and "metrics" in printed
+    assert printed["report"].endswith(".html"), "the summary names a file a browser shows as a page"
 
 
 @pytest.mark.slow

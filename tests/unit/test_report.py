@@ -88,6 +88,10 @@ def test_registration_re_renders_a_report_written_before_these_sections(tmp_path
                             {"name": "cats", "version": "2", "registry": "sqlite:///r.db", "champion": True,
                              "reason": "first"})
     assert "Registered <b>cats</b> version <b>2</b>" in (tmp_path / "registered").read_text()
+    # kfp's HTML artifact has no extension; the page beside it is what the run's summary names.
+    assert report.page_path(str(tmp_path / "registered")) == str(tmp_path / "registered.html")
+    assert (tmp_path / "registered.html").read_text() == (tmp_path / "registered").read_text()
+    assert report.page_path(str(tmp_path / "report.html")) == str(tmp_path / "report.html")
 
 
 def _pixels_near(image, colour, tolerance=40) -> int:
