@@ -1,0 +1,71 @@
+"""The entry points a user types, run as typed: every `tlp` command's help through the console
+script, `tlp options` against the README, and every Makefile target the README names (`make -n`:
+the commands it would run, without running the slow ones)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TLP = os.path.join(os.path.dirname(sys.executable), "tlp")
+
+COMMANDS = [
+    ["run"], ["component"], ["predict"], ["compile"], ["submit"], ["serve"], ["deploy"], ["options"],
+    ["drift"], ["schedule", "create"], ["schedule", "list"], ["schedule", "pause"], ["schedule", "resume"],
+    ["schedule", "delete"], ["models", "list"], ["models", "show"], ["models", "promote"], ["models", "rollback"],
+]
+
+
+def _tlp(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([TLP, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_every_command_answers_help_through_the_console_script():
+    # One process for all: argparse's --help exits, so each runs through main() in a loop.
+    code = (
+        "import sys\nfrom tlp.pipelines.cli import main\n"
+        f"for argv in {COMMANDS!r}:\n"
+        "    try:\n        main([*argv, '--help'])\n    except SystemExit as done:\n"
+        "        assert done.code == 0, (argv, done.code)\n    print('ok', ' '.join(argv))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [line for line in done.stdout.splitlines() if line.startswith("ok ")] == [
+        "ok " + " ".join(argv) for argv in COMMANDS]
+    assert "usage: tlp drift" in done.stdout and "usage: tlp models rollback" in done.stdout
+    script = _tlp("--help")
+    assert script.returncode == 0 and all(command in script.stdout for command in ("run", "drift", "models"))
+
+
+def test_tlp_options_markdown_is_the_readme_table():
+    shown = _tlp("options", "run", "--markdown")
+    assert shown.returncode == 0, shown.stderr
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    table = re.search(r"<!-- options:run -->\n(.*?)\n<!-- /options:run -->", readme, re.S).group(1)
+    assert shown.stdout.strip() == table.strip()
+    listed = _tlp("options", "submit")
+    assert listed.returncode == 0 and "--pipeline-root" in listed.stdout and "--data-prep-runner" in listed.stdout
+
+
+MAKE_TARGETS = {
+    "help": None, "install": None, "run": "tlp run", "test": "pytest", "test-fast": "not slow", "lint": "mypy",
+    "compile": "tlp compile --output pipeline.yaml", "lock": "pip freeze", "clean": "rm -rf", "images": "docker build",
+    "standin-base": "standin-base.sh", "images-offline": "images", "push": "docker push", "bench": "bench.run",
+}
+
+
+@pytest.mark.parametrize("target", sorted(MAKE_TARGETS))
+def test_every_makefile_target_the_readme_names(target):
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert f"make {target}" in readme or f"`{target}`" in readme, f"the README does not name make {target}"
+    if target == "help":  # runs for real: it only reads the Makefile
+        done = subprocess.run(["make", "help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert done.returncode == 0 and all(f"  {name}" in done.stdout for name in MAKE_TARGETS if name != "install")
+        return
+    done = subprocess.run(["make", "-n", target], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    if MAKE_TARGETS[target]:
+        assert MAKE_TARGETS[target] in done.stdout, done.stdout
