@@ -841,7 +841,7 @@ def direct_pipeline(work_dir: str, steps: list, data: str, alpha: float, weights
         seconds["evaluation"] = _since(start)
     if "registration" in steps and outcome["passed"]:
         start = time.perf_counter()
-        from tlp.components.lib.registry.champion import register_model
+        from tlp.components.lib.registration import register_model
 
         register_model(
             os.path.join(task("fine-tuning"), "model"), dataset, outcome["flat_metrics"],

@@ -40,7 +40,7 @@ def registration(
     import json
     from collections import namedtuple
 
-    from tlp.components.lib.registry.champion import register_model
+    from tlp.components.lib.registration import register_model
     from tlp.components.lib.report import add_registration
     from tlp.components.lib.settings import Settings
     from tlp.components.lib.steps import REGISTRATION

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 from tlp.components.lib import specs
+from tlp.components.lib.registration import split_of
 from tlp.components.lib.registry import ModelVersion, Registry, open_registry
-from tlp.components.lib.registry.champion import parse_reference, split_of
+from tlp.components.lib.registry.champion import parse_reference
 from tlp.components.lib.registry.champion import promote as promote_version
 from tlp.components.lib.registry.champion import rollback as rollback_champion
 from tlp.components.lib.specs import ConfigError

@@ -6,7 +6,7 @@
 - A class whose share of the photos moved by more than ``max_class_shift`` stops the run. Shares
   are compared over the classes both data sets have, so adding a class does not trip it.
 - Classes added or removed are reported; such a version is registered but not promoted
-  automatically (see ``registry.champion``).
+  automatically (see ``registration``).
 - The same source fingerprint as the champion's is reported: the data did not change.
 
 The champion's counts, class names and source fingerprint are read from its registered version
@@ -24,8 +24,8 @@ import numpy as np
 from tlp.components.lib import drift
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep import records
+from tlp.components.lib.registration import model_name_for, split_of, split_of_data
 from tlp.components.lib.registry import ModelVersion, open_registry
-from tlp.components.lib.registry.champion import model_name_for, split_of, split_of_data
 from tlp.components.lib.specs import ConfigError
 
 

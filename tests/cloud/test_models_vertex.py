@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tests.unit.test_models import METRICS, _dataset, _model, fabricated_models_serve  # noqa: F401 (autouse)
+from tlp.components.lib.registration import register_model
 from tlp.components.lib.registry import open_registry
-from tlp.components.lib.registry.champion import register_model
 from tlp.pipelines import cli
 
 

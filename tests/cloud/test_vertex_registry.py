@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
+from tlp.components.lib.registration import register_model
 from tlp.components.lib.registry import open_registry
-from tlp.components.lib.registry.champion import register_model
 from tlp.components.lib.specs import ConfigError
 from tlp.components.lib.version import project_version
 

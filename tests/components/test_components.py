@@ -166,8 +166,8 @@ def test_champion_moves_only_to_a_challenger_at_least_as_good(chain, prepared, h
     not take the alias; an equal-or-better one (or one within the tolerance) does."""
     import shutil
 
+    from tlp.components.lib.registration import register_model
     from tlp.components.lib.registry import open_registry
-    from tlp.components.lib.registry.champion import register_model
 
     uri = f"sqlite:///{chain['root']}/champion/registry.db"
     dataset = prepared[0].path
@@ -199,7 +199,7 @@ def test_champion_moves_only_to_a_challenger_at_least_as_good(chain, prepared, h
 def test_a_model_that_cannot_be_served_is_never_promoted(chain, prepared, head):
     """Infra validation: the feature-extraction output is a Keras file, not a servable model; it
     is registered, but it is served once first and so can never take the alias."""
-    from tlp.components.lib.registry.champion import register_model
+    from tlp.components.lib.registration import register_model
 
     uri = f"sqlite:///{chain['root']}/unservable/registry.db"
     registered = register_model(head[0].path, prepared[0].path, {"test_accuracy": 1.0}, uri, "pets")

@@ -56,7 +56,7 @@ def test_vertex_custom_container_contract(standin, tuned_model, photos, tmp_path
 
 
 def test_a_registered_champion_resolves_to_its_version(tuned_model, sample_dataset, tmp_path):
-    from tlp.components.lib.registry.champion import register_model
+    from tlp.components.lib.registration import register_model
 
     registry = f"sqlite:///{tmp_path}/registry.db"
     register_model(tuned_model[0], sample_dataset, {"test_accuracy": 1.0}, registry, "sample")

@@ -112,3 +112,25 @@ def test_first_party_imports_inside_functions_only_in_component_bodies():
         if not top and name.startswith("tlp.")
     ]
     assert not hidden, "\n".join(hidden)
+
+
+# The registry keeps the backends, promote and rollback; deciding what a new version is worth
+# (evaluation, serving it once, the data) is the registration step's (components/lib/registration.py).
+NOT_FOR_THE_REGISTRY = (
+    "tlp.components.lib.evaluation", "tlp.components.lib.serving", "tlp.components.lib.infra_validation",
+    "tlp.components.lib.training", "tlp.components.lib.dataprep", "tlp.components.lib.registration",
+)
+
+
+def test_the_registry_imports_no_step_logic():
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in _first_party_graph().items()
+        if module.startswith("tlp.components.lib.registry")
+        for target in targets
+        if target.startswith(NOT_FOR_THE_REGISTRY)
+    ]
+    assert not wrong, "\n".join(wrong)
+    graph = _first_party_graph()
+    assert "tlp.components.lib.registry.champion" in graph["tlp.components.lib.registration"], (
+        "the check above looks at real edges: registration uses the registry's champion moves")

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
+from tlp.components.lib import registration
 from tlp.components.lib.infra_validation import InfraResult
-from tlp.components.lib.registry import champion, open_registry
-from tlp.components.lib.registry.champion import register_model
+from tlp.components.lib.registration import register_model
+from tlp.components.lib.registry import open_registry
 from tlp.pipelines import cli
 
 METRICS = {"test_accuracy": 0.9, "val_accuracy": 0.88, "train_accuracy": 0.91, "gap": 0.03}
@@ -16,7 +17,8 @@ METRICS = {"test_accuracy": 0.9, "val_accuracy": 0.88, "train_accuracy": 0.91, "
 @pytest.fixture(autouse=True)
 def fabricated_models_serve(monkeypatch):
     """The models here are a few bytes, not SavedModels: infra validation (tested on its own) is stubbed."""
-    monkeypatch.setattr(champion, "infra_validate", lambda *args, **kwargs: InfraResult(True, "stubbed", mode="stub"))
+    stub = lambda *args, **kwargs: InfraResult(True, "stubbed", mode="stub")  # noqa: E731
+    monkeypatch.setattr(registration, "infra_validate", stub)
 
 
 def _model(tmp_path, name, classes, marker):
@@ -133,7 +135,7 @@ def test_list_show_promote_rollback(tmp_path, uri, capsys):
 def one_version(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("one")
     patch = pytest.MonkeyPatch()
-    patch.setattr(champion, "infra_validate", lambda *args, **kwargs: InfraResult(True, "stubbed", mode="stub"))
+    patch.setattr(registration, "infra_validate", lambda *args, **kwargs: InfraResult(True, "stubbed", mode="stub"))
     uri = f"sqlite:///{tmp_path}/reg/registry.db"
     register_model(_model(tmp_path, "m1", ["cat", "dog"], "1"), _dataset(tmp_path, "d1", ["cat", "dog"]), METRICS, uri)
     patch.undo()

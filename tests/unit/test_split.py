@@ -10,9 +10,10 @@ from collections import Counter
 import pytest
 
 from tests.conftest import write_image
+from tlp.components.lib import registration
 from tlp.components.lib.dataprep import prepare, records, sources
 from tlp.components.lib.dataprep import split as content_split
-from tlp.components.lib.registry import ModelVersion, champion
+from tlp.components.lib.registry import ModelVersion
 
 
 def _photo(path, index, label):
@@ -104,9 +105,9 @@ def test_the_champion_is_rescored_only_on_photos_it_never_trained_on(grown, tmp_
             def model_dir(self, reference):
                 return "champion-model"
 
-        monkeypatch.setattr(champion, "evaluate_model", fake_evaluate)
-        monkeypatch.setattr(champion.model_lib, "read_info", lambda _: {"class_names": ["cat", "dog"]})
-        promote, reason = champion.challenge(Registry(), "pets", "2", 0.5, "candidate-model", dataset_dir, 0.0)
+        monkeypatch.setattr(registration, "evaluate_model", fake_evaluate)
+        monkeypatch.setattr(registration.model_lib, "read_info", lambda _: {"class_names": ["cat", "dog"]})
+        promote, reason = registration.challenge(Registry(), "pets", "2", 0.5, "candidate-model", dataset_dir, 0.0)
         assert promote is not None, reason
         excluded = scored["champion-model"]
         test_photos = {}
