@@ -3,14 +3,12 @@ and MultiWorkerMirroredStrategy with two worker processes on localhost reading t
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from tlp.components.lib import model as model_lib
+from tests.support import free_port, max_difference, weights
 from tlp.components.lib.dataprep import records
 
 WORKER = [sys.executable, "-m", "tests.faults.cut_cache_worker"]
@@ -39,18 +37,7 @@ def _line(stdout, key):
     return json.loads([x for x in stdout.splitlines() if x.startswith(key + " ")][-1][len(key) + 1:])
 
 
-def _weights(model_dir):
-    return [w.numpy() for w in model_lib.load_keras(model_dir).weights]
 
-
-def _max_difference(a, b):
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -62,10 +49,10 @@ def test_cut_cache_on_two_logical_cpus_equals_training_on_images(sharded, tmp_pa
         out = str(tmp_path / name)
         stdout = _finish(_start(_options(dataset, head, out, batch=7, devices="cpu:2", cut_cache=cut)))
         assert "REPLICAS 2" in stdout and ("cut cache: built" in stdout) == cut
-        runs[name] = (_line(stdout, "HISTORY"), _weights(out))
+        runs[name] = (_line(stdout, "HISTORY"), weights(out))
     assert runs["cut"][0]["loss"] == pytest.approx(runs["plain"][0]["loss"], rel=1e-6)
-    assert _max_difference(_weights(head), runs["plain"][1]) > 50 * TOLERANCE  # training moved the weights
-    assert _max_difference(runs["cut"][1], runs["plain"][1]) < TOLERANCE
+    assert max_difference(weights(head), runs["plain"][1]) > 50 * TOLERANCE  # training moved the weights
+    assert max_difference(runs["cut"][1], runs["plain"][1]) < TOLERANCE
 
 
 @pytest.mark.slow
@@ -82,7 +69,7 @@ def test_two_workers_each_read_half_of_the_files_and_equal_one_worker(sharded, t
     assert len(everything) == 72 == len(set(everything))  # 64 train + 8 val, each read once
     reads = {}
     for cut in (False, True):
-        cluster = {"chief": [f"127.0.0.1:{_free_port()}"], "worker": [f"127.0.0.1:{_free_port()}"]}
+        cluster = {"chief": [f"127.0.0.1:{free_port()}"], "worker": [f"127.0.0.1:{free_port()}"]}
         processes = []
         for index, task in enumerate(({"type": "chief", "index": 0}, {"type": "worker", "index": 0})):
             env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
@@ -97,6 +84,6 @@ def test_two_workers_each_read_half_of_the_files_and_equal_one_worker(sharded, t
         assert len(chief) == len(worker) == 36  # half of the 64 + 8 records each
         assert sorted(chief + worker) == sorted(everything)  # together: every record, once
         reads[cut] = (set(chief), set(worker))
-        assert _max_difference(_weights(outputs[0][0]), _weights(single)) < TOLERANCE
+        assert max_difference(weights(outputs[0][0]), weights(single)) < TOLERANCE
         assert not os.path.exists(outputs[1][0])  # only the chief writes the model
     assert reads[True] == reads[False]  # the cut cache holds exactly the files plain training reads

@@ -4,14 +4,13 @@ equivalence of distributed and single-device fine-tuning."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from tests.conftest import settings
+from tests.support import free_port, max_difference, weights
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.training import TrainingDivergedError, train_head
 
@@ -66,13 +65,6 @@ def test_diverging_loss_stops_with_a_clear_error(sample_dataset, tmp_path):
     assert not os.path.exists(tmp_path / "model")  # nothing saved, so nothing can be registered
 
 
-def _weights(model_dir):
-    model = model_lib.load_keras(model_dir)
-    return [w.numpy() for w in model.weights]
-
-
-def _max_difference(a, b):
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
 
 
 # Measured: 1 vs 2 replicas differ by ~1.5e-8 (float summation order) while 4 steps move weights ~1e-4.
@@ -89,16 +81,11 @@ def test_mirrored_on_two_cpus_equals_one_device(even, tmp_path):
                                 capture_output=True, text=True, cwd=ROOT, timeout=600)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert f"REPLICAS {2 if name == 'two' else 1}" in result.stdout
-        runs[name] = _weights(out)
-    before = _weights(head)
-    assert _max_difference(before, runs["one"]) > 50 * TOLERANCE  # training did move the weights
-    assert _max_difference(runs["one"], runs["two"]) < TOLERANCE
+        runs[name] = weights(out)
+    before = weights(head)
+    assert max_difference(before, runs["one"]) > 50 * TOLERANCE  # training did move the weights
+    assert max_difference(runs["one"], runs["two"]) < TOLERANCE
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -107,7 +94,7 @@ def test_two_multi_worker_processes_equal_one_device(even, tmp_path):
     # The TF_CONFIG layout Vertex AI gives a 2-replica custom job: worker pool 0 is the chief,
     # worker pool 1 the workers. Every worker gets the same backup directory, as the component
     # gives them on Vertex AI (beside the model on the shared bucket).
-    cluster = {"chief": [f"127.0.0.1:{_free_port()}"], "worker": [f"127.0.0.1:{_free_port()}"]}
+    cluster = {"chief": [f"127.0.0.1:{free_port()}"], "worker": [f"127.0.0.1:{free_port()}"]}
     backup = str(tmp_path / "backup")
     workers = []
     for task in ({"type": "chief", "index": 0}, {"type": "worker", "index": 0}):
@@ -121,14 +108,14 @@ def test_two_multi_worker_processes_equal_one_device(even, tmp_path):
         stdout = process.communicate(timeout=900)[0]
         assert process.returncode == 0, stdout[-3000:]
         assert "REPLICAS 2" in stdout
-    chief = _weights(workers[0][0])
+    chief = weights(workers[0][0])
     assert not os.path.exists(workers[1][0])  # only the chief writes the model
     assert not os.path.exists(backup)  # removed by the chief once the model was saved
     single = str(tmp_path / "single")
     result = subprocess.run([*WORKER, dataset, head, single, str(tmp_path / "backup-single"), "1", "16", "cpu:1"],
                             capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:]
-    assert _max_difference(chief, _weights(single)) < TOLERANCE
+    assert max_difference(chief, weights(single)) < TOLERANCE
 
 
 @pytest.mark.slow
@@ -139,7 +126,7 @@ def test_preempted_multi_worker_job_resumes_on_every_worker_at_the_same_epoch(ev
     backup = str(tmp_path / "backup")
 
     def start(outs):
-        cluster = {"chief": [f"127.0.0.1:{_free_port()}"], "worker": [f"127.0.0.1:{_free_port()}"]}
+        cluster = {"chief": [f"127.0.0.1:{free_port()}"], "worker": [f"127.0.0.1:{free_port()}"]}
         return [subprocess.Popen([*WORKER, dataset, head, out, backup, "4", "8", "auto"], stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                  env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": task})})

@@ -16,6 +16,8 @@ import subprocess
 import time
 import urllib.request
 
+from tests.support import stop
+
 
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -105,9 +107,4 @@ def headless_page(profile_dir: str, width: int = 1000, height: int = 900):
     finally:
         if page is not None:
             page.close()
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)

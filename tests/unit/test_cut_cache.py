@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SMALL, settings
+from tests.support import weights
 from tlp.components.lib import cut_cache, training
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep import records as prepared
@@ -153,9 +154,6 @@ def head_without_dropout(sample_dataset, tmp_path_factory):
     return directory
 
 
-def _weights(model_dir):
-    return [w.numpy() for w in model_lib.load_keras(model_dir).weights]
-
 
 @pytest.fixture
 def keras_export_only(monkeypatch):
@@ -178,13 +176,13 @@ def test_fine_tuning_from_the_cut_equals_fine_tuning_on_images(sample_dataset, h
             sample_dataset, head_without_dropout, str(tmp_path / name),
             settings(fine_tune_at=100, fine_tune_epochs=2, batch_size=16, seed=11, no_cut_cache=not cut),
         )
-        runs[name] = (history, _weights(str(tmp_path / name)))
+        runs[name] = (history, weights(str(tmp_path / name)))
     output = capsys.readouterr().out
     counts = prepared.read_metadata(sample_dataset)["num_examples"]  # about 64 and 8 (the split is by content)
     assert f"train {counts['train']} images (32 in memory, {counts['train'] - 32} spilled to disk" in output
     assert f"val {counts['val']} images (0 in memory, {counts['val']} spilled to disk" in output
     assert runs["cut"][0] == runs["plain"][0]  # the same losses and accuracies, epoch by epoch
-    before = _weights(head_without_dropout)
+    before = weights(head_without_dropout)
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(before, runs["plain"][1], strict=True))
     difference = max(float(np.max(np.abs(a - b))) for a, b in zip(runs["cut"][1], runs["plain"][1], strict=True))
     assert moved > 50 * TOLERANCE and difference < TOLERANCE
