@@ -69,3 +69,37 @@ def test_every_makefile_target_the_readme_names(target):
     assert done.returncode == 0, done.stderr
     if MAKE_TARGETS[target]:
         assert MAKE_TARGETS[target] in done.stdout, done.stdout
+
+
+def _readme_examples() -> list[str]:
+    """The `tlp ...` lines of the README's code blocks (continuations joined), without usage
+    sketches ([optional], a|b, ...)."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    found = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", readme, re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            match = re.match(r"^\s*(?:\.venv/bin/)?tlp (.*)$", line)
+            if match:
+                command = re.split(r"\s+#", match.group(1))[0].strip()
+                if not any(mark in command for mark in ("[", "|", "...", "…")):
+                    found.append(command)
+    return found
+
+
+def test_the_readmes_examples_are_commands_tlp_takes():
+    import shlex
+
+    from tlp.components.lib.settings import PIPELINE_GROUPS
+    from tlp.pipelines import cli
+
+    examples = _readme_examples()
+    assert len(examples) >= 15, examples
+    for example in examples:
+        try:
+            args = cli.build_parser().parse_args(shlex.split(example))
+        except SystemExit:
+            pytest.fail(f"the README's `tlp {example}` is refused by tlp's parser")
+        if args.command in ("run", "submit") or getattr(args, "action", "") == "create":
+            values = vars(args)
+            if all(opt.name in values for opt in cli.iter_options(PIPELINE_GROUPS)):
+                cli._settings(args)  # every value passes its declared checks (ConfigError otherwise)
