@@ -50,6 +50,11 @@ def main(argv):
             model_lib.save_keras(model, export_dir, info)
 
         model_lib.export_servable = save_only_keras
+        # The drift reference belongs with the servable export (a second pass over training photos):
+        # without the export the counts below are of what training reads.
+        from tlp.components.lib import training
+
+        training.write_drift_reference = lambda *args, **kwargs: 0
     seen: list = []
     if options.get("count_records"):
         count_records(seen)
