@@ -34,7 +34,7 @@ def test_errors_raised_on_purpose_map_to_their_exit_code(monkeypatch, capsys, er
 
 
 def test_deploy_when_the_service_fails_ends_in_one_sentence_and_exit_1(monkeypatch, capsys):
-    def refused(options):
+    def refused(*args, **kwargs):
         raise ServiceError("endpoint cats does not list deployed model 123 after the deploy; check it in the console.")
 
     monkeypatch.setattr(cli.deploy, "deploy", refused)
