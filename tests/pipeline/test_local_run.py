@@ -50,6 +50,7 @@ def test_full_run_on_two_logical_cpus_registers_a_version(passing_run):
     assert summary["checks"]["passed"] and summary["checks"]["champion"] is None
     assert all(seconds > 0 for seconds in summary["steps"].values())
     assert os.path.isfile(os.path.join(summary["model"], "saved_model.pb"))
+    assert summary["report"].endswith(".html"), "the summary names a file a browser shows as a page"
     report = open(summary["report"], encoding="utf-8").read()
     assert "<html" in report and "Registered <b>sample</b> version <b>1</b>" in report
 
@@ -111,7 +112,6 @@ def test_single_component_runs_on_earlier_outputs(passing_run, tmp_path):
     printed = _printed_outputs(stdout, "evaluation")
     assert printed["Output"] == "True"
     assert os.path.isfile(printed["report"]) and "metrics" in printed
-    assert printed["report"].endswith(".html"), "the summary names a file a browser shows as a page"
 
 
 @pytest.mark.slow
