@@ -37,9 +37,9 @@ test: $(STAMP) ## Lint, then run the test suite
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP) ## The inner loop: lint and every test except whole-pipeline runs (-m "not slow")
+test-fast: $(STAMP) ## The inner loop: lint and every test except whole runs and trainings (-m "not slow"), on every core
 	$(MAKE) --no-print-directory lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n auto --dist loadfile
 
 lint: $(STAMP) ## ruff on the code, mypy over components and pipelines, hadolint on every Dockerfile
 	$(BIN)/ruff check components pipelines tests bench

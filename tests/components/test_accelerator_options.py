@@ -22,6 +22,7 @@ def local_weights_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # trains end to end: make test runs it, make test-fast does not
 @pytest.mark.parametrize(
     "precision, xla, steps_per_execution",
     [("mixed_bfloat16", False, 1), ("mixed_float16", False, 1), ("float32", True, 1), ("float32", False, 4)],

@@ -161,6 +161,7 @@ def test_registration_records_lineage(chain, prepared, tuned, scored):
     assert float(version.tags["metric.test_accuracy"]) == pytest.approx(scored[0].metadata["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow  # trains end to end: make test runs it, make test-fast does not
 def test_champion_moves_only_to_a_challenger_at_least_as_good(chain, prepared, head, tuned, scored):
     """Champion/challenger on the current test split: a worse version is registered but does
     not take the alias; an equal-or-better one (or one within the tolerance) does."""

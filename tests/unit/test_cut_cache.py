@@ -189,6 +189,7 @@ def test_fine_tuning_from_the_cut_equals_fine_tuning_on_images(sample_dataset, h
     assert not [name for name in os.listdir(tmp_path) if name.startswith(cut_cache.SPILL_PREFIX)]
 
 
+@pytest.mark.slow  # trains end to end: make test runs it, make test-fast does not
 def test_several_steps_per_execution_from_the_cut_equal_plain(sample_dataset, head_without_dropout, tmp_path,
                                                               keras_export_only):
     """With steps_per_execution > 1 the streams repeat and batches run across epoch ends."""

@@ -40,6 +40,7 @@ def test_logical_cpus_give_mirrored_strategy_in_a_fresh_process():
     assert out.stdout.strip().splitlines()[-1] == "MirroredStrategy 3"
 
 
+@pytest.mark.slow  # trains end to end: make test runs it, make test-fast does not
 def test_one_cpu_device_fine_tunes_with_preemption_checkpoints(sample_dataset, head_model, tmp_path):
     # --devices cpu:1 once gave OneDeviceStrategy, which BackupAndRestore refuses (NotImplementedError).
     from tests.conftest import settings
