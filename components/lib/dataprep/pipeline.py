@@ -18,13 +18,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tlp.components.lib.dataprep import encode, records, split
+from tlp.components.lib.dataprep import encode, progress, records, split
 from tlp.components.lib.dataprep.sources import Listing, Photo
 
 
-def _read(numbered_unit: tuple, image_size: int) -> list[Photo]:
+def _read(numbered_unit: tuple, image_size: int, progress_folder: str | None) -> list[Photo]:
     index, unit = numbered_unit
-    return encode.read_unit(unit, index, image_size)
+    photos = encode.read_unit(unit, index, image_size)
+    progress.count(progress_folder, len(photos))
+    return photos
 
 
 def _key_by_digest(photo: Photo) -> tuple:
@@ -122,8 +124,9 @@ def _write_metadata(_, listing: Listing, output_dir: str, image_size: int, shard
 
 
 def build(pipeline, listing: Listing, output_dir: str, *, image_size: int, seed: int, max_workers: int,
-          min_shard_records: int, source_fingerprint: str = "") -> None:
-    """Adds data prep's stages to ``pipeline`` (a ``beam.Pipeline``); running it writes the data set."""
+          min_shard_records: int, source_fingerprint: str = "", progress_folder: str | None = None) -> None:
+    """Adds data prep's stages to ``pipeline`` (a ``beam.Pipeline``); running it writes the data set.
+    ``progress_folder``: where the workers keep their counts of photos read (``progress.Reporter``)."""
     import apache_beam as beam
     from apache_beam.pvalue import AsSingleton
 
@@ -131,7 +134,7 @@ def build(pipeline, listing: Listing, output_dir: str, *, image_size: int, seed:
         pipeline
         | "List" >> beam.Create(list(enumerate(listing.units)), reshuffle=False)
         | "Distribute" >> beam.Reshuffle()  # units spread over the workers
-        | "ReadDigestEncode" >> beam.FlatMap(_read, image_size)
+        | "ReadDigestEncode" >> beam.FlatMap(_read, image_size, progress_folder)
     )
     verdicts = (
         photos

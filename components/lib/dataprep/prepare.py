@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from tlp.components.lib.dataprep import pipeline as prep_pipeline
-from tlp.components.lib.dataprep import records, sources
+from tlp.components.lib.dataprep import progress, records, sources
 from tlp.components.lib.dataprep.split import SPLITS
 from tlp.components.lib.specs import MIN_IMAGE_SIZE, ConfigError, ServiceError, parse_data_spec
 from tlp.components.lib.version import image_reference
@@ -136,11 +136,15 @@ def run_pipeline(listing: sources.Listing, output_dir: str, *, image_size: int, 
     print(f"  data prep: {listing.photos} images in {len(listing.units)} units on {where}", flush=True)
     start = time.monotonic()
     pipe = beam.Pipeline(options=beam_options(workers, dataflow))
-    prep_pipeline.build(pipe, listing, target, image_size=image_size, seed=seed, max_workers=max_workers,
-                        min_shard_records=min_shard_records, source_fingerprint=source_fingerprint)
     if dataflow is None:
-        pipe.run().wait_until_finish()
+        with progress.Reporter(listing.photos) as reporter:
+            prep_pipeline.build(pipe, listing, target, image_size=image_size, seed=seed, max_workers=max_workers,
+                                min_shard_records=min_shard_records, source_fingerprint=source_fingerprint,
+                                progress_folder=reporter.folder)
+            pipe.run().wait_until_finish()
     else:
+        prep_pipeline.build(pipe, listing, target, image_size=image_size, seed=seed, max_workers=max_workers,
+                            min_shard_records=min_shard_records, source_fingerprint=source_fingerprint)
         _run_on_dataflow(pipe, dataflow, target)
         if target != output_dir:
             _copy_tree(target, output_dir)
