@@ -942,6 +942,36 @@ def bench_parallel_prep(suite: Suite, report: Report) -> None:
                       "one": {k: v for k, v in one.items()}, "all": {k: v for k, v in every.items()}}
 
 
+@benchmark("prep_memory", "8b. Data prep's memory, tlp 0.1.0's process pool vs Beam: process tree, fresh processes")
+def bench_prep_memory(suite: Suite, report: Report) -> None:
+    from bench import prep_memory
+
+    c = suite.config
+    count = c["photos"]
+    root = suite.path("photos", str(count))
+    if not os.path.isdir(os.path.join(root, "squares")):
+        suite.child("make_photos", f"make-photos-{count}", root=root, count=count, seed=c["seed"])
+    result = prep_memory.measure(root, Path(suite.path("prep-memory")), c["image_size"], c["seed"])
+    before, after = result["median"]["before"], result["median"]["after"]
+    report.measure(f"before ({prep_memory.BEFORE_BEAM}, images._Pool): process tree peak RSS / largest process",
+                   f"{before['tree_peak_rss_mb']:,.0f} / {before['largest_process_peak_rss_mb']:,.0f} MB")
+    report.measure("after (Beam DirectRunner): process tree peak RSS / largest process",
+                   f"{after['tree_peak_rss_mb']:,.0f} / {after['largest_process_peak_rss_mb']:,.0f} MB")
+    report.check("process tree peak RSS, after / before", after["tree_peak_rss_mb"] / before["tree_peak_rss_mb"],
+                 "x", "<= 1.0x", after["tree_peak_rss_mb"] <= before["tree_peak_rss_mb"])
+    report.measure("wall seconds, before / after (fresh process, start-up included)",
+                   f"{before['wall_seconds']:.1f} / {after['wall_seconds']:.1f}")
+    report.check("same counts per split and class", "same" if result["same_counts"] else "DIFFERENT", "", "same",
+                 result["same_counts"])
+    report.notes.append(
+        f"Each side runs data prep with its defaults on the same {count:,} photos in a fresh Python process (not "
+        "forked from one with TensorFlow loaded); the before side is tlp's code at "
+        f"{prep_memory.BEFORE_BEAM} installed from git into a folder of its own. Memory is the sum of the resident "
+        "sets of the step's process and every process it started, sampled every 50 ms (bench/prep_memory.py)."
+    )
+    report.details = result
+
+
 @benchmark("multi_worker", "10. Input across workers: MultiWorkerMirroredStrategy, 2 local workers, FILE sharding")
 def bench_multi_worker(suite: Suite, report: Report) -> None:
     c, w = suite.config, suite.config["multi_worker"]
