@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
 from tlp.components.container_images import image_reference
 
@@ -12,6 +12,7 @@ from tlp.components.container_images import image_reference
 def data_checks(
     dataset: Input[Dataset],
     findings: Output[Artifact],
+    metrics: Output[Metrics],
     options: dict,
 ) -> NamedTuple("DataChecksOutputs", [("same_data", bool), ("class_set_changed", bool)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """Compares the prepared data with the champion's (photo count, class shares, class set,
@@ -20,6 +21,8 @@ def data_checks(
     Args:
         dataset: The data-prep output.
         findings: Output: the findings as JSON (also in its metadata), for the summary and report.
+        metrics: Output: ``image_drift_auc`` of the new photos against the champion's, when measured
+            (Vertex AI Experiments shows a step's metrics).
         options: The options this step reads (``max_data_drop``, ``max_class_shift``, ``registry``,
             ``model_name``; declared in tlp.components.lib.settings).
 
@@ -42,6 +45,8 @@ def data_checks(
     with open(findings.path, "w") as handle:  # written first: a stopped run keeps them too
         json.dump(found, handle, indent=2)
     findings.metadata.update({key: found[key] for key in ("champion", "passed", "same_data", "findings", "problems")})
+    if found["image_drift_auc"] is not None:
+        metrics.log_metric("image_drift_auc", found["image_drift_auc"])
     raise_if_stopped(found)
     DataChecksOutputs = namedtuple("DataChecksOutputs", ["same_data", "class_set_changed"])
     return DataChecksOutputs(found["same_data"], found["class_set_changed"])

@@ -203,5 +203,7 @@ def _check_lines(checks: dict | None) -> list[str]:
     if not checks:
         return []
     champion = f"champion version {checks['champion']}" if checks.get("champion") else "no champion yet"
-    lines = [f"  checks    data against {checks['model']}'s {champion}: {'passed' if checks['passed'] else 'STOPPED'}"]
+    drift = f" (image drift AUC {checks['image_drift_auc']:.3f})" if checks.get("image_drift_auc") is not None else ""
+    lines = [f"  checks    data against {checks['model']}'s {champion}: {'passed' if checks['passed'] else 'STOPPED'}"
+             f"{drift}"]
     return lines + [f"            - {finding}" for finding in checks["findings"]]

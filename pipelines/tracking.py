@@ -97,6 +97,8 @@ def track_run(summary: dict, settings: Settings, uri: str, experiment: str, star
                 metrics.append(Metric(f"epoch_{key}", float(value), timestamp, int(epoch)))
     final = {key: value for key, value in summary["metrics"].items() if isinstance(value, (int, float))}
     final["gate_passed"] = 1.0 if summary["gate"]["passed"] else 0.0
+    if (summary.get("checks") or {}).get("image_drift_auc") is not None:  # the new photos vs the champion's
+        final["image_drift_auc"] = summary["checks"]["image_drift_auc"]
     final.update({f"seconds_{step}": seconds for step, seconds in summary["steps"].items() if seconds is not None})
     metrics += [Metric(key, float(value), timestamp, 0) for key, value in final.items() if key not in present_metrics]
     registered = summary.get("registered")

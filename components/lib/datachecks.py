@@ -26,7 +26,7 @@ from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep import records
 from tlp.components.lib.registration import model_name_for, split_of, split_of_data
 from tlp.components.lib.registry import ModelVersion, open_registry
-from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.specs import ConfigError, NotFound
 
 
 def _at_least(value: float) -> str:
@@ -147,6 +147,17 @@ def image_drift(dataset_dir: str, champion_dir: str, *, max_image_drift: float, 
     return found
 
 
+def drift_against_champion(dataset_dir: str, champion_dir: str, version: str, max_image_drift: float) -> dict:
+    """``image_drift``, or a finding that says why it could not be measured: a champion registered
+    before tlp kept a drift reference with each version has none."""
+    try:
+        return image_drift(dataset_dir, champion_dir, max_image_drift=max_image_drift)
+    except NotFound:
+        return {"image_drift_auc": None, "problems": [],
+                "findings": [f"champion version {version} has no drift reference (registered before tlp kept one "
+                             "with each version): image drift not measured; the next registered version has one"]}
+
+
 def stop_sentence(found: dict) -> str:
     return "the data checks stopped the run before training: " + "; and ".join(found["problems"]) + "."
 
@@ -166,12 +177,13 @@ def check_against_champion(dataset_dir: str, registry_uri: str, model_name: str,
         champion = registry.version(name, version) if version else None
     found = compare(metadata, champion, name=name, max_data_drop=max_data_drop, max_class_shift=max_class_shift)
     found["registry"] = registry.uri
-    if champion is not None and max_image_drift:
-        # Off by default: it downloads the champion's model and runs its network over the photos.
-        drifted = image_drift(dataset_dir, registry.model_dir(f"{name}/{champion.version}"),
-                              max_image_drift=max_image_drift)
+    found["image_drift_auc"] = None
+    if champion is not None:
+        # Always measured against a champion; --max-image-drift only decides whether it stops the run.
+        drifted = drift_against_champion(dataset_dir, registry.model_dir(f"{name}/{champion.version}"),
+                                         champion.version, max_image_drift)
         found["image_drift_auc"] = drifted["image_drift_auc"]
-        found["image_drift_most_different"] = drifted["image_drift_most_different"]
+        found["image_drift_most_different"] = drifted.get("image_drift_most_different", [])
         found["findings"] += drifted["findings"]
         found["problems"] += drifted["problems"]
         found["passed"] = not found["problems"]

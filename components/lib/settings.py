@@ -111,7 +111,8 @@ class CheckOptions(Group):
     )
     max_image_drift: float = option(
         0.0, "stop before training if the new photos' drift AUC against the champion's reference features reaches "
-        "this (0: off)", commands=TRAINING_COMMANDS, steps=(DATA_CHECKS,), minimum=0.0, maximum=1.0,
+        "this (0: off; the AUC is measured and reported either way)", commands=TRAINING_COMMANDS,
+        steps=(DATA_CHECKS,), minimum=0.0, maximum=1.0,
     )
 
 

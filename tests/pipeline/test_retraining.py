@@ -72,6 +72,16 @@ def test_checks_stop_a_shrunk_data_set_and_a_new_class_waits_for_a_person(tmp_pa
     assert summary["registered"]["version"] == "2" and "vs champion version 1" in summary["registered"]["reason"]
     report = open(summary["report"], encoding="utf-8").read()
     assert "Data checks (against the champion" in report and "42 photos vs 60 for champion version 1" in report
+    # The new photos' image drift against champion 1's reference, measured without --max-image-drift:
+    # in the summary's checks line, the report and the MLflow run.
+    auc = summary["checks"]["image_drift_auc"]
+    assert 0.0 <= auc <= 1.0
+    assert f"passed (image drift AUC {auc:.3f})" in went_on.stdout
+    assert f"image drift of the new training photos vs the champion's: AUC {auc:.3f}" in report
+    from mlflow.tracking import MlflowClient
+
+    tracked = MlflowClient(summary["tracking"]["uri"]).get_run(summary["tracking"]["run_id"])
+    assert tracked.data.metrics["image_drift_auc"] == pytest.approx(auc)
 
     # A class more: registered, not promoted; the summary says why and how to promote it.
     more = _photos(tmp_path / "week4", 20, classes=("apple", "leaf", "sky", "sun"))

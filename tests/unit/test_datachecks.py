@@ -115,11 +115,46 @@ def test_the_component_reads_the_champion_from_the_mlflow_registry(tmp_path):
     findings = dsl.Artifact(name="findings", uri=str(tmp_path / "findings.json"), metadata={})
     with pytest.raises(ConfigError, match=r"700 photos vs 1,000 for champion version 1 of 'pets' \(30% fewer"):
         data_checks.python_func(dataset=_dataset(tmp_path, {"cat": 350, "dog": 350}), findings=findings,
-                                options=options)
+                                metrics=_metrics(tmp_path, "m1"), options=options)
     assert json.loads((tmp_path / "findings.json").read_text())["passed"] is False  # kept for the person
 
     findings = dsl.Artifact(name="findings", uri=str(tmp_path / "findings2.json"), metadata={})
+    metrics = _metrics(tmp_path, "m2")
     result = data_checks.python_func(dataset=_dataset(tmp_path, {"cat": 350, "dog": 350}, "again"),
-                                     findings=findings, options={**options, "max_data_drop": 1.0})
+                                     findings=findings, metrics=metrics, options={**options, "max_data_drop": 1.0})
     assert (result.same_data, result.class_set_changed) == (False, False)
     assert findings.metadata["passed"] is True and findings.metadata["champion"] == "1"
+    # A champion registered before tlp kept drift references: said, not a failure, no metric.
+    assert any("champion version 1 has no drift reference" in f for f in findings.metadata["findings"])
+    assert json.loads((tmp_path / "findings2.json").read_text())["image_drift_auc"] is None
+    assert "image_drift_auc" not in metrics.metadata
+
+
+def _metrics(tmp_path, name):
+    return dsl.Metrics(name=name, uri=str(tmp_path / name), metadata={})
+
+
+def test_the_image_drift_is_measured_against_a_champion_without_max_image_drift(tmp_path, sample_dataset,
+                                                                                tuned_model):
+    """The champion's reference is always compared; --max-image-drift 0 (the default) only means it
+    cannot stop the run. The AUC reaches the findings and the step's kfp Metrics."""
+    with open(f"{sample_dataset}/metadata.json") as handle:
+        metadata = json.load(handle)
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    registry = open_registry(uri)
+    per_class = {c: sum(metadata["counts"][s][c] for s in metadata["counts"]) for c in metadata["class_names"]}
+    champion = _champion(per_class)
+    registered = registry.register(tuned_model[0], "pets", metrics={"test_accuracy": 0.9}, params={},
+                                   tags=champion.tags)
+    registry.set_champion("pets", registered.version)
+    findings = dsl.Artifact(name="findings", uri=str(tmp_path / "findings.json"), metadata={})
+    metrics = _metrics(tmp_path, "metrics")
+    data_checks.python_func(dataset=dsl.Dataset(name="d", uri=sample_dataset, metadata={}), findings=findings,
+                            metrics=metrics, options={"registry": uri, "model_name": "pets", "max_data_drop": 0.1,
+                                                      "max_class_shift": 0.15, "max_image_drift": 0.0})
+    auc = json.loads((tmp_path / "findings.json").read_text())["image_drift_auc"]
+    assert 0.0 <= auc <= 0.65  # its own training photos
+    assert metrics.metadata["image_drift_auc"] == auc
+    assert any(f.startswith("image drift of the new training photos vs the champion's: AUC")
+               for f in findings.metadata["findings"])
+    assert findings.metadata["passed"] is True
