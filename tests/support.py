@@ -50,3 +50,22 @@ def max_difference(a: list, b: list) -> float:
     import numpy as np
 
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
+
+
+# Two trainings that compute the same thing by different routes (cached activations vs images,
+# 2 replicas vs 1) agree to float32 rounding, not bit for bit: oneDNN picks its kernels by CPU
+# (an AMD EPYC rounds a loss differently in the 8th digit from the machines these were written on).
+LOSS_RELATIVE_TOLERANCE = 1e-5
+
+
+def assert_same_history(got: dict, expected: dict) -> None:
+    """The same epochs and accuracies (counts of right answers) exactly, the same losses to
+    float32 rounding."""
+    import pytest
+
+    assert set(got) == set(expected), (sorted(got), sorted(expected))
+    for key, values in expected.items():
+        if "loss" in key:
+            assert got[key] == pytest.approx(values, rel=LOSS_RELATIVE_TOLERANCE), key
+        else:
+            assert got[key] == values, key
