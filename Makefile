@@ -33,9 +33,9 @@ install: $(STAMP) ## Create .venv and install the project with pinned dependenci
 run: $(STAMP) ## Run the whole pipeline locally (kfp.local); RUN_ARGS="--data folder:photos" etc.
 	$(BIN)/tlp run $(RUN_ARGS)
 
-test: $(STAMP) ## Lint, then run the test suite
+test: $(STAMP) ## Lint, then run the whole test suite on every core (pytest-xdist; each file stays in one worker)
 	$(MAKE) --no-print-directory lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 test-fast: $(STAMP) ## The inner loop: lint and every test except whole runs and trainings (-m "not slow"), on every core
 	$(MAKE) --no-print-directory lint
