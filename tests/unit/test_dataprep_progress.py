@@ -1,4 +1,5 @@
-"""Progress lines of a long data prep: counts kept by the Beam workers, added up by the step."""
+"""Progress lines of a long data prep (counts kept by the Beam workers, added up by the step) and
+the memory tuning its worker processes start with."""
 
 from __future__ import annotations
 
@@ -77,3 +78,14 @@ def test_the_reporter_estimates_the_time_left_and_stops_at_the_total():
     assert lines[0].startswith("  data prep: 25 of 100 images read (25%), ") and "s left" in lines[0]
     assert lines[1].startswith("  data prep: 100 of 100 images read (100%), ") and "left" not in lines[1]
     assert not os.path.exists(reporter.folder)
+
+
+def test_the_workers_get_glibcs_memory_tuning_unless_the_user_set_their_own(monkeypatch):
+    """Beam's worker processes inherit the environment: inside, the tuning is there for them; after,
+    the environment is as it was; a value the user chose stays theirs."""
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    with prepare.malloc_tuned() as added:
+        assert os.environ["MALLOC_ARENA_MAX"] == prepare.MALLOC_TUNING["MALLOC_ARENA_MAX"]
+        assert os.environ["MALLOC_MMAP_THRESHOLD_"] == "65536" and added == {"MALLOC_ARENA_MAX": "2"}
+    assert "MALLOC_ARENA_MAX" not in os.environ and os.environ["MALLOC_MMAP_THRESHOLD_"] == "65536"
