@@ -77,7 +77,7 @@ def dataflow_job(data, output_uri: str) -> DataflowJob | None:
 # glibc keeps freed memory in one arena per thread and, above its dynamic mmap threshold, in the
 # heap: the Beam workers' photo buffers (up to a few MB each) stayed resident. Two arenas and a
 # fixed 128 KB threshold (large buffers go back to the system when freed) took the process tree's
-# peak over 5,000 camera photos from 1,511 to 1,026 MB (bench.prep_memory). A user's own setting wins.
+# peak over 5,000 camera photos from 1,511 to 976 MB (bench.prep_memory). A user's own setting wins.
 MALLOC_TUNING = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
 _MALLOPT = {"MALLOC_ARENA_MAX": -8, "MALLOC_MMAP_THRESHOLD_": -3}  # glibc's M_ARENA_MAX, M_MMAP_THRESHOLD
 
