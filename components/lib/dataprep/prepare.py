@@ -165,15 +165,18 @@ def run_pipeline(listing: sources.Listing, output_dir: str, *, image_size: int, 
     print(f"  data prep: {listing.photos} images in {len(listing.units)} units on {where}", flush=True)
     start = time.monotonic()
     pipe = beam.Pipeline(options=beam_options(workers, dataflow))
+
+    def build(progress_folder: str | None = None) -> None:
+        prep_pipeline.build(pipe, listing, target, image_size=image_size, seed=seed, max_workers=max_workers,
+                            min_shard_records=min_shard_records, source_fingerprint=source_fingerprint,
+                            progress_folder=progress_folder)
+
     if dataflow is None:
         with malloc_tuned(), progress.Reporter(listing.photos) as reporter:
-            prep_pipeline.build(pipe, listing, target, image_size=image_size, seed=seed, max_workers=max_workers,
-                                min_shard_records=min_shard_records, source_fingerprint=source_fingerprint,
-                                progress_folder=reporter.folder)
+            build(reporter.folder)
             pipe.run().wait_until_finish()
     else:
-        prep_pipeline.build(pipe, listing, target, image_size=image_size, seed=seed, max_workers=max_workers,
-                            min_shard_records=min_shard_records, source_fingerprint=source_fingerprint)
+        build()
         _run_on_dataflow(pipe, dataflow, target)
         if target != output_dir:
             _copy_tree(target, output_dir)
