@@ -3,10 +3,8 @@ the memory tuning its worker processes start with."""
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-import tempfile
 import time
 
 import pytest
@@ -25,21 +23,19 @@ def _progress_lines(output: str) -> list[tuple[int, int]]:
     return found
 
 
-def _leftover_folders() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "tlp-prep-progress-*")))
-
-
 def test_the_count_grows_to_the_listing_total_in_this_process(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(progress, "PROGRESS_EVERY_SECONDS", 0.01)
     monkeypatch.setattr(progress, "WRITE_EVERY_SECONDS", 0.0)  # every unit (16 photos) is written
-    before = _leftover_folders()
+    folders: set[str] = set()
+    read = progress.photos_read
+    monkeypatch.setattr(progress, "photos_read", lambda folder: folders.add(folder) or read(folder))
     prepare.prepare_dataset("sample:40", str(tmp_path / "data"), image_size=32, seed=3, processes=0)
     lines = _progress_lines(capsys.readouterr().out)
     assert lines, "no progress line"
     assert {total for _, total in lines} == {80}  # of what the listing holds
     counts = [done for done, _ in lines]
     assert counts == sorted(counts) and all(0 < done <= 80 for done in counts)
-    assert _leftover_folders() == before  # the counts' folder is removed
+    assert len(folders) == 1 and not os.path.exists(folders.pop())  # the counts' folder is removed
 
 
 @pytest.mark.slow  # Beam's worker processes start in about 10 s
