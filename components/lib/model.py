@@ -223,8 +223,9 @@ def export_servable(model, export_dir: str, class_names: list[str], image_size: 
     class Servable(tf.Module):
         def __init__(self):
             super().__init__()
-            self.model = model
-            self.both = both
+            # Only the weights are tracked, not the Keras objects: tracking them saves every layer's
+            # traced call functions too, which a server then restores at start-up for nothing.
+            self.weights = list(both.variables)
             self.class_names = tf.constant(class_names)
 
         def _outputs(self, image_bytes):
@@ -238,7 +239,7 @@ def export_servable(model, export_dir: str, class_names: list[str], image_size: 
                 fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
             )
             images = tf.round(tf.clip_by_value(images, 0.0, 255.0))
-            logits, features = self.both(images, training=False)
+            logits, features = both(images, training=False)
             probs = probabilities(logits, num_classes)
             index = tf.argmax(probs, axis=-1, output_type=tf.int32)
             return {
