@@ -28,8 +28,6 @@ import json
 import os
 import sys
 
-from google.api_core.exceptions import GoogleAPICallError
-
 from tlp.components.lib.options import add_flags, group_from_values, iter_options, markdown_table
 from tlp.components.lib.settings import (
     ALL_GROUPS,
@@ -43,17 +41,16 @@ from tlp.components.lib.settings import (
     ModelsOptions,
     PredictOptions,
     ScheduleOptions,
-    ServeOptions,
     Settings,
     TrackingOptions,
     TuneOptions,
 )
-from tlp.components.lib.specs import ConfigError, TlpError
+from tlp.components.lib.specs import ConfigError
 from tlp.components.lib.steps import STEPS
 from tlp.pipelines import checks, cloud, deploy, drift, models, predict, runners, serve, single, tuned
-from tlp.pipelines.console import LOGS, NativeLog, RunFailed, native_stderr_captured, write_traceback
+from tlp.pipelines.console import LOGS, RunFailed, exit_code, native_stderr_captured
 from tlp.pipelines.environment import check_credentials, quiet_tensorflow
-from tlp.pipelines.resolve import default_registry, resolve_local
+from tlp.pipelines.resolve import default_registry, registry_or_default, resolve_local
 from tlp.pipelines.summary import format_summary
 
 
@@ -79,10 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="a model directory, or NAME/VERSION or NAME@champion in the registry")
     predict.add_argument("images", nargs="+", help="image files or folders")
 
-    served = command("serve", "serve a model over HTTP (KServe v1/v2 protocols, a page at /)")
-    served.add_argument("model", nargs="?", default="",
-                        help="a model directory, NAME@champion or NAME/VERSION in --registry (default: "
-                             "$AIP_STORAGE_URI)")
+    serve.add_arguments(commands.add_parser("serve", help=serve.HELP))
 
     deployed = command("deploy", "deploy a registered version to a Vertex AI endpoint")
     deployed.add_argument("model", help="NAME@champion or NAME/VERSION in the Vertex AI Model Registry")
@@ -131,38 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": command_run, "component": command_component, "predict": command_predict,
                 "compile": command_compile, "submit": command_submit, "schedule": command_schedule,
-                "options": command_options, "serve": command_serve, "deploy": command_deploy,
+                "options": command_options, "serve": serve.run, "deploy": command_deploy,
                 "models": command_models, "drift": command_drift}
-    native = NativeLog()
-    try:
-        with native_stderr_captured(enabled=args.command in NATIVE_CAPTURED, native=native):
-            code = handlers[args.command](args)
-            native.keep = code != 0
-    except TlpError as error:  # raised on purpose: its one sentence and its exit code
-        print(f"tlp: error: {error}", file=sys.stderr)
-        _name_native_log(native)
-        return error.exit_code
-    except GoogleAPICallError as error:  # e.g. a missing permission or API, or no route to Google
-        print(f"tlp: error: Google Cloud refused the request: {error.code} {error.message}; check the project, "
-              "region, that the Vertex AI API is enabled and your account's roles.", file=sys.stderr)
-        _name_native_log(native)
-        return 1
-    except Exception as error:  # a bug: one line here, the traceback (and native lines) in a file
-        path = write_traceback(error, _logs_dir(args))
-        if native.kept:
-            with open(native.kept, encoding="utf-8", errors="replace") as source, open(path, "a") as target:
-                target.write("\nWhat native code (TensorFlow, libjpeg) wrote to stderr:\n" + source.read())
-            os.unlink(native.kept)
-        message = (str(error).strip().splitlines() or [""])[0]
-        print(f"tlp: error: unexpected {type(error).__name__}: {message}; full traceback in {path}", file=sys.stderr)
-        return 1
-    _name_native_log(native)
-    return code
-
-
-def _name_native_log(native: NativeLog) -> None:
-    if native.kept:
-        print(f"tlp: what TensorFlow's native code wrote to stderr is in {native.kept}", file=sys.stderr)
+    return exit_code(lambda: handlers[args.command](args), capture_native=args.command in NATIVE_CAPTURED,
+                     logs_dir=lambda: _logs_dir(args))
 
 
 def _logs_dir(args) -> str | None:
@@ -252,7 +218,7 @@ def command_component(args) -> int:
 
 def command_predict(args) -> int:
     chosen = _group(PredictOptions, args)
-    registry = _local_registry(args.registry)
+    registry = registry_or_default(args.registry)
     if chosen.output or chosen.batch_job or any(os.path.isdir(p) or p.startswith("gs://") for p in args.images):
         return _predict_batch(args.model, args.images, registry, chosen)
     for row in predict.predict_files(args.model, args.images, registry):
@@ -344,16 +310,6 @@ def command_schedule(args) -> int:
 # --- tlp serve / tlp deploy / batch prediction --------------------------------------------------
 
 
-def _local_registry(registry: str) -> str:
-    return registry or default_registry(LocalRunOptions().output_dir)
-
-
-def command_serve(args) -> int:
-    options, model = serve.apply_vertex_environment(_group(ServeOptions, args), args.model)
-    serve.serve(model, _local_registry(args.registry), options)
-    return 0
-
-
 def command_deploy(args) -> int:
     deploy.deploy(args.model, args.registry, _group(DeployOptions, args), _group(CloudOptions, args))
     return 0
@@ -374,7 +330,7 @@ def _predict_batch(model: str, sources: list[str], registry: str, chosen: Predic
 def command_drift(args) -> int:
     chosen = _group(DriftOptions, args)
     with native_stderr_captured():
-        return drift.run(args.model, args.photos, _local_registry(args.registry), threshold=chosen.threshold,
+        return drift.run(args.model, args.photos, registry_or_default(args.registry), threshold=chosen.threshold,
                          as_json=chosen.drift_json)
 
 

@@ -32,7 +32,9 @@ import time
 import typing
 import warnings
 
-from tlp.components.lib.specs import ConfigError, ServiceError
+from google.api_core.exceptions import GoogleAPICallError
+
+from tlp.components.lib.specs import ConfigError, ServiceError, TlpError
 from tlp.components.lib.steps import STEP_NAMES
 
 LOGS = "logs"
@@ -377,3 +379,43 @@ def write_traceback(error: BaseException, directory: str | None = None) -> str:
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write("".join(traceback.format_exception(error)))
     return path
+
+
+def exit_code(run: typing.Callable[[], int], *, prog: str = "tlp", capture_native: bool = False,
+              logs_dir: typing.Callable[[], str | None] = lambda: None) -> int:
+    """Runs a command and turns how it ended into an exit code and at most a few lines: an error
+    raised on purpose (``TlpError``) is its one sentence and its code; Google Cloud's refusals
+    exit 1 with what to check; anything else is a bug, shown in one line with the file its
+    traceback went to (in ``logs_dir()``, else the temp directory). ``capture_native``: what
+    TensorFlow's native code writes to stderr goes to a file, named if the command fails."""
+    native = NativeLog()
+    try:
+        with native_stderr_captured(enabled=capture_native, native=native):
+            code = run()
+            native.keep = code != 0
+    except TlpError as error:  # raised on purpose: its one sentence and its exit code
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        _name_native_log(native, prog)
+        return error.exit_code
+    except GoogleAPICallError as error:  # e.g. a missing permission or API, or no route to Google
+        print(f"{prog}: error: Google Cloud refused the request: {error.code} {error.message}; check the project, "
+              "region, that the Vertex AI API is enabled and your account's roles.", file=sys.stderr)
+        _name_native_log(native, prog)
+        return 1
+    except Exception as error:  # a bug: one line here, the traceback (and native lines) in a file
+        path = write_traceback(error, logs_dir())
+        if native.kept:
+            with open(native.kept, encoding="utf-8", errors="replace") as source, open(path, "a") as target:
+                target.write("\nWhat native code (TensorFlow, libjpeg) wrote to stderr:\n" + source.read())
+            os.unlink(native.kept)
+        message = (str(error).strip().splitlines() or [""])[0]
+        print(f"{prog}: error: unexpected {type(error).__name__}: {message}; full traceback in {path}",
+              file=sys.stderr)
+        return 1
+    _name_native_log(native, prog)
+    return code
+
+
+def _name_native_log(native: NativeLog, prog: str) -> None:
+    if native.kept:
+        print(f"{prog}: what TensorFlow's native code wrote to stderr is in {native.kept}", file=sys.stderr)

@@ -6,13 +6,18 @@ from __future__ import annotations
 import os
 
 from tlp.components.lib import specs
-from tlp.components.lib.settings import Settings
+from tlp.components.lib.settings import LocalRunOptions, Settings
 from tlp.pipelines import environment
 
 
 def default_registry(output_dir: str) -> str:
     """The local MLflow registry of a run: a SQLite file beside the runs."""
     return "sqlite:///" + os.path.join(os.path.abspath(output_dir), "registry.db")
+
+
+def registry_or_default(registry: str) -> str:
+    """``--registry`` as given, or the local registry under the default output directory."""
+    return registry or default_registry(LocalRunOptions().output_dir)
 
 
 def resolve_local(settings: Settings, output_dir: str, probe=environment.reachable) -> tuple[Settings, list[str]]:

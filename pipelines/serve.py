@@ -13,17 +13,20 @@ prefix Vertex AI copied the model's artifacts to, or a local directory).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
 from dataclasses import dataclass
 
 from tlp.components.lib import serving
+from tlp.components.lib.options import add_flags, group_from_values
 from tlp.components.lib.registry import open_registry
 from tlp.components.lib.registry.vertex_backend import download_prefix
-from tlp.components.lib.settings import ServeOptions
+from tlp.components.lib.settings import ALL_GROUPS, ServeOptions
 from tlp.components.lib.specs import ConfigError
-from tlp.pipelines import environment
+from tlp.pipelines import console, environment
+from tlp.pipelines.resolve import registry_or_default
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -95,24 +98,27 @@ def _url_safe(name: str) -> str:
 
 def prepare(model: str, registry: str, options: ServeOptions):
     """Everything before listening: checks, model resolution and loading, a warm-up prediction.
-    Returns (app, card)."""
+    Returns (app, card, predictor)."""
     if not 0 < options.port < 65536:
         raise ConfigError(f"--port {options.port} is not a TCP port (1-65535).")
     resolved = resolve(model, registry, options.route_name)
     import tensorflow as tf
 
     try:
-        predictor = serving.Predictor(resolved.model_dir)
+        predictor = serving.Predictor(resolved.model_dir, features=bool(options.drift_every))
         serving.warm_up(predictor)
     except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
         raise ConfigError(f"{resolved.source} is not a model tlp can serve ({error}); pass the model directory "
                           "that fine-tuning exported (it holds saved_model.pb and model_info.json).") from error
     card = serving.load_card(resolved.model_dir, resolved.name, resolved.version, resolved.source)
-    return serving.create_app(predictor, card, options), card
+    return serving.create_app(predictor, card, options), card, predictor
 
 
-def banner(options: ServeOptions, card) -> str:
+def banner(options: ServeOptions, card, watching_drift: bool) -> str:
     base = f"http://{'127.0.0.1' if options.host == '0.0.0.0' else options.host}:{options.port}"
+    drift_line = (f"recomputed every {options.drift_every} images on the last {options.drift_window}, off the "
+                  f"request path: {base}/drift, gauge tlp_image_drift_auc" if watching_drift else
+                  serving.drift_state(None, options)["why"])
     lines = [
         f"tlp serve: {card.name} version {card.version} ({', '.join(card.class_names)}) from {card.source}",
         f"  page:     {base}/",
@@ -122,6 +128,7 @@ def banner(options: ServeOptions, card) -> str:
         f"  health:   {base}/v2/health/ready   metrics: {base}/metrics",
         f"  batching: up to {options.max_batch} images within {options.max_latency_ms:g} ms; "
         f"bodies up to {options.max_body_mb:g} MB",
+        f"  drift:    {drift_line}",
     ]
     if options.predict_route or options.health_route:
         routes = f"predict {options.predict_route or '-'}, health {options.health_route or '-'}"
@@ -132,6 +139,35 @@ def banner(options: ServeOptions, card) -> str:
 def serve(model: str, registry: str, options: ServeOptions, echo=print) -> None:
     """Resolves, loads and serves ``model`` (a directory, ``gs://`` prefix, NAME@ALIAS or
     NAME/VERSION in ``registry``) until interrupted."""
-    app, card = prepare(model, registry, options)
-    echo(banner(options, card), flush=True)
+    app, card, predictor = prepare(model, registry, options)
+    echo(banner(options, card, predictor.features and bool(options.drift_every)), flush=True)
     serving.run_server(app, options.host, options.port)
+
+
+# --- the command: `tlp serve` in the CLI, and `tlp-serve` (the serving image's entry point) ------
+
+HELP = "serve a model over HTTP (KServe v1/v2 protocols, a page at /, image drift of the requests)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The serve command's arguments: the model, then every option declared for ``serve``."""
+    parser.add_argument("model", nargs="?", default="",
+                        help="a model directory, NAME@champion or NAME/VERSION in --registry (default: "
+                             "$AIP_STORAGE_URI)")
+    add_flags(parser, ALL_GROUPS, "serve")
+
+
+def run(args: argparse.Namespace) -> int:
+    options, model = apply_vertex_environment(group_from_values(ServeOptions, vars(args)), args.model)
+    serve(model, registry_or_default(args.registry), options)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tlp-serve``: ``tlp serve`` without the rest of tlp, so the serving image needs (and a
+    replica imports) only TensorFlow, KServe and the serving code; the same arguments."""
+    environment.quiet_tensorflow()
+    parser = argparse.ArgumentParser(prog="tlp-serve", description=HELP)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return console.exit_code(lambda: run(args), prog="tlp-serve", capture_native=True)

@@ -1,5 +1,6 @@
 """Helpers more than one test file uses: the installed ``tlp`` console script, a free loopback
-port, stopping a child process, comparing model weights."""
+port, stopping a child process, comparing model weights, photos of the sample's kind and the
+same photos through a much worse camera."""
 
 from __future__ import annotations
 
@@ -69,3 +70,37 @@ def assert_same_history(got: dict, expected: dict) -> None:
             assert got[key] == pytest.approx(values, rel=LOSS_RELATIVE_TOLERANCE), key
         else:
             assert got[key] == values, key
+
+
+def worse_camera(pixels, rng):
+    """What a much worse camera makes of a photo: strong blur, washed-out colour and contrast,
+    heavy sensor noise."""
+    import numpy as np
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    image = Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(4))
+    image = ImageEnhance.Contrast(ImageEnhance.Color(image).enhance(0.3)).enhance(0.5)
+    noisy = np.asarray(image).astype(np.float32) * 0.6 + 100 + rng.normal(0, 40, pixels.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def new_and_worse_photos(root, per_class: int = 40) -> tuple[list[str], list[str]]:
+    """New photos of the sample data's kind (other seeds than any training photo) in ``root/same``,
+    and the same photos through ``worse_camera`` in ``root/worse``: (same paths, worse paths)."""
+    import numpy as np
+    from PIL import Image
+
+    from tlp.components.lib.dataprep.sources import sample_pixels
+
+    rng = np.random.default_rng(3)
+    paths: dict[str, list[str]] = {"same": [], "worse": []}
+    for kind in paths:
+        os.makedirs(os.path.join(root, kind), exist_ok=True)
+    for index in range(per_class):
+        for label in range(2):  # interleaved, so any prefix holds both classes
+            pixels = sample_pixels(label, (99, label, index))
+            for kind, image in (("same", pixels), ("worse", worse_camera(pixels, rng))):
+                path = os.path.join(root, kind, f"{label}-{index}.png")
+                Image.fromarray(image).save(path)
+                paths[kind].append(path)
+    return paths["same"], paths["worse"]

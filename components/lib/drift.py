@@ -202,6 +202,13 @@ def two_sample_test(reference: np.ndarray, new: np.ndarray, *, seed: int = 0, fo
     return DriftResult(roc_auc(y, scores), len(kept_reference), len(kept_new), kept_new, new_scores, seed, names)
 
 
+def short_verdict(auc: float, threshold: float) -> str:
+    """The verdict in a few words (the serving page, the gauge's readers)."""
+    if auc >= threshold:
+        return "drifted"
+    return "some difference: watch it" if auc >= 0.6 else "like the training photos"
+
+
 def verdict(auc: float, threshold: float) -> str:
     if auc >= threshold:
         return (f"drifted: a classifier tells these photos from the training photos (AUC {auc:.3f} >= "

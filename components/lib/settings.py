@@ -459,6 +459,12 @@ class ServeOptions(Group):
                                    minimum=0.0, maximum=10_000.0)
     max_body_mb: float = option(32.0, "largest request body in MB; larger ones get 413", commands=("serve",),
                                 above=0.0, maximum=4096.0)
+    drift_every: int = option(
+        1000, "recompute the image drift of recent requests (the tlp_image_drift_auc gauge) every this many images, "
+        "off the request path; 0: off", commands=("serve",), minimum=0, maximum=10_000_000,
+    )
+    drift_window: int = option(500, "recent request images the drift is measured on (the newest are kept)",
+                               commands=("serve",), minimum=10, maximum=100_000)
     # Not options: Vertex AI's custom-container routes, set from AIP_PREDICT_ROUTE / AIP_HEALTH_ROUTE
     # by the runner (pipelines/serve.py), served besides KServe's own.
     predict_route: str = ""

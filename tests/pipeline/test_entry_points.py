@@ -40,6 +40,22 @@ def test_every_command_answers_help_through_the_console_script():
     assert script.returncode == 0 and all(command in script.stdout for command in ("run", "drift", "models"))
 
 
+def test_tlp_serve_script_takes_the_same_arguments_as_tlp_serve_and_imports_no_pipeline_code():
+    """``tlp-serve`` (the serving image's entry point) is ``tlp serve`` alone: the same help, and
+    none of kfp, MLflow or the cloud SDKs loaded to serve (the slim image has none of them)."""
+    script = subprocess.run([os.path.join(os.path.dirname(sys.executable), "tlp-serve"), "--help"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert script.returncode == 0, script.stderr
+    full = _tlp("serve", "--help")
+    assert script.stdout.split("positional arguments:")[1] == full.stdout.split("positional arguments:")[1]
+    assert "--drift-every" in script.stdout and "--drift-window" in script.stdout
+    probe = ("import sys\nfrom tlp.pipelines import serve\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'kfp', 'mlflow', 'apache_beam', 'docker', "
+             "'tensorflow_datasets', 'google_cloud_pipeline_components', 'sklearn'}))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
 def test_tlp_options_markdown_is_the_readme_table():
     shown = _tlp("options", "run", "--markdown")
     assert shown.returncode == 0, shown.stderr

@@ -1,5 +1,6 @@
 """``tlp serve`` as a command: registry references, Vertex AI's custom-container contract (the
-model fetched from AIP_STORAGE_URI through the stand-in), and one-sentence errors."""
+model fetched from AIP_STORAGE_URI through the stand-in, by ``tlp-serve``: the serving image's
+entry point), and one-sentence errors from both entry points."""
 
 import os
 import sys
@@ -44,7 +45,8 @@ def test_vertex_custom_container_contract(standin, tuned_model, photos, tmp_path
     env = dict(os.environ, AIP_HTTP_PORT=str(port), AIP_PREDICT_ROUTE=predict_route, AIP_HEALTH_ROUTE=health_route,
                AIP_STORAGE_URI="gs://models/cats/1")
     url = f"http://127.0.0.1:{port}"
-    with serving.server_process([sys.executable, "-m", "tlp.pipelines.cli", "serve"], url, "model",
+    tlp_serve = os.path.join(os.path.dirname(sys.executable), "tlp-serve")  # the console script
+    with serving.server_process([tlp_serve], url, "model",
                                 str(tmp_path / "serve.log"), timeout=240, env=env):
         status, body = get(url + health_route)
         assert status == 200 and b'"ready":true' in body
@@ -73,9 +75,13 @@ def test_a_registered_champion_resolves_to_its_version(tuned_model, sample_datas
     (["serve", "{tmp}", "--max-batch", "0"], "--max-batch 0 must be a whole number of at least 1"),
     (["serve", "{tmp}", "--name", "a/b"], "cannot be part of a URL path"),
 ])
-def test_bad_settings_fail_in_one_sentence(argv, message, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("entry_point", ["tlp serve", "tlp-serve"])
+def test_bad_settings_fail_in_one_sentence(argv, message, entry_point, tmp_path, capsys, monkeypatch):
     from tlp.pipelines.cli import main
 
     monkeypatch.delenv("AIP_STORAGE_URI", raising=False)
-    assert main([arg.replace("{tmp}", str(tmp_path)) for arg in argv]) == 2
-    assert message in capsys.readouterr().err
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    code = main(argv) if entry_point == "tlp serve" else serve.main(argv[1:])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith(f"{entry_point.split()[0]}: error: ")

@@ -2,37 +2,19 @@
 photos like the training photos pass, the same photos through a much worse camera exit 4."""
 
 import json
-import os
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance, ImageFilter
 
+from tests.support import new_and_worse_photos
 from tlp.components.lib import drift
 from tlp.pipelines.cli import main
 
 
-def _worse_camera(pixels, rng):
-    """Strong blur, washed-out colour and contrast, heavy sensor noise."""
-    image = Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(4))
-    image = ImageEnhance.Contrast(ImageEnhance.Color(image).enhance(0.3)).enhance(0.5)
-    noisy = np.asarray(image).astype(np.float32) * 0.6 + 100 + rng.normal(0, 40, pixels.shape)
-    return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def photo_folders(tmp_path_factory):
-    from tlp.components.lib.dataprep.sources import sample_pixels as _sample_pixels
-
     root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(3)
-    for kind in ("same", "worse"):
-        os.makedirs(root / kind)
-    for label in range(2):
-        for index in range(40):  # other seeds than the training photos: new photos of the same kind
-            pixels = _sample_pixels(label, (99, label, index))
-            Image.fromarray(pixels).save(root / "same" / f"{label}-{index}.png")
-            Image.fromarray(_worse_camera(pixels, rng)).save(root / "worse" / f"{label}-{index}.png")
+    new_and_worse_photos(str(root))
     return root
 
 

@@ -18,12 +18,13 @@ tlp.components.lib.serving``). How it batches and what it accepts is ``settings.
 Nothing heavy is imported at module level: TensorFlow and KServe load when a server is built.
 """
 
-from tlp.components.lib.serving.app import create_app, run_server
+from tlp.components.lib.serving.app import create_app, drift_state, run_server, watch_drift
 from tlp.components.lib.serving.harness import free_port, log_tail, running_in_thread, server_process, wait_until_ready
 from tlp.components.lib.serving.predictor import ModelCard, Prediction, Predictor, Unreadable, load_card, warm_up
 from tlp.components.lib.serving.protocol import RequestError
 
 __all__ = [
-    "ModelCard", "Prediction", "Predictor", "RequestError", "Unreadable", "create_app", "free_port", "load_card",
-    "log_tail", "run_server", "running_in_thread", "server_process", "wait_until_ready", "warm_up",
+    "ModelCard", "Prediction", "Predictor", "RequestError", "Unreadable", "create_app", "drift_state", "free_port",
+    "load_card", "log_tail", "run_server", "running_in_thread", "server_process", "wait_until_ready", "warm_up",
+    "watch_drift",
 ]

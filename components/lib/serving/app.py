@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from tlp.components.lib import drift
+from tlp.components.lib.drift_monitor import DriftMonitor
 from tlp.components.lib.serving.kserve_model import import_kserve, make_model, metrics
 from tlp.components.lib.serving.predictor import ModelCard, Predictor
 from tlp.components.lib.serving.protocol import EXPECTED_INSTANCE, RequestError
@@ -85,6 +87,26 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def watch_drift(predictor: Predictor, options: ServeOptions) -> DriftMonitor | None:
+    """The server's drift watch, fed with the features of every answered image; None when it is
+    off (``--drift-every 0``) or the model carries no drift reference (see ``drift_state``)."""
+    if not (options.drift_every and predictor.features):
+        return None
+    reference = drift.load_reference(predictor.model_dir).features
+    monitor = DriftMonitor(reference, capacity=options.drift_window, every=options.drift_every)
+    predictor.on_features = monitor.observe
+    return monitor
+
+
+def drift_state(monitor: DriftMonitor | None, options: ServeOptions) -> dict:
+    """What ``GET /drift`` answers and the page shows."""
+    if monitor is not None:
+        return {"watching": True, **monitor.snapshot()}
+    why = ("turned off (--drift-every 0)" if not options.drift_every else
+           "the model carries no drift reference (exported before tlp recorded one); retrain it to watch drift")
+    return {"watching": False, "auc": None, "why": why}
+
+
 def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions | None = None):
     """The server's ASGI app: KServe's v1/v2 endpoints and metrics, plus our page, Vertex AI
     routes, error shape and body limit. ``options``: the declared serve options (default: their defaults)."""
@@ -100,7 +122,8 @@ def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions | No
     from kserve.protocol.rest.v1_endpoints import V1Endpoints, register_v1_endpoints
     from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 
-    model = make_model(predictor, card, options)
+    monitor = watch_drift(predictor, options)
+    model = make_model(predictor, card, options, on_stop=monitor.close if monitor else None)
     repository = ModelRepository()
     repository.update(model)
     dataplane = DataPlane(model_registry=repository)
@@ -111,6 +134,7 @@ def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions | No
     page = render_page(card)
     app.add_api_route("/", lambda: HTMLResponse(page), methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_handler, methods=["GET"])
+    app.add_api_route("/drift", lambda: JSONResponse(drift_state(monitor, options)), methods=["GET"])
     register_v1_endpoints(app, dataplane, extension)
     register_v2_endpoints(app, dataplane, extension)
     v1 = V1Endpoints(dataplane, extension)
@@ -151,6 +175,7 @@ def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions | No
     app.add_exception_handler(errors.ServerNotReady, errors.server_not_ready_handler)
     app.add_exception_handler(Exception, errors.generic_exception_handler)
     app.state.model = model
+    app.state.drift = monitor
     return BodyLimit(app, int(options.max_body_mb * 1e6), lambda: refused.labels("body_too_large").inc())
 
 

@@ -50,8 +50,9 @@ def metrics():
     return _METRICS
 
 
-def make_model(predictor: Predictor, card: ModelCard, options: ServeOptions):
-    """The KServe model: decodes v1/v2 requests, batches, answers Vertex AI's prediction shape."""
+def make_model(predictor: Predictor, card: ModelCard, options: ServeOptions, on_stop=None):
+    """The KServe model: decodes v1/v2 requests, batches, answers Vertex AI's prediction shape.
+    ``on_stop``: called when the server stops the model (e.g. to end the drift watch)."""
     # Any to the checker: KServe ships no type information.
     kserve_model: Any = import_kserve().Model
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
@@ -122,6 +123,8 @@ def make_model(predictor: Predictor, card: ModelCard, options: ServeOptions):
 
         def stop(self):
             self.batcher.close()
+            if on_stop is not None:
+                on_stop()
             self.ready = False
 
     return ImageClassifier()

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from tlp.components.lib import drift
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.registry import model_digest
 from tlp.components.lib.specs import ConfigError
@@ -61,13 +64,19 @@ class Predictor:
     unreadable ones by decoding each alone and runs the rest again, so one bad upload never fails
     the requests it was batched with."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, *, features: bool = False):
         self.model_dir = model_dir
         info = model_lib.read_info(model_dir)
         self.class_names = [str(name) for name in info["class_names"]]
         self.image_size = int(info.get("image_size") or 0)
         self.info = info
-        self._serve = model_lib.load_servable(model_dir)
+        # ``features``: the signature that also returns the pooled features (one forward pass), for
+        # the drift watch; only models that carry a drift reference were exported with it.
+        self.features = features and drift.has_reference(model_dir)
+        self._serve = model_lib.load_servable(
+            model_dir, model_lib.FEATURES_SIGNATURE if self.features else "serving_default")
+        # Called with each batch's pooled features [N, D] (numpy), when set.
+        self.on_features: Callable[[Any], None] | None = None
         self._lock = threading.Lock()  # one batch at a time: TensorFlow already uses every core
 
     def __call__(self, images: list[bytes]) -> list[Prediction | Unreadable]:
@@ -82,6 +91,8 @@ class Predictor:
             if len(images) == 1:  # the signature's own error is about its graph; decoding alone says why
                 return [Unreadable(decode_problem(images[0]) or clean_tf_error(error.message))]
             return self._without_unreadable(images)
+        if self.on_features is not None:
+            self.on_features(outputs[model_lib.FEATURES_OUTPUT].numpy())
         probabilities = outputs["probabilities"].numpy()
         labels = outputs["label"].numpy()
         scores = outputs["score"].numpy()

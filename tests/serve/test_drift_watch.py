@@ -1,0 +1,114 @@
+"""The server watches the photos it is sent: a drift AUC of recent requests against the model's
+training photos, recomputed off the request path, on ``/metrics`` (gauge ``tlp_image_drift_auc``),
+``GET /drift`` and the page. Photos of the training photos' kind keep it low; the same photos
+through a much worse camera raise it."""
+
+import base64
+import json
+import math
+import re
+import shutil
+import time
+
+import pytest
+
+from tests.serve.browser import chromium, headless_page
+from tests.serve.conftest import get, post
+from tests.support import new_and_worse_photos
+from tlp.components.lib import serving
+from tlp.components.lib.drift_monitor import GAUGE
+from tlp.components.lib.settings import ServeOptions
+from tlp.pipelines import serve
+
+WINDOW = 40  # the drift is measured on the last 40 images, recomputed every 40
+
+
+def _gauge(url: str) -> float:
+    _, text = get(f"{url}/metrics")
+    match = re.search(rf"^{GAUGE} (\S+)$", text.decode(), re.M)
+    assert match, f"{GAUGE} is not on /metrics"
+    return float(match.group(1))
+
+
+def _drift(url: str) -> dict:
+    status, body = get(f"{url}/drift")
+    assert status == 200
+    return json.loads(body)
+
+
+def _send(url: str, name: str, paths: list[str], per_request: int = 8) -> None:
+    for start in range(0, len(paths), per_request):
+        instances = [{"image_bytes": {"b64": base64.b64encode(open(p, "rb").read()).decode()}}
+                     for p in paths[start:start + per_request]]
+        status, answer = post(f"{url}/v1/models/{name}:predict", {"instances": instances})
+        assert status == 200, answer
+
+
+def _wait_for_computation(url: str, count: int, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while (state := _drift(url))["computed"] < count:
+        assert time.monotonic() < deadline, f"no drift recomputation #{count} within {timeout:.0f} s: {state}"
+        time.sleep(0.1)
+    return state
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return new_and_worse_photos(str(tmp_path_factory.mktemp("photos")), per_class=WINDOW // 2)
+
+
+@pytest.fixture(scope="module")
+def watching(tuned_model):
+    """A server on the session's fine-tuned model (which carries its reference), in this process."""
+    options = ServeOptions(route_name="cats", drift_every=WINDOW, drift_window=WINDOW)
+    app, card, predictor = serve.prepare(tuned_model[0], "", options)
+    assert predictor.features
+    with serving.running_in_thread(app) as url:
+        yield url, card
+
+
+def test_the_gauge_rises_when_the_camera_gets_much_worse(watching, photos, tmp_path):
+    url, card = watching
+    same, worse = photos
+    assert math.isnan(_gauge(url))  # nothing measured yet: no number that could be mistaken for an AUC
+    assert _drift(url) | {"auc": None} == _drift(url)
+
+    _send(url, card.name, same)
+    calm = _wait_for_computation(url, 1)
+    assert calm["auc"] <= 0.65 and calm["verdict"] == "like the training photos", calm
+    assert _gauge(url) == pytest.approx(calm["auc"])
+
+    _send(url, card.name, worse)  # the window now holds only the worse camera's photos
+    drifted = _wait_for_computation(url, 2)
+    assert drifted["auc"] >= 0.8 and drifted["verdict"] == "drifted", drifted
+    assert _gauge(url) == pytest.approx(drifted["auc"])
+    assert drifted["recent"] == WINDOW and not drifted["error"]
+
+    if chromium() is None:
+        pytest.fail("the page check needs Debian's chromium (apt-get install chromium)")
+    with headless_page(str(tmp_path / "profile")) as page:
+        page.navigate(url + "/")
+        assert page.wait_for("document.getElementById('drift').dataset.state", timeout=60) == "measured"
+        line = page.evaluate("document.getElementById('drift').textContent")
+        assert f"AUC {drifted['auc']:.3f}" in line and "drifted" in line, line
+        assert page.evaluate("document.getElementById('drift').classList.contains('drifted')")
+
+
+def test_a_model_without_a_reference_is_served_and_says_why_drift_is_not_watched(tuned_model, tmp_path):
+    model_dir = shutil.copytree(tuned_model[0], tmp_path / "model")
+    (model_dir / "drift_reference.npz").unlink()  # as exported before tlp kept references
+    app, card, predictor = serve.prepare(str(model_dir), "", ServeOptions(route_name="old"))
+    assert not predictor.features
+    with serving.running_in_thread(app) as url:
+        state = _drift(url)
+        assert state["watching"] is False and "carries no drift reference" in state["why"]
+        banner = serve.banner(ServeOptions(), card, predictor.features)
+        assert "carries no drift reference" in banner
+
+
+def test_drift_every_0_turns_the_watch_off(tuned_model):
+    options = ServeOptions(drift_every=0)
+    app, card, predictor = serve.prepare(tuned_model[0], "", options)
+    assert not predictor.features  # the plain serving signature: nothing computed for nobody
+    with serving.running_in_thread(app) as url:
+        assert _drift(url) == {"watching": False, "auc": None, "why": "turned off (--drift-every 0)"}
