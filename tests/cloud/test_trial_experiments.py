@@ -163,18 +163,29 @@ def _selection_inputs(spec: dict, task: str) -> dict:
 def test_submit_tune_tells_the_selection_the_runs_experiment_and_job(standin, capsys, tuner, task):
     code = cli.main(["submit", *_vertex(standin), "--service-account", SA, "--tune", GRID, *tuner,
                      "--experiment", EXPERIMENT])
-    assert code == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert code == 0, out
     spec = standin.find("POST", r"/pipelineJobs$")[0].body["pipelineSpec"]
     assert _selection_inputs(spec, task) == {
         "project": "tlp-test", "location": "us-central1", "experiment": EXPERIMENT, "api_endpoint": standin.url,
         "pipeline_job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # Vertex AI puts the job's ID in at run time
     }
+    job_id = next(iter(standin.pipeline_jobs)).rsplit("/", 1)[-1]
+    last = 2 if "vizier" in tuner else 3
+    assert f"trials: runs {job_id}-trial-0 .. {job_id}-trial-{last} of that experiment" in out
 
 
 def test_submit_tune_without_experiment_logs_to_the_pipelines_name(standin, capsys):
     assert cli.main(["submit", *_vertex(standin), "--service-account", SA, "--tune", GRID]) == 0, capsys.readouterr()
     spec = standin.find("POST", r"/pipelineJobs$")[0].body["pipelineSpec"]
     assert _selection_inputs(spec, "trial-selection")["experiment"] == "transfer-learning"
+
+
+def test_an_experiment_name_too_long_for_the_trials_run_names_is_refused_before_submitting(standin, capsys):
+    long = "cats-" + "e" * 100  # a valid experiment name, but no room left for JOB_ID-trial-N
+    assert cli.main(["submit", *_vertex(standin), "--service-account", SA, "--tune", GRID, "--experiment", long]) == 2
+    assert "leaves no room for the trials' run names" in capsys.readouterr().err
+    assert not standin.find("POST", r"/pipelineJobs$") and not standin.find("POST", r"/contexts$")
 
 
 def test_kubeflow_pipelines_and_compile_leave_the_experiment_empty(standin, capsys, tmp_path):
