@@ -1,5 +1,6 @@
 """The components of a tuned run (``--tune``): the heads, one trial's fine-tuning, the selection.
-Thin wrappers over ``tlp.components.lib.tuning_runs``."""
+Thin wrappers over ``tlp.components.lib.tuning_runs`` (and ``vertex_experiments``, where the
+selection logs the trials as Vertex AI Experiments runs)."""
 
 from typing import List, NamedTuple  # noqa: UP035 - kfp reads typing.List for a collected input
 
@@ -91,8 +92,14 @@ def trial_selection(
     history: Output[Artifact],
     feature_history: Output[Artifact],
     tuning: Output[Artifact],
+    project: str = "",
+    location: str = "",
+    experiment: str = "",
+    api_endpoint: str = "",
+    pipeline_job_id: str = "",
 ) -> NamedTuple("SelectionOutputs", [("best", str), ("replicas", int)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """Chooses the best trial by validation accuracy (ties: lower validation loss); never by test.
+    On Vertex AI, logs each trial as a run of the run's Vertex AI Experiments experiment.
 
     Args:
         trials: Every trial's model (with its trial.json).
@@ -101,6 +108,12 @@ def trial_selection(
         feature_history: Output: its head's feature-extraction history (JSON).
         tuning: Output: every trial's parameters, validation accuracy and loss, seconds and
             validation curve, and the best (JSON).
+        project: The Google Cloud project of the experiment.
+        location: Its region.
+        experiment: The experiment each trial is logged to as a run ("": nothing is logged; set
+            only for Vertex AI).
+        api_endpoint: A private or regional Vertex AI API endpoint ("": the default).
+        pipeline_job_id: The pipeline job's ID, in the runs' names and parameters.
 
     Returns:
         The best trial's parameters (JSON) and its replicas in sync.
@@ -109,8 +122,11 @@ def trial_selection(
     from collections import namedtuple
 
     from tlp.components.lib.tuning_runs import select
+    from tlp.components.lib.vertex_experiments import log_trials
 
     chosen = select([trial.path for trial in trials], model.path, history.path, feature_history.path, tuning.path)
+    log_trials(chosen, project=project, location=location, experiment=experiment, pipeline_job_id=pipeline_job_id,
+               api_endpoint=api_endpoint)
     best = chosen["best"]
     model.metadata.update({"framework": "tensorflow", "format": "saved_model", "trial": best["params"]})
     tuning.metadata.update({"trials": len(chosen["trials"]), "best": best["params"]})
@@ -164,9 +180,14 @@ def vizier_selection(
     history: Output[Artifact],
     feature_history: Output[Artifact],
     tuning: Output[Artifact],
+    project: str = "",
+    location: str = "",
+    experiment: str = "",
+    api_endpoint: str = "",
+    pipeline_job_id: str = "",
 ) -> NamedTuple("VizierSelectionOutputs", [("best", str), ("replicas", int)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """The best of the hyperparameter tuning job's trials (each wrote TRIAL_ID/model/trial.json),
-    chosen as ``trial_selection`` chooses.
+    chosen and logged to Vertex AI Experiments as ``trial_selection`` does.
 
     Args:
         trials_root: The job's base output directory (gs://...).
@@ -174,6 +195,11 @@ def vizier_selection(
         history: Output: its fine-tuning history (JSON).
         feature_history: Output: its head's feature-extraction history (JSON).
         tuning: Output: every trial and the best (JSON).
+        project: The Google Cloud project of the experiment.
+        location: Its region.
+        experiment: The experiment each trial is logged to as a run ("": nothing is logged).
+        api_endpoint: A private or regional Vertex AI API endpoint ("": the default).
+        pipeline_job_id: The pipeline job's ID, in the runs' names and parameters.
 
     Returns:
         The best trial's parameters (JSON) and its replicas in sync.
@@ -184,11 +210,14 @@ def vizier_selection(
     from collections import namedtuple
 
     from tlp.components.lib.tuning_runs import TRIAL_FILE, select
+    from tlp.components.lib.vertex_experiments import log_trials
     from tlp.components.vizier_trial import fuse_path
 
     found = sorted(os.path.dirname(path) for path in glob.glob(os.path.join(fuse_path(trials_root), "*", "model",
                                                                             TRIAL_FILE)))
     chosen = select(found, model.path, history.path, feature_history.path, tuning.path)
+    log_trials(chosen, project=project, location=location, experiment=experiment, pipeline_job_id=pipeline_job_id,
+               api_endpoint=api_endpoint)
     model.metadata.update({"framework": "tensorflow", "format": "saved_model", "trial": chosen["best"]["params"]})
     VizierSelectionOutputs = namedtuple("VizierSelectionOutputs", ["best", "replicas"])
     return VizierSelectionOutputs(

@@ -26,6 +26,7 @@ from tlp.components.lib.specs import ConfigError
 from tlp.components.lib.steps import DATA_PREP
 from tlp.components.lib.tuning import TuningPlan
 from tlp.components.lib.version import image_reference
+from tlp.components.lib.vertex_experiments import run_names
 from tlp.pipelines import checks, environment
 from tlp.pipelines.console import RunFailed
 from tlp.pipelines.resolve import resolve_cloud
@@ -126,6 +127,8 @@ def submit(run: CloudRun, echo=print) -> Submitted:
         if not cloud.on_vertex:
             return _submit_kfp(run, template, echo)
         job = _vertex_job(run, template)
+        # The trials' Experiments runs are named after the job's ID: a name too long fails now, not after training.
+        trial_runs = run_names(run.experiment, job.job_id, run.tuning.count) if run.tuning else []
         # The run appears in Vertex AI Experiments (the SDK creates the experiment if needed).
         try:
             job.submit(service_account=cloud.service_account or None, network=cloud.network or None,
@@ -139,6 +142,8 @@ def submit(run: CloudRun, echo=print) -> Submitted:
                                              f"?project={cloud.project}")
     echo(f"submitted {submitted.name}\n  console: {submitted.link}\n  experiment: {run.experiment} "
          f"({CONSOLE}/experiments/locations/{cloud.region}/experiments/{run.experiment}?project={cloud.project})")
+    if trial_runs:
+        echo(f"  trials: runs {trial_runs[0]} .. {trial_runs[-1]} of that experiment, once the selection step ran")
     if cloud.wait:
         submitted.state = follow_vertex(job, echo, run)
     return submitted

@@ -144,7 +144,8 @@ def create_pipeline(
     service account and network of ``cloud``) where fine-tuning runs on Vertex AI; with
     ``deploy.deploy_endpoint`` a new champion is deployed to that Vertex AI endpoint, and
     ``tracking.tensorboard`` is the Vertex AI TensorBoard both training steps write to. With
-    ``tuning`` (``--tune``), the trials fan out in a ParallelFor (``tuned_steps``)."""
+    ``tuning`` (``--tune``), the trials fan out in a ParallelFor (``tuned_steps``) and, on Vertex
+    AI, become runs of the ``tracking.experiment`` experiment (``trial_experiment``)."""
     images, hardware, cloud = images or ImageOptions(), hardware or HardwareOptions(), cloud or CloudOptions()
     fingerprint_op, checks_op = _op(DATA_FINGERPRINT, images), _op(DATA_CHECKS, images)
     deploy = deploy or DeployOptions()
@@ -177,7 +178,7 @@ def create_pipeline(
         if tuning is not None:  # --tune: every trial, then the best
             trained = tuned_steps(
                 tuning, images, hardware, cloud, tensorboard, prep.outputs["dataset"], checked,
-                options(FEATURE_EXTRACTION), options(FINE_TUNING),
+                options(FEATURE_EXTRACTION), options(FINE_TUNING), trial_experiment(cloud, tracking),
             )
         else:
             head = head_op(dataset=prep.outputs["dataset"], options=options(FEATURE_EXTRACTION), **head_extra)
@@ -222,13 +223,30 @@ VIZIER_METRIC = "val_accuracy"
 VIZIER_JOB_NAME = "fine-tuning-trials"
 
 
+def trial_experiment(cloud: CloudOptions, tracking: TrackingOptions | None) -> dict:
+    """The selection step's parameters saying where it logs each trial as a Vertex AI Experiments
+    run: the run's experiment (``--experiment``, default the pipeline's name, as ``tlp submit``
+    adds the pipeline run to it) when the pipeline is built for a Vertex AI project (``tlp
+    submit``, ``tlp schedule``). Empty otherwise, and nothing is logged: ``tlp compile`` knows no
+    project, Kubeflow Pipelines has no Vertex AI Experiments, and a local run records its trials
+    as MLflow child runs."""
+    if not (cloud.on_vertex and cloud.project):
+        return {"project": "", "location": "", "experiment": "", "api_endpoint": "", "pipeline_job_id": ""}
+    return {
+        "project": cloud.project, "location": cloud.region,
+        "experiment": (tracking or TrackingOptions()).experiment or PIPELINE_NAME,
+        "api_endpoint": cloud.api_endpoint, "pipeline_job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    }
+
+
 def tuned_steps(
     plan: TuningPlan, images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, tensorboard: str,
-    dataset, checked, head_options: dict, tune_options: dict,
+    dataset, checked, head_options: dict, tune_options: dict, experiment: dict,
 ) -> Trained:
-    """Heads, the trials' ParallelFor and the selection; returns what evaluation takes."""
+    """Heads, the trials' ParallelFor and the selection; returns what evaluation takes.
+    ``experiment``: the selection's Vertex AI Experiments parameters (``trial_experiment``)."""
     if plan.tuner == "vizier":
-        return vizier_steps(plan, images, hardware, cloud, dataset, checked, head_options, tune_options)
+        return vizier_steps(plan, images, hardware, cloud, dataset, checked, head_options, tune_options, experiment)
     heads = _op(FEATURE_EXTRACTION_HEADS, images)(
         dataset=dataset, options=head_options, head_settings=plan.head_settings,
     ).set_display_name(FEATURE_EXTRACTION_HEADS)
@@ -240,7 +258,7 @@ def tuned_steps(
         run.set_display_name(FINE_TUNING_TRIAL)
         on_training_hardware(run, hardware)
     with_retries((heads, run), hardware)
-    chosen = _op(TRIAL_SELECTION, images)(trials=dsl.Collected(run.outputs["model"]))
+    chosen = _op(TRIAL_SELECTION, images)(trials=dsl.Collected(run.outputs["model"]), **experiment)
     chosen.set_display_name(TRIAL_SELECTION)
     return Trained(chosen.outputs["model"], chosen.outputs["feature_history"], chosen.outputs["history"])
 
@@ -258,13 +276,13 @@ def search_space(plan: TuningPlan) -> list:
 
 def vizier_steps(
     plan: TuningPlan, images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, dataset, checked,
-    head_options: dict, tune_options: dict,
+    head_options: dict, tune_options: dict, experiment: dict,
 ) -> Trained:
     """``--tuner vizier``: fine-tuning as a Vertex AI hyperparameter tuning job (GCPC's
     HyperparameterTuningJobRunOp) over the grid's space, ``plan.count`` trials, ``parallelism`` at
     once. Each trial (``tlp.components.vizier_trial``, in the training image) writes its model and
     trial.json below the job's output directory and reports val_accuracy; the selection step reads
-    them back."""
+    them back (and logs them to ``experiment``, as ``tuned_steps``' selection does)."""
     from google_cloud_pipeline_components.v1.hyperparameter_tuning_job import (
         HyperparameterTuningJobRunOp,
         serialize_metrics,
@@ -291,5 +309,5 @@ def vizier_steps(
         study_spec_algorithm="GRID_SEARCH" if not plan.trial_count else "ALGORITHM_UNSPECIFIED",
         service_account=cloud.service_account, network=cloud.network,
     ).set_display_name(VIZIER_JOB_NAME)
-    chosen = _op(VIZIER_SELECTION, images)(trials_root=root).after(job).set_display_name(VIZIER_SELECTION)
+    chosen = _op(VIZIER_SELECTION, images)(trials_root=root, **experiment).after(job).set_display_name(VIZIER_SELECTION)
     return Trained(chosen.outputs["model"], chosen.outputs["feature_history"], chosen.outputs["history"])

@@ -4,8 +4,11 @@
 metadata store exist, gets or creates the experiment's context (schema ``system.Experiment``),
 creates the job, polls it until Vertex AI has given it a pipeline-run context
 (``jobDetail.pipelineRunContext``, set here when the job starts running), then adds that
-context as a child of the experiment's. The stand-in answers these like the service and keeps
-what it was sent in ``standin.metadata_stores`` and ``standin.contexts``.
+context as a child of the experiment's. An ExperimentRun (``aiplatform.start_run``) is a context
+of schema ``system.ExperimentRun`` added as a child of the experiment's; its parameters, metrics
+and state are its metadata (``_params``, ``_metrics``, ``_state``), each ``log_params``,
+``log_metrics`` and ``end_run`` a PATCH of the whole context. The stand-in answers these like the
+service and keeps what it was sent in ``standin.metadata_stores`` and ``standin.contexts``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from tests.cloud.standin import StandIn, _HttpError
 
 _LOC = r"^/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/"
 _STORE = _LOC + r"metadataStores/(?P<store>[^/:]+)"
+_UPDATABLE = ("displayName", "description", "labels", "metadata", "schemaTitle", "schemaVersion")
 
 
 def add_metadata_api(standin: StandIn) -> StandIn:
@@ -61,6 +65,15 @@ def add_metadata_api(standin: StandIn) -> StandIn:
                                   "parentContexts": []}
         return standin.contexts[name]
 
+    def update_context(request):
+        context = get_context(request)
+        body = request.body if isinstance(request.body, dict) else {}
+        # The SDK sends the whole context, its metadata merged on the client: what it sends replaces.
+        context.update({key: body[key] for key in _UPDATABLE if key in body})
+        context["updateTime"] = standin._now()
+        context["etag"] = str(int(context["etag"]) + 1)
+        return context
+
     def add_children(request):
         parent = get_context(request)
         for child in (request.body or {}).get("childContexts", []):
@@ -90,6 +103,7 @@ def add_metadata_api(standin: StandIn) -> StandIn:
         ("POST", _LOC + r"metadataStores$", create_store),
         ("GET", _STORE + r"/contexts/(?P<context>[^/:]+)$", get_context),
         ("POST", _STORE + r"/contexts$", create_context),
+        ("PATCH", _STORE + r"/contexts/(?P<context>[^/:]+)$", update_context),
         ("POST", _STORE + r"/contexts/(?P<context>[^/:]+):addContextChildren$", add_children),
         ("GET", _LOC + r"pipelineJobs/(?P<id>[^/:]+)$", get_job_with_context),
     ]
