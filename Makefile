@@ -66,7 +66,7 @@ images: ## Build the CPU, training, serving and Dataflow-worker images (IMAGE_RE
 	    -t $(IMAGE_REPO)/tlp:$(IMAGE_TAG) .
 	docker build -f containers/train.Dockerfile --build-arg BASE_IMAGE=$(TRAIN_BASE_IMAGE) \
 	    --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) -t $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG) .
-	docker build -f containers/serve.Dockerfile --build-arg CPU_IMAGE=$(IMAGE_REPO)/tlp:$(IMAGE_TAG) \
+	docker build -f containers/serve.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	    -t $(IMAGE_REPO)/tlp-serve:$(IMAGE_TAG) .
 	@# Beam's SDK image (the harness's boot) lives on Docker Hub only: without it, say so and go on.
 	@if docker image inspect $(BEAM_SDK_IMAGE) > /dev/null 2>&1 || docker pull $(BEAM_SDK_IMAGE) > /dev/null; then \

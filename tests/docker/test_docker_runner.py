@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.docker.conftest import SERVE_IMAGE, unavailable
+from tests.docker.conftest import unavailable
 from tests.docker.engine_proxy import RecordingEngineProxy
 from tlp.components.lib import steps as catalogue
 
@@ -164,22 +164,6 @@ def test_an_unknown_uid_gets_a_writable_home_and_the_installed_project(docker_cl
         images[kind], ["python", "-c", script], user="54321:54321", network_mode="none", remove=True
     ).decode()
     assert output.startswith("/home/tlp ") and ".venv" not in output
-
-
-def test_serve_image_runs_tlp(docker_client, images):
-    import docker
-
-    try:
-        docker_client.images.get(SERVE_IMAGE)
-    except docker.errors.ImageNotFound:
-        unavailable(f"image {SERVE_IMAGE} is not built (make images)")
-    config = docker_client.images.get(SERVE_IMAGE).attrs["Config"]
-    assert config["Entrypoint"] == ["tlp", "serve"]
-    assert config["User"] not in ("", "0", "root")
-    output = docker_client.containers.run(
-        SERVE_IMAGE, ["--help"], entrypoint=["tlp"], network_mode="none", remove=True
-    ).decode()
-    assert "usage: tlp" in output
 
 
 def test_images_were_not_left_world_writable_where_code_lives(docker_client, images):

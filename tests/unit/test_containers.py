@@ -100,11 +100,48 @@ def test_training_base_tag_matches_the_locked_tensorflow():
     assert _base_images(CONTAINERS / "train.Dockerfile") == [f"tensorflow/tensorflow:{_lock()['tensorflow']}-gpu"]
 
 
-def test_serving_image_is_the_cpu_image_of_this_version():
-    from tlp.components.container_images import image_reference
+def test_the_serving_image_holds_only_what_serving_needs_from_the_same_lock():
+    """Its own base (the CPU image's), only the serving dependencies at the lock's versions, no
+    bytecode but for what tlp-serve loads, and tlp-serve as its entry point."""
+    dockerfile = CONTAINERS / "serve.Dockerfile"
+    assert _base_images(dockerfile) == _base_images(CONTAINERS / "base.Dockerfile")
+    instructions = _instructions(dockerfile)
+    runs = " ".join(arg for op, arg in instructions if op == "RUN")
+    assert "lock_install.py serving" in runs and "lock_install.py check serving" in runs
+    assert "lock_install.py deps" not in runs
+    assert "pip install --no-cache-dir --no-deps --no-compile ." in runs
+    assert "compile_imported.py tlp.pipelines.serve tensorflow kserve" in runs
+    assert ("ENTRYPOINT", '["tlp-serve"]') in instructions
+    assert ("USER", "1000:1000") in instructions
+    makefile = (ROOT / "Makefile").read_text()
+    images = makefile[makefile.index("\nimages:"):makefile.index("\nstandin-base:")]
+    assert "-f containers/serve.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE)" in images
 
-    assert _base_images(CONTAINERS / "serve.Dockerfile") == [image_reference(kind="light")]
-    assert ("ENTRYPOINT", '["tlp", "serve"]') in _instructions(CONTAINERS / "serve.Dockerfile")
+
+def test_serving_dependencies_are_what_the_server_imports_and_resolve_inside_the_lock():
+    lock_install = _lock_install()
+    serving = {lock_install.requirement_name(r) for r in lock_install.serving_dependencies()}
+    assert {"tensorflow", "kserve", "pillow", "jinja2", "google-cloud-storage"} <= serving
+    assert not serving & {"kfp", "mlflow", "apache-beam", "tf-keras", "scikit-learn", "google-cloud-aiplatform"}
+    declared = {lock_install.requirement_name(r) for r in lock_install.declared_dependencies()}
+    assert serving <= declared | {"numpy", "google-cloud-storage"}  # all in the lock, through tlp's own
+    assert serving <= set(_lock())
+
+
+def test_what_the_serving_image_leaves_out_goes_with_what_only_it_needs():
+    """``needed`` follows requirements (an extra's only when asked for) and stops at what is left out."""
+    lock_install = _lock_install()
+    report = [
+        {"name": "kserve", "version": "1", "requires_dist": ["uvicorn[standard]>=0.30", "aiohttp>=3", "numpy"]},
+        {"name": "uvicorn", "version": "1", "requires_dist": ["h11", 'uvloop>=0.15; extra == "standard"',
+                                                              'pytest; extra == "test"']},
+        {"name": "aiohttp", "version": "3", "requires_dist": ["multidict", "numpy"]},
+        {"name": "h11", "version": "1"}, {"name": "uvloop", "version": "1"}, {"name": "pytest", "version": "9"},
+        {"name": "multidict", "version": "6"}, {"name": "numpy", "version": "2"},
+    ]
+    kept = lock_install.needed(report, ["kserve"], frozenset({"aiohttp"}))
+    assert set(kept) == {"kserve", "uvicorn", "h11", "uvloop", "numpy"}  # numpy stays: kserve needs it too
+    assert set(lock_install.needed(report, ["kserve"])) == set(kept) | {"aiohttp", "multidict"}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
