@@ -1071,6 +1071,29 @@ def bench_serving(suite: Suite, report: Report) -> None:
     serving.fill_report(report, serving.run(suite.mode, suite.path("serving")))
 
 
+@benchmark("serving_cold_start", "9b. Serving image: size, and docker run to healthy with a mounted model")
+def bench_serving_cold_start(suite: Suite, report: Report) -> None:
+    from bench import serving
+    from tlp.components.lib.version import project_version
+
+    image = os.environ.get("TLP_SERVE_IMAGE", f"tlp/tlp-serve:{project_version()}")
+    inspected = subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True)
+    if inspected.returncode != 0:
+        raise ChildFailed(f"the serving image {image} is not built here (make images-offline, or TLP_SERVE_IMAGE="
+                          f"REPO/tlp-serve:TAG): {inspected.stderr.strip()[:200]}")
+    work = suite.path("serving-cold-start")
+    os.makedirs(work, exist_ok=True)
+    built = serving._run_child("build", work) if not os.path.isdir(os.path.join(work, "model")) else {
+        "model_dir": os.path.join(work, "model")}
+    result = serving.run_cold_start(image, built["model_dir"], serving.MODES[suite.mode]["cold_starts"])
+    for label, value, unit, target, passed in serving.cold_start_rows(result):
+        report.check(label, value, unit, target, passed)
+    report.notes.append("Each run a new container of the serving image (entry point tlp-serve) with the full-size "
+                        "model (MobileNetV2 alpha 1.0, 160 px, with its drift reference) mounted read-only; the time "
+                        "runs from docker run to the first 200 of /v2/health/ready, polled every 20 ms.")
+    report.details = result
+
+
 # Benchmark 11: a 4-trial tuned run (2 cuts x 2 learning rates) against one run of the same settings.
 TUNING_BENCH = {
     "quick": {"data": "sample:20", "image_size": 64, "alpha": 0.35, "epochs": 2, "fine_tune_epochs": 1},

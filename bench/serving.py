@@ -10,7 +10,19 @@ in-process.
 Each side runs in its own fresh process (this one imports no TensorFlow): a child builds the
 model and the test images, a child times the in-process calls, and the server is ``python -m
 tlp.components.lib.serving`` (what ``tlp serve`` runs) with this process as its HTTP client.
-Also run by ``make bench`` (bench/run.py, benchmark ``serving``).
+
+The drift watch's cost (target: p50 and p99 at 1 and 32 images per request within 5% of serving
+without it): two servers on the same model, one watching (recomputing every ``DRIFT["every"]``
+images, 5x as often as the default) and one with ``--drift-every 0``, sent the same requests in
+alternating blocks. Before each block of the plain server, the watching one's recomputation (if
+one is running) is waited out, so every recomputation overlaps only the watching server's own
+requests. The model's drift reference is 2,000 rows of the model's width (random: the values do
+not change the cost).
+
+``--cold-start IMAGE``: seconds from ``docker run IMAGE`` (the serving image) with the model
+mounted to its health route answering 200, each run a new container (target: at most 6 s).
+
+Also run by ``make bench`` (bench/run.py, benchmarks ``serving`` and ``serving_cold_start``).
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import os
@@ -26,12 +39,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 TARGET_RATIO = 0.8
+DRIFT_TARGET = 1.05  # watching / plain, p50 and p99
+COLD_START_TARGET = 6.0  # seconds
+DRIFT = {"every": 200, "window": 500, "reference": 2000}
 MODES = {
-    "full": {"calls": {1: 200, 32: 30}, "concurrent_requests": 320, "rounds": 2},
-    "quick": {"calls": {1: 40, 32: 8}, "concurrent_requests": 96, "rounds": 1},
+    "full": {"calls": {1: 200, 32: 30}, "concurrent_requests": 320, "rounds": 2,
+             "drift_requests": {1: 2000, 32: 200}, "drift_block": {1: 100, 32: 10}, "cold_starts": 5},
+    "quick": {"calls": {1: 40, 32: 8}, "concurrent_requests": 96, "rounds": 1,
+              "drift_requests": {1: 300, 32: 30}, "drift_block": {1: 50, 32: 5}, "cold_starts": 2},
 }
 MODEL = {"base": "MobileNetV2", "alpha": 1.0, "image_size": 160, "photo_size": (400, 300), "images": 32}
 
@@ -68,6 +88,7 @@ def child_build(work: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
+    from tlp.components.lib import drift
     from tlp.components.lib import model as model_lib
 
     size = MODEL["image_size"]
@@ -78,6 +99,8 @@ def child_build(work: str) -> dict:
     info = {"base": MODEL["base"], "alpha": MODEL["alpha"], "weights": "none", "image_size": size,
             "class_names": ["cats", "dogs"]}
     model_lib.export_servable(classifier, export, ["cats", "dogs"], size, info)
+    rows = DRIFT["reference"]
+    drift.save_reference(export, np.random.default_rng(3).normal(size=(rows, width)), [f"p{i}" for i in range(rows)])
     rng = np.random.default_rng(7)
     images = os.path.join(work, "images")
     os.makedirs(images, exist_ok=True)
@@ -169,6 +192,93 @@ def measure_server(port: int, pid: int, images: list[bytes], calls: dict, concur
     return results
 
 
+def _drift_state(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/drift", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def measure_drift_cost(ports: dict, images: list[bytes], requests: dict, blocks: dict) -> dict:
+    """p50/p99 of the watching and the plain server (``ports``: side -> port) on the same requests,
+    in alternating blocks; the plain server's blocks start only once no recomputation runs."""
+    path = "/v1/models/model:predict"
+    results = {}
+    for per_call, total in requests.items():
+        body = _body(images[:per_call])
+        connections = {side: http.client.HTTPConnection("127.0.0.1", port, timeout=300) for side, port in ports.items()}
+        for connection in connections.values():
+            for _ in range(3):
+                _request(connection, path, body)
+        latencies: dict = {side: [] for side in ports}
+        waited, computed_before = 0.0, _drift_state(ports["watching"])["computed"]
+        for _ in range(total // blocks[per_call]):
+            for side in ("watching", "plain"):
+                if side == "plain":
+                    begin = time.perf_counter()
+                    while _drift_state(ports["watching"])["busy"]:
+                        time.sleep(0.01)
+                    waited += time.perf_counter() - begin
+                for _ in range(blocks[per_call]):
+                    latencies[side].append(_request(connections[side], path, body))
+        state = _drift_state(ports["watching"])
+        for connection in connections.values():
+            connection.close()
+        sides = {side: summarize(times, per_call, sum(times)) for side, times in latencies.items()}
+        results[str(per_call)] = {
+            **sides, "recomputations": state["computed"] - computed_before, "recompute_seconds": state["seconds"],
+            "waited_for_recomputation_s": waited,
+            "p50_ratio": sides["watching"]["p50_ms"] / sides["plain"]["p50_ms"],
+            "p99_ratio": sides["watching"]["p99_ms"] / sides["plain"]["p99_ms"],
+        }
+    return results
+
+
+def run_drift_cost(built: dict, settings: dict, work: str) -> dict:
+    from tlp.components.lib import serving
+
+    ports = {"watching": serving.free_port(), "plain": serving.free_port()}
+    flags = {"watching": ["--drift-every", str(DRIFT["every"]), "--drift-window", str(DRIFT["window"])],
+             "plain": ["--drift-every", "0"]}
+    with contextlib.ExitStack() as stack:
+        for side, port in ports.items():
+            command = [sys.executable, "-m", "tlp.components.lib.serving", built["model_dir"], "--port", str(port),
+                       "--name", "model", "--max-batch", "32", *flags[side]]
+            stack.enter_context(serving.server_process(command, f"http://127.0.0.1:{port}", "model",
+                                                       os.path.join(work, f"server-{side}.log")))
+        return measure_drift_cost(ports, _images(built["images_dir"]), settings["drift_requests"],
+                                  settings["drift_block"])
+
+
+def run_cold_start(image: str, model_dir: str, runs: int) -> dict:
+    """Seconds from ``docker run`` to the health route's 200, each run a new container."""
+    from tlp.components.lib import serving
+
+    times = []
+    for _ in range(runs):
+        port = serving.free_port()
+        started = time.perf_counter()
+        container = subprocess.run(
+            ["docker", "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", "-v", f"{model_dir}:/model:ro", image,
+             "/model", "--host", "0.0.0.0"], capture_output=True, text=True, check=True).stdout.strip()
+        try:
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5) as response:
+                        if response.status == 200:
+                            break
+                except (urllib.error.URLError, ConnectionError):
+                    pass
+                if time.perf_counter() - started > 120:
+                    raise RuntimeError(f"{image} was not healthy after 120 s")
+                time.sleep(0.02)
+            times.append(time.perf_counter() - started)
+        finally:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+    size = int(subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image], capture_output=True,
+                              text=True, check=True).stdout)
+    return {"image": image, "seconds": times, "median_s": statistics.median(times), "image_bytes": size,
+            "target_s": COLD_START_TARGET, "passed": statistics.median(times) <= COLD_START_TARGET}
+
+
 def _run_child(function: str, work: str, **kwargs) -> dict:
     result_path = os.path.join(work, f"{function}.json")
     command = [sys.executable, "-m", "bench.serving", "--child", function, "--work", work,
@@ -209,9 +319,11 @@ def run(mode: str = "full", work: str | None = None) -> dict:
     inprocess, server = best("inprocess"), best("server")
     ratio = server["32"]["images_per_s"] / inprocess["32"]["images_per_s"]
     cpu_ratio = inprocess["32"]["cpu_ms_per_image"] / server["32"]["cpu_ms_per_image"]
+    drift_cost = run_drift_cost(built, settings, work)
     return {"mode": mode, "model": MODEL, "settings": settings, "inprocess": inprocess, "server": server,
             "throughput_ratio_32": ratio, "cpu_ratio_32": cpu_ratio, "target": TARGET_RATIO,
-            "passed": ratio >= TARGET_RATIO, "rounds": rounds, "load_average": os.getloadavg(), "work": work}
+            "passed": ratio >= TARGET_RATIO, "drift": drift_cost, "rounds": rounds, "load_average": os.getloadavg(),
+            "work": work, "model_dir": built["model_dir"]}
 
 
 def rows(results: dict) -> list[tuple[str, float, str, str | None, bool | None]]:
@@ -236,7 +348,27 @@ def rows(results: dict) -> list[tuple[str, float, str, str | None, bool | None]]
                 None, None))
     out.append(("  ... p50 / p99 latency", f"{concurrent['p50_ms']:.1f} / {concurrent['p99_ms']:.1f} ms", "",
                 None, None))
+    for size, cost in results.get("drift", {}).items():
+        watching, plain = cost["watching"], cost["plain"]
+        out.append((f"drift watch on / off, {size} img: p50", f"{watching['p50_ms']:.1f} / {plain['p50_ms']:.1f} ms",
+                    "", None, None))
+        out.append((f"drift watch on / off, {size} img: p99", f"{watching['p99_ms']:.1f} / {plain['p99_ms']:.1f} ms",
+                    "", None, None))
+        for q in ("p50", "p99"):
+            ratio = cost[f"{q}_ratio"]
+            out.append((f"  ... {q} on / off ({cost['recomputations']} recomputations, "
+                        f"{cost['recompute_seconds']:.2f} s each)", ratio, "x", f"<= {DRIFT_TARGET}x",
+                        ratio <= DRIFT_TARGET))
     return out
+
+
+def cold_start_rows(result: dict) -> list[tuple[str, float, str, str | None, bool | None]]:
+    return [
+        (f"serving image size ({result['image']})", result["image_bytes"] / 1e9, "GB", "<= 1.2 GB",
+         result["image_bytes"] <= 1.2e9),
+        (f"docker run to healthy, median of {len(result['seconds'])}", result["median_s"], "s",
+         f"<= {COLD_START_TARGET:g} s", result["passed"]),
+    ]
 
 
 def fill_report(report, results: dict) -> None:
@@ -259,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer calls (about 1 minute instead of 3)")
     parser.add_argument("--output", default="", help="also write the results as JSON")
     parser.add_argument("--workdir", default=None, help="keep the model, images and logs here")
+    parser.add_argument("--cold-start", default="", metavar="IMAGE",
+                        help="only time docker run IMAGE (the serving image) to healthy, on the benchmark's model")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--work", default="", help=argparse.SUPPRESS)
     parser.add_argument("--args", default="{}", help=argparse.SUPPRESS)
@@ -272,6 +406,16 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result).write_text(json.dumps(result))
         return 0
     started = time.monotonic()
+    if args.cold_start:
+        work = args.workdir or tempfile.mkdtemp(prefix="tlp-bench-serving-")
+        os.makedirs(work, exist_ok=True)
+        built = _run_child("build", work)
+        result = run_cold_start(args.cold_start, built["model_dir"], MODES["quick" if args.quick else "full"]
+                                ["cold_starts"])
+        for label, value, unit, target, passed in cold_start_rows(result):
+            print(f"  {label:<58} {value:>10.2f} {unit} {target or '':>10} {'PASS' if passed else 'FAIL'}")
+        print("  runs: " + ", ".join(f"{t:.2f} s" for t in result["seconds"]))
+        return 0
     results = run("quick" if args.quick else "full", args.workdir)
     results["wall_seconds"] = time.monotonic() - started
     print(f"\ntlp serving benchmark ({results['mode']}, {results['wall_seconds']:.0f} s, load average "

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     add_flags(parser, [ServeOptions], "serve")
     args = parser.parse_args(argv)
     options = group_from_values(ServeOptions, vars(args))
-    predictor = Predictor(args.model_dir)
+    predictor = Predictor(args.model_dir, features=bool(options.drift_every))
     warm_up(predictor)
     card = load_card(args.model_dir, options.route_name, args.version)
     run_server(create_app(predictor, card, options), options.host, options.port, "warning")
