@@ -235,7 +235,7 @@ def receive_array(stream) -> np.ndarray | None:
     size = 4 * int(np.prod(shape))
     data = stream.read(size)
     if len(data) != size:
-        raise ValueError(f"the array ended after {len(data)} of {size} bytes")
+        raise ServiceError(f"the features ended after {len(data)} of {size} bytes: the server closed the pipe")
     return np.frombuffer(data, dtype=np.float32).reshape(shape)
 
 

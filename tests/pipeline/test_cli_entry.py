@@ -99,6 +99,7 @@ def _truncated_jpeg(path):
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
 
 
+@pytest.mark.slow  # its own processes load TensorFlow or Beam: make test runs it, make test-fast does not
 def test_predict_a_folder_keeps_native_lines_off_the_console(tuned_model, tmp_path):
     folder = tmp_path / "photos"
     write_image(str(folder / "a.jpg"), size=(80, 60), color=(10, 200, 30))
@@ -113,6 +114,7 @@ def test_predict_a_folder_keeps_native_lines_off_the_console(tuned_model, tmp_pa
     assert len(rows) == 4 and rows[0].startswith("image,")
 
 
+@pytest.mark.slow  # its own processes load TensorFlow or Beam: make test runs it, make test-fast does not
 def test_predict_files_keeps_native_lines_off_the_console(tuned_model, tmp_path):
     image = write_image(str(tmp_path / "cat.jpg"), size=(80, 60))
     result = run_tlp("predict", tuned_model[0], image, "--json", env={"TF_CPP_MIN_LOG_LEVEL": "0"})

@@ -7,7 +7,8 @@ import pytest
 from tlp.components.lib.infra_validation import evaluation_probabilities, infra_validate, split_images
 
 
-@pytest.mark.parametrize("mode", ["subprocess", "inprocess"])
+# The server in its own process loads TensorFlow again (slow: make test runs it, make test-fast does not).
+@pytest.mark.parametrize("mode", [pytest.param("subprocess", marks=pytest.mark.slow), "inprocess"])
 def test_a_good_model_passes(tuned_model, sample_dataset, mode):
     result = infra_validate(tuned_model[0], sample_dataset, mode=mode)
     assert result.passed, result

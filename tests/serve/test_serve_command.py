@@ -29,6 +29,7 @@ def test_a_vertex_route_that_is_not_a_path_fails_in_one_sentence():
         serve.apply_vertex_environment(ServeOptions(), "m", {"AIP_HEALTH_ROUTE": "health"})
 
 
+@pytest.mark.slow  # its own processes load TensorFlow or Beam: make test runs it, make test-fast does not
 def test_vertex_custom_container_contract(standin, tuned_model, photos, tmp_path):
     """No model argument: the model comes from AIP_STORAGE_URI (gs://, through the stand-in) and
     is served on AIP_PREDICT_ROUTE / AIP_HEALTH_ROUTE at AIP_HTTP_PORT."""

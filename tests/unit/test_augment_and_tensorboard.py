@@ -61,6 +61,7 @@ def augmented_run(sample_dataset, tmp_path_factory):
     return root, head_history, tune_history
 
 
+@pytest.mark.slow  # trains end to end: make test runs it, make test-fast does not
 def test_augmented_phases_train_and_record_the_spec(augmented_run):
     root, head_history, tune_history = augmented_run
     assert head_history["epoch"] == [1, 2, 3] and tune_history["epoch"] == [4, 5]
@@ -69,6 +70,7 @@ def test_augmented_phases_train_and_record_the_spec(augmented_run):
     assert model_lib.read_info(str(root / "tuned"))["options"]["augment"] == "flip,rotate:0.2"
 
 
+@pytest.mark.slow  # trains end to end: make test runs it, make test-fast does not
 def test_exported_model_carries_no_augmentation(augmented_run, sample_dataset):
     """Same images in, same probabilities out, call after call: nothing random at inference."""
     import tensorflow as tf
@@ -104,6 +106,7 @@ def _epoch_scalars(log_dir):
     return found
 
 
+@pytest.mark.slow  # trains end to end: make test runs it, make test-fast does not
 def test_both_phases_write_tensorboard_epochs_continuing(augmented_run):
     root, head_history, tune_history = augmented_run
     head, tune = _epoch_scalars(str(root / "tb-head")), _epoch_scalars(str(root / "tb-tune"))

@@ -35,6 +35,7 @@ def _shards(directory) -> dict:
     return {name: digest for name, digest in _digests(directory).items() if name.endswith(".tfrecord")}
 
 
+@pytest.mark.slow  # its own processes load TensorFlow or Beam: make test runs it, make test-fast does not
 @pytest.mark.parametrize("data", ["folder", "sample:24"])
 def test_beam_on_two_worker_processes_writes_the_bytes_one_process_writes(tmp_path, data):
     spec = f"folder:{_photos(tmp_path / 'photos')}" if data == "folder" else data
@@ -102,6 +103,7 @@ def test_the_beam_split_is_tlp_0_1_0_split_on_hundreds_of_photos_with_duplicates
     assert metadata["counts"]["test"]["fox"] >= 1 and metadata["counts"]["val"]["fox"] >= 1
 
 
+@pytest.mark.slow  # its own processes load TensorFlow or Beam: make test runs it, make test-fast does not
 def test_beam_workers_do_not_import_tensorflow(tmp_path):
     """Each worker would pay TensorFlow's import (about 3 s, 0.5 GB) for nothing."""
     code = ("import sys\nfrom tlp.components.lib.dataprep import prepare\n"

@@ -62,6 +62,7 @@ def test_registry_uris_are_checked():
     assert "s3cret" not in str(error.value)
 
 
+@pytest.mark.slow  # its own processes load TensorFlow or Beam: make test runs it, make test-fast does not
 def test_racing_registrations_from_two_processes_both_land(tmp_path):
     """Two processes register different models into one SQLite registry at the same moment."""
     import subprocess

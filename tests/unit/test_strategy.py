@@ -30,6 +30,7 @@ def test_gpu_request_without_gpus_is_a_clear_error():
         strategy.make_strategy("gpu", tf_config="")
 
 
+@pytest.mark.slow  # its own processes load TensorFlow or Beam: make test runs it, make test-fast does not
 def test_logical_cpus_give_mirrored_strategy_in_a_fresh_process():
     code = (
         "from tlp.components.lib.strategy import make_strategy\n"
