@@ -81,10 +81,6 @@ class DriftMonitor:
         if due:
             self._wake.set()
 
-    def recent(self) -> np.ndarray:
-        with self._lock:
-            return self._buffer[: self._filled].copy()
-
     def compute_now(self) -> float:
         """One recomputation, waited for on the calling thread (the background loop calls this)."""
         with self._lock:
