@@ -12,8 +12,8 @@ model and the test images, a child times the in-process calls, and the server is
 tlp.components.lib.serving`` (what ``tlp serve`` runs) with this process as its HTTP client.
 
 The drift watch's cost (target: p50 and p99 at 1 and 32 images per request within 5% of serving
-without it): two servers on the same model, one watching (recomputing every ``DRIFT["every"]``
-images, 5x as often as the default) and one with ``--drift-every 0``, sent the same requests in
+without it): two servers on the same model, one watching with tlp serve's defaults (recomputing
+every 1,000 images on the last 500) and one with ``--drift-every 0``, sent the same requests in
 alternating blocks. Before each block of the plain server, the watching one's recomputation (if
 one is running) is waited out, so every recomputation overlaps only the watching server's own
 requests. The model's drift reference is 2,000 rows of the model's width (random: the values do
@@ -43,13 +43,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tlp.components.lib.settings import ServeOptions
+
 TARGET_RATIO = 0.8
 DRIFT_TARGET = 1.05  # watching / plain, p50 and p99
 COLD_START_TARGET = 6.0  # seconds
-DRIFT = {"every": 200, "window": 500, "reference": 2000}
+DRIFT = {"every": ServeOptions().drift_every, "window": ServeOptions().drift_window, "reference": 2000}
 MODES = {
     "full": {"calls": {1: 200, 32: 30}, "concurrent_requests": 320, "rounds": 2,
-             "drift_requests": {1: 2000, 32: 200}, "drift_block": {1: 100, 32: 10}, "cold_starts": 5},
+             "drift_requests": {1: 3000, 32: 400}, "drift_block": {1: 20, 32: 4}, "cold_starts": 5},
     "quick": {"calls": {1: 40, 32: 8}, "concurrent_requests": 96, "rounds": 1,
               "drift_requests": {1: 300, 32: 30}, "drift_block": {1: 50, 32: 5}, "cold_starts": 2},
 }
