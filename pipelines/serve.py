@@ -79,15 +79,21 @@ def resolve(model: str, registry_uri: str, name: str = "") -> ResolvedModel:
         raise ConfigError(f"model {model!r} is neither a directory nor NAME@champion or NAME/VERSION; pass a model "
                           "directory or a registered version.")
 
-    registry = open_registry(registry_uri)
     registered, at, alias = model.partition("@")
-    if at:
-        version = registry.champion_version(registered) if alias == "champion" else alias
-        if version is None:
-            raise ConfigError(f"model {registered!r} has no champion in {registry_uri}; pass NAME/VERSION.")
-    else:
-        registered, _, version = model.rpartition("/")
-    model_dir = registry.model_dir(model)
+    try:
+        registry = open_registry(registry_uri)
+        if at:
+            version = registry.champion_version(registered) if alias == "champion" else alias
+            if version is None:
+                raise ConfigError(f"model {registered!r} has no champion in {registry_uri}; pass NAME/VERSION.")
+        else:
+            registered, _, version = model.rpartition("/")
+        model_dir = registry.model_dir(model)
+    except ImportError as error:  # the serving image holds no registry client (MLflow, Vertex AI SDK)
+        raise ConfigError(f"{model} is a registered version, and this installation has no client for the registry "
+                          f"({error.name or error}): the serving image serves a model directory or gs:// prefix "
+                          "(Vertex AI passes AIP_STORAGE_URI); resolve NAME@champion with `tlp serve` where tlp "
+                          "is fully installed.") from error
     return ResolvedModel(model_dir, name or _url_safe(registered), str(version), f"{model} in {registry_uri}")
 
 

@@ -86,3 +86,10 @@ def test_bad_settings_fail_in_one_sentence(argv, message, entry_point, tmp_path,
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith(f"{entry_point.split()[0]}: error: ")
+
+
+def test_a_registered_version_without_a_registry_client_says_what_the_serving_image_serves(monkeypatch, tmp_path):
+    """The slim serving image has no MLflow: NAME@champion gets one sentence, not an ImportError."""
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
+    with pytest.raises(ConfigError, match="serving image serves a model directory or gs:// prefix"):
+        serve.resolve("cats@champion", f"sqlite:///{tmp_path}/registry.db")
