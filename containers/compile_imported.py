@@ -3,9 +3,9 @@
     python compile_imported.py MODULE [MODULE ...]
 
 The serving image installs its packages without bytecode (pip --no-compile) and then runs this
-with what `tlp-serve` loads at start-up: a replica starts without compiling anything, and the
-thousands of modules it never imports (Kubernetes' API models, pandas' tests, most of
-TensorFlow's Python API) carry no .pyc (about 200 MB). Run by the Dockerfile with the image's
+with what `tlp-serve` imports before it is healthy: a replica compiles next to nothing when it
+starts, and the thousands of modules it never imports (Kubernetes' API models, the rest of
+TensorFlow's Python API: 40 MB of source) carry no .pyc. Run by the Dockerfile with the image's
 Python (standard library only).
 """
 

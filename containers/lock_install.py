@@ -135,8 +135,11 @@ def needed(resolved: list[dict], wanted: list[str], left_out: frozenset[str] = f
         visited.add((name, extras))
         kept.add(name)
         for requirement in requires[name]:
-            marker_extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", requirement)
-            if marker_extra is None or marker_extra.group(1) in extras:
+            # An extra's requirement names it in its marker (`extra == "a" or extra == "b"`): kept
+            # when one of the extras named was asked for. Other markers are not evaluated: what they
+            # leave out pip did not resolve, so it is not in ``versions`` either.
+            named = re.findall(r"extra\s*==\s*['\"]([^'\"]+)['\"]", requirement)
+            if not named or extras.intersection(named):
                 stack.append(_parsed(requirement))
     return {name: version for name, version in versions.items() if name in kept}
 

@@ -49,9 +49,9 @@ COPY components ./components
 COPY pipelines ./pipelines
 COPY containers/compile_imported.py /opt/tlp-lock/
 # The project without its other dependencies; its `tlp` command (the pipeline's CLI) is removed, as
-# it needs what this image leaves out. Then bytecode for exactly what tlp-serve loads at start-up
-# (importing the server, TensorFlow, KServe, its HTTP stack and a gs:// download), so a replica
-# compiles nothing when it starts.
+# it needs what this image leaves out. Then bytecode for the modules that importing the server,
+# TensorFlow, KServe, its HTTP stack and google-cloud-storage loads (what tlp-serve imports before it
+# is healthy), so a replica compiles next to nothing when it starts.
 RUN python -m pip install --no-cache-dir --no-deps --no-compile . \
     && rm "$(command -v tlp)" \
     && python /opt/tlp-lock/lock_install.py check serving \

@@ -32,8 +32,6 @@ import time
 import typing
 import warnings
 
-from google.api_core.exceptions import GoogleAPICallError
-
 from tlp.components.lib.specs import ConfigError, ServiceError, TlpError
 from tlp.components.lib.steps import STEP_NAMES
 
@@ -388,6 +386,8 @@ def exit_code(run: typing.Callable[[], int], *, prog: str = "tlp", capture_nativ
     exit 1 with what to check; anything else is a bug, shown in one line with the file its
     traceback went to (in ``logs_dir()``, else the temp directory). ``capture_native``: what
     TensorFlow's native code writes to stderr goes to a file, named if the command fails."""
+    from google.api_core.exceptions import GoogleAPICallError  # a cloud SDK's: imported where it is used
+
     native = NativeLog()
     try:
         with native_stderr_captured(enabled=capture_native, native=native):
@@ -398,8 +398,11 @@ def exit_code(run: typing.Callable[[], int], *, prog: str = "tlp", capture_nativ
         _name_native_log(native, prog)
         return error.exit_code
     except GoogleAPICallError as error:  # e.g. a missing permission or API, or no route to Google
-        print(f"{prog}: error: Google Cloud refused the request: {error.code} {error.message}; check the project, "
-              "region, that the Vertex AI API is enabled and your account's roles.", file=sys.stderr)
+        check = ("that the serving account may read the model's gs:// location (roles/storage.objectViewer)"
+                 if prog == "tlp-serve" else "the project, region, that the Vertex AI API is enabled and your "
+                 "account's roles")
+        print(f"{prog}: error: Google Cloud refused the request: {error.code} {error.message}; check {check}.",
+              file=sys.stderr)
         _name_native_log(native, prog)
         return 1
     except Exception as error:  # a bug: one line here, the traceback (and native lines) in a file

@@ -90,6 +90,8 @@ def resolve(model: str, registry_uri: str, name: str = "") -> ResolvedModel:
             registered, _, version = model.rpartition("/")
         model_dir = registry.model_dir(model)
     except ImportError as error:  # the serving image holds no registry client (MLflow, Vertex AI SDK)
+        if (error.name or "").split(".")[0] not in ("mlflow", "google"):
+            raise  # something else is broken: not the serving image's doing
         raise ConfigError(f"{model} is a registered version, and this installation has no client for the registry "
                           f"({error.name or error}): the serving image serves a model directory or gs:// prefix "
                           "(Vertex AI passes AIP_STORAGE_URI); resolve NAME@champion with `tlp serve` where tlp "
@@ -103,8 +105,8 @@ def _url_safe(name: str) -> str:
 
 
 def prepare(model: str, registry: str, options: ServeOptions):
-    """Everything before listening: checks, model resolution and loading, a warm-up prediction.
-    Returns (app, card, predictor)."""
+    """Everything before listening: checks, model resolution and loading, a warm-up prediction,
+    the drift watch. Returns (app, card, why drift is not watched: "" when it is)."""
     if not 0 < options.port < 65536:
         raise ConfigError(f"--port {options.port} is not a TCP port (1-65535).")
     resolved = resolve(model, registry, options.route_name)
@@ -117,14 +119,15 @@ def prepare(model: str, registry: str, options: ServeOptions):
         raise ConfigError(f"{resolved.source} is not a model tlp can serve ({error}); pass the model directory "
                           "that fine-tuning exported (it holds saved_model.pb and model_info.json).") from error
     card = serving.load_card(resolved.model_dir, resolved.name, resolved.version, resolved.source)
-    return serving.create_app(predictor, card, options), card, predictor
+    watch = serving.watch_drift(predictor, options)
+    return serving.create_app(predictor, card, options, watch), card, watch[1]
 
 
-def banner(options: ServeOptions, card, watching_drift: bool) -> str:
+def banner(options: ServeOptions, card, drift_not_watched: str = "") -> str:
     base = f"http://{'127.0.0.1' if options.host == '0.0.0.0' else options.host}:{options.port}"
-    drift_line = (f"recomputed every {options.drift_every} images on the last {options.drift_window}, off the "
-                  f"request path: {base}/drift, gauge tlp_image_drift_auc" if watching_drift else
-                  serving.drift_state(None, options)["why"])
+    drift_line = drift_not_watched or (f"recomputed every {options.drift_every} images on the last "
+                                       f"{options.drift_window}, off the request path: {base}/drift, gauge "
+                                       "tlp_image_drift_auc")
     lines = [
         f"tlp serve: {card.name} version {card.version} ({', '.join(card.class_names)}) from {card.source}",
         f"  page:     {base}/",
@@ -145,8 +148,8 @@ def banner(options: ServeOptions, card, watching_drift: bool) -> str:
 def serve(model: str, registry: str, options: ServeOptions, echo=print) -> None:
     """Resolves, loads and serves ``model`` (a directory, ``gs://`` prefix, NAME@ALIAS or
     NAME/VERSION in ``registry``) until interrupted."""
-    app, card, predictor = prepare(model, registry, options)
-    echo(banner(options, card, predictor.features and bool(options.drift_every)), flush=True)
+    app, card, drift_not_watched = prepare(model, registry, options)
+    echo(banner(options, card, drift_not_watched), flush=True)
     serving.run_server(app, options.host, options.port)
 
 

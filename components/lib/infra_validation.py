@@ -120,7 +120,7 @@ def infra_validate(
             paths, or encoded image bytes.
         expected_probabilities: Per image, the probabilities evaluation gave; None computes them
             the way evaluation does.
-        mode: ``subprocess`` (the server in its own process, as the serving image runs it) or
+        mode: ``subprocess`` (the server in its own process, ``python -m tlp.components.lib.serving``) or
             ``inprocess`` (a server thread in this process).
         tolerance: Largest allowed absolute difference of any probability.
         timeout: Seconds allowed for the server to load the model and answer.

@@ -463,8 +463,9 @@ class ServeOptions(Group):
         1000, "recompute the image drift of recent requests (the tlp_image_drift_auc gauge) every this many images, "
         "off the request path; 0: off", commands=("serve",), minimum=0, maximum=10_000_000,
     )
+    # At most drift.MAX_NEW, the most new photos the test scores (tests/unit/test_drift_monitor.py keeps them equal).
     drift_window: int = option(500, "recent request images the drift is measured on (the newest are kept)",
-                               commands=("serve",), minimum=10, maximum=100_000)
+                               commands=("serve",), minimum=10, maximum=2_000)
     # Not options: Vertex AI's custom-container routes, set from AIP_PREDICT_ROUTE / AIP_HEALTH_ROUTE
     # by the runner (pipelines/serve.py), served besides KServe's own.
     predict_route: str = ""

@@ -66,8 +66,9 @@ def test_a_mounted_model_is_served_as_tlp_predict_answers(docker_client, serve_i
             os.chmod(os.path.join(directory, name), 0o644)
     photos = photo_paths(tmp_path / "photos")[:3]
     port = free_port()
-    container = docker_client.containers.run(
-        SERVE_IMAGE, ["/model", "--host", "0.0.0.0", "--name", "cats"], detach=True,
+    container = docker_client.containers.run(  # the drift watch recomputed after 10 images, in the image
+        SERVE_IMAGE, ["/model", "--host", "0.0.0.0", "--name", "cats", "--drift-every", "10", "--drift-window", "10"],
+        detach=True,
         volumes={str(model_dir): {"bind": "/model", "mode": "ro"}}, ports={"8080/tcp": ("127.0.0.1", port)},
     )
     url = f"http://127.0.0.1:{port}"
@@ -87,8 +88,14 @@ def test_a_mounted_model_is_served_as_tlp_predict_answers(docker_client, serve_i
         for prediction, row in zip(answer["predictions"], expected, strict=True):
             assert prediction["label"] == row["label"]
             np.testing.assert_allclose(prediction["probabilities"], row["probabilities"], atol=1e-5)
-        status, body = _get(f"{url}/drift")
-        assert status == 200 and json.loads(body)["watching"] is True and json.loads(body)["recent"] == 3
-        assert b"tlp_image_drift_auc" in _get(f"{url}/metrics")[1]
+        for _ in range(3):  # 12 images in all: the watch's worker process runs its first test
+            with urllib.request.urlopen(request, timeout=60) as response:
+                assert response.status == 200
+        while (state := json.loads(_get(f"{url}/drift")[1]))["computed"] < 1:
+            assert not state["error"] and time.monotonic() < deadline + 120, state
+            time.sleep(0.2)
+        assert 0.0 <= state["auc"] <= 1.0 and state["recent"] == 10 and not state["error"], state
+        metrics = _get(f"{url}/metrics")[1].decode()
+        assert f"tlp_image_drift_auc {state['auc']}" in metrics
     finally:
         container.remove(force=True)

@@ -10,12 +10,13 @@ import re
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from tests.serve.browser import chromium, headless_page
 from tests.serve.conftest import get, post
 from tests.support import new_and_worse_photos
-from tlp.components.lib import serving
+from tlp.components.lib import drift, serving
 from tlp.components.lib.drift_monitor import GAUGE
 from tlp.components.lib.settings import ServeOptions
 from tlp.pipelines import serve
@@ -61,8 +62,8 @@ def photos(tmp_path_factory):
 def watching(tuned_model):
     """A server on the session's fine-tuned model (which carries its reference), in this process."""
     options = ServeOptions(route_name="cats", drift_every=WINDOW, drift_window=WINDOW)
-    app, card, predictor = serve.prepare(tuned_model[0], "", options)
-    assert predictor.features
+    app, card, drift_not_watched = serve.prepare(tuned_model[0], "", options)
+    assert drift_not_watched == ""
     with serving.running_in_thread(app) as url:
         yield url, card
 
@@ -94,21 +95,36 @@ def test_the_gauge_rises_when_the_camera_gets_much_worse(watching, photos, tmp_p
         assert page.evaluate("document.getElementById('drift').classList.contains('drifted')")
 
 
-def test_a_model_without_a_reference_is_served_and_says_why_drift_is_not_watched(tuned_model, tmp_path):
+def test_a_model_without_a_reference_is_served_and_says_why_drift_is_not_watched(tuned_model, photos, tmp_path):
     model_dir = shutil.copytree(tuned_model[0], tmp_path / "model")
     (model_dir / "drift_reference.npz").unlink()  # as exported before tlp kept references
-    app, card, predictor = serve.prepare(str(model_dir), "", ServeOptions(route_name="old"))
-    assert not predictor.features
+    app, card, drift_not_watched = serve.prepare(str(model_dir), "", ServeOptions(route_name="old"))
     with serving.running_in_thread(app) as url:
         state = _drift(url)
         assert state["watching"] is False and "carries no drift reference" in state["why"]
-        banner = serve.banner(ServeOptions(), card, predictor.features)
-        assert "carries no drift reference" in banner
+        assert "carries no drift reference" in serve.banner(ServeOptions(), card, drift_not_watched)
+        status, answer = post(f"{url}/v1/models/old:predict", {"instances": [
+            {"image_bytes": {"b64": base64.b64encode(open(path, "rb").read()).decode()}} for path in photos[0][:2]]})
+        assert status == 200 and len(answer["predictions"]) == 2  # served as before
 
 
 def test_drift_every_0_turns_the_watch_off(tuned_model):
-    options = ServeOptions(drift_every=0)
-    app, card, predictor = serve.prepare(tuned_model[0], "", options)
-    assert not predictor.features  # the plain serving signature: nothing computed for nobody
+    app, _, drift_not_watched = serve.prepare(tuned_model[0], "", ServeOptions(drift_every=0))
+    assert drift_not_watched == "turned off (--drift-every 0)"
     with serving.running_in_thread(app) as url:
         assert _drift(url) == {"watching": False, "auc": None, "why": "turned off (--drift-every 0)"}
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda path: path.write_bytes(b"not a zip file"), "cannot be read"),
+    (lambda path: drift.save_reference(str(path.parent), np.ones((5, 1280)), [f"p{i}" for i in range(5)]),
+     "5 photos x 1280 features) does not fit it"),
+    (lambda path: drift.save_reference(str(path.parent), np.ones((20, 64)), [f"p{i}" for i in range(20)]),
+     "20 photos x 64 features) does not fit it"),
+])
+def test_a_reference_that_does_not_fit_the_model_is_served_without_the_watch(tuned_model, tmp_path, damage, words):
+    model_dir = shutil.copytree(tuned_model[0], tmp_path / "model")
+    damage(model_dir / drift.REFERENCE_FILE)
+    predictor = serving.Predictor(str(model_dir), features=True)
+    monitor, why_not = serving.watch_drift(predictor, ServeOptions())
+    assert monitor is None and words in why_not and predictor.on_features is None

@@ -133,14 +133,17 @@ def test_what_the_serving_image_leaves_out_goes_with_what_only_it_needs():
     lock_install = _lock_install()
     report = [
         {"name": "kserve", "version": "1", "requires_dist": ["uvicorn[standard]>=0.30", "aiohttp>=3", "numpy"]},
-        {"name": "uvicorn", "version": "1", "requires_dist": ["h11", 'uvloop>=0.15; extra == "standard"',
-                                                              'pytest; extra == "test"']},
+        {"name": "uvicorn", "version": "1", "requires_dist": [
+            "h11", 'uvloop>=0.15; extra == "standard"', 'pytest; extra == "test"',
+            'httptools; extra == "fast" or extra == "standard"']},
         {"name": "aiohttp", "version": "3", "requires_dist": ["multidict", "numpy"]},
         {"name": "h11", "version": "1"}, {"name": "uvloop", "version": "1"}, {"name": "pytest", "version": "9"},
+        {"name": "httptools", "version": "1"},
         {"name": "multidict", "version": "6"}, {"name": "numpy", "version": "2"},
     ]
     kept = lock_install.needed(report, ["kserve"], frozenset({"aiohttp"}))
-    assert set(kept) == {"kserve", "uvicorn", "h11", "uvloop", "numpy"}  # numpy stays: kserve needs it too
+    # numpy stays: kserve needs it too; httptools comes with the standard extra named second in its marker.
+    assert set(kept) == {"kserve", "uvicorn", "h11", "uvloop", "httptools", "numpy"}
     assert set(lock_install.needed(report, ["kserve"])) == set(kept) | {"aiohttp", "multidict"}
 
 

@@ -48,7 +48,63 @@ def test_observe_does_not_wait_for_a_recomputation():
         started = time.monotonic()
         for _ in range(50):
             monitor.observe(rng.normal(size=(10, 256)))
-        assert time.monotonic() - started < 0.5  # recomputations take seconds; observing takes microseconds
-        assert monitor.auc is None or 0.0 <= monitor.auc <= 1.0
+        assert time.monotonic() - started < 0.5  # recomputations take a worker process; observing microseconds
+    finally:
+        monitor.close()
+
+
+def test_the_window_is_at_most_what_the_test_scores():
+    from tlp.components.lib import drift
+    from tlp.components.lib.options import options_of
+    from tlp.components.lib.settings import ServeOptions
+
+    [window] = [opt for opt in options_of(ServeOptions) if opt.name == "drift_window"]
+    assert window.spec.maximum == drift.MAX_NEW
+
+
+def _worker_pid(monitor):
+    process = monitor._worker._process
+    return process.pid if process is not None else None
+
+
+def test_close_leaves_no_worker_and_a_dead_worker_is_replaced():
+    rng = np.random.default_rng(2)
+    monitor = DriftMonitor(rng.normal(size=(200, 16)).astype(np.float32), capacity=50, every=50, gauge=False)
+    try:
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.computed >= 1)
+        first = monitor._worker._process
+        first.kill()  # the worker dies between recomputations (OOM killer, say)
+        first.wait()
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.computed >= 2 or monitor.error)
+        # The recomputation that met the dead worker fails in one sentence; the next starts a new one.
+        if monitor.computed < 2:
+            assert "drift worker process" in monitor.error
+            monitor.observe(rng.normal(size=(50, 16)))
+            assert _wait_for(lambda: monitor.computed >= 2)
+        assert _worker_pid(monitor) not in (None, first.pid)
+        second = monitor._worker._process
+    finally:
+        monitor.close()
+    assert second.poll() is not None  # ended by close, not left behind
+    monitor.observe(rng.normal(size=(50, 16)))
+    time.sleep(0.3)
+    assert monitor._worker._process is None and monitor.computed == 2  # nothing starts after close
+
+
+def test_a_worker_that_cannot_start_stops_the_watch_after_a_few_tries(monkeypatch):
+    import sys
+
+    from tlp.components.lib import drift_monitor
+
+    monkeypatch.setattr(drift_monitor.sys, "executable", sys.executable + "-missing")
+    monitor = DriftMonitor(np.ones((20, 8), dtype=np.float32), capacity=10, every=10, gauge=False)
+    try:
+        for _ in range(drift_monitor.MAX_FAILURES + 1):
+            monitor.observe(np.random.default_rng(0).normal(size=(10, 8)))
+            time.sleep(0.2)
+        assert _wait_for(lambda: "Stopped after" in monitor.error)
+        assert "could not start" in monitor.error and monitor.computed == 0
     finally:
         monitor.close()

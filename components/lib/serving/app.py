@@ -3,8 +3,11 @@ custom-container routes, the error shape, the body-size limit) and running it wi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import zipfile
 
 from tlp.components.lib import drift
 from tlp.components.lib.drift_monitor import DriftMonitor
@@ -87,29 +90,43 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def watch_drift(predictor: Predictor, options: ServeOptions) -> DriftMonitor | None:
-    """The server's drift watch, fed with the features of every answered image; None when it is
-    off (``--drift-every 0``) or the model carries no drift reference (see ``drift_state``)."""
-    if not (options.drift_every and predictor.features):
-        return None
-    reference = drift.load_reference(predictor.model_dir).features
+def watch_drift(predictor: Predictor, options: ServeOptions) -> tuple[DriftMonitor | None, str]:
+    """The server's drift watch, fed with the features of every answered image, or None and why
+    not: turned off, no reference with the model, or one that does not fit it. A reference that
+    cannot be used never stops the server: it serves, and says why drift is not watched."""
+    if not options.drift_every:
+        return None, "turned off (--drift-every 0)"
+    if not drift.has_reference(predictor.model_dir):
+        return None, ("the model carries no drift reference (exported before tlp recorded one); retrain it to "
+                      "watch drift")
+    if not predictor.features:
+        return None, "this server was built without the features signature (Predictor(features=False))"
+    try:
+        reference = drift.load_reference(predictor.model_dir).features
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        return None, f"the model's drift reference cannot be read ({error}); retrain it to watch drift"
+    width = predictor.feature_width
+    if len(reference) < drift.MIN_PHOTOS or (width and reference.shape[1] != width):
+        return None, (f"the model's drift reference ({len(reference)} photos x {reference.shape[1]} features) does "
+                      f"not fit it (at least {drift.MIN_PHOTOS} photos of the model's {width} features); retrain "
+                      "it to watch drift")
     monitor = DriftMonitor(reference, capacity=options.drift_window, every=options.drift_every)
     predictor.on_features = monitor.observe
-    return monitor
+    return monitor, ""
 
 
-def drift_state(monitor: DriftMonitor | None, options: ServeOptions) -> dict:
+def drift_state(monitor: DriftMonitor | None, why_not: str = "") -> dict:
     """What ``GET /drift`` answers and the page shows."""
     if monitor is not None:
         return {"watching": True, **monitor.snapshot()}
-    why = ("turned off (--drift-every 0)" if not options.drift_every else
-           "the model carries no drift reference (exported before tlp recorded one); retrain it to watch drift")
-    return {"watching": False, "auc": None, "why": why}
+    return {"watching": False, "auc": None, "why": why_not}
 
 
-def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions | None = None):
+def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions | None = None,
+               drift_watch: tuple[DriftMonitor | None, str] | None = None):
     """The server's ASGI app: KServe's v1/v2 endpoints and metrics, plus our page, Vertex AI
-    routes, error shape and body limit. ``options``: the declared serve options (default: their defaults)."""
+    routes, error shape and body limit. ``options``: the declared serve options (default: their
+    defaults); ``drift_watch``: what ``watch_drift`` gave (default: it is called here)."""
     options = options or ServeOptions()
     import_kserve()
     from fastapi import FastAPI, Request
@@ -122,7 +139,7 @@ def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions | No
     from kserve.protocol.rest.v1_endpoints import V1Endpoints, register_v1_endpoints
     from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 
-    monitor = watch_drift(predictor, options)
+    monitor, why_not = drift_watch if drift_watch is not None else watch_drift(predictor, options)
     model = make_model(predictor, card, options, on_stop=monitor.close if monitor else None)
     repository = ModelRepository()
     repository.update(model)
@@ -130,11 +147,18 @@ def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions | No
     extension = ModelRepositoryExtension(model_registry=repository)
     _, refused = metrics()
 
-    app = FastAPI(title=f"tlp serve: {card.name}", version=card.version, docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if monitor is not None:  # the server is stopping: end the drift worker, off the event loop
+            await asyncio.to_thread(monitor.close)
+
+    app = FastAPI(title=f"tlp serve: {card.name}", version=card.version, docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
     page = render_page(card)
     app.add_api_route("/", lambda: HTMLResponse(page), methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_handler, methods=["GET"])
-    app.add_api_route("/drift", lambda: JSONResponse(drift_state(monitor, options)), methods=["GET"])
+    app.add_api_route("/drift", lambda: JSONResponse(drift_state(monitor, why_not)), methods=["GET"])
     register_v1_endpoints(app, dataplane, extension)
     register_v2_endpoints(app, dataplane, extension)
     v1 = V1Endpoints(dataplane, extension)
@@ -175,7 +199,6 @@ def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions | No
     app.add_exception_handler(errors.ServerNotReady, errors.server_not_ready_handler)
     app.add_exception_handler(Exception, errors.generic_exception_handler)
     app.state.model = model
-    app.state.drift = monitor
     return BodyLimit(app, int(options.max_body_mb * 1e6), lambda: refused.labels("body_too_large").inc())
 
 

@@ -4,6 +4,7 @@ first request."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from tlp.components.lib import drift
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.registry import model_digest
 from tlp.components.lib.specs import ConfigError
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class Predictor:
             model_dir, model_lib.FEATURES_SIGNATURE if self.features else "serving_default")
         # Called with each batch's pooled features [N, D] (numpy), when set.
         self.on_features: Callable[[Any], None] | None = None
+        # The features' width, as the signature declares it (None without features, or if unknown).
+        self.feature_width: int | None = (
+            self._serve.structured_outputs[model_lib.FEATURES_OUTPUT].shape[-1] if self.features else None)
         self._lock = threading.Lock()  # one batch at a time: TensorFlow already uses every core
 
     def __call__(self, images: list[bytes]) -> list[Prediction | Unreadable]:
@@ -92,7 +98,10 @@ class Predictor:
                 return [Unreadable(decode_problem(images[0]) or clean_tf_error(error.message))]
             return self._without_unreadable(images)
         if self.on_features is not None:
-            self.on_features(outputs[model_lib.FEATURES_OUTPUT].numpy())
+            try:
+                self.on_features(outputs[model_lib.FEATURES_OUTPUT].numpy())
+            except ValueError as error:  # watching must never fail a request
+                LOG.warning("the drift watch could not take this batch's features (%s)", error)
         probabilities = outputs["probabilities"].numpy()
         labels = outputs["label"].numpy()
         scores = outputs["score"].numpy()
