@@ -227,6 +227,7 @@ def measure_drift_cost(ports: dict, images: list[bytes], requests: dict, blocks:
         sides = {side: summarize(times, per_call, sum(times)) for side, times in latencies.items()}
         results[str(per_call)] = {
             **sides, "recomputations": state["computed"] - computed_before, "recompute_seconds": state["seconds"],
+            "recompute_waited_for_idle_s": state["waited"],
             "waited_for_recomputation_s": waited,
             "p50_ratio": sides["watching"]["p50_ms"] / sides["plain"]["p50_ms"],
             "p99_ratio": sides["watching"]["p99_ms"] / sides["plain"]["p99_ms"],

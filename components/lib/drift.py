@@ -17,6 +17,7 @@ Everything is deterministic for a given seed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,7 +139,8 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return assignment
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iterations: int = 200) -> tuple[np.ndarray, float]:
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iterations: int = 200,
+                 between_steps: Callable[[], None] | None = None) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression with balanced class weights: (weights, bias).
 
     Minimises the weighted mean log loss + ``l2``/2 |w|^2 by Nesterov's accelerated gradient with
@@ -160,6 +162,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iterations: 
     b = 0.0
     w_prev, b_prev = w, b
     for k in range(1, iterations + 1):
+        if between_steps is not None:  # e.g. the serving watch waiting while a request is being answered
+            between_steps()
         momentum = (k - 1) / (k + 2)
         w_look = w + momentum * (w - w_prev)
         b_look = b + momentum * (b - b_prev)
@@ -176,11 +180,11 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def two_sample_test(reference: np.ndarray, new: np.ndarray, *, seed: int = 0, folds: int = FOLDS,
                     max_reference: int = MAX_REFERENCE, max_new: int = MAX_NEW,
-                    ids: list[str] | None = None) -> DriftResult:
+                    ids: list[str] | None = None, between_steps: Callable[[], None] | None = None) -> DriftResult:
     """Drift of ``new`` [M, D] against ``reference`` [N, D] (both features of the same network).
 
     At most ``max_reference`` and ``max_new`` rows are used (seeded samples); ``ids`` name the new
-    rows (for ``most_different``)."""
+    rows (for ``most_different``); ``between_steps`` is called before every step of every fit."""
     reference = np.asarray(reference, dtype=np.float32)
     new = np.asarray(new, dtype=np.float32)
     if reference.ndim != 2 or new.ndim != 2 or reference.shape[1] != new.shape[1]:
@@ -205,7 +209,7 @@ def two_sample_test(reference: np.ndarray, new: np.ndarray, *, seed: int = 0, fo
     scores = np.empty(len(y), dtype=np.float64)
     for fold in range(folds):
         held_out = assignment == fold
-        w, b = fit_logistic(x[~held_out], y[~held_out])
+        w, b = fit_logistic(x[~held_out], y[~held_out], between_steps=between_steps)
         scores[held_out] = _sigmoid(x[held_out] @ w + b)
     new_scores = scores[len(kept_reference):]
     names = [ids[i] for i in kept_new] if ids is not None else []

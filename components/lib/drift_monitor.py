@@ -9,6 +9,10 @@ requests it watches, on a machine whose cores TensorFlow already uses. So:
 - it runs in a process of its own (``python -m tlp.components.lib.drift_monitor``: numpy and the
   test, no TensorFlow; a thread would hold the server's GIL), on one BLAS thread, with Linux's
   SCHED_IDLE priority (only on a core nothing else wants);
+- it computes only while the server answers no request: the server counts its requests in flight
+  (``InFlight``, 8 bytes of a file both processes map) and the worker waits before each step of
+  the fit while that count is above zero (at most ``MAX_WAIT_SECONDS`` per recomputation, so a
+  server that is never idle still gets its gauge);
 - it tests the features through a fixed random projection to ``DIMENSIONS`` dimensions
   (``drift.random_projection``): the same classifier test as ``tlp drift``, on a tenth of the
   width. Measured (bench/serving.py): the full test took 0.7-1.0 s per recomputation and raised
@@ -20,11 +24,14 @@ The process starts at the first recomputation, so the server's start-up does not
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import mmap
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -38,6 +45,7 @@ LOG = logging.getLogger(__name__)
 GAUGE = "tlp_image_drift_auc"
 DIMENSIONS = 128  # of the features' width (1,280 for MobileNetV2 at alpha 1.0)
 MAX_FAILURES = 3  # recomputations failing in a row end the watch (a worker that cannot start, say)
+MAX_WAIT_SECONDS = 60.0  # a recomputation waits at most this long, in all, for the server to be idle
 
 
 class DriftMonitor:
@@ -59,11 +67,14 @@ class DriftMonitor:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
-        self._worker = DriftWorker(self.reference, max_reference=max_reference, max_new=capacity, seed=seed)
+        self.requests = InFlight()  # the server counts its requests in flight here (serving.app)
+        self._worker = DriftWorker(self.reference, max_reference=max_reference, max_new=capacity, seed=seed,
+                                   requests_file=self.requests.path)
         self.auc: float | None = None
         self.computed = 0  # recomputations done
         self.busy = False  # a recomputation is running
         self.seconds = 0.0  # how long the last one took (wall, in the worker)
+        self.waited = 0.0  # of which waiting for the server to answer no request
         self.error = ""  # why the last recomputation failed, if it did
         self._failures = 0  # in a row
         self._gauge = gauge if gauge is not None else _gauge()
@@ -91,7 +102,7 @@ class DriftMonitor:
             recent = self._buffer[: self._filled].copy()
         self.busy = True
         try:
-            self.auc, self.seconds = self._worker.test(recent)
+            self.auc, self.seconds, self.waited = self._worker.test(recent)
         finally:
             self.busy = False
         self.computed += 1
@@ -107,7 +118,7 @@ class DriftMonitor:
         return {"auc": self.auc, "verdict": drift.short_verdict(self.auc, threshold) if self.auc is not None else "",
                 "threshold": threshold, "recent": self._filled, "window": self.capacity, "every": self.every,
                 "reference": len(self.reference), "computed": self.computed, "busy": self.busy,
-                "seconds": self.seconds, "error": self.error}
+                "seconds": self.seconds, "waited": self.waited, "error": self.error}
 
     def close(self, timeout: float = 5.0) -> None:
         """Ends the watch: the worker process is stopped (killed if a recomputation holds it past
@@ -116,6 +127,7 @@ class DriftMonitor:
         self._wake.set()
         self._worker.close(timeout)
         self._thread.join(timeout)
+        self.requests.close()
 
     def _loop(self) -> None:
         while True:
@@ -146,14 +158,16 @@ class DriftWorker:
     their float32 bytes (``send_array``), answers as JSON lines. Any failure to talk to it is a
     ``ServiceError`` and ends that process; once ``close``d, it starts no process again."""
 
-    def __init__(self, reference: np.ndarray, *, max_reference: int, max_new: int, seed: int):
+    def __init__(self, reference: np.ndarray, *, max_reference: int, max_new: int, seed: int, requests_file: str):
         self.reference = reference
-        self.settings = {"max_reference": max_reference, "max_new": max_new, "seed": seed, "dimensions": DIMENSIONS}
+        self.settings = {"max_reference": max_reference, "max_new": max_new, "seed": seed, "dimensions": DIMENSIONS,
+                         "requests_file": requests_file}
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()  # one conversation at a time; close waits for it or cuts it
         self._closed = False
 
-    def test(self, recent: np.ndarray) -> tuple[float, float]:
+    def test(self, recent: np.ndarray) -> tuple[float, float, float]:
+        """(AUC, seconds, of which waiting for the server to be idle)."""
         with self._lock:
             if self._closed:
                 raise ServiceError("the drift watch was closed.")
@@ -173,7 +187,7 @@ class DriftWorker:
                                    "again at the next recomputation.")
         if "error" in result:
             raise ServiceError(f"the drift test failed in its worker: {result['error']}")
-        return float(result["auc"]), float(result["seconds"])
+        return float(result["auc"]), float(result["seconds"]), float(result["waited"])
 
     def close(self, timeout: float = 5.0) -> None:
         """Stops the worker: it ends when its input closes; killed if a test holds it past ``timeout``."""
@@ -235,17 +249,25 @@ def work(settings: dict) -> None:
     source, answers = sys.stdin.buffer, sys.stdout
     lowest_priority(0)
     dimensions = settings.pop("dimensions")
+    requests = InFlight(settings.pop("requests_file"))
     reference = _next_array(source)
     if reference is None:
         return
     basis = drift.random_projection(reference.shape[1], min(dimensions, reference.shape[1]), settings["seed"])
     reference = reference @ basis
     while (recent := _next_array(source)) is not None:  # None: the server closed the pipe, done
-        started = time.monotonic()
+        started, waited = time.monotonic(), 0.0
+
+        def while_serving() -> None:  # before each step of the fit: wait while a request is answered
+            nonlocal waited
+            while requests.count() > 0 and waited < MAX_WAIT_SECONDS:
+                time.sleep(0.001)
+                waited += 0.001
+
         answer: dict[str, float | str]
         try:
-            result = drift.two_sample_test(reference, recent @ basis, **settings)
-            answer = {"auc": result.auc, "seconds": round(time.monotonic() - started, 3)}
+            result = drift.two_sample_test(reference, recent @ basis, between_steps=while_serving, **settings)
+            answer = {"auc": result.auc, "seconds": round(time.monotonic() - started, 3), "waited": round(waited, 3)}
         except (ConfigError, ValueError, FloatingPointError) as error:
             answer = {"error": str(error)}
         try:
@@ -275,6 +297,41 @@ def lowest_priority(pid: int) -> None:
                 os.setpriority(os.PRIO_PROCESS, pid, 19)
             except OSError:  # already gone, or not allowed: it lowers itself once it runs
                 pass
+
+
+class InFlight:
+    """How many requests the server is answering, as one int64 in a small file that the server and
+    the worker both map: the server's event loop counts (one writer), the worker reads. A new file
+    (in /dev/shm, memory, where there is one) without ``path``; the one at ``path`` with it."""
+
+    def __init__(self, path: str | None = None):
+        self.owner = path is None
+        if path is None:
+            directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            descriptor, path = tempfile.mkstemp(prefix="tlp-requests-", dir=directory)
+            os.write(descriptor, bytes(8))
+            os.close(descriptor)
+        self.path = path
+        self._file = open(path, "r+b")  # noqa: SIM115 - mapped for the object's life, closed in close()
+        self._map = mmap.mmap(self._file.fileno(), 8)
+        self._count = np.frombuffer(self._map, dtype=np.int64)
+
+    def enter(self) -> None:
+        self._count[0] += 1
+
+    def leave(self) -> None:
+        self._count[0] -= 1
+
+    def count(self) -> int:
+        return int(self._count[0])
+
+    def close(self) -> None:
+        self._count = np.zeros(1, dtype=np.int64)  # a request finishing after this still counts, unshared
+        self._map.close()
+        self._file.close()
+        if self.owner:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
 
 def send_array(stream, array: np.ndarray) -> None:

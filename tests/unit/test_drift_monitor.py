@@ -108,3 +108,19 @@ def test_a_worker_that_cannot_start_stops_the_watch_after_a_few_tries(monkeypatc
         assert "could not start" in monitor.error and monitor.computed == 0
     finally:
         monitor.close()
+
+
+def test_the_worker_computes_only_while_the_server_answers_no_request():
+    rng = np.random.default_rng(3)
+    monitor = DriftMonitor(rng.normal(size=(200, 16)).astype(np.float32), capacity=50, every=50, gauge=False)
+    try:
+        monitor.requests.enter()  # a request is being answered, and stays so for a second
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.busy)
+        time.sleep(1.0)
+        assert monitor.computed == 0  # the worker waits, it does not compute beside the request
+        monitor.requests.leave()
+        assert _wait_for(lambda: monitor.computed == 1)
+        assert monitor.waited >= 0.5 and monitor.snapshot()["waited"] == monitor.waited
+    finally:
+        monitor.close()

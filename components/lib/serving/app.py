@@ -29,6 +29,23 @@ def render_page(card: ModelCard) -> str:
     )
 
 
+class CountingRequests:
+    """Counts the HTTP requests being answered (``in_flight``: ``enter``/``leave``), so that the drift
+    watch's worker computes only while the server answers none."""
+
+    def __init__(self, app, in_flight):
+        self.app, self.in_flight = app, in_flight
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.in_flight.enter()
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.in_flight.leave()
+
+
 class BodyLimit:
     """Refuses request bodies over ``limit`` bytes with 413 before they reach the model: by
     Content-Length when the client sends one, otherwise while the body streams in."""
@@ -199,7 +216,8 @@ def create_app(predictor: Predictor, card: ModelCard, options: ServeOptions | No
     app.add_exception_handler(errors.ServerNotReady, errors.server_not_ready_handler)
     app.add_exception_handler(Exception, errors.generic_exception_handler)
     app.state.model = model
-    return BodyLimit(app, int(options.max_body_mb * 1e6), lambda: refused.labels("body_too_large").inc())
+    limited = BodyLimit(app, int(options.max_body_mb * 1e6), lambda: refused.labels("body_too_large").inc())
+    return CountingRequests(limited, monitor.requests) if monitor is not None else limited
 
 
 def uvicorn_config(app, host: str, port: int, log_level: str = "info"):
