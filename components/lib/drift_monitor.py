@@ -17,8 +17,7 @@ requests it watches, on a machine whose cores TensorFlow already uses. So:
   (``drift.random_projection``): the same classifier test as ``tlp drift``, on a tenth of the
   width. Measured (bench/serving.py): the full test took 0.7-1.0 s per recomputation and raised
   p99 at 32 images by 30% even at the lowest priority (it streams megabytes through the caches and
-  memory that TensorFlow uses); projected, it takes 0.06-0.2 s, p50 stays within 2% and p99 within
-  about 5%, the noise between runs.
+  memory that TensorFlow uses); projected, by 4-11%; waiting for idle moments as well, 0.98x.
 
 The process starts at the first recomputation, so the server's start-up does not wait for it."""
 
