@@ -25,7 +25,7 @@ def deployment(
     network: str = "",
 # kfp reads several outputs from this call form of NamedTuple, which a type checker does not take
 # as an annotation.
-) -> NamedTuple(  # type: ignore[valid-type]
+) -> NamedTuple(  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     "DeploymentOutputs", [("endpoint", str), ("deployed_model_id", str), ("traffic_split", str)],
 ):
     """Deploys a registered version to a Vertex AI endpoint (created if missing) and, once it is
