@@ -45,6 +45,17 @@ def get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
+# Tests using these fixtures start processes of their own that load TensorFlow: slow by the marker's
+# definition (pyproject.toml), so they run in make test and not in make test-fast's inner loop.
+PROCESS_FIXTURES = {"served"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory) -> list[str]:
     return photo_paths(tmp_path_factory.mktemp("photos"))
