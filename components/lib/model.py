@@ -52,8 +52,9 @@ def build_base(base: str, alpha: float, image_size: int, weights: str):
 
 
 def base_layer_count(base: str, alpha: float, image_size: int) -> int:
-    """Layer count of the base (what ``fine_tune_at`` indexes). Builds it with random weights."""
-    return len(build_base(base, alpha, image_size, "none").layers)
+    """Layer count of the base (what ``fine_tune_at`` indexes): from ``BASES`` when it is fixed,
+    else by building the base with random weights."""
+    return BASES[base]["layers"] or len(build_base(base, alpha, image_size, "none").layers)
 
 
 def build_backbone(base: str, alpha: float, image_size: int, weights: str):

@@ -42,12 +42,15 @@ class NotFound(ConfigError):
 # Keras application constructors we support, with how each expects its pixels.
 # "minus_one_to_one": the model scales [0, 255] to [-1, 1] itself (MobileNetV2 tutorial);
 # "raw": the application carries its own preprocessing and takes [0, 255].
+# "layers": the base's layer count without its top (what --fine-tune-at indexes) when it is the same
+# at every alpha and image size, so checking a cut needs no TensorFlow; None: the base is built to
+# count (MobileNetV3Large has 262 or 263). tests/unit/test_model.py checks each against Keras.
 BASES: dict[str, dict] = {
-    "MobileNetV2": {"scaling": "minus_one_to_one", "alpha": True},
-    "MobileNetV3Small": {"scaling": "raw", "alpha": True},
-    "MobileNetV3Large": {"scaling": "raw", "alpha": True},
-    "EfficientNetB0": {"scaling": "raw", "alpha": False},
-    "ResNet50V2": {"scaling": "minus_one_to_one", "alpha": False},
+    "MobileNetV2": {"scaling": "minus_one_to_one", "alpha": True, "layers": 154},
+    "MobileNetV3Small": {"scaling": "raw", "alpha": True, "layers": 229},
+    "MobileNetV3Large": {"scaling": "raw", "alpha": True, "layers": None},
+    "EfficientNetB0": {"scaling": "raw", "alpha": False, "layers": 237},
+    "ResNet50V2": {"scaling": "minus_one_to_one", "alpha": False, "layers": 190},
 }
 
 DEFAULT_DATA = "tfds:cats_vs_dogs"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tlp.components.lib import model as model_lib
-from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.specs import BASES, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -76,5 +76,16 @@ def test_probabilities_shapes():
     assert np.allclose(multi, 0.25)
 
 
-def test_layer_count_of_other_bases():
-    assert model_lib.base_layer_count("MobileNetV2", 1.0, 96) == 154
+@pytest.mark.slow  # builds every base at several widths and sizes
+@pytest.mark.parametrize("base", [name for name, base in BASES.items() if base["layers"]])
+def test_a_fixed_layer_count_is_the_count_keras_builds(base):
+    alphas = (0.35, 0.75, 1.0, 1.4) if base == "MobileNetV2" else (0.75, 1.0) if BASES[base]["alpha"] else (1.0,)
+    for alpha in alphas:
+        for size in (32, 224):
+            assert len(model_lib.build_base(base, alpha, size, "none").layers) == BASES[base]["layers"], (alpha, size)
+
+
+def test_a_base_without_a_fixed_layer_count_is_built_to_count_it():
+    assert BASES["MobileNetV3Large"]["layers"] is None
+    assert model_lib.base_layer_count("MobileNetV3Large", 1.0, 32) == len(
+        model_lib.build_base("MobileNetV3Large", 1.0, 32, "none").layers)
