@@ -12,6 +12,7 @@ import numpy as np
 
 from tlp.components.lib import drift
 from tlp.components.lib import model as model_lib
+from tlp.components.lib.dataprep.encode import prepare_bytes
 from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS
 from tlp.components.lib.specs import ConfigError
 from tlp.pipelines.predict import resolve_model
@@ -40,28 +41,25 @@ def photo_paths(sources: list[str]) -> list[str]:
 
 
 def features_of(model_dir: str, paths: list[str], batch_size: int = 32) -> tuple[np.ndarray, list[str], list[str]]:
-    """(features [N, D], the paths scored, the unreadable ones) through the model's features signature."""
+    """(features [N, D], the paths scored, the unreadable ones) through the model's features signature,
+    each photo first prepared as data prep prepared the training photos (``prepare_bytes``), so that
+    only the photos differ between the two sides, not how they were stored."""
     import tensorflow as tf
 
     signature = model_lib.load_servable(model_dir, model_lib.FEATURES_SIGNATURE)
-
-    def run(batch: list[bytes]) -> np.ndarray:
-        return signature(image_bytes=tf.constant(batch))[model_lib.FEATURES_OUTPUT].numpy()
-
+    image_size = int(model_lib.read_info(model_dir)["image_size"])
     features, scored, unreadable = [], [], []
     for start in range(0, len(paths), batch_size):
-        names = paths[start:start + batch_size]
-        data = [tf.io.gfile.GFile(name, "rb").read() for name in names]
-        try:
-            features.append(run(data))
+        batch, names = [], []
+        for name in paths[start:start + batch_size]:
+            try:
+                batch.append(prepare_bytes(tf.io.gfile.GFile(name, "rb").read(), image_size))
+                names.append(name)
+            except Exception:  # as in data prep: a file that does not decode is left out and listed
+                unreadable.append(name)
+        if batch:
+            features.append(signature(image_bytes=tf.constant(batch))[model_lib.FEATURES_OUTPUT].numpy())
             scored.extend(names)
-        except tf.errors.InvalidArgumentError:  # one bad file refuses the batch: score the others alone
-            for name, one in zip(names, data, strict=True):
-                try:
-                    features.append(run([one]))
-                    scored.append(name)
-                except tf.errors.InvalidArgumentError:
-                    unreadable.append(name)
     if not features:
         raise ConfigError(f"none of the {len(paths)} files could be decoded as an image; give JPEG, PNG, GIF or BMP.")
     return np.concatenate(features), scored, unreadable

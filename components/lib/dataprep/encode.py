@@ -71,6 +71,13 @@ def encode_pixels(pixels: np.ndarray, image_size: int) -> bytes:
     return buffer.getvalue()
 
 
+def prepare_bytes(data: bytes, image_size: int) -> bytes:
+    """An image file's bytes as data prep stores the photo: decoded, resized, JPEG-encoded. Whatever
+    compares new photos with training photos (``tlp drift``) prepares them so, or it would also
+    measure the re-encoding (noisy lossless photos read as drifted at 160 px otherwise)."""
+    return encode_pixels(decode_bytes(data, image_size), image_size)
+
+
 def _failure(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
@@ -96,7 +103,7 @@ def _read_file(path: str, label: int, order: tuple, image_size: int) -> Photo:
     try:
         data = sources.read_bytes(path)
         photo.digest = hashlib.sha256(data).hexdigest()
-        photo.encoded = encode_pixels(decode_bytes(data, image_size), image_size)
+        photo.encoded = prepare_bytes(data, image_size)
     except Exception as error:  # any decoder failure means "skip and say why"
         photo.error = _failure(error)
     return photo
