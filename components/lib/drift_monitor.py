@@ -71,6 +71,8 @@ class DriftMonitor:
                                    requests_file=self.requests.path)
         self.auc: float | None = None
         self.computed = 0  # recomputations done
+        self.distinct = 0  # different images in the window at the last recomputation (repeats count once)
+        self.note = ""  # why the last due recomputation did not run (too few distinct images)
         self.busy = False  # a recomputation is running
         self.seconds = 0.0  # how long the last one took (wall, in the worker)
         self.waited = 0.0  # of which waiting for the server to answer no request
@@ -94,19 +96,24 @@ class DriftMonitor:
         if due:
             self._wake.set()
 
-    def _recompute(self) -> float:
+    def _recompute(self) -> float | None:
         """One recomputation, waited for on the background thread (the only caller)."""
         with self._lock:
             self._since = 0
             recent = self._buffer[: self._filled].copy()
         self.busy = True
         try:
-            self.auc, self.seconds, self.waited = self._worker.test(recent)
+            auc, self.distinct, self.seconds, self.waited = self._worker.test(recent)
         finally:
             self.busy = False
+        self._failures = 0  # the worker answered
+        if auc is None:
+            self.note = (f"only {self.distinct} distinct images among the last {len(recent)}: at least "
+                         f"{drift.MIN_PHOTOS} are needed; the AUC waits for more")
+            return None
+        self.auc = auc
         self.computed += 1
-        self.error = ""
-        self._failures = 0
+        self.error = self.note = ""
         if self._gauge:
             self._gauge.set(self.auc)
         return self.auc
@@ -115,9 +122,10 @@ class DriftMonitor:
         """For the page: the latest AUC (None before the first) and its verdict, how many recent
         images it saw, how often it is recomputed."""
         return {"auc": self.auc, "verdict": drift.short_verdict(self.auc, threshold) if self.auc is not None else "",
-                "threshold": threshold, "recent": self._filled, "window": self.capacity, "every": self.every,
+                "threshold": threshold, "recent": self._filled, "distinct": self.distinct, "window": self.capacity,
+                "every": self.every,
                 "reference": len(self.reference), "computed": self.computed, "busy": self.busy,
-                "seconds": self.seconds, "waited": self.waited, "error": self.error}
+                "seconds": self.seconds, "waited": self.waited, "error": self.error, "note": self.note}
 
     def close(self, timeout: float = 5.0) -> None:
         """Ends the watch: the worker process is stopped (killed if a recomputation holds it past
@@ -165,8 +173,9 @@ class DriftWorker:
         self._lock = threading.Lock()  # one conversation at a time; close waits for it or cuts it
         self._closed = False
 
-    def test(self, recent: np.ndarray) -> tuple[float, float, float]:
-        """(AUC, seconds, of which waiting for the server to be idle)."""
+    def test(self, recent: np.ndarray) -> tuple[float | None, int, float, float]:
+        """(AUC, distinct images tested, seconds, of which waiting for the server to be idle); the
+        AUC is None when fewer than ``drift.MIN_PHOTOS`` of the images differ."""
         with self._lock:
             if self._closed:
                 raise ServiceError("the drift watch was closed.")
@@ -186,7 +195,8 @@ class DriftWorker:
                                    "again at the next recomputation.")
         if "error" in result:
             raise ServiceError(f"the drift test failed in its worker: {result['error']}")
-        return float(result["auc"]), float(result["seconds"]), float(result["waited"])
+        auc = None if result["auc"] is None else float(result["auc"])
+        return auc, int(result["distinct"]), float(result["seconds"]), float(result["waited"])
 
     def close(self, timeout: float = 5.0) -> None:
         """Stops the worker: it ends when its input closes; killed if a test holds it past ``timeout``."""
@@ -263,10 +273,16 @@ def work(settings: dict) -> None:
                 time.sleep(0.001)
                 waited += 0.001
 
-        answer: dict[str, float | str]
+        # A photo sent again (a retry, a probe, a popular photo) is one photo: its copies would sit in
+        # both the fitting and the held-out folds, where the classifier remembers them (40 photos of
+        # the training kind sent 12 times each read 0.71 on a test's features, once each 0.50).
+        recent = np.unique(recent, axis=0)
+        answer: dict[str, float | int | str | None] = {"auc": None, "distinct": len(recent), "seconds": 0.0,
+                                                       "waited": 0.0}
         try:
-            result = drift.two_sample_test(reference, recent @ basis, between_steps=while_serving, **settings)
-            answer = {"auc": result.auc, "seconds": round(time.monotonic() - started, 3), "waited": round(waited, 3)}
+            if len(recent) >= drift.MIN_PHOTOS:
+                result = drift.two_sample_test(reference, recent @ basis, between_steps=while_serving, **settings)
+                answer.update(auc=result.auc, seconds=round(time.monotonic() - started, 3), waited=round(waited, 3))
         except (ConfigError, ValueError, FloatingPointError) as error:
             answer = {"error": str(error)}
         try:

@@ -41,6 +41,40 @@ def test_gauge_rises_under_traffic_from_another_camera():
         monitor.close()
 
 
+def test_a_photo_sent_again_counts_once():
+    """Repeats (retries, probes, a popular photo) would sit in both the fitting and the held-out
+    folds, where the classifier remembers them: 40 photos of the training kind sent 12 times each
+    must read as 40 photos of the training kind, not as drift."""
+    rng = np.random.default_rng(4)
+    reference = rng.normal(size=(400, 32)).astype(np.float32)
+    photos = rng.normal(size=(40, 32)).astype(np.float32)
+    monitor = DriftMonitor(reference, capacity=480, every=480, gauge=False)
+    try:
+        for _ in range(12):
+            monitor.observe(photos)
+        assert _wait_for(lambda: monitor.computed >= 1)
+        state = monitor.snapshot()
+        assert (state["recent"], state["distinct"]) == (480, 40)
+        assert state["auc"] < 0.65, state
+    finally:
+        monitor.close()
+
+
+def test_too_few_distinct_photos_wait_without_failing_the_watch():
+    rng = np.random.default_rng(5)
+    monitor = DriftMonitor(rng.normal(size=(400, 32)).astype(np.float32), capacity=100, every=50, gauge=False)
+    try:
+        monitor.observe(np.repeat(rng.normal(size=(5, 32)), 10, axis=0))  # 5 photos, 10 times each
+        assert _wait_for(lambda: monitor.snapshot()["note"] != "")
+        state = monitor.snapshot()
+        assert state["auc"] is None and state["error"] == "" and "only 5 distinct images" in state["note"]
+        monitor.observe(rng.normal(size=(50, 32)))  # then enough different ones
+        assert _wait_for(lambda: monitor.computed >= 1)
+        assert monitor.snapshot()["note"] == "" and monitor.snapshot()["auc"] < 0.65
+    finally:
+        monitor.close()
+
+
 def test_observe_does_not_wait_for_a_recomputation():
     rng = np.random.default_rng(1)
     monitor = DriftMonitor(rng.normal(size=(1000, 256)).astype(np.float32), capacity=500, every=10, gauge=False)
