@@ -269,9 +269,10 @@ def work(settings: dict) -> None:
 
         def while_serving() -> None:  # before each step of the fit: wait while a request is answered
             nonlocal waited
-            while requests.count() > 0 and waited < MAX_WAIT_SECONDS:
+            since = time.monotonic()  # the clock, not a count of sleeps: a busy machine oversleeps
+            while requests.count() > 0 and waited + (time.monotonic() - since) < MAX_WAIT_SECONDS:
                 time.sleep(0.001)
-                waited += 0.001
+            waited += time.monotonic() - since
 
         # A photo sent again (a retry, a probe, a popular photo) is one photo: its copies would sit in
         # both the fitting and the held-out folds, where the classifier remembers them (40 photos of

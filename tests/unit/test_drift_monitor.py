@@ -2,6 +2,7 @@
 calling thread."""
 
 import time
+from contextlib import closing
 
 import numpy as np
 
@@ -15,13 +16,17 @@ def _wait_for(condition, timeout=60.0):
     return condition()
 
 
+def _watch(rng, shape, **settings):
+    """A monitor (no gauge) on a reference of normal features of ``shape``, closed after the with."""
+    return closing(DriftMonitor(rng.normal(size=shape).astype(np.float32), gauge=False, **settings))
+
+
 def test_gauge_rises_under_traffic_from_another_camera():
     from prometheus_client import REGISTRY
 
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(400, 32)).astype(np.float32)
-    monitor = DriftMonitor(reference, capacity=100, every=50)
-    try:
+    with closing(DriftMonitor(reference, capacity=100, every=50)) as monitor:
         for _ in range(4):
             monitor.observe(rng.normal(size=(25, 32)))  # like the training photos
         assert _wait_for(lambda: monitor.computed >= 1)
@@ -37,8 +42,6 @@ def test_gauge_rises_under_traffic_from_another_camera():
         assert _wait_for(lambda: monitor.computed > done)
         assert (REGISTRY.get_sample_value(GAUGE) or 0) >= 0.8
         assert monitor.snapshot()["recent"] == 100
-    finally:
-        monitor.close()
 
 
 def test_a_photo_sent_again_counts_once():
@@ -48,22 +51,18 @@ def test_a_photo_sent_again_counts_once():
     rng = np.random.default_rng(4)
     reference = rng.normal(size=(400, 32)).astype(np.float32)
     photos = rng.normal(size=(40, 32)).astype(np.float32)
-    monitor = DriftMonitor(reference, capacity=480, every=480, gauge=False)
-    try:
+    with closing(DriftMonitor(reference, capacity=480, every=480, gauge=False)) as monitor:
         for _ in range(12):
             monitor.observe(photos)
         assert _wait_for(lambda: monitor.computed >= 1)
         state = monitor.snapshot()
         assert (state["recent"], state["distinct"]) == (480, 40)
         assert state["auc"] < 0.65, state
-    finally:
-        monitor.close()
 
 
 def test_too_few_distinct_photos_wait_without_failing_the_watch():
     rng = np.random.default_rng(5)
-    monitor = DriftMonitor(rng.normal(size=(400, 32)).astype(np.float32), capacity=100, every=50, gauge=False)
-    try:
+    with _watch(rng, (400, 32), capacity=100, every=50) as monitor:
         monitor.observe(np.repeat(rng.normal(size=(5, 32)), 10, axis=0))  # 5 photos, 10 times each
         assert _wait_for(lambda: monitor.snapshot()["note"] != "")
         state = monitor.snapshot()
@@ -71,20 +70,15 @@ def test_too_few_distinct_photos_wait_without_failing_the_watch():
         monitor.observe(rng.normal(size=(50, 32)))  # then enough different ones
         assert _wait_for(lambda: monitor.computed >= 1)
         assert monitor.snapshot()["note"] == "" and monitor.snapshot()["auc"] < 0.65
-    finally:
-        monitor.close()
 
 
 def test_observe_does_not_wait_for_a_recomputation():
     rng = np.random.default_rng(1)
-    monitor = DriftMonitor(rng.normal(size=(1000, 256)).astype(np.float32), capacity=500, every=10, gauge=False)
-    try:
+    with _watch(rng, (1000, 256), capacity=500, every=10) as monitor:
         started = time.monotonic()
         for _ in range(50):
             monitor.observe(rng.normal(size=(10, 256)))
         assert time.monotonic() - started < 0.5  # recomputations take a worker process; observing microseconds
-    finally:
-        monitor.close()
 
 
 def test_the_window_is_at_most_what_the_test_scores():
@@ -103,8 +97,7 @@ def _worker_pid(monitor):
 
 def test_close_leaves_no_worker_and_a_dead_worker_is_replaced():
     rng = np.random.default_rng(2)
-    monitor = DriftMonitor(rng.normal(size=(200, 16)).astype(np.float32), capacity=50, every=50, gauge=False)
-    try:
+    with _watch(rng, (200, 16), capacity=50, every=50) as monitor:
         monitor.observe(rng.normal(size=(50, 16)))
         assert _wait_for(lambda: monitor.computed >= 1)
         first = monitor._worker._process
@@ -119,8 +112,6 @@ def test_close_leaves_no_worker_and_a_dead_worker_is_replaced():
             assert _wait_for(lambda: monitor.computed >= 2)
         assert _worker_pid(monitor) not in (None, first.pid)
         second = monitor._worker._process
-    finally:
-        monitor.close()
     assert second.poll() is not None  # ended by close, not left behind
     monitor.observe(rng.normal(size=(50, 16)))
     time.sleep(0.3)
@@ -133,21 +124,17 @@ def test_a_worker_that_cannot_start_stops_the_watch_after_a_few_tries(monkeypatc
     from tlp.components.lib import drift_monitor
 
     monkeypatch.setattr(drift_monitor.sys, "executable", sys.executable + "-missing")
-    monitor = DriftMonitor(np.ones((20, 8), dtype=np.float32), capacity=10, every=10, gauge=False)
-    try:
+    with closing(DriftMonitor(np.ones((20, 8), dtype=np.float32), capacity=10, every=10, gauge=False)) as monitor:
         for _ in range(drift_monitor.MAX_FAILURES + 1):
             monitor.observe(np.random.default_rng(0).normal(size=(10, 8)))
             time.sleep(0.2)
         assert _wait_for(lambda: "Stopped after" in monitor.error)
         assert "could not start" in monitor.error and monitor.computed == 0
-    finally:
-        monitor.close()
 
 
 def test_the_worker_computes_only_while_the_server_answers_no_request():
     rng = np.random.default_rng(3)
-    monitor = DriftMonitor(rng.normal(size=(200, 16)).astype(np.float32), capacity=50, every=50, gauge=False)
-    try:
+    with _watch(rng, (200, 16), capacity=50, every=50) as monitor:
         monitor.requests.enter()  # a request is being answered, and stays so for a second
         monitor.observe(rng.normal(size=(50, 16)))
         assert _wait_for(lambda: monitor.busy)
@@ -156,5 +143,3 @@ def test_the_worker_computes_only_while_the_server_answers_no_request():
         monitor.requests.leave()
         assert _wait_for(lambda: monitor.computed == 1)
         assert monitor.waited >= 0.5 and monitor.snapshot()["waited"] == monitor.waited
-    finally:
-        monitor.close()
