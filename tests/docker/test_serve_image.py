@@ -55,6 +55,20 @@ def _get(url: str) -> tuple[int, bytes]:
         return 0, b""
 
 
+def _sample_png(index: int) -> bytes:
+    """A photo of the sample data's kind (noisy: no two alike, unlike flat colours, which a
+    random-weight network can map to the same features)."""
+    import io
+
+    from PIL import Image
+
+    from tlp.components.lib.dataprep.sources import sample_pixels
+
+    buffer = io.BytesIO()
+    Image.fromarray(sample_pixels(index % 2, (5, index), size=64)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_a_mounted_model_is_served_as_tlp_predict_answers(docker_client, serve_image, tuned_model, tmp_path):
     from tests.serve.conftest import photo_paths
     from tlp.pipelines.predict import predict_files
@@ -88,13 +102,18 @@ def test_a_mounted_model_is_served_as_tlp_predict_answers(docker_client, serve_i
         for prediction, row in zip(answer["predictions"], expected, strict=True):
             assert prediction["label"] == row["label"]
             np.testing.assert_allclose(prediction["probabilities"], row["probabilities"], atol=1e-5)
-        for _ in range(3):  # 12 images in all: the watch's worker process runs its first test
-            with urllib.request.urlopen(request, timeout=60) as response:
+        # 12 distinct images in all (a photo sent again counts once): the watch's worker runs its first test.
+        for index in range(9):
+            more = {"instances": [{"image_bytes": {"b64": base64.b64encode(_sample_png(index)).decode()}}]}
+            with urllib.request.urlopen(urllib.request.Request(
+                    f"{url}/v1/models/cats:predict", json.dumps(more).encode(), {"Content-Type": "application/json"}),
+                    timeout=60) as response:
                 assert response.status == 200
         while (state := json.loads(_get(f"{url}/drift")[1]))["computed"] < 1:
             assert not state["error"] and time.monotonic() < deadline + 120, state
             time.sleep(0.2)
-        assert 0.0 <= state["auc"] <= 1.0 and state["recent"] == 10 and not state["error"], state
+        assert 0.0 <= state["auc"] <= 1.0 and state["recent"] == 10 and state["distinct"] == 10, state
+        assert not state["error"] and not state["note"], state
         metrics = _get(f"{url}/metrics")[1].decode()
         assert f"tlp_image_drift_auc {state['auc']}" in metrics
     finally:
