@@ -161,9 +161,10 @@ class DriftMonitor:
 class DriftWorker:
     """The two-sample test in a process of its own (started at the first ``test``, started again
     if it died): the reference goes over once, then each ``test(recent)`` sends the recent features
-    and waits for (AUC, seconds). Arrays cross the pipe as a JSON line with their shape and then
-    their float32 bytes (``send_array``), answers as JSON lines. Any failure to talk to it is a
-    ``ServiceError`` and ends that process; once ``close``d, it starts no process again."""
+    and waits for the answer (AUC, distinct images, seconds, of which waited). Arrays cross the
+    pipe as a JSON line with their shape and then their float32 bytes (``send_array``), answers as
+    JSON lines. Any failure to talk to it is a ``ServiceError`` and ends that process; once
+    ``close``d, it starts no process again."""
 
     def __init__(self, reference: np.ndarray, *, max_reference: int, max_new: int, seed: int, requests_file: str):
         self.reference = reference
