@@ -401,7 +401,8 @@ def plan_run(
     tracking = checks.check_tracking(tracking or TrackingOptions(), cloud)
     # Without this a plan_run(...) that leaves deploy out ended in an AttributeError on None.
     deploy = deploy or DeployOptions()
-    settings, notes = resolve_cloud(settings, cloud.project, cloud.region, cloud.api_endpoint, cloud.on_vertex)
+    settings, notes = resolve_cloud(settings, cloud.project, cloud.region, cloud.api_endpoint, cloud.on_vertex,
+                                   images)
     settings = checks.check_cloud_settings(settings)
     if deploy.deploy_endpoint and not settings.registry.registry.startswith("vertex://"):
         raise ConfigError(

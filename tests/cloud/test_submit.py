@@ -50,7 +50,9 @@ def test_submit_sends_the_pipeline_with_every_setting_and_waits(standin, capsys)
     assert runtime["gcsOutputDirectory"] == "gs://tlp-bucket/runs"
     values = runtime["parameterValues"]
     assert values["data"] == "sample:40" and values["epochs"] == 3 and values["alpha"] == 0.35
-    assert values["registry"] == f"vertex://tlp-test/us-central1?api_endpoint={standin.url}"
+    # Each version is served from the run's image repository and tag (see the upload tests below).
+    assert values["registry"] == (f"vertex://tlp-test/us-central1?api_endpoint={standin.url}"
+                                  "&serving_image=us-docker.pkg.dev/tlp-test/tlp/tlp-serve:1.2.3")
     assert all(task.get("cachingOptions", {}).get("enableCache") is not True for task in _tasks(spec).values())
     # The GPUs sit on the fine-tuning step only, in the training image.
     tune = _executor(spec, "fine-tuning")["container"]
@@ -125,6 +127,56 @@ def test_schedule_create_list_pause_resume_delete(standin, capsys):
     assert "no schedules" in capsys.readouterr().out
     assert cli.main(["schedule", "pause", "weekly-retrain", *target]) == 2
     assert "no schedule called 'weekly-retrain'" in capsys.readouterr().err
+
+
+def _uploaded_serving_image(standin, registry: str, tmp_path) -> str:
+    """Registers a small model directory into ``registry`` (a submitted run's parameter) the way
+    the run's registration step would, and returns the serving image of the upload request that
+    reached the stand-in. The staging bucket stands in for the run's model already being in GCS."""
+    from tlp.components.lib.registry import open_registry
+
+    standin.add_bucket("tlp-staging")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "saved_model.pb").write_bytes(b"a model")
+    open_registry(f"{registry}&staging_bucket=gs://tlp-staging").register(
+        str(model_dir), "cats", metrics={"test_accuracy": 0.9}, params={}, tags={})
+    [upload] = standin.find("POST", r"/models:upload$")
+    return upload.body["model"]["containerSpec"]["imageUri"]
+
+
+def test_a_submitted_run_registers_the_serving_image_of_its_image_repo(standin, capsys, tmp_path):
+    from tlp.components.lib.version import project_version
+
+    code = cli.main(["submit", *_vertex(standin), "--image-repo", "us-docker.pkg.dev/tlp-test/tlp"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    [create] = standin.find("POST", r"/pipelineJobs$")
+    registry = create.body["runtimeConfig"]["parameterValues"]["registry"]
+    assert registry == f"vertex://tlp-test/us-central1?api_endpoint={standin.url}&image_repo=us-docker.pkg.dev/tlp-test/tlp"
+    assert _uploaded_serving_image(standin, registry, tmp_path) == (
+        f"us-docker.pkg.dev/tlp-test/tlp/tlp-serve:{project_version()}")
+    assert f"serving image -> us-docker.pkg.dev/tlp-test/tlp/tlp-serve:{project_version()}" in out
+
+
+def test_a_schedule_registers_the_serving_image_of_its_image_repo_and_tag(standin, capsys, tmp_path):
+    code = cli.main(["schedule", "create", *_vertex(standin), "--cron", "0 3 * * 1", "--name", "weekly",
+                     "--image-repo", "europe-docker.pkg.dev/tlp-test/images", "--image-tag", "2.0.1"])
+    assert code == 0, capsys.readouterr().out
+    [create] = standin.find("POST", r"/schedules$")
+    values = create.body["createPipelineJobRequest"]["pipelineJob"]["runtimeConfig"]["parameterValues"]
+    assert _uploaded_serving_image(standin, values["registry"], tmp_path) == (
+        "europe-docker.pkg.dev/tlp-test/images/tlp-serve:2.0.1")
+
+
+def test_a_registry_that_names_its_serving_image_keeps_it(standin, capsys, tmp_path):
+    named = f"vertex://tlp-test/us-central1?api_endpoint={standin.url}&serving_image=gcr.io/tlp-test/server:7"
+    code = cli.main(["submit", *_vertex(standin), "--image-repo", "us-docker.pkg.dev/tlp-test/tlp",
+                     "--registry", named])
+    assert code == 0, capsys.readouterr().out
+    [create] = standin.find("POST", r"/pipelineJobs$")
+    registry = create.body["runtimeConfig"]["parameterValues"]["registry"]
+    assert _uploaded_serving_image(standin, registry, tmp_path) == "gcr.io/tlp-test/server:7"
 
 
 @pytest.mark.parametrize(
