@@ -16,6 +16,8 @@ STANDIN_BASE ?= tlp-local/debian-python:bookworm
 # Dataflow workers' SDK harness boot comes from Beam's SDK image of the locked apache-beam (Docker Hub).
 BEAM_SDK_IMAGE ?= apache/beam_python3.11_sdk:2.77.0
 BAKE_WEIGHTS ?= 1
+# What the last `make images` built, one reference a line (`make push` pushes these).
+IMAGES_BUILT ?= build/images-built.txt
 
 .DEFAULT_GOAL := help
 
@@ -62,19 +64,24 @@ clean: ## Remove .venv and local outputs
 .PHONY: help install run test test-fast lint compile lock clean
 
 images: ## Build the CPU, training, serving and Dataflow-worker images (IMAGE_REPO, IMAGE_TAG, BASE_IMAGE, TRAIN_BASE_IMAGE, BAKE_WEIGHTS=0|1)
+	@# IMAGES_BUILT lists what this build made, so `make push` pushes exactly that (never an older image left behind).
+	@mkdir -p $(dir $(IMAGES_BUILT)) && rm -f $(IMAGES_BUILT)
 	docker build -f containers/base.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	    -t $(IMAGE_REPO)/tlp:$(IMAGE_TAG) .
+	@echo $(IMAGE_REPO)/tlp:$(IMAGE_TAG) >> $(IMAGES_BUILT)
 	docker build -f containers/train.Dockerfile --build-arg BASE_IMAGE=$(TRAIN_BASE_IMAGE) \
 	    --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) -t $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG) .
+	@echo $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG) >> $(IMAGES_BUILT)
 	docker build -f containers/serve.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	    -t $(IMAGE_REPO)/tlp-serve:$(IMAGE_TAG) .
+	@echo $(IMAGE_REPO)/tlp-serve:$(IMAGE_TAG) >> $(IMAGES_BUILT)
 	@# Beam's SDK image (the harness's boot) lives on Docker Hub only: without it, say so and go on.
 	@if docker image inspect $(BEAM_SDK_IMAGE) > /dev/null 2>&1 || docker pull $(BEAM_SDK_IMAGE) > /dev/null; then \
 	  docker build -f containers/dataflow.Dockerfile --build-arg CPU_IMAGE=$(IMAGE_REPO)/tlp:$(IMAGE_TAG) \
-	    --build-arg BEAM_SDK_IMAGE=$(BEAM_SDK_IMAGE) -t $(IMAGE_REPO)/tlp-dataflow:$(IMAGE_TAG) .; \
+	    --build-arg BEAM_SDK_IMAGE=$(BEAM_SDK_IMAGE) -t $(IMAGE_REPO)/tlp-dataflow:$(IMAGE_TAG) . \
+	  && echo $(IMAGE_REPO)/tlp-dataflow:$(IMAGE_TAG) >> $(IMAGES_BUILT); \
 	else echo "SKIPPED $(IMAGE_REPO)/tlp-dataflow:$(IMAGE_TAG): $(BEAM_SDK_IMAGE) cannot be pulled"; fi
-	@for name in tlp tlp-train tlp-serve tlp-dataflow; do docker image inspect $(IMAGE_REPO)/$$name:$(IMAGE_TAG) \
-	  > /dev/null 2>&1 || continue;  ref=$(IMAGE_REPO)/$$name:$(IMAGE_TAG); \
+	@for ref in $$(cat $(IMAGES_BUILT)); do \
 	  echo "$$ref  $$(docker image ls --format '{{.Size}}' $$ref)  (base: $$(docker image inspect \
 	    --format '{{index .Config.Labels "org.opencontainers.image.base.name"}}' $$ref))"; \
 	done
@@ -85,11 +92,13 @@ standin-base: ## Build the stand-in base from Debian's packages as STANDIN_BASE 
 images-offline: standin-base ## make images without Docker Hub or the weights host: stand-in base, no baked weights
 	$(MAKE) --no-print-directory images BASE_IMAGE=$(STANDIN_BASE) TRAIN_BASE_IMAGE=$(STANDIN_BASE) BAKE_WEIGHTS=0
 
-push: ## Push the three images to IMAGE_REPO (e.g. us-docker.pkg.dev/PROJECT/tlp)
-	docker push $(IMAGE_REPO)/tlp:$(IMAGE_TAG)
-	docker push $(IMAGE_REPO)/tlp-train:$(IMAGE_TAG)
-	docker push $(IMAGE_REPO)/tlp-serve:$(IMAGE_TAG)
-	docker push $(IMAGE_REPO)/tlp-dataflow:$(IMAGE_TAG)
+push: images ## Build the images (make images), then push each one built to IMAGE_REPO (e.g. us-docker.pkg.dev/PROJECT/tlp); names any it skipped
+	@skipped=""; for name in tlp tlp-train tlp-serve tlp-dataflow; do ref=$(IMAGE_REPO)/$$name:$(IMAGE_TAG); \
+	  if grep -qxF "$$ref" $(IMAGES_BUILT); then echo "docker push $$ref"; docker push "$$ref" || exit 1; \
+	  else skipped="$$skipped $$ref"; fi; \
+	done; \
+	if [ -n "$$skipped" ]; then echo "SKIPPED push of$$skipped: make images did not build it (see its SKIPPED line above);" \
+	  "runs with --data-prep-runner dataflow need tlp-dataflow in IMAGE_REPO."; fi
 
 .PHONY: images standin-base images-offline push
 
