@@ -274,6 +274,12 @@ def search_space(plan: TuningPlan) -> list:
     })
 
 
+def vizier_failed_trial_limit(retries: int) -> int:
+    """The tuning job's ``max_failed_trial_count`` for ``--retries``: Vertex AI fails the job on
+    seeing that many failed trials, so ``retries`` failed trials are allowed and one more ends it."""
+    return retries + 1
+
+
 def vizier_steps(
     plan: TuningPlan, images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, dataset, checked,
     head_options: dict, tune_options: dict, experiment: dict,
@@ -304,8 +310,9 @@ def vizier_steps(
         display_name=VIZIER_JOB_NAME, base_output_directory=root, worker_pool_specs=pools.output,
         study_spec_metrics=serialize_metrics({VIZIER_METRIC: "maximize"}), study_spec_parameters=search_space(plan),
         max_trial_count=plan.count, parallel_trial_count=plan.parallelism,
-        # A failed trial is retried by Vizier up to this many times in all, as --retries does for a step.
-        max_failed_trial_count=hardware.retries, location=cloud.region or "us-central1",
+        # Vertex fails the whole job on seeing this many failed trials (0: Vertex decides), so --retries N
+        # lets N trials fail and the job go on (with N there, --retries 1 failed it at the first).
+        max_failed_trial_count=vizier_failed_trial_limit(hardware.retries), location=cloud.region or "us-central1",
         study_spec_algorithm="GRID_SEARCH" if not plan.trial_count else "ALGORITHM_UNSPECIFIED",
         service_account=cloud.service_account, network=cloud.network,
     ).set_display_name(VIZIER_JOB_NAME)

@@ -3,6 +3,8 @@ each trial on the fine-tuning hardware."""
 
 import json
 
+import pytest
+
 from tests.cloud.test_submit import SA, _executor, _tasks, _vertex
 from tlp.pipelines import cli
 
@@ -68,6 +70,8 @@ def test_submit_tuner_vizier_sends_a_hyperparameter_tuning_job_over_the_same_spa
     tasks = _tasks(spec)
     job = tasks["hyperparameter-tuning-job"]
     assert int(_constant(job, "max_trial_count")) == 3 and int(_constant(job, "parallel_trial_count")) == 2
+    # Vertex fails the job on seeing max_failed_trial_count failed trials: --retries 2 (the default) lets 2 fail.
+    assert int(_constant(job, "max_failed_trial_count")) == 3
     # GCPC's serialize_metrics writes the enum as its number: MAXIMIZE is 1.
     assert _constant(job, "study_spec_metrics") == [{"metric_id": "val_accuracy", "goal": 1}]
     space = {p["parameter_id"]: p["discrete_value_spec"]["values"] for p in _constant(job, "study_spec_parameters")}
@@ -84,6 +88,17 @@ def test_submit_tuner_vizier_sends_a_hyperparameter_tuning_job_over_the_same_spa
     assert pools["inputs"]["artifacts"]["heads"]["taskOutputArtifact"]["producerTask"] == "feature-extraction-heads"
     assert tasks["evaluation"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == \
         "vizier-selection"
+
+
+@pytest.mark.parametrize("retries, limit", [(0, 1), (1, 2)])
+def test_vizier_retries_are_failed_trials_the_job_survives(standin, capsys, retries, limit):
+    # The job fails on seeing max_failed_trial_count failed trials (0 would let Vertex AI decide):
+    # --retries 1 must survive one failed trial, not end at it.
+    code = cli.main(["submit", *_vertex(standin), "--tune", GRID, "--tuner", "vizier", "--tune-trials", "3",
+                     "--retries", str(retries)])
+    assert code == 0, capsys.readouterr()
+    job = _tasks(standin.find("POST", r"/pipelineJobs$")[0].body["pipelineSpec"])["hyperparameter-tuning-job"]
+    assert int(_constant(job, "max_failed_trial_count")) == limit
 
 
 def test_vizier_worker_pool_runs_the_trial_entry_point_on_the_runs_artifacts():
