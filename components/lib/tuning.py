@@ -135,8 +135,14 @@ def distinct_heads(trials: list[dict]) -> list[dict]:
 
 
 def head_key(head: dict) -> str:
-    """A stable name for a head setting (its directory among the heads)."""
-    return "head-" + "-".join(f"{name}{head[name]:g}" for name in sorted(head)) if head else "head"
+    """A stable name for a head setting (its directory among the heads), exact: a float is
+    written as ``repr`` gives it (the shortest text that reads back as the same number), so two
+    settings share a folder only when they are equal (``:g`` kept six digits: dropout 0.2 and
+    0.2000001 shared one, and the second head overwrote the first)."""
+    def exact(value) -> str:
+        return repr(float(value)) if isinstance(value, float) else str(value)
+
+    return "head-" + "-".join(f"{name}{exact(head[name])}" for name in sorted(head)) if head else "head"
 
 
 def label(params: dict) -> str:

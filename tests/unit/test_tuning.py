@@ -48,6 +48,17 @@ def test_more_than_64_trials_needs_tune_trials():
     assert len(tuning.plan(text, trials=10).trials) == 10
 
 
+def test_head_folders_are_exact_so_close_settings_never_share_one():
+    # Two dropouts that agree to six digits are two heads; ":g" gave both "head-dropout0.2".
+    plan = tuning.plan("dropout=0.2,0.2000001,0.30000000000000004,0.3 fine_tune_at=50,60")
+    keys = [tuning.head_key(head) for head in plan.head_settings]
+    assert len(plan.head_settings) == 4 and len(set(keys)) == 4, keys
+    assert keys[:2] == ["head-dropout0.2", "head-dropout0.2000001"]
+    for head, key in zip(plan.head_settings, keys, strict=True):
+        assert float(key.removeprefix("head-dropout")) == head["dropout"]  # the folder names the exact value
+    assert tuning.head_key({"epochs": 10, "dropout": 1e-05}) == "head-dropout1e-05-epochs10"
+
+
 def test_best_is_by_validation_accuracy_then_lower_loss_never_test():
     results = [
         {"params": {"a": 1}, "val_accuracy": 0.9, "val_loss": 0.3, "test_accuracy": 0.99},
