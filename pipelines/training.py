@@ -295,7 +295,7 @@ def vizier_steps(
     )
 
     heads = _op(FEATURE_EXTRACTION_HEADS, images)(
-        dataset=dataset, options=head_options, head_settings=plan.head_settings,
+        dataset=dataset, options=head_options, head_settings=plan.heads_ahead,  # none: each trial trains its own
     ).set_display_name(FEATURE_EXTRACTION_HEADS)
     heads.after(checked)
     with_retries((heads,), hardware)

@@ -52,6 +52,16 @@ class TuningPlan:
         """The distinct head settings of the trials, first-use order (one feature extraction each)."""
         return distinct_heads(list(self.trials))
 
+    @property
+    def heads_ahead(self) -> list[dict]:
+        """The head settings trained before the trials (the heads step). The grid's trials are
+        known, so all of theirs; Vizier draws its own points, so with more head settings in the
+        grid than trials in its job none is trained ahead and each trial trains its own (one
+        feature extraction per trial instead of a head per grid point: 3 trials over 64 head
+        settings trained 64 heads)."""
+        heads = self.head_settings
+        return [] if self.tuner == "vizier" and len(heads) > self.count else heads
+
     def head_index(self, trial: dict) -> int:
         return self.head_settings.index(head_of(trial))
 

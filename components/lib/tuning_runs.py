@@ -23,6 +23,7 @@ from tlp.components.lib.training import fine_tune, save_history, train_head
 TRIAL_FILE = "trial.json"
 HISTORY_FILE = "history.json"
 TUNING_FILE = "tuning.json"
+HEAD_OPTIONS_FILE = "head-options.json"  # the heads step's options, for a trial that trains its own head
 
 
 def normalised(params: dict) -> dict:
@@ -37,20 +38,56 @@ def train_heads(dataset_dir: str, heads_dir: str, options: dict, head_settings: 
     trained per head setting (saved under ``heads_dir/head_key(setting)``, with its history).
     Returns {head key: history}."""
     features_dir = os.path.join(backup_dir, "features")  # shared by every head of this step
-    histories = {}
-    for setting in head_settings or [{}]:
+    # A trial whose head is not here (none trained ahead: TuningPlan.heads_ahead) trains it with these.
+    os.makedirs(heads_dir, exist_ok=True)
+    with open(os.path.join(heads_dir, HEAD_OPTIONS_FILE), "w") as handle:
+        json.dump(options, handle, indent=2)
+    if not head_settings:
+        print("  heads: none trained ahead; each trial trains its own", flush=True)
+    histories: dict = {}
+    for setting in head_settings:
         setting = normalised(setting)
         key = tuning.head_key(setting)
-        settings = Settings.for_step(FEATURE_EXTRACTION, {**options, **setting})
+        if key in histories:  # two settings, one folder: the second head would overwrite the first
+            raise ValueError(f"head settings {tuning.label(setting)} share the folder {key} with another")
         print(f"  head {key}: {tuning.label(setting) or 'the run settings'}", flush=True)
-        history = train_head(
-            dataset_dir, os.path.join(heads_dir, key), settings, backup_dir=os.path.join(backup_dir, key),
-            tensorboard_dir=os.path.join(tensorboard_dir, key), features_dir=features_dir,
-        )
-        save_history(history, os.path.join(heads_dir, key, HISTORY_FILE))
-        histories[key] = history
+        histories[key] = _train_one_head(dataset_dir, os.path.join(heads_dir, key), options, setting,
+                                         backup_dir=os.path.join(backup_dir, key),
+                                         tensorboard_dir=os.path.join(tensorboard_dir, key), features_dir=features_dir)
     shutil.rmtree(features_dir, ignore_errors=True)
     return histories
+
+
+def _train_one_head(dataset_dir: str, head_dir: str, options: dict, setting: dict, *, backup_dir: str,
+                    tensorboard_dir: str, features_dir: str | None) -> dict:
+    settings = Settings.for_step(FEATURE_EXTRACTION, {**options, **setting})
+    history = train_head(dataset_dir, head_dir, settings, backup_dir=backup_dir, tensorboard_dir=tensorboard_dir,
+                         features_dir=features_dir)
+    save_history(history, os.path.join(head_dir, HISTORY_FILE))
+    return history
+
+
+def trial_head(heads_dir: str, head: dict, dataset_dir: str, trial_dir: str, *, backup_dir: str,
+               tensorboard_dir: str) -> str:
+    """The head a trial fine-tunes: the heads step's, or, when that step trained none for this
+    setting (Vizier over a grid of more head settings than trials), one trained now for this
+    trial alone, in ``trial_dir/head`` (with the options the heads step left)."""
+    key = tuning.head_key(head)
+    ahead = os.path.join(heads_dir, key)
+    if os.path.isdir(ahead):
+        return ahead
+    options_path = os.path.join(heads_dir, HEAD_OPTIONS_FILE)
+    if not os.path.isfile(options_path):
+        raise FileNotFoundError(f"the heads at {heads_dir} have no {key} and no {HEAD_OPTIONS_FILE} to train it "
+                                "with; run the feature-extraction-heads step of this version of tlp first.")
+    own = os.path.join(trial_dir, "head", key)
+    if not os.path.isfile(os.path.join(own, HISTORY_FILE)):  # a retried trial keeps the head it trained
+        with open(options_path) as handle:
+            options = json.load(handle)
+        print(f"  head {key}: {tuning.label(head) or 'the run settings'} (trained for this trial)", flush=True)
+        _train_one_head(dataset_dir, own, options, head, backup_dir=os.path.join(backup_dir, "head"),
+                        tensorboard_dir=os.path.join(tensorboard_dir, "head"), features_dir=None)
+    return own
 
 
 def run_trial(dataset_dir: str, heads_dir: str, model_dir: str, options: dict, trial: dict, *,
@@ -59,7 +96,8 @@ def run_trial(dataset_dir: str, heads_dir: str, model_dir: str, options: dict, t
     Writes the servable model and ``trial.json`` to ``model_dir``; returns the trial's record."""
     params = normalised(trial)
     started = time.monotonic()
-    head_dir = os.path.join(heads_dir, tuning.head_key(tuning.head_of(params)))
+    head_dir = trial_head(heads_dir, tuning.head_of(params), dataset_dir, os.path.dirname(os.path.abspath(model_dir)),
+                          backup_dir=backup_dir, tensorboard_dir=tensorboard_dir)
     settings = Settings.for_step(FINE_TUNING, {**options, **tuning.trial_overrides(params)})
     print(f"  trial {tuning.label(params)}", flush=True)
     history, replicas = fine_tune(dataset_dir, head_dir, model_dir, settings, backup_dir=backup_dir,

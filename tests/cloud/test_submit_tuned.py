@@ -101,6 +101,15 @@ def test_vizier_retries_are_failed_trials_the_job_survives(standin, capsys, retr
     assert int(_constant(job, "max_failed_trial_count")) == limit
 
 
+def test_vizier_over_many_head_settings_trains_no_head_ahead(standin, capsys):
+    # 64 head settings (8 dropouts x 8 epochs), 3 trials: the heads step trained all 64 before.
+    space = "dropout=" + ",".join(f"0.{n}" for n in range(1, 9)) + " epochs=" + ",".join(map(str, range(1, 9)))
+    code = cli.main(["submit", *_vertex(standin), "--tune", space, "--tuner", "vizier", "--tune-trials", "3"])
+    assert code == 0, capsys.readouterr()
+    heads = _tasks(standin.find("POST", r"/pipelineJobs$")[0].body["pipelineSpec"])["feature-extraction-heads"]
+    assert _constant(heads, "head_settings") == []
+
+
 def test_vizier_worker_pool_runs_the_trial_entry_point_on_the_runs_artifacts():
     from kfp import dsl
 

@@ -59,6 +59,42 @@ def test_head_folders_are_exact_so_close_settings_never_share_one():
     assert tuning.head_key({"epochs": 10, "dropout": 1e-05}) == "head-dropout1e-05-epochs10"
 
 
+def test_vizier_trains_ahead_only_the_heads_its_trials_can_need():
+    # 8 dropouts x 8 epochs: 64 head settings. Vizier draws 3 points itself, so none is trained ahead
+    # (the old plan trained all 64); each trial trains its own head.
+    space = "dropout=" + ",".join(f"0.{n}" for n in range(1, 9)) + " epochs=" + ",".join(map(str, range(1, 9)))
+    drawn = tuning.plan(space + " fine_tune_at=50,60", trials=3, tuner="vizier")
+    assert len(drawn.head_settings) == 64 and drawn.heads_ahead == []
+    # Every grid point a trial (no --tune-trials), or fewer head settings than trials: all ahead, shared.
+    every = tuning.plan("dropout=0.2,0.4 fine_tune_at=50,60", tuner="vizier")
+    assert every.heads_ahead == [{"dropout": 0.2}, {"dropout": 0.4}]
+    few = tuning.plan("dropout=0.2,0.4 fine_tune_at=40,50,60", trials=3, tuner="vizier")
+    assert few.heads_ahead == few.head_settings
+    # The grid tuner knows its trials: exactly their heads.
+    grid = tuning.plan(space, trials=3, seed=1)
+    assert grid.heads_ahead == tuning.distinct_heads(list(grid.trials))
+
+
+def test_a_trial_trains_its_own_head_when_none_was_trained_ahead(sample_dataset, tmp_path):
+    from tests.conftest import SMALL, settings
+    from tlp.components.lib.settings import step_values
+    from tlp.components.lib.steps import FEATURE_EXTRACTION
+
+    options = step_values(FEATURE_EXTRACTION, settings(alpha=SMALL["alpha"], weights="none", epochs=1,
+                                                       batch_size=16).values())
+    heads, trial = str(tmp_path / "heads"), str(tmp_path / "trial")
+    logs = {"backup_dir": str(tmp_path / "backup"), "tensorboard_dir": str(tmp_path / "tb")}
+    assert tuning_runs.train_heads(sample_dataset, heads, options, [], **logs) == {}  # none ahead
+    own = tuning_runs.trial_head(heads, {"dropout": 0.35}, sample_dataset, trial, **logs)
+    assert own == os.path.join(trial, "head", "head-dropout0.35")
+    with open(os.path.join(own, tuning_runs.HISTORY_FILE)) as handle:
+        assert len(json.load(handle)["val_accuracy"]) == 1  # trained, one epoch
+    # A head the heads step trained is used as it is.
+    os.makedirs(os.path.join(heads, "head-dropout0.5"))
+    assert tuning_runs.trial_head(heads, {"dropout": 0.5}, sample_dataset, trial, **logs) == os.path.join(
+        heads, "head-dropout0.5")
+
+
 def test_best_is_by_validation_accuracy_then_lower_loss_never_test():
     results = [
         {"params": {"a": 1}, "val_accuracy": 0.9, "val_loss": 0.3, "test_accuracy": 0.99},
