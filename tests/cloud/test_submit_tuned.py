@@ -90,15 +90,47 @@ def test_submit_tuner_vizier_sends_a_hyperparameter_tuning_job_over_the_same_spa
         "vizier-selection"
 
 
+def _tuning_job_request(spec: dict):
+    """The HyperparameterTuningJob that GCPC's launcher creates from this spec (it runs inside
+    Vertex AI, so the stand-in never sees that request): the launcher's --payload template with the
+    task's inputs filled in, parsed as the API's own message. The worker pools, another step's
+    output, are left empty."""
+    import re
+
+    from google.cloud.aiplatform_v1.types import HyperparameterTuningJob
+
+    task = _tasks(spec)["hyperparameter-tuning-job"]
+    component = spec["components"][task["componentRef"]["name"]]
+    args = spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]["args"]
+    defaults = component["inputDefinitions"]["parameters"]
+
+    def fill(part: str) -> str:
+        found = re.fullmatch(r"\{\{\$\.inputs\.parameters\['(\w+)'\]\}\}", part)
+        if not found:
+            return part
+        given = task["inputs"]["parameters"].get(found.group(1), {})
+        value = given["runtimeValue"]["constant"] if "runtimeValue" in given else (
+            [] if "taskOutputParameter" in given else defaults[found.group(1)].get("defaultValue"))
+        if isinstance(value, (list, dict)):
+            return json.dumps(value)
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+    payload = json.loads(args[args.index("--payload") + 1])
+    return HyperparameterTuningJob.from_json("".join(fill(part) for part in payload["Concat"]))
+
+
 @pytest.mark.parametrize("retries, limit", [(0, 1), (1, 2)])
 def test_vizier_retries_are_failed_trials_the_job_survives(standin, capsys, retries, limit):
-    # The job fails on seeing max_failed_trial_count failed trials (0 would let Vertex AI decide):
+    # Vertex fails the job on seeing max_failed_trial_count failed trials (0 would let Vertex AI decide):
     # --retries 1 must survive one failed trial, not end at it.
     code = cli.main(["submit", *_vertex(standin), "--tune", GRID, "--tuner", "vizier", "--tune-trials", "3",
                      "--retries", str(retries)])
     assert code == 0, capsys.readouterr()
-    job = _tasks(standin.find("POST", r"/pipelineJobs$")[0].body["pipelineSpec"])["hyperparameter-tuning-job"]
-    assert int(_constant(job, "max_failed_trial_count")) == limit
+    job = _tuning_job_request(standin.find("POST", r"/pipelineJobs$")[0].body["pipelineSpec"])
+    assert job.max_failed_trial_count == limit
+    assert job.max_trial_count == 3
+    assert [parameter.parameter_id for parameter in job.study_spec.parameters] == ["fine_tune_at", "learning_rate"]
+    assert [metric.metric_id for metric in job.study_spec.metrics] == ["val_accuracy"]
 
 
 def test_vizier_over_many_head_settings_trains_no_head_ahead(standin, capsys):
