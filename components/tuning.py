@@ -185,9 +185,11 @@ def vizier_selection(
     experiment: str = "",
     api_endpoint: str = "",
     pipeline_job_id: str = "",
+    expected_trials: int = 0,
 ) -> NamedTuple("VizierSelectionOutputs", [("best", str), ("replicas", int)]):  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
     """The best of the hyperparameter tuning job's trials (each wrote TRIAL_ID/model/trial.json),
-    chosen and logged to Vertex AI Experiments as ``trial_selection`` does.
+    chosen and logged to Vertex AI Experiments as ``trial_selection`` does. Trials that failed
+    (the job allows ``--retries`` of them) left no model: the step says how many.
 
     Args:
         trials_root: The job's base output directory (gs://...).
@@ -200,6 +202,7 @@ def vizier_selection(
         experiment: The experiment each trial is logged to as a run ("": nothing is logged).
         api_endpoint: A private or regional Vertex AI API endpoint ("": the default).
         pipeline_job_id: The pipeline job's ID, in the runs' names and parameters.
+        expected_trials: The trials the job ran (its max_trial_count); fewer models means some failed.
 
     Returns:
         The best trial's parameters (JSON) and its replicas in sync.
@@ -215,10 +218,15 @@ def vizier_selection(
 
     found = sorted(os.path.dirname(path) for path in glob.glob(os.path.join(fuse_path(trials_root), "*", "model",
                                                                             TRIAL_FILE)))
+    failed = max(expected_trials - len(found), 0)
+    if failed:
+        print(f"  {failed} of {expected_trials} trials failed and left no model (see the tuning job's trials in the "
+              f"console); choosing among the {len(found)} that finished", flush=True)
     chosen = select(found, model.path, history.path, feature_history.path, tuning.path)
     log_trials(chosen, project=project, location=location, experiment=experiment, pipeline_job_id=pipeline_job_id,
                api_endpoint=api_endpoint)
     model.metadata.update({"framework": "tensorflow", "format": "saved_model", "trial": chosen["best"]["params"]})
+    tuning.metadata.update({"trials": len(found), "failed_trials": failed, "best": chosen["best"]["params"]})
     VizierSelectionOutputs = namedtuple("VizierSelectionOutputs", ["best", "replicas"])
     return VizierSelectionOutputs(
         json.dumps(chosen["best"]["params"]), int(chosen["best"]["replicas"])

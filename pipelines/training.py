@@ -316,5 +316,6 @@ def vizier_steps(
         study_spec_algorithm="GRID_SEARCH" if not plan.trial_count else "ALGORITHM_UNSPECIFIED",
         service_account=cloud.service_account, network=cloud.network,
     ).set_display_name(VIZIER_JOB_NAME)
-    chosen = _op(VIZIER_SELECTION, images)(trials_root=root, **experiment).after(job).set_display_name(VIZIER_SELECTION)
+    chosen = _op(VIZIER_SELECTION, images)(trials_root=root, expected_trials=plan.count, **experiment)
+    chosen.after(job).set_display_name(VIZIER_SELECTION)
     return Trained(chosen.outputs["model"], chosen.outputs["feature_history"], chosen.outputs["history"])

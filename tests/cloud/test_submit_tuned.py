@@ -88,6 +88,7 @@ def test_submit_tuner_vizier_sends_a_hyperparameter_tuning_job_over_the_same_spa
     assert pools["inputs"]["artifacts"]["heads"]["taskOutputArtifact"]["producerTask"] == "feature-extraction-heads"
     assert tasks["evaluation"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == \
         "vizier-selection"
+    assert int(_constant(tasks["vizier-selection"], "expected_trials")) == 3  # so it can say how many failed
 
 
 def _tuning_job_request(spec: dict):

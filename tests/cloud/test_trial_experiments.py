@@ -111,6 +111,17 @@ def test_vizier_selection_logs_the_tuning_jobs_trials(standin, tmp_path):
     _assert_one_run_per_trial(standin, TRIALS[:2], best_index=1)
 
 
+def test_vizier_selection_says_how_many_trials_failed(tmp_path, capsys):
+    root = tmp_path / "fine-tuning-trials"
+    for index, trial in enumerate(TRIALS[:2]):  # the job ran 3; the third failed (--retries allowed it)
+        _trial_dir(root / str(index + 1) / "model", *trial)
+    outputs = _outputs(tmp_path)
+    result = vizier_selection.python_func(trials_root=str(root), expected_trials=3, **outputs)
+    assert json.loads(result.best) == TRIALS[1][0]
+    assert "1 of 3 trials failed and left no model" in capsys.readouterr().out
+    assert outputs["tuning"].metadata["failed_trials"] == 1 and outputs["tuning"].metadata["trials"] == 2
+
+
 def test_without_an_experiment_nothing_is_logged(standin, tmp_path):
     trials = [dsl.Model(name="model", uri=_trial_dir(tmp_path / f"trial-{index}", *trial), metadata={})
               for index, trial in enumerate(TRIALS)]
