@@ -1,8 +1,10 @@
 """One trial of a Vertex AI hyperparameter tuning job (``--tuner vizier``): the container entry
 point the job's worker pool runs, ``python -m tlp.components.vizier_trial --dataset URI --heads URI
 --options JSON --fine_tune_at=60 --learning_rate=3e-05`` (Vizier appends ``--NAME=VALUE`` for the
-trial's parameters). It fine-tunes like a grid trial, writes the model and ``trial.json`` to
-``AIP_MODEL_DIR`` and reports ``val_accuracy`` to Vizier the way cloudml-hypertune does."""
+trial's parameters). It fine-tunes like a grid trial (first training its own head when the heads
+step trained none for its setting: ``TuningPlan.heads_ahead``), writes the model and
+``trial.json`` to ``AIP_MODEL_DIR`` and reports ``val_accuracy`` to Vizier the way
+cloudml-hypertune does."""
 
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ combination is a trial. ``--tune-trials N`` draws N of its points at random with
 
 What a trial shares with the others: data prep and the data checks run once; feature
 extraction runs once per distinct *head setting* (the tuned options the feature-extraction step
-reads: ``dropout``, ``epochs``); fine-tuning runs once per trial. A tuned ``learning_rate`` is
+reads: ``dropout``, ``epochs``); fine-tuning runs once per trial. ``--tuner vizier`` draws its
+own points, so over a grid with more head settings than trials no head is trained ahead and each
+trial trains its own (``TuningPlan.heads_ahead``). A tuned ``learning_rate`` is
 fine-tuning's (it trains at a tenth of it, as a single run does); feature extraction keeps the
 run's ``--learning-rate``. Why: the head trains on cached features in seconds and its rate
 hardly matters, while fine-tuning is where the cut and the rate trade off; tuning both phases
