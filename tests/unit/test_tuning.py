@@ -75,6 +75,7 @@ def test_vizier_trains_ahead_only_the_heads_its_trials_can_need():
     assert grid.heads_ahead == tuning.distinct_heads(list(grid.trials))
 
 
+@pytest.mark.slow  # trains a head (50 s measured on 2 busy shared cores)
 def test_a_trial_trains_its_own_head_when_none_was_trained_ahead(sample_dataset, tmp_path):
     from tests.conftest import SMALL, settings
     from tlp.components.lib.settings import step_values
