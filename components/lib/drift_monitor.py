@@ -108,6 +108,9 @@ class DriftMonitor:
             self.busy = False
         self._failures = 0  # the worker answered
         if auc is None:
+            # The last AUC was measured on a window that is gone: neither the gauge nor /drift keeps it.
+            self._forget_auc()
+            self.error = ""
             self.note = (f"only {self.distinct} distinct images among the last {len(recent)}: at least "
                          f"{drift.MIN_PHOTOS} are needed; the AUC waits for more")
             return None
@@ -118,6 +121,11 @@ class DriftMonitor:
             self._gauge.set(self.auc)
         return self.auc
 
+    def _forget_auc(self) -> None:
+        self.auc = None
+        if self._gauge:
+            self._gauge.set(float("nan"))  # no number rather than one that is no longer the traffic's
+
     def snapshot(self, threshold: float = drift.DEFAULT_THRESHOLD) -> dict:
         """For the page: the latest AUC (None before the first) and its verdict, how many recent
         images it saw, how often it is recomputed."""
@@ -125,7 +133,13 @@ class DriftMonitor:
                 "threshold": threshold, "recent": self._filled, "distinct": self.distinct, "window": self.capacity,
                 "every": self.every,
                 "reference": len(self.reference), "computed": self.computed, "busy": self.busy,
-                "seconds": self.seconds, "waited": self.waited, "error": self.error, "note": self.note}
+                "seconds": self.seconds, "waited": self.waited, "error": self.error, "note": self.note,
+                "stopped": self.stopped}
+
+    @property
+    def stopped(self) -> bool:
+        """The watch ended on its own (failures in a row, or its thread died), not by ``close``."""
+        return not self._stop and not self._thread.is_alive()
 
     def close(self, timeout: float = 5.0) -> None:
         """Ends the watch: the worker process is stopped (killed if a recomputation holds it past
@@ -137,6 +151,16 @@ class DriftMonitor:
         self.requests.close()
 
     def _loop(self) -> None:
+        try:
+            self._watch()
+        except BaseException as error:  # not expected (_watch catches every Exception): still say it stopped
+            self._forget_auc()
+            self.error = (f"the drift watch stopped ({type(error).__name__}: {error}); restart the server to "
+                          "watch drift again.")
+            LOG.error("image drift watch stopped: %s", self.error)
+            raise
+
+    def _watch(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
@@ -144,18 +168,19 @@ class DriftMonitor:
                 return
             try:
                 self._recompute()
-            except ServiceError as error:  # the watch goes on, and so does serving
+            except Exception as error:  # any failure is shown on /drift; the watch goes on, and so does serving
                 self._failures += 1
-                if self._gauge:
-                    self._gauge.set(float("nan"))  # the last AUC is no longer the traffic's
+                self._forget_auc()
+                text = str(error) if isinstance(error, ServiceError) else (
+                    f"the drift recomputation failed ({type(error).__name__}: {error}).")
                 if self._failures >= MAX_FAILURES:
-                    self.error = f"{error} Stopped after {self._failures} failures in a row; restart the server."
+                    self.error = f"{text} Stopped after {self._failures} failures in a row; restart the server."
                     LOG.warning("image drift watch stopped: %s", self.error)
                     self._worker.close()
                     return
-                self.error = str(error)
+                self.error = text
                 LOG.warning("image drift recomputation failed (%s); the next one runs after %d more images",
-                            self.error, self.every)
+                            self.error, self.every, exc_info=not isinstance(error, ServiceError))
 
 
 class DriftWorker:

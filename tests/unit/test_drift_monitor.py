@@ -143,3 +143,52 @@ def test_the_worker_computes_only_while_the_server_answers_no_request():
         monitor.requests.leave()
         assert _wait_for(lambda: monitor.computed == 1)
         assert monitor.waited >= 0.5 and monitor.snapshot()["waited"] == monitor.waited
+
+
+def test_an_unexpected_error_is_shown_and_the_watch_recovers(monkeypatch):
+    """Not only a ServiceError: any failure of a recomputation is on /drift (and the page), the gauge
+    loses its number, and the next recomputation runs; the thread does not die silently."""
+    rng = np.random.default_rng(6)
+    with _watch(rng, (200, 16), capacity=50, every=50) as monitor:
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.computed >= 1)
+        real_test = monitor._worker.test
+        monkeypatch.setattr(monitor._worker, "test", lambda recent: 1 / 0)
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.error != "")
+        state = monitor.snapshot()
+        assert "ZeroDivisionError" in state["error"] and state["auc"] is None and not state["stopped"], state
+        monkeypatch.setattr(monitor._worker, "test", real_test)
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.computed >= 2)
+        assert monitor.snapshot()["error"] == "" and monitor.snapshot()["auc"] is not None
+
+
+def test_unexpected_errors_in_a_row_stop_the_watch_and_say_so(monkeypatch):
+    from tlp.components.lib import drift_monitor
+
+    rng = np.random.default_rng(7)
+    with _watch(rng, (200, 16), capacity=20, every=20) as monitor:
+        monkeypatch.setattr(monitor._worker, "test", lambda recent: {}["missing"])
+        for _ in range(drift_monitor.MAX_FAILURES):
+            monitor.observe(rng.normal(size=(20, 16)))
+            time.sleep(0.3)
+        assert _wait_for(lambda: monitor.snapshot()["stopped"])
+        state = monitor.snapshot()
+        assert "KeyError" in state["error"] and "Stopped after 3 failures" in state["error"], state
+
+
+def test_too_few_distinct_photos_clear_the_previous_windows_auc():
+    """The gauge never shows a number measured on a window that is gone."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    gauge = Gauge("drift_test_gauge", "test", registry=CollectorRegistry())
+    rng = np.random.default_rng(8)
+    with closing(DriftMonitor(rng.normal(size=(200, 16)).astype(np.float32), capacity=50, every=50,
+                              gauge=gauge)) as monitor:
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.computed >= 1)
+        assert not np.isnan(gauge._value.get())
+        monitor.observe(np.repeat(rng.normal(size=(2, 16)), 25, axis=0))  # the window: 2 photos, 25 times each
+        assert _wait_for(lambda: monitor.snapshot()["note"] != "")
+        assert monitor.snapshot()["auc"] is None and np.isnan(gauge._value.get())
