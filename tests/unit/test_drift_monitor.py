@@ -153,7 +153,7 @@ def test_an_unexpected_error_is_shown_and_the_watch_recovers(monkeypatch):
         monitor.observe(rng.normal(size=(50, 16)))
         assert _wait_for(lambda: monitor.computed >= 1)
         real_test = monitor._worker.test
-        monkeypatch.setattr(monitor._worker, "test", lambda recent: 1 / 0)
+        monkeypatch.setattr(monitor._worker, "test", lambda *args: 1 / 0)
         monitor.observe(rng.normal(size=(50, 16)))
         assert _wait_for(lambda: monitor.error != "")
         state = monitor.snapshot()
@@ -169,7 +169,7 @@ def test_unexpected_errors_in_a_row_stop_the_watch_and_say_so(monkeypatch):
 
     rng = np.random.default_rng(7)
     with _watch(rng, (200, 16), capacity=20, every=20) as monitor:
-        monkeypatch.setattr(monitor._worker, "test", lambda recent: {}["missing"])
+        monkeypatch.setattr(monitor._worker, "test", lambda *args: {}["missing"])
         for _ in range(drift_monitor.MAX_FAILURES):
             monitor.observe(rng.normal(size=(20, 16)))
             time.sleep(0.3)
@@ -192,3 +192,19 @@ def test_too_few_distinct_photos_clear_the_previous_windows_auc():
         monitor.observe(np.repeat(rng.normal(size=(2, 16)), 25, axis=0))  # the window: 2 photos, 25 times each
         assert _wait_for(lambda: monitor.snapshot()["note"] != "")
         assert monitor.snapshot()["auc"] is None and np.isnan(gauge._value.get())
+
+
+def test_a_photo_sent_again_counts_once_by_its_content_id_however_its_rows_differ():
+    """The model gives one image slightly different features alone and inside a batch: 40 photos
+    of the training kind sent 12 times, their rows differing in the 7th digit, are 40 photos."""
+    rng = np.random.default_rng(9)
+    reference = rng.normal(size=(400, 32)).astype(np.float32)
+    photos = rng.normal(size=(40, 32)).astype(np.float32)
+    with closing(DriftMonitor(reference, capacity=480, every=480, gauge=False)) as monitor:
+        for _ in range(12):
+            noisy = photos * (1 + 1e-7 * rng.standard_normal(photos.shape)).astype(np.float32)
+            monitor.observe(noisy, [f"photo-{i}" for i in range(40)])
+        assert _wait_for(lambda: monitor.computed >= 1)
+        state = monitor.snapshot()
+        assert (state["recent"], state["distinct"]) == (480, 40)
+        assert state["auc"] < 0.65, state
