@@ -79,6 +79,7 @@ class DriftMonitor:
         self.seconds = 0.0  # how long the last one took (wall, in the worker)
         self.waited = 0.0  # of which waiting for the server to answer no request
         self.error = ""  # why the last recomputation failed, if it did
+        self.left_out = 0  # answered images the watch could not prepare as data prep would (not watched)
         self._failures = 0  # in a row
         self._gauge = gauge if gauge is not None else _gauge()
         if self._gauge:
@@ -86,10 +87,12 @@ class DriftMonitor:
         self._thread = threading.Thread(target=self._loop, name="tlp-drift-monitor", daemon=True)
         self._thread.start()
 
-    def observe(self, features, photos: list[str] | None = None) -> None:
+    def observe(self, features, photos: list[str] | None = None, left_out: int = 0) -> None:
         """``photos``: each row's content id (``drift.content_id`` of the prepared image), so that a
         photo sent again counts once however its features differ between batches; without them a
-        row's own bytes are its identity (only bit-for-bit repeats count once)."""
+        row's own bytes are its identity (only bit-for-bit repeats count once). ``left_out``: images
+        of the batch that could not be watched (counted, shown on /drift)."""
+        self.left_out += left_out
         rows = np.asarray(features, dtype=np.float32).reshape(-1, self._buffer.shape[1])
         if photos is None:
             photos = [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
@@ -146,7 +149,7 @@ class DriftMonitor:
                 "every": self.every,
                 "reference": len(self.reference), "computed": self.computed, "busy": self.busy,
                 "seconds": self.seconds, "waited": self.waited, "error": self.error, "note": self.note,
-                "stopped": self.stopped}
+                "stopped": self.stopped, "left_out": self.left_out}
 
     @property
     def stopped(self) -> bool:
