@@ -87,11 +87,20 @@ class DriftMonitor:
         self._thread = threading.Thread(target=self._loop, name="tlp-drift-monitor", daemon=True)
         self._thread.start()
 
-    def observe(self, features, photos: list[str] | None = None, left_out: int = 0) -> None:
+    def wanted(self, count: int) -> int:
+        """How many of the next ``count`` images (the last ones) the next recomputation's window will
+        hold: with ``every`` above ``capacity`` the ring buffer overwrites the earlier ones before it
+        runs, so the server need not prepare them (``observe(..., skipped=)`` counts them)."""
+        with self._lock:
+            skippable = self.every - self.capacity - self._since
+        return count - min(count, max(0, skippable))
+
+    def observe(self, features, photos: list[str] | None = None, left_out: int = 0, skipped: int = 0) -> None:
         """``photos``: each row's content id (``drift.content_id`` of the prepared image), so that a
         photo sent again counts once however its features differ between batches; without them a
         row's own bytes are its identity (only bit-for-bit repeats count once). ``left_out``: images
-        of the batch that could not be watched (counted, shown on /drift)."""
+        of the batch that could not be watched (counted, shown on /drift); ``skipped``: images before
+        these that ``wanted`` said the window would not hold (they count towards ``every``)."""
         self.left_out += left_out
         rows = np.asarray(features, dtype=np.float32).reshape(-1, self._buffer.shape[1])
         if photos is None:
@@ -105,7 +114,7 @@ class DriftMonitor:
                 self._photos[self._next] = photo
                 self._next = (self._next + 1) % self.capacity
             self._filled = min(self.capacity, self._filled + len(rows))
-            self._since += len(rows)
+            self._since += len(rows) + left_out + skipped
             due = self._since >= self.every and self._filled >= drift.MIN_PHOTOS
         if due:
             self._wake.set()

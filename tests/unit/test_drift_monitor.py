@@ -208,3 +208,16 @@ def test_a_photo_sent_again_counts_once_by_its_content_id_however_its_rows_diffe
         state = monitor.snapshot()
         assert (state["recent"], state["distinct"]) == (480, 40)
         assert state["auc"] < 0.65, state
+
+
+def test_images_the_window_will_not_hold_are_not_asked_for_but_counted():
+    """With ``every`` above ``capacity`` the ring buffer overwrites the earlier images before the
+    recomputation: the server need not prepare them (a second model pass), yet they count."""
+    rng = np.random.default_rng(10)
+    with _watch(rng, (200, 16), capacity=50, every=200) as monitor:
+        assert monitor.wanted(100) == 0
+        monitor.observe(np.zeros((0, 16)), [], skipped=100)
+        assert monitor.wanted(100) == 50  # the last 50 of the next 100 are the window
+        monitor.observe(rng.normal(size=(50, 16)), [f"p{i}" for i in range(50)], skipped=50)
+        assert _wait_for(lambda: monitor.computed >= 1)
+        assert monitor.snapshot()["distinct"] == 50 and monitor.wanted(10) == 0

@@ -133,7 +133,7 @@ def watch_drift(predictor: Predictor, options: ServeOptions) -> tuple[DriftMonit
                       "it to watch drift")
     monitor = DriftMonitor(reference.features, capacity=options.drift_window, every=options.drift_every,
                            reference_photos=reference.photos)
-    predictor.on_features = monitor.observe
+    predictor.on_features, predictor.drift_wanted = monitor.observe, monitor.wanted
     return monitor, ""
 
 

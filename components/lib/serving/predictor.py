@@ -80,8 +80,10 @@ class Predictor:
             model_dir, model_lib.FEATURES_SIGNATURE if self.features else "serving_default")
         # The drift watch, when set: called with each batch's pooled features [N, D] (numpy) of the
         # images prepared as data prep stores training photos, their content ids, and how many of the
-        # batch's images could not be prepared (they are answered, but not watched).
-        self.on_features: Callable[[Any, list[str], int], None] | None = None
+        # batch's images could not be prepared (they are answered, but not watched), and how many of
+        # its first images were not watched because ``drift_wanted`` said the window will not hold them.
+        self.on_features: Callable[[Any, list[str], int, int], None] | None = None
+        self.drift_wanted: Callable[[int], int] | None = None  # of a batch's images, how many (the last) to watch
         # The features' width, as the signature declares it (None without features, or if unknown).
         self.feature_width: int | None = (
             self._serve.structured_outputs[model_lib.FEATURES_OUTPUT].shape[-1] if self.features else None)
@@ -96,7 +98,11 @@ class Predictor:
         # prep stored them (decoded, resized, JPEG): the watched images are prepared so too and run in
         # the same call, or the re-encoding itself would read as drift. Answers come from the images
         # as sent, as Vertex AI's prebuilt container and tlp predict answer.
-        prepared = self._prepared(images) if self.on_features is not None and self.features else None
+        prepared, skipped = None, 0
+        if self.on_features is not None and self.features:
+            # Only the images the next drift window will hold: the second pass costs a model call's worth.
+            skipped = len(images) - (self.drift_wanted(len(images)) if self.drift_wanted else len(images))
+            prepared = self._prepared(images[skipped:])
         try:
             with self._lock:
                 outputs = self._serve(image_bytes=tf.constant(list(images) + (prepared[0] if prepared else [])))
@@ -108,7 +114,7 @@ class Predictor:
             watched, left_out = prepared
             try:
                 self.on_features(outputs[model_lib.FEATURES_OUTPUT].numpy()[len(images):],
-                                 [drift.content_id(data) for data in watched], left_out)
+                                 [drift.content_id(data) for data in watched], left_out, skipped)
             except ValueError as error:  # watching must never fail a request
                 LOG.warning("the drift watch could not take this batch's features (%s)", error)
         probabilities = outputs["probabilities"].numpy()
