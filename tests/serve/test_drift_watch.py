@@ -185,3 +185,27 @@ def test_photos_sent_again_in_batches_of_1_and_8_read_as_the_training_kind(tuned
         drifted = _wait_for_computation(url, 2)
         assert drifted["distinct"] == len(worse) and drifted["verdict"] == "drifted", drifted
         print(f"served drift AUC: training kind {calm['auc']:.3f}, worse camera {drifted['auc']:.3f}")
+
+
+def test_the_watch_sees_a_request_as_data_prep_stores_the_photo(tuned_model, photos):
+    """The reference holds features of training photos as data prep stored them (decoded, resized,
+    JPEG): the served watch must see a request so too, with the prepared photo's content id, or the
+    re-encoding itself reads as drift. The answer still comes from the image as sent."""
+    import tensorflow as tf
+
+    from tlp.components.lib import model as model_lib
+    from tlp.components.lib.dataprep.encode import prepare_bytes
+
+    predictor = serving.Predictor(tuned_model[0], features=True)
+    seen = []
+    predictor.on_features = lambda *arguments: seen.append(arguments)
+    sent = [open(path, "rb").read() for path in photos[0][:4]]
+    answers = predictor(sent)
+    prepared = [prepare_bytes(data, predictor.image_size) for data in sent]
+    signature = model_lib.load_servable(tuned_model[0], model_lib.FEATURES_SIGNATURE)
+    expected = signature(image_bytes=tf.constant(prepared))["pooled_features"].numpy()
+    [observed] = seen
+    assert np.abs(observed[0] - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert observed[1:] == ([drift.content_id(data) for data in prepared], 0, 0)  # content ids, none left out
+    as_sent = model_lib.load_servable(tuned_model[0])(image_bytes=tf.constant(sent))["probabilities"].numpy()
+    np.testing.assert_allclose([answer.probabilities for answer in answers], as_sent, atol=1e-5)
