@@ -40,15 +40,19 @@ def photo_paths(sources: list[str]) -> list[str]:
     return found
 
 
-def features_of(model_dir: str, paths: list[str], batch_size: int = 32) -> tuple[np.ndarray, list[str], list[str]]:
-    """(features [N, D], the paths scored, the unreadable ones) through the model's features signature,
-    each photo first prepared as data prep prepared the training photos (``prepare_bytes``), so that
-    only the photos differ between the two sides, not how they were stored."""
+def features_of(model_dir: str, paths: list[str],
+                batch_size: int = 32) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """(features [N, D], the paths scored, the unreadable ones, the scored photos' content ids) through
+    the model's features signature, each photo first prepared as data prep prepared the training
+    photos (``prepare_bytes``), so that only the photos differ between the two sides, not how they
+    were stored. The content id (``drift.content_id`` of the prepared photo) makes two files of one
+    picture one photo for the test."""
     import tensorflow as tf
 
     signature = model_lib.load_servable(model_dir, model_lib.FEATURES_SIGNATURE)
     image_size = int(model_lib.read_info(model_dir)["image_size"])
     features, scored, unreadable = [], [], []
+    photos: list[str] = []
     for start in range(0, len(paths), batch_size):
         batch, names = [], []
         for name in paths[start:start + batch_size]:
@@ -60,16 +64,18 @@ def features_of(model_dir: str, paths: list[str], batch_size: int = 32) -> tuple
         if batch:
             features.append(signature(image_bytes=tf.constant(batch))[model_lib.FEATURES_OUTPUT].numpy())
             scored.extend(names)
+            photos.extend(drift.content_id(prepared) for prepared in batch)
     if not features:
         raise ConfigError(f"none of the {len(paths)} files could be decoded as an image; give JPEG, PNG, GIF or BMP.")
-    return np.concatenate(features), scored, unreadable
+    return np.concatenate(features), scored, unreadable, photos
 
 
 def score(model: str, sources: list[str], registry_uri: str, *, seed: int = 0) -> tuple[drift.DriftResult, list[str]]:
     model_dir = resolve_model(model, registry_uri)
     reference = drift.load_reference(model_dir, model)
-    features, scored, unreadable = features_of(model_dir, photo_paths(sources))
-    return drift.two_sample_test(reference.features, features, seed=seed, ids=scored), unreadable
+    features, scored, unreadable, photos = features_of(model_dir, photo_paths(sources))
+    return drift.two_sample_test(reference.features, features, seed=seed, ids=scored, new_photos=photos,
+                                 reference_photos=reference.photos), unreadable
 
 
 def report(result: drift.DriftResult, unreadable: list[str], threshold: float, as_json: bool) -> str:

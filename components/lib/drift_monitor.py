@@ -24,6 +24,7 @@ The process starts at the first recomputation, so the server's start-up does not
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import mmap
@@ -58,17 +59,18 @@ class DriftMonitor:
     recomputation never queues behind another)."""
 
     def __init__(self, reference: np.ndarray, *, capacity: int = 500, every: int = 200,
-                 max_reference: int = 1000, seed: int = 0, gauge=None):
+                 max_reference: int = 1000, seed: int = 0, gauge=None, reference_photos: list[str] | None = None):
         self.reference = np.asarray(reference, dtype=np.float32)
         self.capacity, self.every, self.max_reference, self.seed = capacity, every, max_reference, seed
         self._buffer = np.zeros((capacity, self.reference.shape[1]), dtype=np.float32)
+        self._photos: list[str] = [""] * capacity  # each row's content id (drift.content_id)
         self._filled = self._next = self._since = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
         self.requests = InFlight()  # the server counts its requests in flight here (serving.app)
         self._worker = DriftWorker(self.reference, max_reference=max_reference, max_new=capacity, seed=seed,
-                                   requests_file=self.requests.path)
+                                   requests_file=self.requests.path, reference_photos=reference_photos or [])
         self.auc: float | None = None
         self.computed = 0  # recomputations done
         self.distinct = 0  # different images in the window at the last recomputation (repeats count once)
@@ -77,6 +79,7 @@ class DriftMonitor:
         self.seconds = 0.0  # how long the last one took (wall, in the worker)
         self.waited = 0.0  # of which waiting for the server to answer no request
         self.error = ""  # why the last recomputation failed, if it did
+        self.left_out = 0  # answered images the watch could not prepare as data prep would (not watched)
         self._failures = 0  # in a row
         self._gauge = gauge if gauge is not None else _gauge()
         if self._gauge:
@@ -84,14 +87,34 @@ class DriftMonitor:
         self._thread = threading.Thread(target=self._loop, name="tlp-drift-monitor", daemon=True)
         self._thread.start()
 
-    def observe(self, features) -> None:
-        rows = np.asarray(features, dtype=np.float32).reshape(-1, self._buffer.shape[1])[-self.capacity:]
+    def wanted(self, count: int) -> int:
+        """How many of the next ``count`` images (the last ones) the next recomputation's window will
+        hold: with ``every`` above ``capacity`` the ring buffer overwrites the earlier ones before it
+        runs, so the server need not prepare them (``observe(..., skipped=)`` counts them)."""
         with self._lock:
-            for row in rows:
+            skippable = self.every - self.capacity - self._since
+        return count - min(count, max(0, skippable))
+
+    def observe(self, features, photos: list[str] | None = None, left_out: int = 0, skipped: int = 0) -> None:
+        """``photos``: each row's content id (``drift.content_id`` of the prepared image), so that a
+        photo sent again counts once however its features differ between batches; without them a
+        row's own bytes are its identity (only bit-for-bit repeats count once). ``left_out``: images
+        of the batch that could not be watched (counted, shown on /drift); ``skipped``: images before
+        these that ``wanted`` said the window would not hold (they count towards ``every``)."""
+        self.left_out += left_out
+        rows = np.asarray(features, dtype=np.float32).reshape(-1, self._buffer.shape[1])
+        if photos is None:
+            photos = [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
+        if len(photos) != len(rows):
+            raise ValueError(f"{len(photos)} content ids for {len(rows)} feature rows")
+        rows, photos = rows[-self.capacity:], list(photos)[-self.capacity:]
+        with self._lock:
+            for row, photo in zip(rows, photos, strict=True):
                 self._buffer[self._next] = row
+                self._photos[self._next] = photo
                 self._next = (self._next + 1) % self.capacity
             self._filled = min(self.capacity, self._filled + len(rows))
-            self._since += len(rows)
+            self._since += len(rows) + left_out + skipped
             due = self._since >= self.every and self._filled >= drift.MIN_PHOTOS
         if due:
             self._wake.set()
@@ -101,13 +124,17 @@ class DriftMonitor:
         with self._lock:
             self._since = 0
             recent = self._buffer[: self._filled].copy()
+            photos = self._photos[: self._filled]
         self.busy = True
         try:
-            auc, self.distinct, self.seconds, self.waited = self._worker.test(recent)
+            auc, self.distinct, self.seconds, self.waited = self._worker.test(recent, photos)
         finally:
             self.busy = False
         self._failures = 0  # the worker answered
         if auc is None:
+            # The last AUC was measured on a window that is gone: neither the gauge nor /drift keeps it.
+            self._forget_auc()
+            self.error = ""
             self.note = (f"only {self.distinct} distinct images among the last {len(recent)}: at least "
                          f"{drift.MIN_PHOTOS} are needed; the AUC waits for more")
             return None
@@ -118,6 +145,11 @@ class DriftMonitor:
             self._gauge.set(self.auc)
         return self.auc
 
+    def _forget_auc(self) -> None:
+        self.auc = None
+        if self._gauge:
+            self._gauge.set(float("nan"))  # no number rather than one that is no longer the traffic's
+
     def snapshot(self, threshold: float = drift.DEFAULT_THRESHOLD) -> dict:
         """For the page: the latest AUC (None before the first) and its verdict, how many recent
         images it saw, how often it is recomputed."""
@@ -125,7 +157,13 @@ class DriftMonitor:
                 "threshold": threshold, "recent": self._filled, "distinct": self.distinct, "window": self.capacity,
                 "every": self.every,
                 "reference": len(self.reference), "computed": self.computed, "busy": self.busy,
-                "seconds": self.seconds, "waited": self.waited, "error": self.error, "note": self.note}
+                "seconds": self.seconds, "waited": self.waited, "error": self.error, "note": self.note,
+                "stopped": self.stopped, "left_out": self.left_out}
+
+    @property
+    def stopped(self) -> bool:
+        """The watch ended on its own (failures in a row, or its thread died), not by ``close``."""
+        return not self._stop and not self._thread.is_alive()
 
     def close(self, timeout: float = 5.0) -> None:
         """Ends the watch: the worker process is stopped (killed if a recomputation holds it past
@@ -137,6 +175,16 @@ class DriftMonitor:
         self.requests.close()
 
     def _loop(self) -> None:
+        try:
+            self._watch()
+        except BaseException as error:  # not expected (_watch catches every Exception): still say it stopped
+            self._forget_auc()
+            self.error = (f"the drift watch stopped ({type(error).__name__}: {error}); restart the server to "
+                          "watch drift again.")
+            LOG.error("image drift watch stopped: %s", self.error)
+            raise
+
+    def _watch(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
@@ -144,18 +192,19 @@ class DriftMonitor:
                 return
             try:
                 self._recompute()
-            except ServiceError as error:  # the watch goes on, and so does serving
+            except Exception as error:  # any failure is shown on /drift; the watch goes on, and so does serving
                 self._failures += 1
-                if self._gauge:
-                    self._gauge.set(float("nan"))  # the last AUC is no longer the traffic's
+                self._forget_auc()
+                text = str(error) if isinstance(error, ServiceError) else (
+                    f"the drift recomputation failed ({type(error).__name__}: {error}).")
                 if self._failures >= MAX_FAILURES:
-                    self.error = f"{error} Stopped after {self._failures} failures in a row; restart the server."
+                    self.error = f"{text} Stopped after {self._failures} failures in a row; restart the server."
                     LOG.warning("image drift watch stopped: %s", self.error)
                     self._worker.close()
                     return
-                self.error = str(error)
+                self.error = text
                 LOG.warning("image drift recomputation failed (%s); the next one runs after %d more images",
-                            self.error, self.every)
+                            self.error, self.every, exc_info=not isinstance(error, ServiceError))
 
 
 class DriftWorker:
@@ -166,17 +215,20 @@ class DriftWorker:
     JSON lines. Any failure to talk to it is a ``ServiceError`` and ends that process; once
     ``close``d, it starts no process again."""
 
-    def __init__(self, reference: np.ndarray, *, max_reference: int, max_new: int, seed: int, requests_file: str):
+    def __init__(self, reference: np.ndarray, *, max_reference: int, max_new: int, seed: int, requests_file: str,
+                 reference_photos: list[str] | None = None):
         self.reference = reference
+        self.reference_photos = reference_photos or []
         self.settings = {"max_reference": max_reference, "max_new": max_new, "seed": seed, "dimensions": DIMENSIONS,
                          "requests_file": requests_file}
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()  # one conversation at a time; close waits for it or cuts it
         self._closed = False
 
-    def test(self, recent: np.ndarray) -> tuple[float | None, int, float, float]:
-        """(AUC, distinct images tested, seconds, of which waiting for the server to be idle); the
-        AUC is None when fewer than ``drift.MIN_PHOTOS`` of the images differ."""
+    def test(self, recent: np.ndarray, photos: list[str]) -> tuple[float | None, int, float, float]:
+        """(AUC, distinct images tested, seconds, of which waiting for the server to be idle) of the
+        rows ``recent`` with content ids ``photos``; the AUC is None when fewer than
+        ``drift.MIN_PHOTOS`` of the images differ."""
         with self._lock:
             if self._closed:
                 raise ServiceError("the drift watch was closed.")
@@ -184,6 +236,7 @@ class DriftWorker:
             assert process.stdin is not None and process.stdout is not None
             try:
                 send_array(process.stdin, recent)
+                send_line(process.stdin, photos)
                 answer = process.stdout.readline()
                 result = json.loads(answer) if answer else None
             except (OSError, ValueError) as error:  # a broken pipe, or a line that is not an answer
@@ -246,6 +299,7 @@ class DriftWorker:
         assert process.stdin is not None
         try:
             send_array(process.stdin, self.reference)
+            send_line(process.stdin, self.reference_photos)
         except OSError as error:
             self._end(process)
             raise ServiceError(f"the drift worker process ended at start-up (exit code {process.returncode}; "
@@ -261,11 +315,15 @@ def work(settings: dict) -> None:
     dimensions = settings.pop("dimensions")
     requests = InFlight(settings.pop("requests_file"))
     reference = _next_array(source)
-    if reference is None:
+    reference_photos = _next_line(source)
+    if reference is None or reference_photos is None:
         return
     basis = drift.random_projection(reference.shape[1], min(dimensions, reference.shape[1]), settings["seed"])
     reference = reference @ basis
     while (recent := _next_array(source)) is not None:  # None: the server closed the pipe, done
+        photos = _next_line(source)
+        if photos is None:
+            return
         started, waited = time.monotonic(), 0.0
 
         def while_serving() -> None:  # before each step of the fit: wait while a request is answered
@@ -275,15 +333,15 @@ def work(settings: dict) -> None:
                 time.sleep(0.001)
             waited += time.monotonic() - since
 
-        # A photo sent again (a retry, a probe, a popular photo) is one photo: its copies would sit in
-        # both the fitting and the held-out folds, where the classifier remembers them (40 photos of
-        # the training kind sent 12 times each read 0.71 on a test's features, once each 0.50).
-        recent = np.unique(recent, axis=0)
-        answer: dict[str, float | int | str | None] = {"auc": None, "distinct": len(recent), "seconds": 0.0,
+        # A photo sent again (a retry, a probe, a popular photo) is one photo, by its content id: the
+        # test counts it once (drift.two_sample_test).
+        distinct = len(set(photos))
+        answer: dict[str, float | int | str | None] = {"auc": None, "distinct": distinct, "seconds": 0.0,
                                                        "waited": 0.0}
         try:
-            if len(recent) >= drift.MIN_PHOTOS:
-                result = drift.two_sample_test(reference, recent @ basis, between_steps=while_serving, **settings)
+            if distinct >= drift.MIN_PHOTOS:
+                result = drift.two_sample_test(reference, recent @ basis, between_steps=while_serving,
+                                               reference_photos=reference_photos, new_photos=photos, **settings)
                 answer.update(auc=result.auc, seconds=round(time.monotonic() - started, 3), waited=round(waited, 3))
         except (ConfigError, ValueError, FloatingPointError) as error:
             answer = {"error": str(error)}
@@ -292,6 +350,17 @@ def work(settings: dict) -> None:
             answers.flush()
         except BrokenPipeError:  # the server stopped listening: done
             return
+
+
+def _next_line(source) -> list | None:
+    """The next JSON line ``send_line`` wrote, or None when the server closed the pipe."""
+    line = source.readline()
+    return json.loads(line) if line else None
+
+
+def send_line(stream, value) -> None:
+    stream.write(json.dumps(value).encode() + b"\n")
+    stream.flush()
 
 
 def _next_array(source) -> np.ndarray | None:

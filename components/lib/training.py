@@ -298,13 +298,16 @@ def write_drift_reference(model, dataset_dir: str, model_dir: str, batch_size: i
     keep = np.zeros(total, dtype=bool)
     keep[wanted] = True
     features, ids, position = [], [], 0
+    # Each kept photo's content id: the hash of the JPEG the model's features were computed from.
+    photos = [drift.content_id(image) for i, (image, _) in
+              enumerate(records.read_stored_images(dataset_dir, "train")) if keep[i]]
     for batch_images, _labels, source_ids in records.read_split(dataset_dir, "train", batch_size, with_source_ids=True):
         rows = np.flatnonzero(keep[position:position + len(source_ids)])
         position += len(source_ids)
         if len(rows):
             features.append(run(tf.gather(batch_images, rows)).numpy())
             ids.extend(source_ids.numpy()[rows].astype(str).tolist())
-    drift.save_reference(model_dir, np.concatenate(features), ids)
+    drift.save_reference(model_dir, np.concatenate(features), ids, photos)
     print(f"  drift reference: pooled features of {len(ids)} training photos -> {drift.REFERENCE_FILE}", flush=True)
     return len(ids)
 

@@ -128,3 +128,84 @@ def test_a_reference_that_does_not_fit_the_model_is_served_without_the_watch(tun
     predictor = serving.Predictor(str(model_dir), features=True)
     monitor, why_not = serving.watch_drift(predictor, ServeOptions())
     assert monitor is None and words in why_not and predictor.on_features is None
+
+
+class BatchSensitive:
+    """The features signature, its pooled features scaled by 1 + 1e-6 x the call's number: as
+    MobileNetV2 on CPU gives one image slightly different features alone than inside a batch
+    (measured at alpha 1.0: about 1e-6 of their scale). The session's model (alpha 0.35, 64 px) gives
+    nearly every image equal ones, which would hide the defect."""
+
+    def __init__(self, signature):
+        self.signature, self.structured_outputs, self.calls = signature, signature.structured_outputs, 0
+
+    def __call__(self, **inputs):
+        self.calls += 1
+        outputs = dict(self.signature(**inputs))
+        outputs["pooled_features"] = outputs["pooled_features"] * (1.0 + 1e-6 * self.calls)
+        return outputs
+
+
+def _send_mixed(url: str, name: str, paths: list[str], copies: int) -> None:
+    """Each photo ``copies`` times, in requests of 1 and of 8 images sent 4 at a time, so the
+    micro-batcher runs a photo alone at one time and among others at another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    requests = []
+    for _ in range(copies):
+        order = [paths[i] for i in rng.permutation(len(paths))]
+        requests += [[p] for p in order[:16]] + [order[i:i + 8] for i in range(16, len(order), 8)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda chunk: _send(url, name, chunk, per_request=8), requests))
+
+
+@pytest.mark.slow
+def test_photos_sent_again_in_batches_of_1_and_8_read_as_the_training_kind(tuned_model, photos, monkeypatch):
+    """Through the server with micro-batching: 40 photos of the training kind, each sent 12 times
+    in batches of 1 and 8 mixed, read as 40 photos of the training kind, however their features
+    differ from batch to batch; the worse camera's photos, sent so too, still read drifted."""
+    from tlp.components.lib import model as model_lib
+
+    load_servable = model_lib.load_servable
+    monkeypatch.setattr(model_lib, "load_servable", lambda directory, signature="serving_default": (
+        BatchSensitive(load_servable(directory, signature)) if signature == model_lib.FEATURES_SIGNATURE
+        else load_servable(directory, signature)))
+    same, worse = photos
+    window = len(same) * 12
+    options = ServeOptions(route_name="mixed", drift_every=window, drift_window=window, max_batch=32,
+                           max_latency_ms=20.0)
+    app, card, drift_not_watched = serve.prepare(tuned_model[0], "", options)
+    assert drift_not_watched == ""
+    with serving.running_in_thread(app) as url:
+        _send_mixed(url, card.name, same, copies=12)
+        calm = _wait_for_computation(url, 1)
+        assert calm["distinct"] == len(same) and calm["auc"] <= 0.65, calm
+        _send_mixed(url, card.name, worse, copies=12)
+        drifted = _wait_for_computation(url, 2)
+        assert drifted["distinct"] == len(worse) and drifted["verdict"] == "drifted", drifted
+        print(f"served drift AUC: training kind {calm['auc']:.3f}, worse camera {drifted['auc']:.3f}")
+
+
+def test_the_watch_sees_a_request_as_data_prep_stores_the_photo(tuned_model, photos):
+    """The reference holds features of training photos as data prep stored them (decoded, resized,
+    JPEG): the served watch must see a request so too, with the prepared photo's content id, or the
+    re-encoding itself reads as drift. The answer still comes from the image as sent."""
+    import tensorflow as tf
+
+    from tlp.components.lib import model as model_lib
+    from tlp.components.lib.dataprep.encode import prepare_bytes
+
+    predictor = serving.Predictor(tuned_model[0], features=True)
+    seen = []
+    predictor.on_features = lambda *arguments: seen.append(arguments)
+    sent = [open(path, "rb").read() for path in photos[0][:4]]
+    answers = predictor(sent)
+    prepared = [prepare_bytes(data, predictor.image_size) for data in sent]
+    signature = model_lib.load_servable(tuned_model[0], model_lib.FEATURES_SIGNATURE)
+    expected = signature(image_bytes=tf.constant(prepared))["pooled_features"].numpy()
+    [observed] = seen
+    assert np.abs(observed[0] - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert observed[1:] == ([drift.content_id(data) for data in prepared], 0, 0)  # content ids, none left out
+    as_sent = model_lib.load_servable(tuned_model[0])(image_bytes=tf.constant(sent))["probabilities"].numpy()
+    np.testing.assert_allclose([answer.probabilities for answer in answers], as_sent, atol=1e-5)

@@ -257,3 +257,16 @@ def read_split(
     if batch_size:
         dataset = dataset.batch(batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def read_stored_images(dataset_dir: str, split: str):
+    """(stored JPEG bytes, source id) of each photo of one split, in ``read_split``'s order: the photo
+    as data prep stored it, e.g. for its content id (``drift.content_id``)."""
+    import tensorflow as tf
+
+    metadata = read_metadata(dataset_dir)
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "source_id": tf.io.FixedLenFeature([], tf.string)}
+    paths = [join(dataset_dir, name) for name in metadata["files"][split]]
+    for record in tf.data.TFRecordDataset(paths):
+        parsed = tf.io.parse_single_example(record, spec)
+        yield parsed["image"].numpy(), parsed["source_id"].numpy().decode()
