@@ -113,7 +113,8 @@ def _read_tfds(unit: tuple, index: int, image_size: int) -> list[Photo]:
     """One even sub-split of a TFDS slice (the worker imports tfds: the set is read through it)."""
     import tensorflow_datasets as tfds
 
-    _, name, data_dir, split, part = unit
+    _, name, data_dir, split, (percent, parts, which) = unit
+    part = tfds.even_splits(percent, n=parts)[which]
     photos = []
     dataset = tfds.load(name, split=part, data_dir=data_dir, as_supervised=False)
     for i, record in enumerate(dataset.as_numpy_iterator()):
