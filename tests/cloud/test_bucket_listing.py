@@ -32,7 +32,7 @@ def test_the_class_prefixes_of_a_bucket_are_listed_at_once(standin, monkeypatch)
     assert all(generation > 0 for objects in listed.values() for _, _, generation in objects)
 
 
-def test_data_prep_and_the_fingerprint_read_the_same_parallel_listing(standin):
+def test_data_prep_lists_a_bucket_by_class_prefix_at_once(standin):
     _bucket(standin)
     latency = add_listing_latency(standin, seconds=0.05)
     listing = sources.list_folder("gs://photos/pets")
@@ -40,8 +40,13 @@ def test_data_prep_and_the_fingerprint_read_the_same_parallel_listing(standin):
     assert [entry["path"] for entry in listing.skipped] == ["gs://photos/pets/class-1/notes.txt"]
     assert listing.units[0][1][0] == ("gs://photos/pets/class-0/000.jpg", 0)
     assert latency.most_at_once == len(CLASSES)
-    latency.most_at_once = 0
-    assert fingerprint_source("folder:gs://photos/pets").files == 8 * 12 + 1
+
+
+def test_the_fingerprint_step_lists_a_bucket_by_class_prefix_at_once(standin):
+    _bucket(standin)
+    latency = add_listing_latency(standin, seconds=0.05)
+    found = fingerprint_source("folder:gs://photos/pets")
+    assert found.files == 8 * 12 + 1 and found.total_bytes == 8 * sum(range(1, 13)) + len(b"deep")
     assert latency.most_at_once == len(CLASSES)
 
 
