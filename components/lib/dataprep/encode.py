@@ -104,6 +104,7 @@ def _read_file(path: str, label: int, order: tuple, image_size: int) -> Photo:
         data = sources.read_bytes(path)
         photo.digest = hashlib.sha256(data).hexdigest()
         photo.encoded = prepare_bytes(data, image_size)
+        photo.prepared_digest = hashlib.sha256(photo.encoded).hexdigest()
     except Exception as error:  # any decoder failure means "skip and say why"
         photo.error = _failure(error)
     return photo

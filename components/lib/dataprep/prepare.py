@@ -302,7 +302,7 @@ def check_prepared(metadata: dict, spec, output_dir: str, max_skipped_fraction: 
         sources.require_two_classes(spec.path, metadata["class_names"], kept, "with readable images")
     kinds = Counter(s.get("kind") for s in metadata["skipped"])
     unreadable = kinds["unreadable"]
-    candidates = unreadable + sum(metadata["num_examples"].values()) + kinds["duplicate"]
+    candidates = unreadable + sum(metadata["num_examples"].values()) + kinds["duplicate"] + kinds["conflict"]
     if candidates and unreadable / candidates > max_skipped_fraction:
         raise ConfigError(
             f"{unreadable} of {candidates} image files of {spec} could not be read "

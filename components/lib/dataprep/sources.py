@@ -30,6 +30,9 @@ class Photo:
     source_id: str
     label: int
     digest: str | None = None  # SHA-256 of the file's bytes (None: generated or TFDS)
+    # SHA-256 of the resized JPEG: a picture saved again (other compression, metadata stripped) has
+    # other bytes but this same digest, so deduplication keys on it (folders only, like ``digest``).
+    prepared_digest: str | None = None
     encoded: bytes | None = None
     error: str | None = None
     split: str | None = None  # TFDS: fixed by the slice it was read from
