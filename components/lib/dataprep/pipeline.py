@@ -3,12 +3,12 @@
 ``List`` (the workers read the listing's units from the file ``sources.write_listing`` wrote) ->
 ``Distribute`` -> ``ReadDigestEncode`` (read each photo once: its SHA-256, then decode, resize,
 encode; the resized JPEGs go straight to a staged file per unit) -> ``Deduplicate`` (one record per
-digest: the first in listing order is kept, the others are skipped as duplicates, or as a labelling
-conflict when filed under another class) -> ``SplitByContent`` (the gathered (class, digest) list
-through ``split.split_by_content``, the very function tlp 0.1.0 split with; each kept photo leaves
-it with its shard) -> ``WriteShards`` (TFRecord files per split, the images read back from the
-staged files) -> ``WriteMetadata`` (counts, skipped files with their reasons, fingerprints:
-``metadata.json``).
+prepared image: the first in listing order is kept, the others are skipped as duplicates; a picture
+filed under two classes is a labelling conflict and all its copies are skipped) ->
+``SplitByContent`` (the gathered (class, digest) list through ``split.split_by_content``, the very
+function tlp 0.1.0 split with; each kept photo leaves it with its shard) -> ``WriteShards``
+(TFRecord files per split, the images read back from the staged files) -> ``WriteMetadata``
+(counts, skipped files with their reasons, fingerprints: ``metadata.json``).
 
 Photos are decoded in the same pass that digests them, before deduplication, so each photo is read
 once (reading twice would double the bytes read from Cloud Storage). What travels between the
@@ -73,33 +73,49 @@ def read_staged(scratch: str, unit: int, offset: int, length: int) -> bytes:
     return data
 
 
-def _key_by_digest(photo: Photo) -> tuple:
-    # Photos without a digest (generated, TFDS) are never duplicates: each keys alone.
-    return (photo.digest or ("unique", photo.order), photo)
+def _key_by_content(photo: Photo) -> tuple:
+    # The prepared image's digest: identical bytes give identical prepared images, and so does the
+    # same picture saved again with other bytes. Photos without a file digest (generated, TFDS)
+    # and unreadable files are never duplicates: each keys alone.
+    if photo.digest is None or photo.prepared_digest is None:
+        return ("unique", photo.order), photo
+    return photo.prepared_digest, photo
+
+
+def _skip(photo: Photo, kind: str, reason: str, **extra) -> object:
+    import apache_beam as beam
+
+    return beam.pvalue.TaggedOutput("skipped", (photo.order, {"path": photo.source_id, "reason": reason,
+                                                              "kind": kind, **extra}))
 
 
 def _keep_first(keyed: tuple):
-    """Of the photos with one digest, the first readable one in listing order is kept. The others
-    are duplicates of it (a labelling conflict when in another class), except unreadable files
-    listed before it, which are skipped as unreadable (as one process deciding in order would)."""
-    import apache_beam as beam
-
+    """Of the photos that prepare to one image, the first in listing order is kept and the others
+    are skipped as duplicates of it (``duplicate_of``), so the picture lands in one split. Filed
+    under two or more classes, the picture is a labelling conflict: every copy is left out and
+    listed with the paths of the others (``conflicts_with``). Unreadable files key alone."""
     _, members = keyed
     members = sorted(members, key=lambda photo: photo.order)
-    kept = next((photo for photo in members if photo.error is None), None)
-    for photo in members:
-        if photo is kept:
-            yield photo
-        elif kept is not None and (photo.error is None or photo.order > kept.order):
+    if members[0].error is not None:
+        for photo in members:
+            yield _skip(photo, "unreadable", photo.error)
+        return
+    if len({photo.label for photo in members}) > 1:
+        for photo in members:
+            others = [other.source_id for other in members if other is not photo]
+            yield _skip(photo, "conflict", f"the same picture as {', '.join(others)} in another class folder: a "
+                        "labelling conflict, left out of training; keep it in the one right class folder",
+                        conflicts_with=others)
+        return
+    kept = members[0]
+    yield kept
+    for photo in members[1:]:
+        if photo.digest == kept.digest:
             reason = f"exact duplicate of {kept.source_id} (kept once, in one split)"
-            if kept.label != photo.label:  # the same photo filed under two classes
-                reason = (f"same bytes as {kept.source_id} in another class folder: a labelling conflict, "
-                          "kept there only")
-            yield beam.pvalue.TaggedOutput("skipped", (photo.order, {"path": photo.source_id, "reason": reason,
-                                                                     "kind": "duplicate"}))
         else:
-            yield beam.pvalue.TaggedOutput("skipped", (photo.order, {"path": photo.source_id, "reason": photo.error,
-                                                                     "kind": "unreadable"}))
+            reason = (f"the same picture as {kept.source_id} saved again (other bytes, identical once prepared); "
+                      "kept once, in one split")
+        yield _skip(photo, "duplicate", reason, duplicate_of=kept.source_id)
 
 
 def _identify(photo: Photo) -> tuple:
@@ -202,8 +218,8 @@ def build(pipeline, scratch: str, output_dir: str, *, image_size: int, seed: int
     )
     verdicts = (
         photos
-        | "KeyByDigest" >> beam.Map(_key_by_digest)
-        | "GroupByDigest" >> beam.GroupByKey()
+        | "KeyByContent" >> beam.Map(_key_by_content)
+        | "GroupByContent" >> beam.GroupByKey()
         | "Deduplicate" >> beam.FlatMap(_keep_first).with_outputs("skipped", main="kept")
     )
     assigned = (

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from tlp.components.lib.dataprep import pipeline as prep_pipeline
 from tlp.components.lib.dataprep import progress, records, sources
 from tlp.components.lib.dataprep.split import SPLITS
-from tlp.components.lib.specs import MIN_IMAGE_SIZE, ConfigError, ServiceError, parse_data_spec
+from tlp.components.lib.specs import MIN_IMAGE_SIZE, ConfigError, NotFound, ServiceError, TlpError, parse_data_spec
 from tlp.components.lib.version import image_reference
 
 DEFAULT_MAX_SKIPPED_FRACTION = 0.10
@@ -179,7 +180,13 @@ def run_pipeline(listing: sources.Listing, output_dir: str, *, image_size: int, 
         if dataflow is None:
             with malloc_tuned(), progress.Reporter(listing.photos) as reporter:
                 build(reporter.folder)
-                pipe.run().wait_until_finish()
+                try:
+                    pipe.run().wait_until_finish()
+                except Exception as error:  # a worker's own one sentence (a failed read), out of Beam's wrapping
+                    failure = worker_error(error)
+                    if failure is None:
+                        raise
+                    raise failure from error
         else:
             build()
             _run_on_dataflow(pipe, dataflow, target)
@@ -203,6 +210,25 @@ def scratch_folder(output_dir: str, dataflow: DataflowJob | None) -> str:
         return tempfile.mkdtemp(prefix="tlp-prep-")
     parent, name = os.path.split(os.path.abspath(output_dir))
     return os.path.join(parent, f".{name}.prep-{stamp}")
+
+
+_SPECS_ERROR = re.compile(r"^tlp\.components\.lib\.specs\.(ServiceError|ConfigError|NotFound): (.+)$", re.MULTILINE)
+
+
+def worker_error(error: Exception) -> TlpError | None:
+    """The error a worker raised on purpose (``TlpError``: one sentence), as Beam's DirectRunner
+    passes it on: in this process the same type with " [while running 'STEP']" (and the cause's
+    traceback) appended; from worker processes a RuntimeError holding the traceback's text."""
+    if isinstance(error, TlpError):
+        kind, text = type(error), str(error)
+    else:
+        found = _SPECS_ERROR.findall(str(error))
+        if not found:
+            return None
+        name, text = found[-1]
+        kind = {"ServiceError": ServiceError, "ConfigError": ConfigError, "NotFound": NotFound}[name]
+    sentence = text.split(" [while running '")[0].strip().splitlines()[0]
+    return kind(sentence)
 
 
 def _run_on_dataflow(pipe, dataflow: DataflowJob, target: str) -> None:
@@ -325,7 +351,7 @@ def check_prepared(metadata: dict, spec, output_dir: str, max_skipped_fraction: 
         sources.require_two_classes(spec.path, metadata["class_names"], kept, "with readable images")
     kinds = Counter(s.get("kind") for s in metadata["skipped"])
     unreadable = kinds["unreadable"]
-    candidates = unreadable + sum(metadata["num_examples"].values()) + kinds["duplicate"]
+    candidates = unreadable + sum(metadata["num_examples"].values()) + kinds["duplicate"] + kinds["conflict"]
     if candidates and unreadable / candidates > max_skipped_fraction:
         raise ConfigError(
             f"{unreadable} of {candidates} image files of {spec} could not be read "

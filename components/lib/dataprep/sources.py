@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tlp.components.lib.specs import ConfigError, DataSpec
+from tlp.components.lib.specs import ConfigError, DataSpec, ServiceError
 
 LISTING_UNITS_FILE = "units.jsonl"  # the listing's units, one a line: what the workers read
 LISTING_FILE = "listing.json"  # the rest of the listing: class names, files skipped while listing, ...
@@ -37,6 +37,9 @@ class Photo:
     source_id: str
     label: int
     digest: str | None = None  # SHA-256 of the file's bytes (None: generated or TFDS)
+    # SHA-256 of the resized JPEG: a picture saved again (other compression, metadata stripped) has
+    # other bytes but this same digest, so deduplication keys on it (folders only, like ``digest``).
+    prepared_digest: str | None = None
     encoded: bytes | None = None
     error: str | None = None
     split: str | None = None  # TFDS: fixed by the slice it was read from
@@ -233,17 +236,59 @@ def join(root: str, name: str) -> str:
     return root.rstrip("/") + "/" + name.lstrip("/")
 
 
+READ_ROLE = "roles/storage.objectViewer"  # what reading a bucket's photos needs
+
+
 def read_bytes(path: str) -> bytes:
     """A file's bytes: local files directly, gs:// through Beam's file systems (no TensorFlow,
-    so a worker never imports it)."""
-    if "://" not in path:
-        with open(path, "rb") as handle:
-            return handle.read()
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
+    so a worker never imports it; the storage client retries 429, 5xx and timeouts itself). A read
+    that fails is no bad photo: it raises ``read_failure``'s one sentence, so the step stops (Beam
+    retries a failed bundle on Dataflow) instead of training on a data set missing what failed."""
+    try:
+        if "://" not in path:
+            with open(path, "rb") as handle:
+                return handle.read()
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read()
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            return handle.read()
+    except Exception as error:  # classified: the caller gets one sentence with the fix
+        raise read_failure(path, error) from error
+
+
+def bucket_of(path: str) -> str:
+    return "gs://" + path[len("gs://"):].split("/", 1)[0] if path.startswith("gs://") else path
+
+
+def read_failure(path: str, error: Exception) -> ServiceError:
+    """The one sentence for a file that could not be read: refused (403, 401, no or expired
+    credentials: the bucket and the role to grant), gone (404), or still failing after the storage
+    client's retries (5xx, timeouts)."""
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    if isinstance(error, api.GoogleAPICallError):  # its message may run to several sentences: the code says it
+        cause = f"{error.code} {type(error).__name__}"
+    else:
+        cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+    if "://" not in path:
+        return ServiceError(f"could not read {path} ({cause}); make it readable by the user running tlp, or "
+                            "move it out of the folder.")
+    bucket = bucket_of(path)
+    if isinstance(error, (auth.DefaultCredentialsError, auth.RefreshError)):
+        return ServiceError(f"could not read {path}: no valid Google Cloud credentials ({cause}); log in with "
+                            "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS to "
+                            f"an account with {READ_ROLE} on {bucket}.")
+    if isinstance(error, (api.Forbidden, api.Unauthorized)):
+        return ServiceError(f"reading {path} was refused ({cause}): the account in use lacks {READ_ROLE} on "
+                            f"bucket {bucket}; grant it that role (gcloud storage buckets add-iam-policy-binding "
+                            f"{bucket} --member=ACCOUNT --role={READ_ROLE}) or use an account that has it.")
+    if isinstance(error, api.NotFound):
+        return ServiceError(f"{path} was listed but is gone ({cause}); run the step again once {bucket} "
+                            "stops changing.")
+    return ServiceError(f"reading {path} from {bucket} still failed after the storage client's retries ({cause}); "
+                        "no photo is left out for it: run the step again when Cloud Storage answers.")
 
 
 def _isdir(path: str) -> bool:
