@@ -58,3 +58,17 @@ def test_a_bucket_folder_with_nothing_in_it_is_named(standin):
     standin.add_bucket("photos")
     with pytest.raises(ConfigError, match=r"folder:gs://photos/empty holds no objects"):
         sources.list_folder("gs://photos/empty")
+
+
+def test_a_refused_listing_names_the_bucket_and_the_role(standin):
+    import pytest
+
+    from tlp.components.lib.specs import ServiceError
+
+    _bucket(standin)
+    standin.fail_storage("gs://photos", 403)
+    with pytest.raises(ServiceError) as refused:
+        fingerprint_source("folder:gs://photos/pets")
+    message = str(refused.value)
+    assert "refused" in message and "roles/storage.objectViewer" in message and "gs://photos" in message
+    assert len(message.splitlines()) == 1

@@ -166,7 +166,21 @@ def list_folder(root: str) -> Listing:
 def list_bucket(root: str) -> dict[str, list[tuple[str, int, int]]]:
     """Every object under each class prefix of ``gs://BUCKET/PATH`` (its subfolders not starting
     with "."): class name -> [(gs:// path, size, generation)], sorted by path. The class prefixes
-    (one listing with a delimiter) are then listed LISTING_THREADS at a time."""
+    (one listing with a delimiter) are then listed LISTING_THREADS at a time. A listing Cloud
+    Storage refuses raises one sentence naming the bucket and the fix (``read_failure``)."""
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    try:
+        return _list_bucket(root)
+    except api.NotFound as error:
+        raise ConfigError(f"--data folder:{root}: bucket {bucket_of(root)} does not exist ({error.code} NotFound); "
+                          "check the bucket's name.") from error
+    except (api.GoogleAPICallError, auth.DefaultCredentialsError, auth.RefreshError) as error:
+        raise read_failure(root, error) from error
+
+
+def _list_bucket(root: str) -> dict[str, list[tuple[str, int, int]]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from google.cloud import storage
