@@ -13,7 +13,7 @@ import numpy as np
 from tlp.components.lib import drift
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep.encode import prepare_bytes
-from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS
+from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS, read_bytes, read_failure
 from tlp.components.lib.specs import ConfigError
 from tlp.pipelines.predict import resolve_model
 
@@ -27,7 +27,9 @@ def photo_paths(sources: list[str]) -> list[str]:
 
     found: list[str] = []
     for source in sources:
-        if tf.io.gfile.isdir(source):
+        if source.startswith("gs://"):  # through Cloud Storage's client, as data prep reads (retries, errors)
+            found.extend(_cloud_photos(source))
+        elif tf.io.gfile.isdir(source):
             for directory, _subdirs, names in sorted(tf.io.gfile.walk(source)):
                 found.extend(f"{directory.rstrip('/')}/{name}" for name in sorted(names)
                              if name.lower().endswith(IMAGE_EXTENSIONS))
@@ -38,6 +40,19 @@ def photo_paths(sources: list[str]) -> list[str]:
     if not found:
         raise ConfigError(f"no image files under {', '.join(sources)}; give photos or folders of them.")
     return found
+
+
+def _cloud_photos(source: str) -> list[str]:
+    """The object ``source`` names, or the image files under it as a folder, sorted."""
+    from apache_beam.io.filesystem import BeamIOError
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        results = FileSystems.match([source, source.rstrip("/") + "/**"])
+    except BeamIOError as error:  # one per pattern: the first says why (refused, unavailable, ...)
+        raise read_failure(source, next(iter(error.exception_details.values()))) from error
+    paths = sorted({entry.path for result in results for entry in result.metadata_list})
+    return [path for path in paths if path == source or path.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def features_of(model_dir: str, paths: list[str],
@@ -56,10 +71,11 @@ def features_of(model_dir: str, paths: list[str],
     for start in range(0, len(paths), batch_size):
         batch, names = [], []
         for name in paths[start:start + batch_size]:
+            data = read_bytes(name)  # a failed read stops with why (refused: the bucket and the role to grant)
             try:
-                batch.append(prepare_bytes(tf.io.gfile.GFile(name, "rb").read(), image_size))
+                batch.append(prepare_bytes(data, image_size))
                 names.append(name)
-            except Exception:  # as in data prep: a file that does not decode is left out and listed
+            except Exception:  # as in data prep: bytes that were read and do not decode are left out and listed
                 unreadable.append(name)
         if batch:
             features.append(signature(image_bytes=tf.constant(batch))[model_lib.FEATURES_OUTPUT].numpy())

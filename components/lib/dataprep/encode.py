@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def _failure(error: Exception) -> str:
 
 def read_unit(unit: tuple, index: int, image_size: int) -> list[Photo]:
     """The photos of one listing unit (``sources.Listing.units[index]``), each read, digested
-    and encoded, or with the error that stopped it (any decoder failure means "skip and say why")."""
+    and encoded, or with the decoder's error (skip and say why); a failed read raises."""
     kind = unit[0]
     if kind == "files":
         return [_read_file(path, label, (index, i), image_size) for i, (path, label) in enumerate(unit[1])]
@@ -99,12 +100,19 @@ def read_unit(unit: tuple, index: int, image_size: int) -> list[Photo]:
 
 
 def _read_file(path: str, label: int, order: tuple, image_size: int) -> Photo:
+    """One file: a read that fails stops the step (``sources.read_bytes``: refused, gone, or still
+    failing after retries is no bad photo); bytes that were read and do not decode are skipped
+    with the decoder's reason. A link to a missing file is skipped too: nothing can be read."""
     photo = Photo(order, path, label)
+    if "://" not in path and os.path.islink(path) and not os.path.exists(path):
+        photo.error = f"a link to a missing file ({os.readlink(path)})"
+        return photo
+    data = sources.read_bytes(path)
+    photo.digest = hashlib.sha256(data).hexdigest()
     try:
-        data = sources.read_bytes(path)
-        photo.digest = hashlib.sha256(data).hexdigest()
         photo.encoded = prepare_bytes(data, image_size)
-    except Exception as error:  # any decoder failure means "skip and say why"
+        photo.prepared_digest = hashlib.sha256(photo.encoded).hexdigest()
+    except Exception as error:  # the bytes were read: any decoder failure means "skip and say why"
         photo.error = _failure(error)
     return photo
 
@@ -113,7 +121,8 @@ def _read_tfds(unit: tuple, index: int, image_size: int) -> list[Photo]:
     """One even sub-split of a TFDS slice (the worker imports tfds: the set is read through it)."""
     import tensorflow_datasets as tfds
 
-    _, name, data_dir, split, part = unit
+    _, name, data_dir, split, (percent, parts, which) = unit
+    part = tfds.even_splits(percent, n=parts)[which]
     photos = []
     dataset = tfds.load(name, split=part, data_dir=data_dir, as_supervised=False)
     for i, record in enumerate(dataset.as_numpy_iterator()):

@@ -14,6 +14,7 @@ import json
 import math
 import struct
 from collections import Counter
+from collections.abc import Iterable
 
 from tlp.components.lib.dataprep.sources import join
 from tlp.components.lib.dataprep.split import SPLITS
@@ -84,9 +85,10 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.tfrecord"
 
 
-def write_shard(path: str, records: list[tuple[bytes, int, str]]) -> str:
+def write_shard(path: str, records: Iterable[tuple[bytes, int, str]]) -> str:
     """Writes (encoded, label, source_id) records to one TFRecord file (local or gs://, through
-    Beam's file systems); returns the SHA-256 of the images in it, in order."""
+    Beam's file systems), taking them one at a time from any iterable; returns the SHA-256 of the
+    images in it, in order."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
