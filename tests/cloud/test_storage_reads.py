@@ -85,7 +85,7 @@ def test_tlp_drift_reads_through_retries_and_stops_on_a_refusal(standin, tuned_m
         standin.put_object(f"gs://photos/new/{i}.png", _png(i))
     standin.fail_storage("gs://photos/new/1.png", 503, 503)
     paths = [f"gs://photos/new/{i}.png" for i in range(3)]
-    features, scored, unreadable = features_of(tuned_model[0], paths)
+    features, scored, unreadable, _ = features_of(tuned_model[0], paths)
     assert scored == paths and not unreadable and features.shape[0] == 3
 
     standin.fail_storage("gs://photos/new/2.png", *[403] * 20)
