@@ -60,6 +60,10 @@ def resize(pixels, image_size: int):
 def encode_pixels(pixels: np.ndarray, image_size: int) -> bytes:
     """uint8 pixels (HxW or HxWxC) -> a square ``image_size`` JPEG (quality 95, 4:2:0), resized
     with Pillow's antialiased bilinear filter; the aspect ratio is not kept (as the model sees it)."""
+    return _jpeg(_resized(pixels, image_size))
+
+
+def _resized(pixels: np.ndarray, image_size: int):
     from PIL import Image
 
     if pixels.ndim == 2:
@@ -67,6 +71,10 @@ def encode_pixels(pixels: np.ndarray, image_size: int) -> bytes:
     image = Image.fromarray(np.ascontiguousarray(pixels[..., :3], dtype=np.uint8), "RGB")
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return image
+
+
+def _jpeg(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
@@ -76,7 +84,16 @@ def prepare_bytes(data: bytes, image_size: int) -> bytes:
     """An image file's bytes as data prep stores the photo: decoded, resized, JPEG-encoded. Whatever
     compares new photos with training photos (``tlp drift``) prepares them so, or it would also
     measure the re-encoding (noisy lossless photos read as drifted at 160 px otherwise)."""
-    return encode_pixels(decode_bytes(data, image_size), image_size)
+    return prepare_with_digest(data, image_size)[0]
+
+
+def prepare_with_digest(data: bytes, image_size: int) -> tuple[bytes, str]:
+    """``prepare_bytes`` and the SHA-256 of the resized pixels it encoded: the photo's identity for
+    deduplication. The same picture saved again (another PNG compression, metadata stripped) has
+    other bytes but these pixels; two different pictures never share them (their JPEGs can: solid
+    colours one level apart encode alike)."""
+    picture = _resized(decode_bytes(data, image_size), image_size)
+    return _jpeg(picture), hashlib.sha256(picture.tobytes()).hexdigest()
 
 
 def _failure(error: Exception) -> str:
@@ -110,8 +127,7 @@ def _read_file(path: str, label: int, order: tuple, image_size: int) -> Photo:
     data = sources.read_bytes(path)
     photo.digest = hashlib.sha256(data).hexdigest()
     try:
-        photo.encoded = prepare_bytes(data, image_size)
-        photo.prepared_digest = hashlib.sha256(photo.encoded).hexdigest()
+        photo.encoded, photo.prepared_digest = prepare_with_digest(data, image_size)
     except Exception as error:  # the bytes were read: any decoder failure means "skip and say why"
         photo.error = _failure(error)
     return photo

@@ -74,8 +74,8 @@ def read_staged(scratch: str, unit: int, offset: int, length: int) -> bytes:
 
 
 def _key_by_content(photo: Photo) -> tuple:
-    # The prepared image's digest: identical bytes give identical prepared images, and so does the
-    # same picture saved again with other bytes. Photos without a file digest (generated, TFDS)
+    # The prepared image's digest (its resized pixels): identical bytes give identical prepared
+    # images, and so does the same picture saved again with other bytes. Photos without a file digest (generated, TFDS)
     # and unreadable files are never duplicates: each keys alone.
     if photo.digest is None or photo.prepared_digest is None:
         return ("unique", photo.order), photo
@@ -113,7 +113,7 @@ def _keep_first(keyed: tuple):
         if photo.digest == kept.digest:
             reason = f"exact duplicate of {kept.source_id} (kept once, in one split)"
         else:
-            reason = (f"the same picture as {kept.source_id} saved again (other bytes, identical once prepared); "
+            reason = (f"the same picture as {kept.source_id} saved again (other bytes, the same pixels once prepared); "
                       "kept once, in one split")
         yield _skip(photo, "duplicate", reason, duplicate_of=kept.source_id)
 

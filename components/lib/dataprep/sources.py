@@ -37,8 +37,8 @@ class Photo:
     source_id: str
     label: int
     digest: str | None = None  # SHA-256 of the file's bytes (None: generated or TFDS)
-    # SHA-256 of the resized JPEG: a picture saved again (other compression, metadata stripped) has
-    # other bytes but this same digest, so deduplication keys on it (folders only, like ``digest``).
+    # SHA-256 of the resized pixels (``encode.prepare_with_digest``): a picture saved again (other
+    # compression, metadata stripped) has other bytes but this digest; deduplication keys on it.
     prepared_digest: str | None = None
     encoded: bytes | None = None
     error: str | None = None
