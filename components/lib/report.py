@@ -33,9 +33,10 @@ chose the best trial of this tuned run and reads high for it{% endif %}.
 Train accuracy {{ "%.4f"|format(results.train.accuracy) }}
 ({{ "%.4f"|format(gap_detail.train_accuracy_interval[0]) }} to
 {{ "%.4f"|format(gap_detail.train_accuracy_interval[1]) }}) on
-{% if gap_detail.train_photos < gap_detail.train_split_photos %}a sample of {{ gap_detail.train_photos }} of
-the {{ gap_detail.train_split_photos }} training photos, drawn with seed {{ gap_detail.seed }}{% else %}all
-{{ gap_detail.train_split_photos }} training photos{% endif %}; {{ gap_detail.method }}.</p>
+{% if gap_detail.train_photos < gap_detail.train_split_photos %}a sample of {{ "{:,}".format(gap_detail.train_photos) }}
+of the {{ "{:,}".format(gap_detail.train_split_photos) }} training photos, drawn with seed {{ gap_detail.seed }}
+{%- else %}all {{ "{:,}".format(gap_detail.train_split_photos) }} training photos{% endif %};
+{{ gap_detail.method }}.</p>
 {% else %}
 <p>Overfitting gap (train - validation accuracy): {{ "%.4f"|format(gap) }}</p>
 {% endif %}

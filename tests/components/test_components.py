@@ -156,9 +156,9 @@ def test_a_tuned_models_gap_is_train_minus_test_and_says_so(chain, prepared, hea
         report=report, options={"max_gap": 1.0, "min_accuracy": 0.0},
     )
     measured = metrics.metadata
-    assert measured["gap_split"] == "test"
-    assert measured["gap"] == pytest.approx(measured["train_accuracy"] - measured["test_accuracy"])
     assert f"- test {measured['test_accuracy']:.3f})" in report.metadata["gate_reasons"][0]
+    assert measured["gap"] == pytest.approx(measured["train_accuracy"] - measured["test_accuracy"])
+    assert measured["gap_split"] == "test"
     assert "Measured on the test split, because validation chose" in " ".join(open(report.path).read().split())
 
 
