@@ -207,6 +207,23 @@ def read_metadata(dataset_dir: str) -> dict:
         return json.load(handle)
 
 
+def _at_positions(dataset, positions):
+    """The records of ``dataset`` at ``positions`` (sorted, distinct): a skipped record costs its
+    read, not its JPEG decoding."""
+    import numpy as np
+    import tensorflow as tf
+
+    positions = np.asarray(positions, dtype=np.int64)
+    if not len(positions):
+        raise ConfigError("read_split got an empty list of positions; ask for at least one record.")
+    wanted = np.zeros(int(positions[-1]) + 1, dtype=bool)
+    wanted[positions] = True
+    mask = tf.constant(wanted)
+    return (dataset.take(len(wanted)).enumerate()
+            .filter(lambda index, record: tf.gather(mask, index))
+            .map(lambda index, record: record))
+
+
 def read_split(
     dataset_dir: str,
     split: str,
@@ -265,20 +282,3 @@ def read_split(
     if batch_size:
         dataset = dataset.batch(batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def _at_positions(dataset, positions):
-    """The records of ``dataset`` at ``positions`` (sorted, distinct): a skipped record costs its
-    read, not its JPEG decoding."""
-    import numpy as np
-    import tensorflow as tf
-
-    positions = np.asarray(positions, dtype=np.int64)
-    if not len(positions):
-        raise ConfigError("read_split got an empty list of positions; ask for at least one record.")
-    wanted = np.zeros(int(positions[-1]) + 1, dtype=bool)
-    wanted[positions] = True
-    mask = tf.constant(wanted)
-    return (dataset.take(len(wanted)).enumerate()
-            .filter(lambda index, record: tf.gather(mask, index))
-            .map(lambda index, record: record))
