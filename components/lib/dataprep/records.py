@@ -209,6 +209,23 @@ def read_metadata(dataset_dir: str) -> dict:
         return json.load(handle)
 
 
+def _at_positions(dataset, positions):
+    """The records of ``dataset`` at ``positions`` (sorted, distinct): a skipped record costs its
+    read, not its JPEG decoding."""
+    import numpy as np
+    import tensorflow as tf
+
+    positions = np.asarray(positions, dtype=np.int64)
+    if not len(positions):
+        raise ConfigError("read_split got an empty list of positions; ask for at least one record.")
+    wanted = np.zeros(int(positions[-1]) + 1, dtype=bool)
+    wanted[positions] = True
+    mask = tf.constant(wanted)
+    return (dataset.take(len(wanted)).enumerate()
+            .filter(lambda index, record: tf.gather(mask, index))
+            .map(lambda index, record: record))
+
+
 def read_split(
     dataset_dir: str,
     split: str,
@@ -219,13 +236,17 @@ def read_split(
     repeat: bool = False,
     cache_decoded: bool = False,
     worker: tuple[int, int] = (0, 1),
+    positions=None,
 ):
     """A tf.data pipeline over one split: (uint8 image, label) or (image, label, source_id).
 
     ``cache_decoded`` keeps the decoded images in memory after the first pass, so later epochs
     spend no CPU on JPEG decoding (on a CPU-only machine that CPU is taken from training).
     ``worker`` = (index, count) reads only that worker's shard files, the ones
-    ``AutoShardPolicy.FILE`` gives it (every count-th file from the index-th)."""
+    ``AutoShardPolicy.FILE`` gives it (every count-th file from the index-th).
+    ``positions``: only the records at these 0-based positions (in shard and record order, sorted,
+    without repeats) are decoded; the others are skipped as raw bytes, and reading stops after the
+    last one."""
     import tensorflow as tf
 
     metadata = read_metadata(dataset_dir)
@@ -248,6 +269,10 @@ def read_split(
         return image, parsed["label"]
 
     dataset = tf.data.TFRecordDataset(paths)
+    if positions is not None:
+        if worker != (0, 1):
+            raise ValueError("read_split takes positions or a worker's share, not both")
+        dataset = _at_positions(dataset, positions)
     if cache_decoded:
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     if shuffle_seed is not None:
