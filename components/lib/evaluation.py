@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from tlp.components.lib import model as model_lib
-from tlp.components.lib import report
+from tlp.components.lib import passes, report
 from tlp.components.lib.dataprep import records
 from tlp.components.lib.settings import Settings
 from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.strategy import make_strategy
 from tlp.components.lib.training import load_history
 
 MAX_MISCLASSIFIED_SHOWN = 24
@@ -21,15 +22,16 @@ MAX_MISCLASSIFIED_SHOWN = 24
 
 def evaluate_model(
     model_dir: str, dataset_dir: str, batch_size: int = 64, splits: tuple[str, ...] = records.SPLITS,
-    exclude_source_ids: set[str] | frozenset[str] = frozenset(),
+    exclude_source_ids: set[str] | frozenset[str] = frozenset(), strategy=None,
 ) -> dict:
     """Scores the model on train, val and test. Returns per-split metrics plus, for the test
     split, the confusion matrix, ROC curve (two classes) and misclassified examples.
     ``exclude_source_ids``: photos left out (champion/challenger leaves out test photos the
-    champion may have trained on)."""
-    import tensorflow as tf
+    champion may have trained on). ``strategy`` (``strategy.make_strategy``): each split's pass
+    is divided over its replicas and gathered before the metrics (``passes.run_pass``); None
+    scores in this process."""
+    from contextlib import nullcontext
 
-    model = model_lib.load_keras(model_dir)
     class_names = model_lib.read_info(model_dir)["class_names"]
     data_classes = records.read_metadata(dataset_dir)["class_names"]
     if data_classes != class_names:
@@ -38,45 +40,50 @@ def evaluate_model(
             f"{data_classes}; evaluate on the data set the model was trained on."
         )
     num_classes = len(class_names)
-    predict = tf.function(lambda batch: model_lib.probabilities(model(batch, training=False), num_classes))
+    with strategy.scope() if passes.is_divided(strategy) else nullcontext():
+        model = model_lib.load_keras(model_dir)
     results: dict = {"class_names": class_names}
     for split in splits:
-        labels: list[int] = []
-        probs: list = []
-        misclassified: list[dict] = []
-        dataset = records.read_split(dataset_dir, split, batch_size, with_source_ids=True)
-        for batch_images, batch_labels, source_ids in dataset:
-            if exclude_source_ids:
-                keep = np.array([s.decode("utf-8", "replace") not in exclude_source_ids for s in source_ids.numpy()])
-                if not keep.any():
-                    continue
-                batch_images, batch_labels = tf.boolean_mask(batch_images, keep), tf.boolean_mask(batch_labels, keep)
-                source_ids = tf.boolean_mask(source_ids, keep)
-            batch_probs = predict(batch_images).numpy()
-            labels.append(batch_labels.numpy())
-            probs.append(batch_probs)
-            if split == "test" and len(misclassified) < MAX_MISCLASSIFIED_SHOWN:
-                predicted = batch_probs.argmax(axis=1)
-                for i in np.flatnonzero(predicted != batch_labels.numpy()):
-                    if len(misclassified) >= MAX_MISCLASSIFIED_SHOWN:
-                        break
-                    misclassified.append({
-                        "source_id": source_ids[i].numpy().decode("utf-8", "replace"),
-                        "true": class_names[int(batch_labels[i])],
-                        "predicted": class_names[int(predicted[i])],
-                        "probability": float(batch_probs[i].max()),
-                        "jpeg": tf.io.encode_jpeg(batch_images[i]).numpy(),
-                    })
-        y_true, y_prob = np.concatenate(labels), np.concatenate(probs)
+        scored = passes.run_pass(
+            lambda batch: model_lib.probabilities(model(batch, training=False), num_classes),
+            dataset_dir, split, batch_size, strategy=strategy, exclude_source_ids=exclude_source_ids,
+        )
+        y_true, y_prob = scored.labels, scored.outputs
         results[split] = split_metrics(y_true, y_prob, num_classes)
         if split == "test":
             results["test_details"] = {
                 "confusion_matrix": confusion(y_true, y_prob.argmax(axis=1), num_classes),
                 "roc": roc(y_true, y_prob) if num_classes == 2 else None,
                 "per_class": per_class(y_true, y_prob.argmax(axis=1), class_names),
-                "misclassified": misclassified,
+                "misclassified": misclassified(dataset_dir, scored, class_names),
             }
     return results
+
+
+def misclassified(dataset_dir: str, scored: passes.PassOutput, class_names: list[str]) -> list[dict]:
+    """The first ``MAX_MISCLASSIFIED_SHOWN`` wrongly predicted test photos (record order), with
+    their images: read back from the split, which is read only up to the last of them."""
+    import tensorflow as tf
+
+    predicted = scored.outputs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != scored.labels)[:MAX_MISCLASSIFIED_SHOWN]
+    wanted = {int(scored.positions[i]): i for i in wrong}
+    found: dict[int, dict] = {}
+    for position, (image, _label, source_id) in enumerate(
+        records.read_split(dataset_dir, "test", with_source_ids=True)
+    ):
+        if position in wanted:
+            i = wanted[position]
+            found[position] = {
+                "source_id": source_id.numpy().decode("utf-8", "replace"),
+                "true": class_names[int(scored.labels[i])],
+                "predicted": class_names[int(predicted[i])],
+                "probability": float(scored.outputs[i].max()),
+                "jpeg": tf.io.encode_jpeg(image).numpy(),
+            }
+            if len(found) == len(wanted):
+                break
+    return [found[position] for position in sorted(found)]
 
 
 def split_metrics(y_true: np.ndarray, y_prob: np.ndarray, num_classes: int) -> dict:
@@ -166,7 +173,9 @@ def evaluate_and_report(
     """The evaluation step: metrics, gate and HTML report (with the data checks' findings, if
     given). Returns passed, reasons, flat_metrics ({split}_{metric} and gap) and the full results."""
 
-    results = evaluate_model(model_dir, dataset_dir)
+    # First: --devices cpu:N sets up logical devices before TensorFlow starts.
+    strategy = make_strategy(settings.runtime.devices)
+    results = evaluate_model(model_dir, dataset_dir, strategy=strategy)
     passed, reasons, gap = gate(results, settings.gate.max_gap, settings.gate.min_accuracy)
     feature_history = load_history(feature_history_path)
     fine_tune_history = load_history(fine_tune_history_path) if fine_tune_history_path else None

@@ -194,8 +194,10 @@ class FineTuningOptions(Group):
 class RuntimeOptions(Group):
     GROUP = "runtime"
     devices: str = option(
-        "auto", "auto (all GPUs, else CPU), gpu[:N], cpu:N (N logical CPU devices)", commands=TRAINING_COMMANDS,
-        steps=(FINE_TUNING,), check=lambda value: specs.parse_devices(value) and None,
+        "auto", "auto (all GPUs, else CPU), gpu[:N], cpu:N (N logical CPU devices); every model pass (feature "
+        "extraction, fine-tuning, evaluation, the champion's re-measurement) runs over them",
+        commands=TRAINING_COMMANDS, steps=(FEATURE_EXTRACTION, FINE_TUNING, EVALUATION, REGISTRATION),
+        check=lambda value: specs.parse_devices(value) and None,
     )
     mixed_precision: str = option(
         "float32", "Keras mixed precision for both training steps (mixed_float16 on GPUs, mixed_bfloat16 on "

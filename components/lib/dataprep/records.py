@@ -217,13 +217,16 @@ def read_split(
     repeat: bool = False,
     cache_decoded: bool = False,
     worker: tuple[int, int] = (0, 1),
+    every: tuple[int, int] = (0, 1),
 ):
     """A tf.data pipeline over one split: (uint8 image, label) or (image, label, source_id).
 
     ``cache_decoded`` keeps the decoded images in memory after the first pass, so later epochs
     spend no CPU on JPEG decoding (on a CPU-only machine that CPU is taken from training).
     ``worker`` = (index, count) reads only that worker's shard files, the ones
-    ``AutoShardPolicy.FILE`` gives it (every count-th file from the index-th)."""
+    ``AutoShardPolicy.FILE`` gives it (every count-th file from the index-th). ``every`` = (index,
+    count) keeps every count-th record from the index-th, before decoding: the record at
+    position p of the split goes to ``p % count`` (how a model pass divides the photos)."""
     import tensorflow as tf
 
     metadata = read_metadata(dataset_dir)
@@ -246,6 +249,8 @@ def read_split(
         return image, parsed["label"]
 
     dataset = tf.data.TFRecordDataset(paths)
+    if every[1] > 1:
+        dataset = dataset.shard(every[1], every[0])
     if cache_decoded:
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     if shuffle_seed is not None:
