@@ -114,6 +114,16 @@ def _pass_op(name: str, images: ImageOptions, hardware: HardwareOptions, cloud: 
     return _on_hardware(_op(name, images, kind="train"), hardware, cloud, display_name=name)
 
 
+def _heads_op(images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions):
+    """A tuned run's feature extraction (its forward pass, then one head per head setting) on one
+    of the run's accelerator machines, over that machine's GPUs: it trains several heads from one
+    pass, which stays in one process."""
+    op = _op(FEATURE_EXTRACTION_HEADS, images)
+    if not (hardware.gpus or hardware.as_custom_job):
+        return op
+    return _on_hardware(op, one_machine(hardware), cloud, display_name=FEATURE_EXTRACTION_HEADS)
+
+
 def one_machine(hardware: HardwareOptions) -> HardwareOptions:
     """The hardware of a step that must run once (registration): one of the run's machines."""
     return dataclasses.replace(hardware, replicas=1)
@@ -282,10 +292,11 @@ def tuned_steps(
     ``experiment``: the selection's Vertex AI Experiments parameters (``trial_experiment``)."""
     if plan.tuner == "vizier":
         return vizier_steps(plan, images, hardware, cloud, dataset, checked, head_options, tune_options, experiment)
-    heads = _op(FEATURE_EXTRACTION_HEADS, images)(
+    heads = _heads_op(images, hardware, cloud)(
         dataset=dataset, options=head_options, head_settings=plan.head_settings,
     ).set_display_name(FEATURE_EXTRACTION_HEADS)
     heads.after(checked)
+    on_training_hardware(heads, one_machine(hardware))
     trial_op = _on_hardware(_op(FINE_TUNING_TRIAL, images), hardware, cloud, tensorboard)
     extra = _tensorboard_output(FINE_TUNING_TRIAL) if tensorboard else {}
     with dsl.ParallelFor(list(plan.trials), parallelism=plan.parallelism, name=TRIALS_LOOP) as trial:
@@ -323,10 +334,11 @@ def vizier_steps(
         serialize_metrics,
     )
 
-    heads = _op(FEATURE_EXTRACTION_HEADS, images)(
+    heads = _heads_op(images, hardware, cloud)(
         dataset=dataset, options=head_options, head_settings=plan.head_settings,
     ).set_display_name(FEATURE_EXTRACTION_HEADS)
     heads.after(checked)
+    on_training_hardware(heads, one_machine(hardware))
     with_retries((heads,), hardware)
     pools = _op(VIZIER_WORKER_POOLS, images)(
         dataset=dataset, heads=heads.outputs["heads"], options=tune_options,
