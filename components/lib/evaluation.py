@@ -15,10 +15,11 @@ import math
 import numpy as np
 
 from tlp.components.lib import model as model_lib
-from tlp.components.lib import report
+from tlp.components.lib import passes, report
 from tlp.components.lib.dataprep import records
 from tlp.components.lib.settings import Settings
 from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.strategy import make_strategy
 from tlp.components.lib.training import load_history
 
 MAX_MISCLASSIFIED_SHOWN = 24
@@ -69,17 +70,18 @@ def wilson_interval(correct: int, scored: int, population: int | None = None, z:
 def evaluate_model(
     model_dir: str, dataset_dir: str, batch_size: int = 64, splits: tuple[str, ...] = records.SPLITS,
     exclude_source_ids: set[str] | frozenset[str] = frozenset(), train_sample: int | None = None,
-    sample_seed: int = 0,
+    sample_seed: int = 0, strategy=None,
 ) -> dict:
     """Scores the model on train, val and test. Returns per-split metrics plus, for the test
     split, the confusion matrix, ROC curve (two classes) and misclassified examples.
     ``exclude_source_ids``: photos left out (champion/challenger leaves out test photos the
     champion may have trained on). ``train_sample``: score at most this many training photos,
     drawn with ``sample_seed`` (``gap_sample_positions``); the train metrics then carry
-    ``split_examples`` (the split's size) and ``accuracy_interval``."""
-    import tensorflow as tf
+    ``split_examples`` (the split's size) and ``accuracy_interval``. ``strategy``
+    (``strategy.make_strategy``): each split's pass is divided over its replicas and gathered
+    before the metrics (``passes.run_pass``); None scores in this process."""
+    from contextlib import nullcontext
 
-    model = model_lib.load_keras(model_dir)
     class_names = model_lib.read_info(model_dir)["class_names"]
     metadata = records.read_metadata(dataset_dir)
     data_classes = metadata["class_names"]
@@ -89,38 +91,18 @@ def evaluate_model(
             f"{data_classes}; evaluate on the data set the model was trained on."
         )
     num_classes = len(class_names)
-    predict = tf.function(lambda batch: model_lib.probabilities(model(batch, training=False), num_classes))
+    with strategy.scope() if passes.is_divided(strategy) else nullcontext():
+        model = model_lib.load_keras(model_dir)
     results: dict = {"class_names": class_names}
     for split in splits:
-        labels: list[int] = []
-        probs: list = []
-        misclassified: list[dict] = []
         split_size = int(metadata["num_examples"][split])
         positions = gap_sample_positions(split_size, train_sample, sample_seed) if split == "train" else None
-        dataset = records.read_split(dataset_dir, split, batch_size, with_source_ids=True, positions=positions)
-        for batch_images, batch_labels, source_ids in dataset:
-            if exclude_source_ids:
-                keep = np.array([s.decode("utf-8", "replace") not in exclude_source_ids for s in source_ids.numpy()])
-                if not keep.any():
-                    continue
-                batch_images, batch_labels = tf.boolean_mask(batch_images, keep), tf.boolean_mask(batch_labels, keep)
-                source_ids = tf.boolean_mask(source_ids, keep)
-            batch_probs = predict(batch_images).numpy()
-            labels.append(batch_labels.numpy())
-            probs.append(batch_probs)
-            if split == "test" and len(misclassified) < MAX_MISCLASSIFIED_SHOWN:
-                predicted = batch_probs.argmax(axis=1)
-                for i in np.flatnonzero(predicted != batch_labels.numpy()):
-                    if len(misclassified) >= MAX_MISCLASSIFIED_SHOWN:
-                        break
-                    misclassified.append({
-                        "source_id": source_ids[i].numpy().decode("utf-8", "replace"),
-                        "true": class_names[int(batch_labels[i])],
-                        "predicted": class_names[int(predicted[i])],
-                        "probability": float(batch_probs[i].max()),
-                        "jpeg": tf.io.encode_jpeg(batch_images[i]).numpy(),
-                    })
-        y_true, y_prob = np.concatenate(labels), np.concatenate(probs)
+        scored = passes.run_pass(
+            lambda batch: model_lib.probabilities(model(batch, training=False), num_classes),
+            dataset_dir, split, batch_size, strategy=strategy, exclude_source_ids=exclude_source_ids,
+            positions=positions,
+        )
+        y_true, y_prob = scored.labels, scored.outputs
         results[split] = split_metrics(y_true, y_prob, num_classes)
         if split == "train":
             correct = int(np.sum(y_prob.argmax(axis=1) == y_true))
@@ -131,9 +113,35 @@ def evaluate_model(
                 "confusion_matrix": confusion(y_true, y_prob.argmax(axis=1), num_classes),
                 "roc": roc(y_true, y_prob) if num_classes == 2 else None,
                 "per_class": per_class(y_true, y_prob.argmax(axis=1), class_names),
-                "misclassified": misclassified,
+                "misclassified": misclassified(dataset_dir, scored, class_names),
             }
     return results
+
+
+def misclassified(dataset_dir: str, scored: passes.PassOutput, class_names: list[str]) -> list[dict]:
+    """The first ``MAX_MISCLASSIFIED_SHOWN`` wrongly predicted test photos (record order), with
+    their images: read back from the split, which is read only up to the last of them."""
+    import tensorflow as tf
+
+    predicted = scored.outputs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != scored.labels)[:MAX_MISCLASSIFIED_SHOWN]
+    wanted = {int(scored.positions[i]): i for i in wrong}
+    found: dict[int, dict] = {}
+    for position, (image, _label, source_id) in enumerate(
+        records.read_split(dataset_dir, "test", with_source_ids=True)
+    ):
+        if position in wanted:
+            i = wanted[position]
+            found[position] = {
+                "source_id": source_id.numpy().decode("utf-8", "replace"),
+                "true": class_names[int(scored.labels[i])],
+                "predicted": class_names[int(predicted[i])],
+                "probability": float(scored.outputs[i].max()),
+                "jpeg": tf.io.encode_jpeg(image).numpy(),
+            }
+            if len(found) == len(wanted):
+                break
+    return [found[position] for position in sorted(found)]
 
 
 def split_metrics(y_true: np.ndarray, y_prob: np.ndarray, num_classes: int) -> dict:
@@ -226,11 +234,13 @@ def evaluate_and_report(
     given). Returns passed, reasons, flat_metrics ({split}_{metric}, the gap and its interval),
     gap (``gap_record``) and the full results."""
 
+    # First: --devices cpu:N sets up logical devices before TensorFlow starts.
+    strategy = make_strategy(settings.runtime.devices)
     feature_history = load_history(feature_history_path)
     fine_tune_history = load_history(fine_tune_history_path) if fine_tune_history_path else None
     held_out = gap_split(fine_tune_history)
     results = evaluate_model(model_dir, dataset_dir, train_sample=settings.gate.gap_sample,
-                             sample_seed=settings.training.seed)
+                             sample_seed=settings.training.seed, strategy=strategy)
     passed, reasons, gap = gate(results, settings.gate.max_gap, settings.gate.min_accuracy, held_out)
     measured = gap_record(results, held_out, settings.training.seed)
     context = report.report_context(results, passed, reasons, gap, feature_history, fine_tune_history,

@@ -21,12 +21,11 @@ import math
 import os
 import shutil
 import tempfile
-import time
 import typing
 
 import numpy as np
 
-from tlp.components.lib import augment, drift, specs
+from tlp.components.lib import augment, drift, passes, specs
 from tlp.components.lib import cut_cache as cut_cache_lib
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep import records
@@ -42,23 +41,19 @@ class TrainingDivergedError(specs.ServiceError):
     """The loss became NaN or infinite."""
 
 
-def extract_features(backbone, dataset_dir: str, split: str, batch_size: int, label: str = "", xla: bool = False):
-    """Runs the frozen backbone over one split once. Returns (features [N, D] float32, labels [N])."""
+def extract_features(
+    backbone, dataset_dir: str, split: str, batch_size: int, label: str = "", xla: bool = False, strategy=None,
+):
+    """Runs the frozen backbone over one split once, divided over ``strategy``'s replicas (built
+    under its scope) when it has several (``passes.run_pass``). Returns (features [N, D] float32,
+    labels [N]) in record order."""
     import tensorflow as tf
 
-    run_backbone = tf.function(
-        lambda batch: tf.cast(backbone(batch, training=False), tf.float32), jit_compile=xla or None
+    scored = passes.run_pass(
+        lambda batch: tf.cast(backbone(batch, training=False), tf.float32), dataset_dir, split, batch_size,
+        strategy=strategy, label=label, what="features", jit_compile=xla or None,
     )
-    total = records.read_metadata(dataset_dir)["num_examples"][split]
-    features, labels, done, started = [], [], 0, time.monotonic()
-    for batch_images, batch_labels in records.read_split(dataset_dir, split, batch_size):
-        features.append(run_backbone(batch_images).numpy())
-        labels.append(batch_labels.numpy())
-        done += len(batch_labels)
-        if done == total or len(features) % 20 == 0:
-            rate = done / max(time.monotonic() - started, 1e-9)
-            print(f"  {label}features {split}: {done}/{total} images ({rate:.0f} img/s)", flush=True)
-    return np.concatenate(features), np.concatenate(labels)
+    return scored.outputs, scored.labels
 
 
 def train_head(
@@ -77,6 +72,8 @@ def train_head(
     tuned run trains several heads on one extraction).
     Returns the training history (per epoch: loss, accuracy, val_loss, val_accuracy).
     """
+    # First: logical devices (--devices cpu:N) must be set before TensorFlow starts.
+    strategy = make_strategy(settings.runtime.devices)
     keras = model_lib.keras()
     metadata = records.read_metadata(dataset_dir)
     chosen, runtime = settings.model, settings.runtime
@@ -84,31 +81,45 @@ def train_head(
     specs.check_base(chosen.base, chosen.alpha, metadata["image_size"], weights)
     specs.check_precision(runtime.mixed_precision, weights)
     keras.utils.set_random_seed(settings.training.seed)
+    chief = is_chief()
+    # Other workers of a multi-machine job take part in the features' pass, then train the same
+    # head from the same features and keep it apart: only the chief writes the model and backup.
+    target = model_dir if chief else tempfile.mkdtemp(prefix="tlp-head-")
     with model_lib.precision_policy(runtime.mixed_precision):
         history = _train_head_under_policy(
-            dataset_dir, model_dir, metadata, settings, weights, backup_dir, tensorboard_dir, features_dir
+            dataset_dir, target, metadata, settings, weights, backup_dir, tensorboard_dir, features_dir,
+            strategy=strategy,
         )
+    if not chief:
+        shutil.rmtree(target, ignore_errors=True)
     _discard_backup(backup_dir)  # the saved model now holds everything the backup did
     return history
 
 
 def _train_head_under_policy(
     dataset_dir, model_dir, metadata, settings: Settings, weights: str, backup_dir, tensorboard_dir,
-    features_dir=None,
+    features_dir=None, strategy=None,
 ):
     chosen, training, runtime = settings.model, settings.training, settings.runtime
     class_names = metadata["class_names"]
     backbone = model_lib.build_backbone(chosen.base, chosen.alpha, metadata["image_size"], weights)
+    scorer = backbone
+    if passes.is_divided(strategy):
+        # The pass runs a copy whose weights are mirrored on every replica; the head trains on the
+        # plain backbone (no strategy), which gets the same weights.
+        with strategy.scope():
+            scorer = model_lib.build_backbone(chosen.base, chosen.alpha, metadata["image_size"], weights)
+        scorer.set_weights(backbone.get_weights())
     # With augmentation the head trains on images; the features then only give the standardization.
     splits = ("train",) if training.augment else ("train", "val")
     features = _cached_features(
-        backbone, dataset_dir, splits, training.batch_size, runtime.xla, features_dir or backup_dir
+        scorer, dataset_dir, splits, training.batch_size, runtime.xla, features_dir or backup_dir, strategy=strategy,
     )
     train_x = features["train"][0]
     model = model_lib.build_model(
         backbone, len(class_names), settings.head.dropout, train_x.mean(axis=0), train_x.var(axis=0)
     )
-    callbacks = _callbacks(backup_dir, "head", tensorboard_dir)
+    callbacks = _callbacks(backup_dir if is_chief() else None, "head", tensorboard_dir)
     compile_options: dict[str, typing.Any] = {
         "jit_compile": runtime.xla, "steps_per_execution": runtime.steps_per_execution,
     }
@@ -150,9 +161,12 @@ def _train_head_under_policy(
     return history
 
 
-def _cached_features(backbone, dataset_dir: str, splits: tuple, batch_size: int, xla: bool, backup_dir) -> dict:
-    """split -> (features, labels), run through the backbone once; kept in ``backup_dir`` (if
-    given) so a restarted step skips the extraction."""
+def _cached_features(
+    backbone, dataset_dir: str, splits: tuple, batch_size: int, xla: bool, backup_dir, strategy=None,
+) -> dict:
+    """split -> (features, labels), run through the backbone once (divided over ``strategy``'s
+    replicas); kept in ``backup_dir`` (if given; by the chief) so a restarted step skips the
+    extraction. Every worker finds the same file there, so all skip it or none does."""
     cache = os.path.join(backup_dir, "features.npz") if backup_dir else None
     if cache and os.path.isfile(cache):
         with np.load(cache) as saved:
@@ -161,8 +175,9 @@ def _cached_features(backbone, dataset_dir: str, splits: tuple, batch_size: int,
                 count = sum(len(labels) for _, labels in found.values())
                 print(f"  features: reused {count} cached feature vectors from {cache}", flush=True)
                 return found
-    found = {split: extract_features(backbone, dataset_dir, split, batch_size, xla=xla) for split in splits}
-    if cache:
+    found = {split: extract_features(backbone, dataset_dir, split, batch_size, xla=xla, strategy=strategy)
+             for split in splits}
+    if cache and is_chief():
         os.makedirs(backup_dir, exist_ok=True)
         arrays = {f"{split}_x": x for split, (x, _) in found.items()}
         arrays.update({f"{split}_y": y for split, (_, y) in found.items()})

@@ -90,7 +90,7 @@ def test_the_champion_is_rescored_only_on_photos_it_never_trained_on(grown, tmp_
     def challenge_on(dataset_dir):
         scored = {}
 
-        def fake_evaluate(model_dir, dataset, splits, exclude_source_ids=frozenset()):
+        def fake_evaluate(model_dir, dataset, splits, exclude_source_ids=frozenset(), strategy=None):
             scored[model_dir] = set(exclude_source_ids)
             return {"test": {"accuracy": 0.5, "examples": 1}}
 

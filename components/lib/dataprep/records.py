@@ -237,6 +237,7 @@ def read_split(
     cache_decoded: bool = False,
     worker: tuple[int, int] = (0, 1),
     positions=None,
+    every: tuple[int, int] = (0, 1),
 ):
     """A tf.data pipeline over one split: (uint8 image, label) or (image, label, source_id).
 
@@ -246,7 +247,9 @@ def read_split(
     ``AutoShardPolicy.FILE`` gives it (every count-th file from the index-th).
     ``positions``: only the records at these 0-based positions (in shard and record order, sorted,
     without repeats) are decoded; the others are skipped as raw bytes, and reading stops after the
-    last one."""
+    last one. ``every`` = (index, count) then keeps every count-th of the remaining records from
+    the index-th, before decoding: the p-th goes to ``p % count`` (how a model pass divides the
+    photos)."""
     import tensorflow as tf
 
     metadata = read_metadata(dataset_dir)
@@ -273,6 +276,8 @@ def read_split(
         if worker != (0, 1):
             raise ValueError("read_split takes positions or a worker's share, not both")
         dataset = _at_positions(dataset, positions)
+    if every[1] > 1:
+        dataset = dataset.shard(every[1], every[0])
     if cache_decoded:
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     if shuffle_seed is not None:
