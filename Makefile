@@ -16,6 +16,7 @@ STANDIN_BASE ?= tlp-local/debian-python:bookworm
 # Dataflow workers' SDK harness boot comes from Beam's SDK image of the locked apache-beam (Docker Hub).
 BEAM_SDK_IMAGE ?= apache/beam_python3.11_sdk:2.77.0
 BAKE_WEIGHTS ?= 1
+LOCKED_TENSORFLOW := $(shell sed -n 's/^tensorflow==//p' constraints.txt)
 
 .DEFAULT_GOAL := help
 
@@ -30,11 +31,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install the project with pinned dependencies
 
+install-cuda: $(STAMP) ## Add TensorFlow's CUDA libraries to .venv: tensorflow[and-cuda] at the locked version (Linux x86_64, NVIDIA driver; not run here)
+	$(BIN)/python -m pip install --quiet -c constraints.txt "tensorflow[and-cuda]==$(LOCKED_TENSORFLOW)"
+
 run: $(STAMP) ## Run the whole pipeline locally (kfp.local); RUN_ARGS="--data folder:photos" etc.
 	$(BIN)/tlp run $(RUN_ARGS)
 
-test: $(STAMP) ## Lint, then run the whole test suite on every core (pytest-xdist; each file stays in one worker)
+test: $(STAMP) ## Lint, build the docs site in strict mode, then run the whole test suite on every core (pytest-xdist)
 	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
 test-fast: $(STAMP) ## The inner loop: lint and every test except whole runs and trainings (-m "not slow"), on every core
@@ -56,10 +61,18 @@ lock: ## Re-resolve constraints.txt from pyproject.toml in a scratch venv
 	  echo "# Regenerate with: make lock"; \
 	  /tmp/tlp-lock/bin/pip freeze --all --exclude-editable | grep -v -e '^tlp' -e '^pip==' -e '^wheel=='; } > constraints.txt
 
-clean: ## Remove .venv and local outputs
-	rm -rf $(VENV) tlp-runs
+clean: ## Remove .venv, the built site and tlp-runs/ (every local run AND the local registry tlp-runs/registry.db)
+	rm -rf $(VENV) site tlp-runs
 
-.PHONY: help install run test test-fast lint compile lock clean
+.PHONY: help install install-cuda run test test-fast lint compile lock clean
+
+docs: $(STAMP) ## Build the documentation site into site/ (strict: a broken link or a page missing from the nav fails)
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
+
+docs-serve: $(STAMP) ## Serve the documentation site at http://127.0.0.1:8000, rebuilt as pages change
+	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
+.PHONY: docs docs-serve
 
 images: ## Build the CPU, training, serving and Dataflow-worker images (IMAGE_REPO, IMAGE_TAG, BASE_IMAGE, TRAIN_BASE_IMAGE, BAKE_WEIGHTS=0|1)
 	docker build -f containers/base.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
