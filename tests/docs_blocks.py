@@ -43,7 +43,8 @@ def all_blocks() -> list[tuple[str, int, str]]:
 
 
 def kind(command: str) -> str:
-    """How a test runs the command: "tlp-cloud" (against the stand-in), "tlp" (locally), "make",
+    """How a test runs the command: "tlp-cloud" (against the stand-in), "tlp-docker" (needs an
+    engine and the images), "tlp" (locally), "make",
     "assign" (a shell variable the next lines use), or the program's name."""
     if re.match(r"^[A-Z_]+=\S+$", command):
         return "assign"
@@ -51,6 +52,8 @@ def kind(command: str) -> str:
     if words[0] == "tlp":
         if words[1] in CLOUD_COMMANDS or "--batch-job" in words:
             return "tlp-cloud"
+        if "--runner" in words and words[words.index("--runner") + 1] == "docker":
+            return "tlp-docker"
         return "tlp"
     return words[0]
 
