@@ -67,10 +67,10 @@ clean: ## Remove .venv, the built site and tlp-runs/ (every local run AND the lo
 .PHONY: help install install-cuda run test test-fast lint compile lock clean
 
 docs: $(STAMP) ## Build the documentation site into site/ (strict: a broken link or a page missing from the nav fails)
-	$(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 docs-serve: $(STAMP) ## Serve the documentation site at http://127.0.0.1:8000, rebuilt as pages change
-	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 .PHONY: docs docs-serve
 
