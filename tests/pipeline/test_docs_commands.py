@@ -26,7 +26,8 @@ from tests import docs_blocks
 
 ROOT = docs_blocks.ROOT
 BIN = os.path.dirname(sys.executable)
-# Pages whose blocks run whole, as bash scripts (a server in the background, curl against it).
+# Pages whose blocks run as one bash script, in order (a server started in the background in one
+# block, curl against it and `kill %1` in the next).
 SCRIPT_PAGES = {"how-to/serve.md"}
 # Commands no test runs here, and why; the pages say so too.
 NOT_RUN = {
@@ -112,12 +113,28 @@ def _workspace(top) -> None:
 
 
 def _run(words: list[str], cwd, page: str, command: str, timeout: int = 1800) -> str:
+    """Runs the command in a session of its own; whatever it left running (a server a failed
+    script did not stop) is ended with it."""
+    import signal
+
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    process = subprocess.Popen(words, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{page}: `{command}` did not end within {timeout} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     accepted = ACCEPTED.get(words[1] if words[0].endswith("tlp") else "", {0})
-    assert done.returncode in accepted, (
-        f"{page}: `{command}` exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done.stdout
+    assert process.returncode in accepted, (
+        f"{page}: `{command}` exited {process.returncode}:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    return stdout
 
 
 @pytest.mark.slow
@@ -128,13 +145,13 @@ def test_a_reader_walks_the_local_pages_in_order(tmp_path):
         blocks.setdefault(page, []).append(block)
     ran = []
     for page in ORDER:
+        if page in SCRIPT_PAGES:
+            port = str(_free_port())
+            script = re.sub(r"\b8080\b", port, "\n".join(blocks[page]))
+            _run(["bash", "-e", "-c", script], tmp_path, page, script, timeout=600)
+            ran.append(f"{page}: its blocks, as one script on port {port}")
+            continue
         for block in blocks[page]:
-            if page in SCRIPT_PAGES:
-                port = str(_free_port())
-                script = re.sub(r"\b8080\b", port, block)
-                _run(["bash", "-e", "-c", script], tmp_path, page, script, timeout=600)
-                ran.append(f"{page}: the block, as a script on port {port}")
-                continue
             for command in docs_blocks.commands(block):
                 kind = docs_blocks.kind(command)
                 words = docs_blocks.fill(command, {})
