@@ -274,7 +274,7 @@ def read_split(
     dataset = tf.data.TFRecordDataset(paths)
     if positions is not None:
         if worker != (0, 1):
-            raise ValueError("read_split takes positions or a worker's share, not both")
+            raise ConfigError("read_split takes positions or a worker's share, not both")
         dataset = _at_positions(dataset, positions)
     if every[1] > 1:
         dataset = dataset.shard(every[1], every[0])
