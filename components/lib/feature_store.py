@@ -20,7 +20,7 @@ import numpy as np
 
 from tlp.components.lib.specs import ServiceError
 
-READ_ROWS = 4096  # rows per sequential read (statistics): 20 MB at 1,280 floats
+READ_ROWS = 256  # rows per sequential read (statistics): 1.3 MB at 1,280 floats, a fixed small buffer
 
 
 class FeatureWriter:
