@@ -65,16 +65,17 @@ def is_divided(strategy) -> bool:
 def run_pass(
     compute, dataset_dir: str, split: str, batch_size: int, *, strategy=None,
     exclude_source_ids: set[str] | frozenset[str] = frozenset(), label: str = "", what: str = "scored",
-    jit_compile: bool | None = None, sink=None,
+    jit_compile: bool | None = None, positions: np.ndarray | None = None, sink=None,
 ) -> PassOutput:
     """Runs ``compute`` (uint8 images [B, S, S, 3] -> float32 [B, ...]; its model built under
     ``strategy.scope()`` when one is given) once over ``split``, divided over ``strategy``'s
     replicas (see the module docstring). ``batch_size`` is per replica. Photos whose source id is
-    in ``exclude_source_ids`` are not scored. ``jit_compile``: XLA for ``compute``. Every worker
-    returns every photo's result. With ``sink`` (called with each batch's outputs and labels, in
-    record order), the outputs go there as they come and the result's ``outputs`` is empty: a
-    pass over millions of photos never holds them all (with several workers each one holds its
-    own until the gather puts them in order)."""
+    in ``exclude_source_ids`` are not scored; with ``positions`` (sorted record positions, e.g. the
+    gap's sample) only those are. ``jit_compile``: XLA for ``compute``. Every worker returns every
+    photo's result. With ``sink`` (called with each batch's outputs and labels, in record order),
+    the outputs go there as they come and the result's ``outputs`` is empty: a pass over millions
+    of photos never holds them all (with several workers each one holds its own until the gather
+    puts them in order)."""
     import tensorflow as tf
 
     workers, worker, local = layout(strategy)
@@ -90,15 +91,18 @@ def run_pass(
     step = tf.function(lambda values: strategy.run(compute, args=(values,)), reduce_retracing=True,
                        jit_compile=jit_compile) if divided else None
     dataset = records.read_split(dataset_dir, split, batch_size * local, with_source_ids=bool(exclude_source_ids),
-                                 every=(worker, workers))
+                                 positions=positions, every=(worker, workers))
+    chosen = None if positions is None else np.asarray(positions, np.int64)
     streamed = sink is not None and workers == 1
     outputs: list[np.ndarray] = []
-    labels, positions, seen, started = [], [], 0, time.monotonic()
+    labels, found, seen, started = [], [], 0, time.monotonic()
     batches = 0
     for batch in dataset:
         images, batch_labels = batch[0], batch[1].numpy()
         count = len(batch_labels)
-        batch_positions = (seen + np.arange(count)) * workers + worker
+        batch_positions = (seen + np.arange(count)) * workers + worker  # among the records read
+        if chosen is not None:
+            batch_positions = chosen[batch_positions]
         seen += count
         if exclude_source_ids:
             keep = np.array([s.decode("utf-8", "replace") not in exclude_source_ids for s in batch[2].numpy()])
@@ -115,7 +119,7 @@ def run_pass(
         else:
             outputs.append(scored)
         labels.append(batch_labels)
-        positions.append(batch_positions)
+        found.append(batch_positions)
         batches += 1
         if batches % 20 == 0:
             rate = seen / max(time.monotonic() - started, 1e-9)
@@ -125,11 +129,11 @@ def run_pass(
     result = PassOutput(
         np.concatenate(outputs),
         np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
-        np.concatenate(positions).astype(np.int64) if positions else np.zeros(0, np.int64),
+        np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64),
     )
     if workers > 1:
         result = _gathered(strategy, local, result)
-    _check_complete(result, total, split, exclude_source_ids)
+    _check_complete(result, total, split, exclude_source_ids, None if chosen is None else len(chosen))
     if sink is not None and not streamed:
         for start in range(0, len(result.labels), batch_size * local):
             stop = start + batch_size * local
@@ -174,14 +178,16 @@ def _gathered(strategy, local: int, mine: PassOutput) -> PassOutput:
     return PassOutput(outputs[order], labels[order], positions[order])
 
 
-def _check_complete(result: PassOutput, total: int, split: str, exclude_source_ids) -> None:
-    """Every photo scored once: a lost or doubled photo would change the metrics silently."""
+def _check_complete(result: PassOutput, total: int, split: str, exclude_source_ids, chosen: int | None) -> None:
+    """Every photo (of ``chosen`` many, if given) scored once: a lost or doubled photo would change
+    the metrics silently."""
     positions = result.positions
     doubled = len(positions) - len(np.unique(positions))
-    expected = None if exclude_source_ids else total
+    expected = None if exclude_source_ids else total if chosen is None else chosen
     if doubled or (expected is not None and len(positions) != expected) or (len(positions) and positions[-1] >= total):
+        wanted = f"{expected} of the split's {total}" if expected is not None else f"at most the split's {total}"
         raise ServiceError(
-            f"the {split} pass scored {len(positions)} photos ({doubled} twice) where the split has {total}; the "
-            "workers read different data (check that every worker of the job sees the same dataset path) and "
+            f"the {split} pass scored {len(positions)} photos ({doubled} twice) where it should have scored {wanted}; "
+            "the workers read different data (check that every worker of the job sees the same dataset path) and "
             "run the step again."
         )

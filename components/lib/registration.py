@@ -144,6 +144,8 @@ def register_model(
         "split_seed": str(split.get("seed", "")),
         "weights_spec": info.get("options", {}).get("weights", ""),
         "code_version": project_version(),
+        # The held-out split of the gap (test in a tuned run); its interval and sample are metrics.
+        "gap_split": str(metrics.get("gap_split", "")),
     }
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     registered = registry.register(model_dir, name, metrics=numeric, params=params, tags=tags)

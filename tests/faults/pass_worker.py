@@ -3,7 +3,8 @@ starts): evaluation of a model, or the frozen base's features (feature extractio
 
 usage: python -m tests.faults.pass_worker OPTIONS_JSON
 OPTIONS_JSON: {"mode": "evaluate" | "features", "dataset", "model" (evaluate), "devices", "batch",
-               "exclude" (evaluate, optional: source ids left out)}
+               "exclude" (evaluate, optional: source ids left out), "train_sample" (evaluate, optional:
+               the gap's sample of training photos)}
 Prints "RESULT <json>": evaluate: per split the metrics, and the test split's confusion matrix, ROC
 and misclassified source ids; features: per split the labels and the features as lists.
 """
@@ -24,7 +25,8 @@ def main(argv):
         from tlp.components.lib.evaluation import evaluate_model
 
         results = evaluate_model(options["model"], options["dataset"], batch_size=options["batch"],
-                                 exclude_source_ids=frozenset(options.get("exclude", [])), strategy=strategy)
+                                 exclude_source_ids=frozenset(options.get("exclude", [])),
+                                 train_sample=options.get("train_sample"), sample_seed=5, strategy=strategy)
         details = results["test_details"]
         details["misclassified"] = [m["source_id"] for m in details["misclassified"]]
         print("RESULT", json.dumps(results), flush=True)

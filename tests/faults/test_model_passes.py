@@ -79,15 +79,18 @@ def test_evaluation_on_two_cpus_and_by_two_workers_equals_one_device(even):
 
 
 @pytest.mark.slow
-def test_left_out_photos_are_left_out_on_every_replica(even):
+def test_left_out_photos_and_the_gaps_sample_are_the_same_on_every_replica(even):
     dataset, _head = even
     test_ids = [ids.decode() for _, _, ids in records.read_split(dataset, "test", with_source_ids=True)
                 .as_numpy_iterator()]
     left_out = test_ids[1:4]  # 5 of 8 remain: 3 photos on one replica, 2 on the other
-    single = _result(_start(_options(even, exclude=left_out)))
-    mirrored = _result(_start(_options(even, devices="cpu:2", exclude=left_out)))
+    # The gap's seeded sample: 41 of the 64 training photos (an odd count: the replicas differ by one).
+    single = _result(_start(_options(even, exclude=left_out, train_sample=41)))
+    mirrored = _result(_start(_options(even, devices="cpu:2", exclude=left_out, train_sample=41)))
     assert single["test"]["examples"] == 5
+    assert single["train"]["examples"] == 41 and single["train"]["split_examples"] == 64
     _assert_same_evaluation(mirrored, single)
+    assert mirrored["train"]["accuracy_interval"] == single["train"]["accuracy_interval"]
 
 
 @pytest.mark.slow

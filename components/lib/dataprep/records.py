@@ -217,6 +217,7 @@ def read_split(
     repeat: bool = False,
     cache_decoded: bool = False,
     worker: tuple[int, int] = (0, 1),
+    positions=None,
     every: tuple[int, int] = (0, 1),
 ):
     """A tf.data pipeline over one split: (uint8 image, label) or (image, label, source_id).
@@ -224,9 +225,12 @@ def read_split(
     ``cache_decoded`` keeps the decoded images in memory after the first pass, so later epochs
     spend no CPU on JPEG decoding (on a CPU-only machine that CPU is taken from training).
     ``worker`` = (index, count) reads only that worker's shard files, the ones
-    ``AutoShardPolicy.FILE`` gives it (every count-th file from the index-th). ``every`` = (index,
-    count) keeps every count-th record from the index-th, before decoding: the record at
-    position p of the split goes to ``p % count`` (how a model pass divides the photos)."""
+    ``AutoShardPolicy.FILE`` gives it (every count-th file from the index-th).
+    ``positions``: only the records at these 0-based positions (in shard and record order, sorted,
+    without repeats) are decoded; the others are skipped as raw bytes, and reading stops after the
+    last one. ``every`` = (index, count) then keeps every count-th of the remaining records from
+    the index-th, before decoding: the p-th goes to ``p % count`` (how a model pass divides the
+    photos)."""
     import tensorflow as tf
 
     metadata = read_metadata(dataset_dir)
@@ -249,6 +253,10 @@ def read_split(
         return image, parsed["label"]
 
     dataset = tf.data.TFRecordDataset(paths)
+    if positions is not None:
+        if worker != (0, 1):
+            raise ValueError("read_split takes positions or a worker's share, not both")
+        dataset = _at_positions(dataset, positions)
     if every[1] > 1:
         dataset = dataset.shard(every[1], every[0])
     if cache_decoded:
@@ -262,3 +270,20 @@ def read_split(
     if batch_size:
         dataset = dataset.batch(batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _at_positions(dataset, positions):
+    """The records of ``dataset`` at ``positions`` (sorted, distinct): a skipped record costs its
+    read, not its JPEG decoding."""
+    import numpy as np
+    import tensorflow as tf
+
+    positions = np.asarray(positions, dtype=np.int64)
+    if not len(positions):
+        raise ConfigError("read_split got an empty list of positions; ask for at least one record.")
+    wanted = np.zeros(int(positions[-1]) + 1, dtype=bool)
+    wanted[positions] = True
+    mask = tf.constant(wanted)
+    return (dataset.take(len(wanted)).enumerate()
+            .filter(lambda index, record: tf.gather(mask, index))
+            .map(lambda index, record: record))
