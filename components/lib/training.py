@@ -338,8 +338,12 @@ def write_drift_reference(model, dataset_dir: str, model_dir: str, batch_size: i
 
     keras = model_lib.keras()
     features_model = keras.Model(model.input, model.get_layer("pooled_features").output)
-    run = tf.function(lambda batch: tf.cast(features_model(batch, training=False), tf.float32))
-    total = records.read_metadata(dataset_dir)["num_examples"]["train"]
+    metadata = records.read_metadata(dataset_dir)
+    size, total = metadata["image_size"], metadata["num_examples"]["train"]
+    # One trace for every count of sampled photos in a batch: a trace per count (up to the batch size)
+    # took 10-20 MB each and made the step's peak grow with the data set (issue 29.5).
+    run = tf.function(lambda batch: tf.cast(features_model(batch, training=False), tf.float32),
+                      input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
     wanted = drift.sample_indices(total, drift.MAX_REFERENCE, seed)
     keep = np.zeros(total, dtype=bool)
     keep[wanted] = True
