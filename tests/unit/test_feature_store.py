@@ -90,3 +90,25 @@ def test_the_head_trained_from_the_file_equals_the_head_trained_on_arrays(sample
     for ours, theirs in zip(trained.get_weights(), model.get_weights(), strict=True):
         assert np.array_equal(ours, theirs)
     assert streamed["loss"] == [pytest.approx(loss, rel=0, abs=0) for loss in in_memory.history["loss"]]
+
+
+def test_the_drift_reference_traces_its_features_function_once(sample_dataset, head_model, tmp_path, monkeypatch):
+    """Issue 29.5: batches hold different numbers of sampled photos; a trace per number (10-20 MB
+    each) made fine-tuning's peak grow with the data set."""
+    import tensorflow as tf
+
+    from tlp.components.lib import drift, training
+    from tlp.components.lib import model as model_lib
+
+    monkeypatch.setattr(drift, "MAX_REFERENCE", 20)  # of 59 training photos: 0 to 8 a batch of 8
+    made = []
+    original = tf.function
+
+    def recording(*args, **kwargs):
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tf, "function", recording)
+    count = training.write_drift_reference(model_lib.load_keras(head_model[0]), sample_dataset, str(tmp_path), 8, 3)
+    assert count == 20
+    assert [function.experimental_get_tracing_count() for function in made] == [1]
