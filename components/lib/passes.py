@@ -65,14 +65,17 @@ def is_divided(strategy) -> bool:
 def run_pass(
     compute, dataset_dir: str, split: str, batch_size: int, *, strategy=None,
     exclude_source_ids: set[str] | frozenset[str] = frozenset(), label: str = "", what: str = "scored",
-    jit_compile: bool | None = None, positions: np.ndarray | None = None,
+    jit_compile: bool | None = None, positions: np.ndarray | None = None, sink=None,
 ) -> PassOutput:
     """Runs ``compute`` (uint8 images [B, S, S, 3] -> float32 [B, ...]; its model built under
     ``strategy.scope()`` when one is given) once over ``split``, divided over ``strategy``'s
     replicas (see the module docstring). ``batch_size`` is per replica. Photos whose source id is
     in ``exclude_source_ids`` are not scored; with ``positions`` (sorted record positions, e.g. the
     gap's sample) only those are. ``jit_compile``: XLA for ``compute``. Every worker returns every
-    photo's result."""
+    photo's result. With ``sink`` (called with each batch's outputs and labels, in record order),
+    the outputs go there as they come and the result's ``outputs`` is empty: a pass over millions
+    of photos never holds them all (with several workers each one holds its own until the gather
+    puts them in order)."""
     import tensorflow as tf
 
     workers, worker, local = layout(strategy)
@@ -90,7 +93,10 @@ def run_pass(
     dataset = records.read_split(dataset_dir, split, batch_size * local, with_source_ids=bool(exclude_source_ids),
                                  positions=positions, every=(worker, workers))
     chosen = None if positions is None else np.asarray(positions, np.int64)
-    outputs, labels, found, seen, started = [], [], [], 0, time.monotonic()
+    streamed = sink is not None and workers == 1
+    outputs: list[np.ndarray] = []
+    labels, found, seen, started = [], [], 0, time.monotonic()
+    batches = 0
     for batch in dataset:
         images, batch_labels = batch[0], batch[1].numpy()
         count = len(batch_labels)
@@ -105,10 +111,17 @@ def run_pass(
                 batch_labels, batch_positions = batch_labels[keep], batch_positions[keep]
         if len(batch_labels) == 0:
             continue
-        outputs.append(_on_replicas(step, images, strategy, local) if divided else run(images).numpy())
+        scored = _on_replicas(step, images, strategy, local) if divided else run(images).numpy()
+        if streamed:
+            sink(scored, batch_labels)
+            if not outputs:  # the first batch's shape, for the result
+                outputs.append(scored[:0])
+        else:
+            outputs.append(scored)
         labels.append(batch_labels)
         found.append(batch_positions)
-        if len(outputs) % 20 == 0:
+        batches += 1
+        if batches % 20 == 0:
             rate = seen / max(time.monotonic() - started, 1e-9)
             print(f"  {label}{what} {split}: {seen}/{total} images on this worker ({rate:.0f} img/s)", flush=True)
     if not outputs:  # (convolutions refuse an empty batch) the output's shape, for the gather
@@ -121,6 +134,11 @@ def run_pass(
     if workers > 1:
         result = _gathered(strategy, local, result)
     _check_complete(result, total, split, exclude_source_ids, None if chosen is None else len(chosen))
+    if sink is not None and not streamed:
+        for start in range(0, len(result.labels), batch_size * local):
+            stop = start + batch_size * local
+            sink(result.outputs[start:stop], result.labels[start:stop])
+        result = PassOutput(result.outputs[:0], result.labels, result.positions)
     print(f"  {label}{what} {split}: {len(result.labels)}/{total} images"
           + (f" over {workers} worker(s) x {local} replica(s)" if divided else ""), flush=True)
     return result
