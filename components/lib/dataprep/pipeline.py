@@ -22,6 +22,7 @@ records in the same order whatever the runner and however many workers it has.
 from __future__ import annotations
 
 from collections import Counter
+from typing import NamedTuple
 
 from tlp.components.lib.dataprep import encode, progress, records, sources, split
 from tlp.components.lib.dataprep.sources import Photo
@@ -33,12 +34,24 @@ def staged_path(scratch: str, unit: int) -> str:
     return sources.join(scratch, f"{STAGED_FOLDER}/unit-{unit:08d}.jpgs")
 
 
-def _read(numbered_unit: tuple, image_size: int, progress_folder: str | None, scratch: str) -> list[Photo]:
+# What travels from the read stage on: a photo as a plain tuple, not a ``Photo``. Beam's coder
+# writes a dataclass as a pickle that names its class and every field, and the local runner holds
+# each grouping's elements in the launcher until the grouping is done; a tuple of strings and
+# numbers is encoded field by field.
+ORDER, SOURCE_ID, LABEL, DIGEST, ERROR, SPLIT, STORED = range(7)
+
+
+def _compact(photo: Photo) -> tuple:
+    return (photo.order, photo.source_id, photo.label, photo.digest, photo.error, photo.split, photo.stored)
+
+
+def _read(numbered_unit: tuple, image_size: int, progress_folder: str | None, scratch: str) -> list[tuple]:
+    """A unit's photos, staged, each as (its content key, ``_compact`` tuple)."""
     index, unit = numbered_unit
     photos = encode.read_unit(unit, index, image_size)
     _stage(photos, scratch, index)
     progress.count(progress_folder, len(photos))
-    return photos
+    return [(_key_by_content(photo), _compact(photo)) for photo in photos]
 
 
 def _stage(photos: list[Photo], scratch: str, unit: int) -> None:
@@ -73,76 +86,84 @@ def read_staged(scratch: str, unit: int, offset: int, length: int) -> bytes:
     return data
 
 
-def _key_by_content(photo: Photo) -> tuple:
+def _key_by_content(photo: Photo) -> tuple | str:
     # The prepared image's digest (its resized pixels): identical bytes give identical prepared
     # images, and so does the same picture saved again with other bytes. Photos without a file digest (generated, TFDS)
     # and unreadable files are never duplicates: each keys alone.
     if photo.digest is None or photo.prepared_digest is None:
-        return ("unique", photo.order), photo
-    return photo.prepared_digest, photo
+        return ("unique", photo.order)
+    return photo.prepared_digest
 
 
-def _skip(photo: Photo, kind: str, reason: str, **extra) -> object:
+def _skip(photo: tuple, kind: str, reason: str, **extra) -> object:
     import apache_beam as beam
 
-    return beam.pvalue.TaggedOutput("skipped", (photo.order, {"path": photo.source_id, "reason": reason,
-                                                              "kind": kind, **extra}))
+    return beam.pvalue.TaggedOutput("skipped", (photo[ORDER], {"path": photo[SOURCE_ID], "reason": reason,
+                                                               "kind": kind, **extra}))
 
 
 def _keep_first(keyed: tuple):
     """Of the photos that prepare to one image, the first in listing order is kept and the others
     are skipped as duplicates of it (``duplicate_of``), so the picture lands in one split. Filed
     under two or more classes, the picture is a labelling conflict: every copy is left out and
-    listed with the paths of the others (``conflicts_with``). Unreadable files key alone."""
+    listed with the paths of the others (``conflicts_with``). Unreadable files key alone. Photos
+    are the read stage's compact tuples; a kept one leaves as ((order, source_id, label, digest,
+    split), stored), what the split stage gathers."""
     _, members = keyed
-    members = sorted(members, key=lambda photo: photo.order)
-    if members[0].error is not None:
+    members = sorted(members, key=lambda photo: photo[ORDER])
+    if members[0][ERROR] is not None:
         for photo in members:
-            yield _skip(photo, "unreadable", photo.error)
+            yield _skip(photo, "unreadable", photo[ERROR])
         return
-    if len({photo.label for photo in members}) > 1:
+    if len({photo[LABEL] for photo in members}) > 1:
         for photo in members:
-            others = [other.source_id for other in members if other is not photo]
+            others = [other[SOURCE_ID] for other in members if other is not photo]
             yield _skip(photo, "conflict", f"the same picture as {', '.join(others)} in another class folder: a "
                         "labelling conflict, left out of training; keep it in the one right class folder",
                         conflicts_with=others)
         return
     kept = members[0]
-    yield kept
+    yield (kept[ORDER], kept[SOURCE_ID], kept[LABEL], kept[DIGEST], kept[SPLIT]), kept[STORED]
     for photo in members[1:]:
-        if photo.digest == kept.digest:
-            reason = f"exact duplicate of {kept.source_id} (kept once, in one split)"
+        if photo[DIGEST] == kept[DIGEST]:
+            reason = f"exact duplicate of {kept[SOURCE_ID]} (kept once, in one split)"
         else:
-            reason = (f"the same picture as {kept.source_id} saved again (other bytes, the same pixels once prepared); "
-                      "kept once, in one split")
-        yield _skip(photo, "duplicate", reason, duplicate_of=kept.source_id)
+            reason = (f"the same picture as {kept[SOURCE_ID]} saved again (other bytes, the same pixels once "
+                      "prepared); kept once, in one split")
+        yield _skip(photo, "duplicate", reason, duplicate_of=kept[SOURCE_ID])
 
 
-def _identify(photo: Photo) -> tuple:
-    return (photo.order, photo.source_id, photo.label, photo.digest, photo.split), photo.stored
+class Kept(NamedTuple):
+    """A kept photo as the split stage holds it: what ``split.split_by_content`` reads (source_id,
+    label, content_hash) and where it came from. One small tuple a photo, sharing the gathered
+    strings: the split stage holds every kept photo at once."""
+
+    source_id: str
+    label: int
+    content_hash: str | None
+    order: tuple
+    split: str | None
+    stored: tuple | None
 
 
-def plan_splits(identities: list[tuple], seed: int, fixed: bool, image_size: int, max_workers: int,
+def plan_splits(identified: list[tuple], seed: int, fixed: bool, image_size: int, max_workers: int,
                 min_shard_records: int, split_record: dict | None = None) -> dict:
-    """Each kept photo's place: order -> (split, shard, rank in its shard's split), from the
-    gathered (order, source_id, label, digest, fixed split) list. ``fixed`` (TFDS): each photo
-    stays in the slice it was read from, in read order; else ``split.split_by_content``."""
+    """Each split's kept photos (``Kept``) in their order in the split (a photo's rank; the shard is
+    rank // per_shard), from the gathered ((order, source_id, label, digest, fixed split), stored)
+    pairs. ``fixed`` (TFDS): each photo stays in the slice it was read from, in read order; else
+    ``split.split_by_content``."""
+    kept = [Kept(source_id, label, digest, order, fixed_split, stored)
+            for (order, source_id, label, digest, fixed_split), stored in identified]
     if fixed:
-        ordered = {name: sorted(item[0] for item in identities if item[4] == name) for name in split.SPLITS}
+        ordered = {name: sorted((photo for photo in kept if photo.split == name), key=lambda photo: photo.order)
+                   for name in split.SPLITS}
         record = dict(split_record or {})
     else:
-        examples = {}
-        for order, source_id, label, digest, _ in identities:
-            examples[order] = split.Example(source_id, label, digest)
-        back = {id(example): order for order, example in examples.items()}
-        splits, record = split.split_by_content(list(examples.values()), seed)
-        ordered = {name: [back[id(example)] for example in splits[name]] for name in split.SPLITS}
-    place, per_shard = {}, {}
-    for name in split.SPLITS:
-        per_shard[name] = records.records_per_shard(len(ordered[name]), image_size, max_workers, min_shard_records)
-        for rank, order in enumerate(ordered[name]):
-            place[order] = (name, rank // per_shard[name], rank)
-    return {"place": place, "record": record, "per_shard": per_shard}
+        ordered, record = split.split_by_content(kept, seed)
+    del kept
+    per_shard = {name: records.records_per_shard(len(ordered[name]), image_size, max_workers, min_shard_records)
+                 for name in split.SPLITS}
+    return {"ordered": ordered, "record": record, "per_shard": per_shard}
 
 
 def _assign_shards(identified: list[tuple], seed: int, fixed: bool, image_size: int, max_workers: int,
@@ -153,11 +174,12 @@ def _assign_shards(identified: list[tuple], seed: int, fixed: bool, image_size: 
     the next stage would receive every photo's place."""
     import apache_beam as beam
 
-    plan = plan_splits([identity for identity, _ in identified], seed, fixed, image_size, max_workers,
-                       min_shard_records, split_record)
-    for (order, source_id, label, _, _), (offset, length) in identified:
-        name, shard, rank = plan["place"][order]
-        yield (name, shard), (rank, order[0], offset, length, label, source_id)
+    plan = plan_splits(identified, seed, fixed, image_size, max_workers, min_shard_records, split_record)
+    for name in split.SPLITS:
+        for rank, photo in enumerate(plan["ordered"][name]):
+            offset, length = photo.stored
+            yield (name, rank // plan["per_shard"][name]), (rank, photo.order[0], offset, length, photo.label,
+                                                            photo.source_id)
     yield beam.pvalue.TaggedOutput("plan", {"record": plan["record"], "per_shard": plan["per_shard"]})
 
 
@@ -218,13 +240,11 @@ def build(pipeline, scratch: str, output_dir: str, *, image_size: int, seed: int
     )
     verdicts = (
         photos
-        | "KeyByContent" >> beam.Map(_key_by_content)
         | "GroupByContent" >> beam.GroupByKey()
         | "Deduplicate" >> beam.FlatMap(_keep_first).with_outputs("skipped", main="kept")
     )
     assigned = (
         verdicts.kept
-        | "Identify" >> beam.Map(_identify)
         | "GatherIdentities" >> beam.combiners.ToList()
         | "SplitByContent" >> beam.FlatMap(_assign_shards, seed, fixed_split is not None, image_size, max_workers,
                                            min_shard_records, fixed_split).with_outputs("plan", main="photos")
