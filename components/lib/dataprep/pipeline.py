@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 from tlp.components.lib.dataprep import encode, progress, records, sources, split
 from tlp.components.lib.dataprep.sources import Photo
+from tlp.components.lib.specs import ServiceError
 
 STAGED_FOLDER = "staged"  # under the run's scratch folder: one file of resized JPEGs per unit
 
@@ -81,7 +82,7 @@ def read_staged(scratch: str, unit: int, offset: int, length: int) -> bytes:
         handle.seek(offset)
         data = handle.read(length)
     if len(data) != length:
-        raise OSError(f"staged file {staged_path(scratch, unit)} holds {len(data)} bytes at {offset}, not "
+        raise ServiceError(f"staged file {staged_path(scratch, unit)} holds {len(data)} bytes at {offset}, not "
                       f"{length}: it changed while data prep ran; run data prep again.")
     return data
 

@@ -183,10 +183,7 @@ def run_pipeline(listing: sources.Listing, output_dir: str, *, image_size: int, 
                 try:
                     pipe.run().wait_until_finish()
                 except Exception as error:  # a worker's own one sentence (a failed read), out of Beam's wrapping
-                    failure = worker_error(error)
-                    if failure is None:
-                        raise
-                    raise failure from error
+                    raise worker_failure(error) from error
         else:
             build()
             _run_on_dataflow(pipe, dataflow, target)
@@ -213,6 +210,15 @@ def scratch_folder(output_dir: str, dataflow: DataflowJob | None) -> str:
 
 
 _SPECS_ERROR = re.compile(r"^tlp\.components\.lib\.specs\.(ServiceError|ConfigError|NotFound): (.+)$", re.MULTILINE)
+
+
+def worker_failure(error: Exception) -> TlpError:
+    """The one sentence a worker raised on purpose (``worker_error``); any other error is raised again
+    as it is."""
+    failure = worker_error(error)
+    if failure is None:
+        raise error
+    return failure
 
 
 def worker_error(error: Exception) -> TlpError | None:
