@@ -238,7 +238,7 @@ def test_the_request_path_runs_the_model_once_on_the_images_as_sent(tuned_model,
     with serving.running_in_thread(app) as url:
         seen.clear()  # the warm-up's blank image
         _send(url, card.name, photos[0][:8], per_request=8)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # the worker runs at SCHED_IDLE: slow to start on a loaded machine
         while (state := _drift(url))["recent"] < 8:
             assert time.monotonic() < deadline and not state["error"], state
             time.sleep(0.1)
