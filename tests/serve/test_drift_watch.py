@@ -233,7 +233,7 @@ def test_the_request_path_runs_the_model_once_on_the_images_as_sent(tuned_model,
 
     monkeypatch.setattr(model_lib, "load_servable", counting)
     app, card, drift_not_watched = serve.prepare(tuned_model[0], "", ServeOptions(
-        route_name="once", drift_every=1000, drift_window=40))
+        route_name="once", drift_every=40, drift_window=40))
     assert drift_not_watched == ""
     with serving.running_in_thread(app) as url:
         seen.clear()  # the warm-up's blank image
