@@ -2,12 +2,18 @@
 with the model's reference every ``every`` images, off the request path. The last AUC is a
 Prometheus gauge (``tlp_image_drift_auc``) and a value for the page.
 
-``tlp serve`` feeds it the features its model computes anyway (the SavedModel's
-``serving_with_features`` signature: the same forward pass). The recomputation must not slow the
-requests it watches, on a machine whose cores TensorFlow already uses. So:
+``tlp serve`` hands it the raw bytes of the images the next window will hold (``watch``: a bounded
+queue, never waited on: when it is full, images are dropped and counted); its worker process
+prepares them as data prep stores a photo and computes their pooled features with the model's
+``serving_with_features`` signature (loaded at the first batch, on one thread), so that the second
+model pass runs off the request path. Measured (bench/serving.py): with that pass on the request
+path the watch cost 1.8-2.5x per batch of 32. Unit tests and callers that have features already
+``observe`` them. The recomputation must not slow the requests it watches, on a machine whose
+cores TensorFlow already uses. So:
 
 - it runs in a process of its own (``python -m tlp.components.lib.drift_monitor``: numpy and the
-  test, no TensorFlow; a thread would hold the server's GIL), on one BLAS thread, with Linux's
+  test, TensorFlow only once it has images to compute features of; a thread would hold the server's
+  GIL), on one BLAS thread, with Linux's
   SCHED_IDLE priority (only on a core nothing else wants);
 - it computes only while the server answers no request: the server counts its requests in flight
   (``InFlight``, 8 bytes of a file both processes map) and the worker waits before each step of
@@ -23,6 +29,7 @@ The process starts at the first recomputation, so the server's start-up does not
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -34,10 +41,13 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
 from tlp.components.lib import drift
+from tlp.components.lib import model as model_lib
+from tlp.components.lib.dataprep.encode import prepare_bytes
 from tlp.components.lib.specs import ConfigError, ServiceError
 
 LOG = logging.getLogger(__name__)
@@ -46,6 +56,10 @@ GAUGE = "tlp_image_drift_auc"
 DIMENSIONS = 128  # of the features' width (1,280 for MobileNetV2 at alpha 1.0)
 MAX_FAILURES = 3  # recomputations failing in a row end the watch (a worker that cannot start, say)
 MAX_WAIT_SECONDS = 60.0  # a recomputation waits at most this long, in all, for the server to be idle
+MAX_PENDING = 512  # images waiting for the worker to compute their features; more are dropped (counted)
+MAX_PENDING_BYTES = 64_000_000  # and at most this many bytes of them (a few large uploads fill it sooner)
+FEATURE_BATCH = 32  # images the worker computes features of in one model call
+WORKER_MODULE = "tlp.components.lib.drift_monitor"  # what the worker process runs (``work``)
 
 
 class DriftMonitor:
@@ -59,7 +73,8 @@ class DriftMonitor:
     recomputation never queues behind another)."""
 
     def __init__(self, reference: np.ndarray, *, capacity: int = 500, every: int = 200,
-                 max_reference: int = 1000, seed: int = 0, gauge=None, reference_photos: list[str] | None = None):
+                 max_reference: int = 1000, seed: int = 0, gauge=None, reference_photos: list[str] | None = None,
+                 model_dir: str = "", image_size: int = 0, max_pending: int = MAX_PENDING):
         self.reference = np.asarray(reference, dtype=np.float32)
         self.capacity, self.every, self.max_reference, self.seed = capacity, every, max_reference, seed
         self._buffer = np.zeros((capacity, self.reference.shape[1]), dtype=np.float32)
@@ -70,7 +85,13 @@ class DriftMonitor:
         self._stop = False
         self.requests = InFlight()  # the server counts its requests in flight here (serving.app)
         self._worker = DriftWorker(self.reference, max_reference=max_reference, max_new=capacity, seed=seed,
-                                   requests_file=self.requests.path, reference_photos=reference_photos or [])
+                                   requests_file=self.requests.path, reference_photos=reference_photos or [],
+                                   model_dir=model_dir, image_size=image_size)
+        # Raw images ``watch`` took, waiting for the worker to compute their features (bounded: the
+        # request path never waits for the worker, and memory stays bounded).
+        self._pending: collections.deque[bytes] = collections.deque()
+        self.max_pending, self._pending_bytes = max_pending, 0
+        self.dropped = 0  # watched images dropped because the queue was full (answered, not watched)
         self.auc: float | None = None
         self.computed = 0  # recomputations done
         self.distinct = 0  # different images in the window at the last recomputation (repeats count once)
@@ -95,6 +116,42 @@ class DriftMonitor:
             skippable = self.every - self.capacity - self._since
         return count - min(count, max(0, skippable))
 
+    def watch(self, images: list[bytes], skipped: int = 0) -> None:
+        """The request path's call (microseconds, never waits): the raw bytes of a batch's images that
+        the next window will hold, queued for the worker to prepare and compute features of. When the
+        queue is full the rest are dropped and counted (``dropped`` on /drift). ``skipped``: the
+        batch's images before these that ``wanted`` said the window will not hold."""
+        with self._lock:
+            for data in images:
+                if len(self._pending) < self.max_pending and self._pending_bytes + len(data) <= MAX_PENDING_BYTES:
+                    self._pending.append(data)
+                    self._pending_bytes += len(data)
+                else:
+                    self.dropped += 1
+            self._since += len(images) + skipped  # served images count towards ``every`` when answered
+        self._wake.set()
+
+    def _compute_pending(self) -> None:
+        """On the background thread: the worker computes features of the queued images, a batch at a
+        time, into the window (images it cannot prepare are counted as ``left_out``)."""
+        while True:
+            with self._lock:
+                batch = [self._pending.popleft() for _ in range(min(FEATURE_BATCH, len(self._pending)))]
+                self._pending_bytes -= sum(map(len, batch))
+            if not batch:
+                return
+            try:
+                features, photos, left_out = self._worker.features(batch)
+            except BaseException:
+                self.dropped += len(batch)  # not watched: counted, and the failure is on /drift
+                raise
+            self._store(features, photos)
+            self.left_out += left_out
+
+    def _due(self) -> bool:
+        with self._lock:
+            return self._since >= self.every and self._filled >= drift.MIN_PHOTOS
+
     def observe(self, features, photos: list[str] | None = None, left_out: int = 0, skipped: int = 0) -> None:
         """``photos``: each row's content id (``drift.content_id`` of the prepared image), so that a
         photo sent again counts once however its features differ between batches; without them a
@@ -107,6 +164,14 @@ class DriftMonitor:
             photos = [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
         if len(photos) != len(rows):
             raise ValueError(f"{len(photos)} content ids for {len(rows)} feature rows")
+        self._store(rows, photos)
+        with self._lock:
+            self._since += len(rows) + left_out + skipped
+        if self._due():
+            self._wake.set()
+
+    def _store(self, rows: np.ndarray, photos: list[str]) -> None:
+        """Rows and their content ids into the ring buffer (not counted towards ``every``)."""
         rows, photos = rows[-self.capacity:], list(photos)[-self.capacity:]
         with self._lock:
             for row, photo in zip(rows, photos, strict=True):
@@ -114,10 +179,6 @@ class DriftMonitor:
                 self._photos[self._next] = photo
                 self._next = (self._next + 1) % self.capacity
             self._filled = min(self.capacity, self._filled + len(rows))
-            self._since += len(rows) + left_out + skipped
-            due = self._since >= self.every and self._filled >= drift.MIN_PHOTOS
-        if due:
-            self._wake.set()
 
     def _recompute(self) -> float | None:
         """One recomputation, waited for on the background thread (the only caller)."""
@@ -158,7 +219,8 @@ class DriftMonitor:
                 "every": self.every,
                 "reference": len(self.reference), "computed": self.computed, "busy": self.busy,
                 "seconds": self.seconds, "waited": self.waited, "error": self.error, "note": self.note,
-                "stopped": self.stopped, "left_out": self.left_out}
+                "stopped": self.stopped, "left_out": self.left_out, "dropped": self.dropped,
+                "pending": len(self._pending)}
 
     @property
     def stopped(self) -> bool:
@@ -191,7 +253,9 @@ class DriftMonitor:
             if self._stop:
                 return
             try:
-                self._recompute()
+                self._compute_pending()
+                if self._due():
+                    self._recompute()
             except Exception as error:  # any failure is shown on /drift; the watch goes on, and so does serving
                 self._failures += 1
                 self._forget_auc()
@@ -216,14 +280,43 @@ class DriftWorker:
     ``close``d, it starts no process again."""
 
     def __init__(self, reference: np.ndarray, *, max_reference: int, max_new: int, seed: int, requests_file: str,
-                 reference_photos: list[str] | None = None):
+                 reference_photos: list[str] | None = None, model_dir: str = "", image_size: int = 0):
         self.reference = reference
         self.reference_photos = reference_photos or []
         self.settings = {"max_reference": max_reference, "max_new": max_new, "seed": seed, "dimensions": DIMENSIONS,
-                         "requests_file": requests_file}
+                         "requests_file": requests_file, "model_dir": model_dir, "image_size": image_size}
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()  # one conversation at a time; close waits for it or cuts it
         self._closed = False
+
+    def features(self, images: list[bytes]) -> tuple[np.ndarray, list[str], int]:
+        """(pooled features, content ids, how many could not be prepared) of raw images, prepared in
+        the worker as data prep stores a photo and run through the model's features signature."""
+        with self._lock:
+            if self._closed:
+                raise ServiceError("the drift watch was closed.")
+            process = self._started()
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                send_line(process.stdin, {"images": [len(data) for data in images]})
+                process.stdin.write(b"".join(images))
+                process.stdin.flush()
+                answer = process.stdout.readline()
+                result = json.loads(answer) if answer else None
+                if result is not None and "error" not in result:
+                    rows = receive_array(process.stdout)
+            except (OSError, ValueError, ServiceError) as error:
+                self._end(process)
+                raise ServiceError(f"the drift worker process failed ({error}); it starts again at the next "
+                                   "batch.") from error
+            if result is None:
+                self._end(process)
+                raise ServiceError(f"the drift worker process ended (exit code {process.returncode}); it starts "
+                                   "again at the next batch.")
+        if "error" in result:
+            raise ServiceError(f"the drift worker could not compute features of served images: {result['error']}")
+        assert rows is not None
+        return rows, list(result["photos"]), int(result["left_out"])
 
     def test(self, recent: np.ndarray, photos: list[str]) -> tuple[float | None, int, float, float]:
         """(AUC, distinct images tested, seconds, of which waiting for the server to be idle) of the
@@ -288,7 +381,7 @@ class DriftWorker:
         # A session of its own: a Ctrl-C at the terminal is the server's to handle (it closes the pipe).
         environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         try:
-            process = subprocess.Popen([sys.executable, "-m", "tlp.components.lib.drift_monitor",
+            process = subprocess.Popen([sys.executable, "-m", WORKER_MODULE,
                                         json.dumps(self.settings)],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment,
                                        start_new_session=True)
@@ -314,16 +407,18 @@ def work(settings: dict) -> None:
     lowest_priority(0)
     dimensions = settings.pop("dimensions")
     requests = InFlight(settings.pop("requests_file"))
+    model = ServedFeatures(settings.pop("model_dir"), settings.pop("image_size"))
     reference = _next_array(source)
     reference_photos = _next_line(source)
     if reference is None or reference_photos is None:
         return
     basis = drift.random_projection(reference.shape[1], min(dimensions, reference.shape[1]), settings["seed"])
     reference = reference @ basis
-    while (recent := _next_array(source)) is not None:  # None: the server closed the pipe, done
-        photos = _next_line(source)
-        if photos is None:
+    while True:
+        header = source.readline()
+        if not header:  # the server closed the pipe: done
             return
+        message = json.loads(header)
         started, waited = time.monotonic(), 0.0
 
         def while_serving() -> None:  # before each step of the fit: wait while a request is answered
@@ -332,6 +427,30 @@ def work(settings: dict) -> None:
             while requests.count() > 0 and waited + (time.monotonic() - since) < MAX_WAIT_SECONDS:
                 time.sleep(0.001)
             waited += time.monotonic() - since
+
+        if isinstance(message, dict):  # served images to compute features of
+            images = [source.read(size) for size in message["images"]]
+            if sum(map(len, images)) != sum(message["images"]):
+                return  # cut off mid-batch: the server is gone
+            while_serving()
+            try:
+                rows, ids, left_out = model.features(images)
+            except Exception as error:  # any failure: the server says it on /drift, the watch goes on
+                if not _answer(answers, {"error": f"{type(error).__name__}: {error}"}):
+                    return
+                continue
+            if not _answer(answers, {"photos": ids, "left_out": left_out}):
+                return
+            send_array(answers.buffer, rows)
+            continue
+        size = 4 * int(np.prod(message))
+        data = source.read(size)
+        if len(data) != size:
+            return  # cut off mid-array: the server is gone
+        recent = np.frombuffer(data, dtype=np.float32).reshape(message)
+        photos = _next_line(source)
+        if photos is None:
+            return
 
         # A photo sent again (a retry, a probe, a popular photo) is one photo, by its content id: the
         # test counts it once (drift.two_sample_test).
@@ -345,11 +464,51 @@ def work(settings: dict) -> None:
                 answer.update(auc=result.auc, seconds=round(time.monotonic() - started, 3), waited=round(waited, 3))
         except (ConfigError, ValueError, FloatingPointError) as error:
             answer = {"error": str(error)}
-        try:
-            answers.write(json.dumps(answer) + "\n")
-            answers.flush()
-        except BrokenPipeError:  # the server stopped listening: done
+        if not _answer(answers, answer):
             return
+
+
+def _answer(answers, answer: dict) -> bool:
+    """One JSON line to the server; False when it stopped listening."""
+    try:
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+    except BrokenPipeError:
+        return False
+    return True
+
+
+class ServedFeatures:
+    """In the worker: served images prepared as data prep stores a photo (``encode.prepare_bytes``),
+    then the model's pooled features (its features signature, the one the reference was computed
+    with). TensorFlow and the model load at the first batch, on one thread each for ops and between
+    them: the worker runs beside the server, at the lowest priority."""
+
+    def __init__(self, model_dir: str, image_size: int):
+        self.model_dir, self.image_size = model_dir, image_size
+        self._serve: Any = None  # the features signature, once loaded
+
+    def features(self, images: list[bytes]) -> tuple[np.ndarray, list[str], int]:
+        if not self.model_dir or not self.image_size:
+            raise ConfigError("this drift watch was started without a model directory and image size, so it "
+                              "cannot compute features of served images; pass model_dir and image_size.")
+        prepared, left_out = [], 0
+        for data in images:
+            try:
+                prepared.append(prepare_bytes(data, self.image_size))
+            except Exception:  # any decoder failure: counted on /drift (left_out); TensorFlow answered it
+                left_out += 1
+        photos = [drift.content_id(data) for data in prepared]
+        if not prepared:
+            return np.zeros((0, 0), dtype=np.float32), [], left_out
+        import tensorflow as tf
+
+        if self._serve is None:
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+            self._serve = model_lib.load_servable(self.model_dir, model_lib.FEATURES_SIGNATURE)
+        outputs = self._serve(image_bytes=tf.constant(prepared))
+        return outputs[model_lib.FEATURES_OUTPUT].numpy(), photos, left_out
 
 
 def _next_line(source) -> list | None:

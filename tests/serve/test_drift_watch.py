@@ -127,23 +127,7 @@ def test_a_reference_that_does_not_fit_the_model_is_served_without_the_watch(tun
     damage(model_dir / drift.REFERENCE_FILE)
     predictor = serving.Predictor(str(model_dir), features=True)
     monitor, why_not = serving.watch_drift(predictor, ServeOptions())
-    assert monitor is None and words in why_not and predictor.on_features is None
-
-
-class BatchSensitive:
-    """The features signature, its pooled features scaled by 1 + 1e-6 x the call's number: as
-    MobileNetV2 on CPU gives one image slightly different features alone than inside a batch
-    (measured at alpha 1.0: about 1e-6 of their scale). The session's model (alpha 0.35, 64 px) gives
-    nearly every image equal ones, which would hide the defect."""
-
-    def __init__(self, signature):
-        self.signature, self.structured_outputs, self.calls = signature, signature.structured_outputs, 0
-
-    def __call__(self, **inputs):
-        self.calls += 1
-        outputs = dict(self.signature(**inputs))
-        outputs["pooled_features"] = outputs["pooled_features"] * (1.0 + 1e-6 * self.calls)
-        return outputs
+    assert monitor is None and words in why_not and predictor.on_images is None
 
 
 def _send_mixed(url: str, name: str, paths: list[str], copies: int) -> None:
@@ -165,12 +149,13 @@ def test_photos_sent_again_in_batches_of_1_and_8_read_as_the_training_kind(tuned
     """Through the server with micro-batching: 40 photos of the training kind, each sent 12 times
     in batches of 1 and 8 mixed, read as 40 photos of the training kind, however their features
     differ from batch to batch; the worse camera's photos, sent so too, still read drifted."""
+    from tests.serve.batch_sensitive_worker import batch_sensitive
+    from tlp.components.lib import drift_monitor
     from tlp.components.lib import model as model_lib
 
-    load_servable = model_lib.load_servable
-    monkeypatch.setattr(model_lib, "load_servable", lambda directory, signature="serving_default": (
-        BatchSensitive(load_servable(directory, signature)) if signature == model_lib.FEATURES_SIGNATURE
-        else load_servable(directory, signature)))
+    # The worker process computes the watched features: it runs with the batch-sensitive signature.
+    monkeypatch.setattr(drift_monitor, "WORKER_MODULE", "tests.serve.batch_sensitive_worker")
+    monkeypatch.setattr(model_lib, "load_servable", batch_sensitive(model_lib.load_servable))
     same, worse = photos
     window = len(same) * 12
     options = ServeOptions(route_name="mixed", drift_every=window, drift_window=window, max_batch=32,
@@ -190,22 +175,71 @@ def test_photos_sent_again_in_batches_of_1_and_8_read_as_the_training_kind(tuned
 def test_the_watch_sees_a_request_as_data_prep_stores_the_photo(tuned_model, photos):
     """The reference holds features of training photos as data prep stored them (decoded, resized,
     JPEG): the served watch must see a request so too, with the prepared photo's content id, or the
-    re-encoding itself reads as drift. The answer still comes from the image as sent."""
+    re-encoding itself reads as drift. The answer still comes from the image as sent; the request
+    path hands the images as sent to the watch, whose worker process prepares them."""
     import tensorflow as tf
 
     from tlp.components.lib import model as model_lib
     from tlp.components.lib.dataprep.encode import prepare_bytes
+    from tlp.components.lib.drift_monitor import DriftMonitor
 
     predictor = serving.Predictor(tuned_model[0], features=True)
-    seen = []
-    predictor.on_features = lambda *arguments: seen.append(arguments)
+    handed = []
+    predictor.on_images = lambda images, skipped: handed.append((images, skipped))
     sent = [open(path, "rb").read() for path in photos[0][:4]]
     answers = predictor(sent)
+    assert handed == [(sent, 0)]  # the images as sent, none skipped
+    reference = drift.load_reference(tuned_model[0])
+    monitor = DriftMonitor(reference.features, capacity=8, every=1000, gauge=False, model_dir=tuned_model[0],
+                           image_size=predictor.image_size)
+    try:
+        monitor.watch(*handed[0])
+        deadline = time.monotonic() + 120
+        while monitor.snapshot()["recent"] < 4:
+            assert time.monotonic() < deadline and not monitor.error, monitor.snapshot()
+            time.sleep(0.1)
+        observed, observed_photos = monitor._buffer[:4].copy(), monitor._photos[:4]
+    finally:
+        monitor.close()
     prepared = [prepare_bytes(data, predictor.image_size) for data in sent]
     signature = model_lib.load_servable(tuned_model[0], model_lib.FEATURES_SIGNATURE)
     expected = signature(image_bytes=tf.constant(prepared))["pooled_features"].numpy()
-    [observed] = seen
-    assert np.abs(observed[0] - expected).max() <= 1e-4 * np.abs(expected).max()
-    assert observed[1:] == ([drift.content_id(data) for data in prepared], 0, 0)  # content ids, none left out
+    assert np.abs(observed - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert observed_photos == [drift.content_id(data) for data in prepared]  # content ids
+    assert monitor.left_out == 0 and monitor.dropped == 0
     as_sent = model_lib.load_servable(tuned_model[0])(image_bytes=tf.constant(sent))["probabilities"].numpy()
     np.testing.assert_allclose([answer.probabilities for answer in answers], as_sent, atol=1e-5)
+
+
+def test_the_request_path_runs_the_model_once_on_the_images_as_sent(tuned_model, photos, monkeypatch):
+    """The watch's second model pass (the prepared images) runs in its worker process, not on the
+    request path: the server's model sees each request's images once, and the watch still gets them."""
+    from tlp.components.lib import model as model_lib
+
+    seen = []
+    load_servable = model_lib.load_servable
+
+    def counting(directory, signature="serving_default"):
+        served = load_servable(directory, signature)
+
+        class Counting:
+            structured_outputs = served.structured_outputs
+
+            def __call__(self, **inputs):
+                seen.append(int(inputs["image_bytes"].shape[0]))
+                return served(**inputs)
+
+        return Counting()
+
+    monkeypatch.setattr(model_lib, "load_servable", counting)
+    app, card, drift_not_watched = serve.prepare(tuned_model[0], "", ServeOptions(
+        route_name="once", drift_every=40, drift_window=40))
+    assert drift_not_watched == ""
+    with serving.running_in_thread(app) as url:
+        seen.clear()  # the warm-up's blank image
+        _send(url, card.name, photos[0][:8], per_request=8)
+        deadline = time.monotonic() + 300  # the worker runs at SCHED_IDLE: slow to start on a loaded machine
+        while (state := _drift(url))["recent"] < 8:
+            assert time.monotonic() < deadline and not state["error"], state
+            time.sleep(0.1)
+    assert seen == [8], seen  # one model call, on the 8 images as sent: nothing more on the request path

@@ -224,3 +224,33 @@ def test_images_the_window_will_not_hold_are_not_asked_for_but_counted():
         monitor.observe(rng.normal(size=(50, 16)), [f"p{i}" for i in range(50)], skipped=50)
         assert _wait_for(lambda: monitor.computed >= 1)
         assert monitor.snapshot()["distinct"] == 50 and monitor.wanted(10) == 0
+
+
+def test_watched_images_wait_in_a_bounded_queue_that_never_blocks_a_request(monkeypatch):
+    """The request path only queues the images' bytes for the worker (which computes their features);
+    while it is busy, images beyond ``max_pending`` are dropped and counted, never waited for."""
+    import threading
+
+    rng = np.random.default_rng(11)
+    computing, release, batches = threading.Event(), threading.Event(), []
+
+    def features(images):  # the worker's part, held until released
+        batches.append(list(images))
+        computing.set()
+        release.wait(30)
+        return rng.normal(size=(len(images), 16)).astype(np.float32), [data.decode() for data in images], 0
+
+    with _watch(rng, (200, 16), capacity=50, every=1000, max_pending=4) as monitor:
+        monkeypatch.setattr(monitor._worker, "features", features)
+        monitor.watch([b"first"])
+        assert computing.wait(10)  # the worker holds the first image
+        started = time.monotonic()
+        monitor.watch([f"image-{i}".encode() for i in range(10)])
+        assert time.monotonic() - started < 0.1  # queued, not waited for
+        state = monitor.snapshot()
+        assert (state["pending"], state["dropped"]) == (4, 6), state
+        release.set()
+        assert _wait_for(lambda: monitor.snapshot()["recent"] == 5)
+        assert batches == [[b"first"], [f"image-{i}".encode() for i in range(4)]]
+        assert monitor._photos[:5] == ["first", "image-0", "image-1", "image-2", "image-3"]
+        assert monitor.snapshot()["pending"] == 0 and monitor._since == 11  # every answered image counts

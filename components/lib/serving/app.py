@@ -132,8 +132,9 @@ def watch_drift(predictor: Predictor, options: ServeOptions) -> tuple[DriftMonit
                       f"not fit it (at least {drift.MIN_PHOTOS} photos of the model's {width} features); retrain "
                       "it to watch drift")
     monitor = DriftMonitor(reference.features, capacity=options.drift_window, every=options.drift_every,
-                           reference_photos=reference.photos)
-    predictor.on_features, predictor.drift_wanted = monitor.observe, monitor.wanted
+                           reference_photos=reference.photos, model_dir=predictor.model_dir,
+                           image_size=predictor.image_size)
+    predictor.on_images, predictor.drift_wanted = monitor.watch, monitor.wanted
     return monitor, ""
 
 
