@@ -163,7 +163,7 @@ class DriftMonitor:
         if photos is None:
             photos = [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
         if len(photos) != len(rows):
-            raise ValueError(f"{len(photos)} content ids for {len(rows)} feature rows")
+            raise ConfigError(f"{len(photos)} content ids for {len(rows)} feature rows")
         self._store(rows, photos)
         with self._lock:
             self._since += len(rows) + left_out + skipped
