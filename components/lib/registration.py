@@ -89,6 +89,11 @@ def challenge(
     # Photos a small class pulled into test may have been training photos of the champion: left out.
     unsure = {m["source_id"] for m in data.get("split", {}).get("moved", [])
               if m.get("to") == "test" and m.get("why") == "small class"}
+    # A photo kept with copies beside it: which copy is kept (the first listed) and so its split can differ
+    # between two data sets (tlp 0.1.0 kept every copy; a copy added later may sort first), so the
+    # champion may have trained on another copy of a test photo: left out too.
+    unsure |= {entry["duplicate_of"] for entry in data.get("skipped", [])
+               if entry.get("kind") == "duplicate" and entry.get("duplicate_of")}
     try:
         scored = evaluate_model(registry.model_dir(f"{name}/{champion}"), dataset_dir, splits=("test",),
                                 exclude_source_ids=unsure, strategy=strategy)
