@@ -99,3 +99,22 @@ def test_reading_at_positions_gives_exactly_those_records(sample_dataset):
     positions = evaluation.gap_sample_positions(len(every), 10, seed=3)
     assert source_ids(positions=positions) == [every[i] for i in positions]
     assert source_ids(positions=[0, len(every) - 1]) == [every[0], every[-1]]
+
+
+def test_the_gaps_interval_holds_the_held_out_splits_sampling_error_too():
+    """Review: scoring every training photo made the gap's interval zero-width while validation's
+    100 photos alone leave about +-6 points; the interval of a difference holds both errors."""
+    results = {"train": {"accuracy": 0.95, "examples": 1000, "split_examples": 1000,
+                         "accuracy_interval": list(evaluation.wilson_interval(950, 1000, 1000))},
+               "val": {"accuracy": 0.90, "examples": 100}}
+    measured = evaluation.gap_record(results, "val", seed=42)
+    low, high = measured["interval"]
+    assert measured["value"] == pytest.approx(0.05)
+    # Newcombe's hybrid score interval, worked by hand: val's Wilson 90/100 is 0.8256-0.9448, train exact.
+    assert low == pytest.approx(0.05 - (0.9448 - 0.90), abs=2e-4)
+    assert high == pytest.approx(0.05 + (0.90 - 0.8256), abs=2e-4)
+    # A sample of the training split widens it further, never narrows it.
+    results["train"]["split_examples"] = 100_000
+    results["train"]["accuracy_interval"] = list(evaluation.wilson_interval(950, 1000, 100_000))
+    wider = evaluation.gap_record(results, "val", seed=42)["interval"]
+    assert wider[0] < low and wider[1] > high

@@ -133,7 +133,7 @@ def test_the_report_and_the_summary_line_say_where_and_on_what_the_gap_was_measu
     assert "Overfitting gap (train - test accuracy): 0.0300, 95% interval 0.0270 to 0.0330." in page
     assert "Measured on the test split, because validation chose the best trial of this tuned run" in page
     assert "a sample of 20,000 of the 9,000,000 training photos, drawn with seed 42;" in page
-    assert "95% Wilson score interval, finite-population corrected." in page
+    assert evaluation.INTERVAL_METHOD + "." in page
     assert report.describe_gap(measured) == (
         "gap 0.0300 (95% interval 0.0270 to 0.0330) = train - test accuracy (validation chose this tuned run's "
         "trial); train accuracy on 20,000 of 9,000,000 training photos (seed 42)")
