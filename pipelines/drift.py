@@ -12,7 +12,7 @@ import numpy as np
 
 from tlp.components.lib import drift
 from tlp.components.lib import model as model_lib
-from tlp.components.lib.dataprep.encode import prepare_bytes
+from tlp.components.lib.dataprep.encode import dangling_link, prepare_bytes
 from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS, read_bytes, read_failure
 from tlp.components.lib.specs import ConfigError
 from tlp.pipelines.predict import resolve_model
@@ -71,10 +71,15 @@ def features_of(model_dir: str, paths: list[str],
     for start in range(0, len(paths), batch_size):
         batch, names = [], []
         for name in paths[start:start + batch_size]:
+            if dangling_link(name):  # as in data prep and tlp predict: nothing to read, listed as unreadable
+                unreadable.append(name)
+                continue
             data = read_bytes(name)  # a failed read stops with why (refused: the bucket and the role to grant)
             try:
                 batch.append(prepare_bytes(data, image_size))
                 names.append(name)
+            except MemoryError:
+                raise
             except Exception:  # as in data prep: bytes that were read and do not decode are left out and listed
                 unreadable.append(name)
         if batch:

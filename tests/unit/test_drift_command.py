@@ -90,6 +90,17 @@ def test_an_unreadable_file_is_listed_and_the_other_photos_are_scored(tuned_mode
     assert result["n"] == 80 and result["unreadable"] == [f"{tmp_path}/mixed/broken.jpg"]
 
 
+def test_a_link_to_a_missing_file_is_listed_as_unreadable_as_in_data_prep(tuned_model, photo_folders, tmp_path, capsys):
+    import os
+    import shutil
+
+    shutil.copytree(photo_folders / "same", tmp_path / "linked")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "linked" / "dangling.jpg")
+    assert main(["drift", tuned_model[0], str(tmp_path / "linked"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 80 and result["unreadable"] == [f"{tmp_path}/linked/dangling.jpg"]
+
+
 def test_each_photo_twice_in_the_folder_reads_as_once(tuned_model, photo_folders, tmp_path, capsys):
     """A copy of a photo (another name, or saved again with other bytes but the same picture) is the
     same photo: counted twice, its copies sit in the fitting and the held-out folds and read as drift."""

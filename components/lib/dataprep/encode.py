@@ -116,18 +116,25 @@ def read_unit(unit: tuple, index: int, image_size: int) -> list[Photo]:
     raise ServiceError(f"unknown listing unit {kind!r}; this is a bug in tlp's data prep, please report it")
 
 
+def dangling_link(path: str) -> bool:
+    """A local link to a file that is gone: nothing can be read, so it is an unreadable photo."""
+    return "://" not in path and os.path.islink(path) and not os.path.exists(path)
+
+
 def _read_file(path: str, label: int, order: tuple, image_size: int) -> Photo:
     """One file: a read that fails stops the step (``sources.read_bytes``: refused, gone, or still
     failing after retries is no bad photo); bytes that were read and do not decode are skipped
     with the decoder's reason. A link to a missing file is skipped too: nothing can be read."""
     photo = Photo(order, path, label)
-    if "://" not in path and os.path.islink(path) and not os.path.exists(path):
+    if dangling_link(path):
         photo.error = f"a link to a missing file ({os.readlink(path)})"
         return photo
     data = sources.read_bytes(path)
     photo.digest = hashlib.sha256(data).hexdigest()
     try:
         photo.encoded, photo.prepared_digest = prepare_with_digest(data, image_size)
+    except MemoryError:  # the machine's limit, not the photo's: skipping it would make the data set depend on it
+        raise
     except Exception as error:  # the bytes were read: any decoder failure means "skip and say why"
         photo.error = _failure(error)
     return photo
@@ -148,6 +155,8 @@ def _read_tfds(unit: tuple, index: int, image_size: int) -> list[Photo]:
         photo = Photo((index, i), filename or f"tfds:{name}/{part}/{i}", int(record["label"]), split=split)
         try:
             photo.encoded = encode_pixels(record["image"], image_size)
+        except MemoryError:
+            raise
         except Exception as error:  # a record that cannot be encoded is skipped with its reason
             photo.error = _failure(error)
         photos.append(photo)
