@@ -72,7 +72,9 @@ def test_every_make_line_of_the_docs_is_a_target_make_knows():
         if docs_blocks.kind(command) != "make":
             continue
         words = docs_blocks.fill(command, {})
-        done = subprocess.run(["make", "-n", *words[1:]], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        # --no-print-directory: under `make test` a nested make would add "Entering/Leaving directory" lines.
+        done = subprocess.run(["make", "--no-print-directory", "-n", *words[1:]], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)
         assert done.returncode == 0, f"{page}: `{command}`: {done.stderr}"
         if words[1] == "run":
             assert f"tlp run {_run_args(words)}".strip() in done.stdout, done.stdout
@@ -160,8 +162,9 @@ def test_a_reader_walks_the_local_pages_in_order(tmp_path):
                     if target in DRY_TARGETS:
                         continue  # checked by `make -n` above
                     if target == "run":
-                        printed = subprocess.run(["make", "-n", *words[1:]], capture_output=True, text=True,
-                                                 cwd=ROOT, timeout=60).stdout.strip().splitlines()[-1]
+                        printed = subprocess.run(["make", "--no-print-directory", "-n", *words[1:]],
+                                                 capture_output=True, text=True, cwd=ROOT,
+                                                 timeout=60).stdout.strip().splitlines()[-1]
                         words = shlex.split(printed)
                         words[0] = os.path.join(BIN, "tlp")
                         _run(words, tmp_path, page, command)
