@@ -169,11 +169,12 @@ def _fit_head(model, features: dict, dataset_dir: str, settings: Settings, backu
     # The batches head.fit(train_x, train_y, shuffle=True) would make from in-memory arrays.
     train, steps = feature_store.head_dataset(features["train"], training.batch_size, epochs=training.epochs,
                                               shuffle=True)
-    val, _ = feature_store.head_dataset(features["val"], training.batch_size, epochs=1, shuffle=False)
+    val, val_steps = feature_store.head_dataset(features["val"], training.batch_size, epochs=1, shuffle=False)
     head.fit(
         train,
         steps_per_epoch=steps,
         validation_data=val,
+        validation_steps=val_steps,  # a file-backed dataset has no known size: steps_per_execution > 1 needs it
         epochs=training.epochs,
         verbose=2,
         callbacks=callbacks,
