@@ -1,7 +1,7 @@
 """The champion is never re-measured on a test photo it may have trained on as another copy."""
+from tests.support import ChampionRegistry
 from tlp.components.lib import registration
 from tlp.components.lib.dataprep import split as content_split
-from tlp.components.lib.registry.base import ModelVersion
 
 
 def test_test_photos_kept_with_copies_are_left_out_of_the_champions_scoring(monkeypatch):
@@ -10,17 +10,6 @@ def test_test_photos_kept_with_copies_are_left_out_of_the_champions_scoring(monk
     def fake_evaluate(model_dir, dataset_dir, splits, exclude_source_ids=(), strategy=None):
         scored[model_dir] = set(exclude_source_ids)
         return {"test": {"accuracy": 0.5, "examples": 3}}
-
-    class Registry:
-        def champion_version(self, name):
-            return "1"
-
-        def version(self, name, version):
-            return ModelVersion(name, "1", "", ["champion"], {}, {
-                "class_names": '["cat", "dog"]', "split_method": content_split.SPLIT_METHOD, "split_seed": "42"})
-
-        def model_dir(self, reference):
-            return "champion-model"
 
     metadata = {
         "split": {"method": content_split.SPLIT_METHOD, "seed": 42, "moved": []},
@@ -34,8 +23,8 @@ def test_test_photos_kept_with_copies_are_left_out_of_the_champions_scoring(monk
     monkeypatch.setattr(registration.records, "read_metadata", lambda _: metadata)
     monkeypatch.setattr(registration.model_lib, "read_info", lambda _: {"class_names": ["cat", "dog"]})
     monkeypatch.setattr(registration, "split_of_data", lambda _: registration.split_of(
-        Registry().version("pets", "1").tags))
-    promote, reason = registration.challenge(Registry(), "pets", "2", 0.5, "candidate-model", "data", 0.0)
+        ChampionRegistry().version("pets", "1").tags))
+    promote, reason = registration.challenge(ChampionRegistry(), "pets", "2", 0.5, "candidate-model", "data", 0.0)
     assert promote is not None, reason
     # The kept copy (cat/original.png) may sit in test here and in train in the champion's data set.
     assert scored["champion-model"] == {"cat/original.png"}
