@@ -341,7 +341,7 @@ def vizier_steps(
     )
 
     heads = _heads_op(images, hardware, cloud)(
-        dataset=dataset, options=head_options, head_settings=plan.heads_ahead,  # none: each trial trains its own
+        dataset=dataset, options=head_options, head_settings=plan.heads_ahead,  # [] when trials train their own
     ).set_display_name(FEATURE_EXTRACTION_HEADS)
     heads.after(checked)
     on_training_hardware(heads, one_machine(hardware))
