@@ -292,27 +292,13 @@ class DriftWorker:
     def features(self, images: list[bytes]) -> tuple[np.ndarray, list[str], int]:
         """(pooled features, content ids, how many could not be prepared) of raw images, prepared in
         the worker as data prep stores a photo and run through the model's features signature."""
-        with self._lock:
-            if self._closed:
-                raise ServiceError("the drift watch was closed.")
-            process = self._started()
-            assert process.stdin is not None and process.stdout is not None
-            try:
-                send_line(process.stdin, {"images": [len(data) for data in images]})
-                process.stdin.write(b"".join(images))
-                process.stdin.flush()
-                answer = process.stdout.readline()
-                result = json.loads(answer) if answer else None
-                if result is not None and "error" not in result:
-                    rows = receive_array(process.stdout)
-            except (OSError, ValueError, ServiceError) as error:
-                self._end(process)
-                raise ServiceError(f"the drift worker process failed ({error}); it starts again at the next "
-                                   "batch.") from error
-            if result is None:
-                self._end(process)
-                raise ServiceError(f"the drift worker process ended (exit code {process.returncode}); it starts "
-                                   "again at the next batch.")
+
+        def ask(stdin) -> None:
+            send_line(stdin, {"images": [len(data) for data in images]})
+            stdin.write(b"".join(images))
+            stdin.flush()
+
+        result, rows = self._converse(ask, "batch", with_rows=True)
         if "error" in result:
             raise ServiceError(f"the drift worker could not compute features of served images: {result['error']}")
         assert rows is not None
@@ -322,28 +308,43 @@ class DriftWorker:
         """(AUC, distinct images tested, seconds, of which waiting for the server to be idle) of the
         rows ``recent`` with content ids ``photos``; the AUC is None when fewer than
         ``drift.MIN_PHOTOS`` of the images differ."""
+
+        def ask(stdin) -> None:
+            send_array(stdin, recent)
+            send_line(stdin, photos)
+
+        result, _ = self._converse(ask, "recomputation")
+        if "error" in result:
+            raise ServiceError(f"the drift test failed in its worker: {result['error']}")
+        auc = None if result["auc"] is None else float(result["auc"])
+        return auc, int(result["distinct"]), float(result["seconds"]), float(result["waited"])
+
+    def _converse(self, ask, next_time: str, with_rows: bool = False) -> tuple[dict, np.ndarray | None]:
+        """One exchange with the worker, one at a time: ``ask`` writes the request, then the answer
+        line is read (and, when ``with_rows`` and the answer is no error, the rows after it). A broken
+        pipe, a line that is no answer or a worker that ended is a ServiceError; the worker starts
+        again at the next ``next_time`` ("batch", "recomputation")."""
+        rows = None
         with self._lock:
             if self._closed:
                 raise ServiceError("the drift watch was closed.")
             process = self._started()
             assert process.stdin is not None and process.stdout is not None
             try:
-                send_array(process.stdin, recent)
-                send_line(process.stdin, photos)
+                ask(process.stdin)
                 answer = process.stdout.readline()
                 result = json.loads(answer) if answer else None
-            except (OSError, ValueError) as error:  # a broken pipe, or a line that is not an answer
+                if with_rows and result is not None and "error" not in result:
+                    rows = receive_array(process.stdout)
+            except (OSError, ValueError, ServiceError) as error:
                 self._end(process)
                 raise ServiceError(f"the drift worker process failed ({error}); it starts again at the next "
-                                   "recomputation.") from error
+                                   f"{next_time}.") from error
             if result is None:
                 self._end(process)
                 raise ServiceError(f"the drift worker process ended (exit code {process.returncode}); it starts "
-                                   "again at the next recomputation.")
-        if "error" in result:
-            raise ServiceError(f"the drift test failed in its worker: {result['error']}")
-        auc = None if result["auc"] is None else float(result["auc"])
-        return auc, int(result["distinct"]), float(result["seconds"]), float(result["waited"])
+                                   f"again at the next {next_time}.")
+        return result, rows
 
     def close(self, timeout: float = 5.0) -> None:
         """Stops the worker: it ends when its input closes; killed if a test holds it past ``timeout``."""
