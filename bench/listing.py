@@ -1,11 +1,13 @@
 """Listing a bucket of photos by class prefix in parallel (``sources.list_bucket``, used by data
-prep and the fingerprint step) against one sequential listing of the whole folder, on the tests'
-Cloud Storage stand-in with a pause on every listing page as a bucket's round trip.
+prep and the fingerprint step) against the same listing one class prefix after another, on the
+tests' Cloud Storage stand-in with a pause on every listing page as a bucket's round trip.
 
-``python -m bench.listing [--classes 8] [--per-class 3000] [--page-seconds 0.1]``
+``python -m bench.listing [--classes 8] [--per-class 3000] [--page-seconds 0.1] [--repeats 3]``
 
-The stand-in answers pages one at a time; the pause is taken outside its lock (as a real bucket
-answers requests together), so the figure is the listings' waiting, not the stand-in's own work.
+Both listings are the same client code (``list_bucket``), only its number of threads differs.
+The stand-in runs in a process of its own, as Cloud Storage does, so its page work does not take
+the client's interpreter lock; the pause is taken outside its own lock (a real bucket answers
+requests together). Each figure is the median of ``--repeats`` listings.
 """
 
 from __future__ import annotations
@@ -13,42 +15,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
 
-def measure(classes: int, per_class: int, page_seconds: float) -> dict:
-    from tests.cloud.listing_latency import add_listing_latency
-    from tests.cloud.standin import StandIn
+def _timed(bucket, threads: int, repeats: int) -> tuple[float, dict, int]:
+    from tlp.components.lib.dataprep import sources
 
-    standin = StandIn()
-    os.environ["STORAGE_EMULATOR_HOST"] = standin.url  # this process only: the bench is its own runner
-    try:
-        for label in range(classes):
-            for index in range(per_class):
-                standin.put_object(f"gs://photos/pets/class-{label}/{index:06d}.jpg", b"x")
-        latency = add_listing_latency(standin, page_seconds)
-        from google.cloud import storage
-
-        from tlp.components.lib.dataprep import sources
-
+    seconds, objects = [], 0
+    bucket.reset()
+    for _ in range(repeats):
         start = time.perf_counter()
-        client = storage.Client(project=None)
-        sequential = sum(1 for _ in client.list_blobs("photos", prefix="pets/", page_size=sources.LIST_PAGE_SIZE))
-        sequential_seconds, sequential_pages = time.perf_counter() - start, latency.pages
-        latency.pages = latency.most_at_once = 0
-        start = time.perf_counter()
-        parallel = sum(len(objects) for objects in sources.list_bucket("gs://photos/pets").values())
-        parallel_seconds = time.perf_counter() - start
-    finally:
-        standin.close()
-        os.environ.pop("STORAGE_EMULATOR_HOST", None)
-    if sequential != parallel:
-        raise RuntimeError(f"the listings differ: {sequential} objects one after another, {parallel} in parallel")
-    return {"objects": parallel, "classes": classes, "page_seconds": page_seconds,
-            "sequential": {"seconds": round(sequential_seconds, 2), "pages": sequential_pages},
-            "parallel": {"seconds": round(parallel_seconds, 2), "pages": latency.pages,
-                         "most_at_once": latency.most_at_once},
+        objects = sum(len(listed) for listed in sources.list_bucket("gs://photos/pets", threads=threads).values())
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), bucket.counts(), objects
+
+
+def measure(classes: int, per_class: int, page_seconds: float, repeats: int = 3) -> dict:
+    from tests.cloud.listing_latency import bucket_in_own_process
+    from tlp.components.lib.dataprep import sources
+
+    objects = {f"gs://photos/pets/class-{label}/{index:06d}.jpg": b"x"
+               for label in range(classes) for index in range(per_class)}
+    with bucket_in_own_process(objects, page_seconds) as bucket:
+        before = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = bucket.url  # this process only: the bench is its own runner
+        try:
+            sequential_seconds, sequential, listed_one = _timed(bucket, 1, repeats)
+            parallel_seconds, parallel, listed_all = _timed(bucket, sources.LISTING_THREADS, repeats)
+        finally:
+            if before is None:
+                os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = before
+    if not listed_one == listed_all == len(objects):
+        raise RuntimeError(f"the listings differ: {listed_one} objects one prefix after another, {listed_all} in "
+                           f"parallel, {len(objects)} in the bucket")
+    return {"objects": listed_all, "classes": classes, "page_seconds": page_seconds, "repeats": repeats,
+            "sequential": {"seconds": round(sequential_seconds, 2), "pages": sequential["pages"] // repeats,
+                           "most_at_once": sequential["most_at_once"]},
+            "parallel": {"seconds": round(parallel_seconds, 2), "pages": parallel["pages"] // repeats,
+                         "most_at_once": parallel["most_at_once"], "threads": sources.LISTING_THREADS},
             "speedup": round(sequential_seconds / parallel_seconds, 1)}
 
 
@@ -57,12 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--per-class", type=int, default=3000, help="objects per class prefix (default 3000)")
     parser.add_argument("--page-seconds", type=float, default=0.1, help="pause per listing page (default 0.1)")
+    parser.add_argument("--repeats", type=int, default=3, help="listings of each kind; the median counts (default 3)")
     args = parser.parse_args(argv)
-    result = measure(args.classes, args.per_class, args.page_seconds)
+    result = measure(args.classes, args.per_class, args.page_seconds, args.repeats)
     print(json.dumps(result))
-    print(f"{result['objects']:,} objects in {args.classes} classes: one listing {result['sequential']['seconds']} s "
-          f"({result['sequential']['pages']} pages), by class prefix {result['parallel']['seconds']} s "
-          f"({result['parallel']['pages']} pages, up to {result['parallel']['most_at_once']} at once): "
+    print(f"{result['objects']:,} objects in {args.classes} classes: one prefix after another "
+          f"{result['sequential']['seconds']} s ({result['sequential']['pages']} pages), "
+          f"{result['parallel']['threads']} at once {result['parallel']['seconds']} s "
+          f"({result['parallel']['pages']} pages, up to {result['parallel']['most_at_once']} in flight): "
           f"{result['speedup']}x")
     return 0
 

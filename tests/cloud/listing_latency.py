@@ -2,14 +2,18 @@
 trip, and how many listing requests were in flight at once.
 
 The stand-in answers one request at a time (under its lock); the pause is taken outside it, so
-requests sent together wait together, as they would on Cloud Storage.
+requests sent together wait together, as they would on Cloud Storage. ``bucket_in_own_process``
+runs such a stand-in in a process of its own, as Cloud Storage is: its page work then does not
+share the listing client's interpreter (GIL) with the client's threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tests.cloud.standin import StandIn
@@ -46,3 +50,58 @@ def add_listing_latency(standin: StandIn, seconds: float) -> ListingLatency:
 
     setattr(standin, "_handle", handle)  # noqa: B010 - the request handler calls standin._handle
     return latency
+
+
+class RemoteBucket:
+    """A stand-in serving ``objects`` from its own process (``bucket_in_own_process``): its URL,
+    and its listing pages counted there."""
+
+    def __init__(self, connection, url: str):
+        self._connection, self.url = connection, url
+
+    def counts(self) -> dict:
+        """{"pages": listing pages answered, "most_at_once": most listing requests in flight at once}."""
+        self._connection.send("counts")
+        return self._connection.recv()
+
+    def reset(self) -> None:
+        self._connection.send("reset")
+        self._connection.recv()
+
+
+def _serve(connection, objects: dict[str, bytes], seconds: float) -> None:
+    standin = StandIn()
+    for uri, data in objects.items():
+        standin.put_object(uri, data)
+    latency = add_listing_latency(standin, seconds)
+    connection.send(standin.url)
+    try:
+        while (command := connection.recv()) != "close":
+            if command == "reset":
+                with latency._lock:
+                    latency.pages = latency.most_at_once = 0
+            connection.send({"pages": latency.pages, "most_at_once": latency.most_at_once})
+    finally:
+        standin.close()
+
+
+@contextlib.contextmanager
+def bucket_in_own_process(objects: dict[str, bytes], seconds: float) -> Iterator[RemoteBucket]:
+    """A stand-in holding ``objects`` (gs:// URI -> bytes), with ``seconds`` on every listing page,
+    served from a child process (spawned: no threads of this process are copied into it)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_serve, args=(theirs, objects, seconds), name="storage-standin", daemon=True)
+    process.start()
+    try:
+        if not ours.poll(120):
+            raise RuntimeError(f"the storage stand-in's process did not start in 120 s (exit code {process.exitcode})")
+        yield RemoteBucket(ours, ours.recv())
+    finally:
+        if process.is_alive():
+            ours.send("close")
+        process.join(timeout=10)
+        if process.is_alive():
+            process.terminate()

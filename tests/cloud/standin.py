@@ -40,6 +40,7 @@ State (plain dicts, so tests can read and seed them):
   refusing Cloud Storage.
 - ``objects``: (bucket, object name) -> bytes; metadata is derived, so tests may seed objects
   (``put_object``/``add_bucket``). Unknown buckets are 404, as in GCS: create them first.
+  Listings honour ``fields`` (a partial response), as Cloud Storage does.
 - ``kfp_experiments``, ``kfp_runs``, ``kfp_recurring_runs``: ID -> KFP JSON (snake_case). A KFP
   run is created PENDING and its first GET shows ``kfp_run_final_state`` ("SUCCEEDED"; tests may
   set "FAILED"), so kfp's ``wait_for_run_completion`` returns without sleeping. A recurring run's
@@ -49,6 +50,7 @@ State (plain dicts, so tests can read and seed them):
 from __future__ import annotations
 
 import base64
+import bisect
 import datetime
 import hashlib
 import itertools
@@ -148,6 +150,10 @@ class StandIn:
         # Vertex AI and Resource Manager refuse requests without a bearer token, like the real ones.
         self.require_auth = True
         self._object_meta: dict[tuple[str, str], dict] = {}
+        self._checksum_cache: dict[tuple[str, str], tuple[bytes, dict]] = {}
+        self._object_writes = 0  # stores and deletes: when the listing's name index is rebuilt
+        self._names_key: tuple[int, int] | None = None
+        self._names_index: dict[str, list[str]] = {}
         self._uploads: dict[str, dict] = {}
         self._job_polls: dict[str, int] = {}
         self._version_counts: dict[str, int] = {}
@@ -952,6 +958,7 @@ class StandIn:
     def _store_object(self, bucket: str, name: str, data: bytes, metadata: dict) -> dict:
         previous = self._object_meta.get((bucket, name), {})
         self.objects[(bucket, name)] = data
+        self._object_writes += 1
         now = self._now()
         self._object_meta[(bucket, name)] = {
             "generation": str(int(previous.get("generation", "0")) + 1 if previous else next(self._ids)),
@@ -964,9 +971,11 @@ class StandIn:
 
     def _object_resource(self, bucket: str, name: str) -> dict:
         data = self.objects[(bucket, name)]
-        meta = self._object_meta.setdefault((bucket, name), {"generation": str(next(self._ids)),
-                                                             "contentType": "application/octet-stream",
-                                                             "timeCreated": self._now()})
+        meta = self._object_meta.get((bucket, name))
+        if meta is None:  # seeded into ``objects`` by a test
+            meta = self._object_meta[(bucket, name)] = {"generation": str(next(self._ids)),
+                                                        "contentType": "application/octet-stream",
+                                                        "timeCreated": self._now()}
         meta.setdefault("updated", meta["timeCreated"])
         quoted = quote(name, safe="")
         generation = meta["generation"]
@@ -975,10 +984,18 @@ class StandIn:
             "selfLink": f"{self.url}/storage/v1/b/{bucket}/o/{quoted}",
             "mediaLink": f"{self.url}/download/storage/v1/b/{bucket}/o/{quoted}?generation={generation}&alt=media",
             "generation": generation, "metageneration": "1", "size": str(len(data)),
-            "md5Hash": base64.b64encode(hashlib.md5(data).digest()).decode(),
-            "crc32c": base64.b64encode(google_crc32c.Checksum(data).digest()).decode(),
-            "etag": f"E{generation}=", "storageClass": "STANDARD", **meta,
+            **self._checksums(bucket, name, data), "etag": f"E{generation}=", "storageClass": "STANDARD", **meta,
         }
+
+    def _checksums(self, bucket: str, name: str, data: bytes) -> dict:
+        """md5Hash and crc32c, computed once per stored bytes (Cloud Storage keeps them with the
+        object): a listing page then does not hash each of its objects again."""
+        cached = self._checksum_cache.get((bucket, name))
+        if cached is None or cached[0] is not data:  # ``objects`` may have been seeded anew
+            cached = (data, {"md5Hash": base64.b64encode(hashlib.md5(data).digest()).decode(),
+                             "crc32c": base64.b64encode(google_crc32c.Checksum(data).digest()).decode()})
+            self._checksum_cache[(bucket, name)] = cached
+        return cached[1]
 
     def _object_key(self, request) -> tuple[str, str]:
         bucket = self._bucket(request)
@@ -995,32 +1012,66 @@ class StandIn:
         if str(current or "0") != want:
             raise _HttpError(412, "At least one of the pre-conditions you specified did not hold.")
 
+    def _sorted_names(self, bucket: str) -> list[str]:
+        """The bucket's object names in order, kept between listings (rebuilt after a write or a
+        delete, or when a test seeded ``objects`` itself), so a page costs its own objects, not
+        a sort of the whole bucket: Cloud Storage's pages do not slow down as a bucket grows."""
+        key = (self._object_writes, len(self.objects))
+        if self._names_key != key:
+            index: dict[str, list[str]] = {}
+            for b, n in self.objects:
+                index.setdefault(b, []).append(n)
+            self._names_index = {b: sorted(names) for b, names in index.items()}
+            self._names_key = key
+        return self._names_index.get(bucket, [])
+
     def _list_objects(self, request):
         bucket = self._bucket(request)
         self._storage_fault(f"gs://{bucket}")
         q = request.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
-        names = sorted(n for b, n in self.objects if b == bucket and n.startswith(prefix))
-        names = [n for n in names if (not q.get("startOffset") or n >= q["startOffset"])
-                 and (not q.get("endOffset") or n < q["endOffset"])
-                 and (not q.get("pageToken") or n > q["pageToken"])]
+        limit = int(q.get("maxResults") or 0)
+        names = self._sorted_names(bucket)
+        start = bisect.bisect_left(names, prefix)
+        if q.get("startOffset"):
+            start = max(start, bisect.bisect_left(names, q["startOffset"]))
+        if q.get("pageToken"):
+            start = max(start, bisect.bisect_right(names, q["pageToken"]))
         items, prefixes = [], set()
-        for n in names:
+        for n in itertools.islice(names, start, None):
+            if not n.startswith(prefix) or (q.get("endOffset") and n >= q["endOffset"]):
+                break
             rest = n[len(prefix):]
             if delimiter and delimiter in rest:
                 prefixes.add(prefix + rest.split(delimiter, 1)[0] + delimiter)
             else:
                 items.append(n)
-        limit = int(q.get("maxResults") or 0)
+                if limit and len(items) > limit and not delimiter:  # one more than a page: there is a next
+                    break
         reply = {"kind": "storage#objects"}
         if limit and len(items) > limit:
             items = items[:limit]
             reply["nextPageToken"] = items[-1]
-        if items:
-            reply["items"] = [self._object_resource(bucket, n) for n in items]
         if prefixes:
             reply["prefixes"] = sorted(prefixes)
+        wanted = _fields_tree(q["fields"]) if q.get("fields") else None
+        reply = _partial(reply, None if wanted is None else {k: v for k, v in wanted.items() if k != "items"})
+        if items and (wanted is None or "items" in wanted):
+            reply["items"] = self._listed_items(bucket, items, (wanted or {}).get("items"))
         return reply
+
+    def _listed_items(self, bucket: str, names: list[str], wanted: dict | None) -> list[dict]:
+        """A page's objects with the fields asked for (``wanted``; None: all). Only the listing's
+        few (name, size, generation) are taken straight from what is stored, as Cloud Storage
+        does no work for fields it does not send; anything else from the whole resources."""
+        if wanted and not set(wanted) - {"name", "size", "generation"}:
+            def brief(name: str) -> dict:
+                meta = self._object_meta.get((bucket, name)) or self._object_resource(bucket, name)
+                known = {"name": name, "size": str(len(self.objects[(bucket, name)])),
+                         "generation": meta["generation"]}
+                return {key: known[key] for key in wanted}
+            return [brief(name) for name in names]
+        return _partial([self._object_resource(bucket, n) for n in names], wanted)
 
     def _get_object(self, request):
         self._storage_fault("gs://{}/{}".format(*self._object_key(request)))
@@ -1031,6 +1082,7 @@ class StandIn:
     def _delete_object(self, request):
         key = self._object_key(request)
         del self.objects[key]
+        self._object_writes += 1
         self._object_meta.pop(key, None)
         return _Reply(204)
 
@@ -1298,6 +1350,45 @@ class StandIn:
         job.update(mode="ENABLE" if enable else "DISABLE", status="ENABLED" if enable else "DISABLED",
                    updated_at=self._now())
         return {}
+
+
+def _fields_tree(fields: str) -> dict:
+    """Cloud Storage's ``fields`` selector as a tree: ``items(name,size),nextPageToken`` ->
+    {"items": {"name": None, "size": None}, "nextPageToken": None} (None: the whole value)."""
+    tree: dict = {}
+    stack, current, name = [], tree, ""
+    for char in fields + ",":
+        if char in "(),":
+            name = name.strip()
+            if char == "(":
+                stack.append(current)
+                current = current.setdefault(name, {})
+            elif name:
+                node = current
+                *parents, leaf = name.split("/")  # "items/name" is items(name)
+                for parent in parents:
+                    node = node.setdefault(parent, {})
+                node[leaf] = None
+            if char == ")":
+                current = stack.pop()
+            name = ""
+        else:
+            name += char
+    return tree
+
+
+def _partial(value, fields: str | dict | None):
+    """The partial response Cloud Storage gives for ``fields`` (a selector or its ``_fields_tree``;
+    None: everything): only the fields named (in lists, of each item)."""
+    tree = _fields_tree(fields) if isinstance(fields, str) else fields
+    if tree is None:
+        return value
+    if isinstance(value, list):
+        return [_partial(item, tree) for item in value]
+    if isinstance(value, dict):
+        return {key: value[key] if sub is None else _partial(value[key], sub) for key, sub in tree.items()
+                if key in value}
+    return value
 
 
 class _Handler(BaseHTTPRequestHandler):

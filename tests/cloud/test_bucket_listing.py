@@ -1,5 +1,7 @@
 """Listing a bucket of photos: class prefixes in parallel, for the fingerprint step and data prep."""
 
+import pytest
+
 from tests.cloud.listing_latency import add_listing_latency
 from tlp.components.lib.dataprep import sources
 from tlp.components.lib.fingerprint import fingerprint_source
@@ -30,6 +32,9 @@ def test_the_class_prefixes_of_a_bucket_are_listed_at_once(standin, monkeypatch)
                                                              "gs://photos/pets/class-0/nested/deep.jpg"]
     assert [size for _, size, _ in listed["class-2"]] == list(range(1, 13))
     assert all(generation > 0 for objects in listed.values() for _, _, generation in objects)
+    # Each page carries only what the listing keeps, and the token to the next page.
+    asked = {r.query.get("fields") for r in standin.find("GET", r"^/storage/v1/b/photos/o/?$")}
+    assert asked == {"items(name,size,generation),nextPageToken", "items(name),prefixes,nextPageToken"}
 
 
 def test_data_prep_lists_a_bucket_by_class_prefix_at_once(standin):
@@ -72,3 +77,16 @@ def test_a_refused_listing_names_the_bucket_and_the_role(standin):
     message = str(refused.value)
     assert "refused" in message and "roles/storage.objectViewer" in message and "gs://photos" in message
     assert len(message.splitlines()) == 1
+
+
+
+@pytest.mark.slow  # starts the stand-in's own process and waits on 14 paused pages
+def test_the_listing_bench_compares_the_same_listing_one_prefix_after_another(monkeypatch):
+    """bench.listing: the stand-in in its own process; one thread, then LISTING_THREADS, same pages."""
+    from bench.listing import measure
+
+    monkeypatch.setattr(sources, "LIST_PAGE_SIZE", 10)  # 3 pages per class
+    result = measure(classes=3, per_class=25, page_seconds=0.2, repeats=1)  # a pause the threads all meet in
+    assert result["objects"] == 75
+    assert result["sequential"]["pages"] == result["parallel"]["pages"] == 1 + 3 * 3
+    assert result["sequential"]["most_at_once"] == 1 and result["parallel"]["most_at_once"] == 3
