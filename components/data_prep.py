@@ -13,6 +13,7 @@ def data_prep(
     dataset: Output[Dataset],
     options: dict,
     source_fingerprint: str = "",
+    listing_folder: str = "",
 ) -> NamedTuple("DataPrepOutputs", [("class_names", str), ("train_images", int),  # type: ignore[valid-type]  # kfp's NamedTuple outputs idiom
                                     ("val_images", int), ("test_images", int), ("skipped", int)]):
     """Loads the images named by the ``data`` option and writes the 80/10/10 splits (each photo's
@@ -25,6 +26,8 @@ def data_prep(
             tlp.components.lib.settings).
         source_fingerprint: The data-fingerprint step's listing of the source. Recorded; and as
             an input it makes a cached data prep (Vertex AI, Kubeflow) run again when the data changed.
+        listing_folder: Where the fingerprint step saved a gs:// folder's listing: the one saved
+            with ``source_fingerprint`` is read instead of listing the bucket again.
 
     Returns:
         The class names (JSON list), the image count of each split and the skipped-file count.
@@ -43,7 +46,7 @@ def data_prep(
     metadata = prepare_dataset(
         settings.data.data, output, image_size=settings.model.image_size, seed=settings.training.seed,
         max_skipped_fraction=settings.data.max_skipped_fraction, source_fingerprint=source_fingerprint,
-        dataflow=dataflow,
+        dataflow=dataflow, listing_folder=listing_folder,
     )
     dataset.metadata.update({
         "source": metadata["source"],

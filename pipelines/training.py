@@ -5,7 +5,8 @@ fine-tuning hardware and the training steps' retries are fixed when the pipeline
 (compile time).
 
 Caching (Vertex AI, Kubeflow Pipelines): the first step, data-fingerprint, is never cached and
-lists the source; data prep takes its fingerprint as an input. So data prep and every step after
+lists the source (a bucket's listing is saved under LISTING_FOLDER, for data prep to read instead of
+listing again); data prep takes its fingerprint as an input. So data prep and every step after
 it are cache hits exactly when the data (and the settings) did not change, and run again when
 one photo did. The runners submit with the compiled per-task settings (``enable_caching=None``)."""
 
@@ -51,6 +52,9 @@ DEFAULT_MACHINE_TYPE = "n1-standard-8"
 # last finished epoch; the pause lets a stock-out or preemption pass.
 RETRY_BACKOFF = "120s"
 RETRY_BACKOFF_FACTOR = 2.0
+# Where the fingerprint step saves a gs:// folder's listing for data prep (one listing per run, not
+# two); the same value every run, so it leaves data prep's cache key as it was.
+LISTING_FOLDER = f"{dsl.PIPELINE_ROOT_PLACEHOLDER}/listings"
 
 
 def _on_hardware(op, hardware: HardwareOptions, cloud: CloudOptions, tensorboard: str = "",
@@ -211,9 +215,10 @@ def create_pipeline(
             return {opt.name: parameters[opt.name] for opt in pipeline_options() if step_name in opt.spec.steps}
 
         # Never cached: it is what tells a cache whether the data changed.
-        source = fingerprint_op(options=options(DATA_FINGERPRINT)).set_display_name(DATA_FINGERPRINT)
-        source.set_caching_options(False)
-        prep = prep_op(options=options(DATA_PREP), source_fingerprint=source.outputs["fingerprint"])
+        source = fingerprint_op(options=options(DATA_FINGERPRINT), listing_folder=LISTING_FOLDER)
+        source.set_display_name(DATA_FINGERPRINT).set_caching_options(False)
+        prep = prep_op(options=options(DATA_PREP), source_fingerprint=source.outputs["fingerprint"],
+                       listing_folder=LISTING_FOLDER)
         prep.set_display_name(DATA_PREP)
         checked = checks_op(dataset=prep.outputs["dataset"], options=options(DATA_CHECKS))
         checked.set_display_name(DATA_CHECKS)

@@ -12,7 +12,7 @@ What goes in, per source (listing only: no image is read):
   (nanoseconds). A file touched without changing its bytes counts as changed.
 - ``folder:gs://BUCKET/PATH``: each image object's name, size and generation (Cloud Storage gives
   every write of an object a new generation). One request per 1,000 objects, the class prefixes
-  listed in parallel.
+  listed in parallel; the listing is saved for data prep, which then does not list the bucket again.
 - ``tfds:NAME``: the data set's full name and version (``cats_vs_dogs/4.0.1``).
 - ``sample[:N]``: the spec (the generated images are a function of the spec and the seed, which
   data prep receives itself).
@@ -36,11 +36,15 @@ class SourceFingerprint:
     description: str  # one line for people: what was listed
 
 
-def fingerprint_source(data: str) -> SourceFingerprint:
-    """The fingerprint of what ``data`` (a data spec) names, as it is now."""
+def fingerprint_source(data: str, listing_folder: str = "") -> SourceFingerprint:
+    """The fingerprint of what ``data`` (a data spec) names, as it is now. ``listing_folder``: where
+    a gs:// folder's listing is saved for data prep (``sources.save_bucket_listing``), so the
+    bucket is listed once per run; "" saves nothing."""
     spec = parse_data_spec(data)
+    in_bucket = None
     if spec.kind == "folder" and spec.path.startswith("gs://"):
-        entries = _gcs_entries(spec.path)
+        in_bucket = sources.list_bucket(spec.path)
+        entries = _gcs_entries(spec.path, in_bucket)
     elif spec.kind == "folder":
         entries = _local_entries(spec.path)
     elif spec.kind == "tfds":
@@ -53,7 +57,10 @@ def fingerprint_source(data: str) -> SourceFingerprint:
         digest.update(f"{name}\t{size}\t{version}\n".encode())
         total += size
     description = f"{spec}: {len(entries)} image files, {total / 1e6:.1f} MB"
-    return SourceFingerprint(digest.hexdigest()[:16], len(entries), total, description)
+    fingerprint = digest.hexdigest()[:16]
+    if in_bucket is not None and listing_folder:
+        sources.save_bucket_listing(listing_folder, spec.path, fingerprint, in_bucket)
+    return SourceFingerprint(fingerprint, len(entries), total, description)
 
 
 def _identity(spec: DataSpec, identity: str) -> SourceFingerprint:
@@ -84,12 +91,12 @@ def _local_entries(root: str) -> list[tuple[str, int, int]]:
     return entries
 
 
-def _gcs_entries(uri: str) -> list[tuple[str, int, int]]:
-    """The bucket's image objects, listed by class prefix in parallel (``sources.list_bucket``,
-    the listing data prep makes too)."""
+def _gcs_entries(uri: str, in_bucket: dict[str, list[tuple[str, int, int]]]) -> list[tuple[str, int, int]]:
+    """The bucket's image objects, from its listing by class prefix in parallel (``sources.list_bucket``,
+    the listing data prep reads too)."""
     root = uri.rstrip("/") + "/"
     entries = []
-    for objects in sources.list_bucket(uri).values():
+    for objects in in_bucket.values():
         for path, size, generation in objects:
             relative = path[len(root):]
             if _is_image(relative):

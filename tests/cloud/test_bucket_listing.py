@@ -90,3 +90,86 @@ def test_the_listing_bench_compares_the_same_listing_one_prefix_after_another(mo
     assert result["objects"] == 75
     assert result["sequential"]["pages"] == result["parallel"]["pages"] == 1 + 3 * 3
     assert result["sequential"]["most_at_once"] == 1 and result["parallel"]["most_at_once"] == 3
+
+
+# --- one listing per run: the fingerprint step's, read by data prep ------------------------------
+
+
+def _png(seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _photos(standin, per_class: int = 12) -> None:
+    for label, name in enumerate(("cat", "dog")):
+        for i in range(per_class):
+            standin.put_object(f"gs://photos/pets/{name}/{i:03d}.png", _png(100 * label + i))
+
+
+def _listings(standin) -> int:
+    """Listing requests (pages) the bucket answered so far."""
+    return len(standin.find("GET", r"^/storage/v1/b/photos/o/?$"))
+
+
+def _prepare(tmp_path, name: str, fingerprint: str, listings: str) -> dict:
+    from tlp.components.lib.dataprep import prepare
+
+    return prepare.prepare_dataset("folder:gs://photos/pets", str(tmp_path / name), image_size=32,
+                                   source_fingerprint=fingerprint, listing_folder=listings, processes=0)
+
+
+def _run_steps(tmp_path, name: str, listings: str):
+    """The fingerprint step, then data prep, as the pipeline wires them (their kfp functions)."""
+    import os
+
+    from kfp import dsl
+
+    from tlp.components.data_fingerprint import data_fingerprint
+    from tlp.components.data_prep import data_prep
+
+    options = {"data": "folder:gs://photos/pets"}
+    found = data_fingerprint.python_func(options=options, listing_folder=listings)
+    dataset = dsl.Dataset(name="dataset", uri=os.path.join(str(tmp_path), name), metadata={})
+    prepared = data_prep.python_func(dataset=dataset, options={**options, "image_size": 32, "seed": 3},
+                                     source_fingerprint=found.fingerprint, listing_folder=listings)
+    return found, prepared
+
+
+def test_a_run_lists_the_bucket_once_and_a_changed_bucket_again(standin, tmp_path, capsys):
+    import os
+
+    _photos(standin)
+    listings = str(tmp_path / "listings")
+    found, prepared = _run_steps(tmp_path, "first", listings)
+    assert _listings(standin) == 3  # the class prefixes, then each class (one page each): once, for both steps
+    assert prepared.train_images + prepared.val_images + prepared.test_images == 24
+    assert "the fingerprint step's listing of gs://photos/pets" in capsys.readouterr().out
+
+    standin.put_object("gs://photos/pets/dog/new.png", _png(999))  # the bucket changed
+    changed, prepared = _run_steps(tmp_path, "second", listings)
+    assert changed.fingerprint != found.fingerprint and _listings(standin) == 2 * 3  # listed again, once
+    assert prepared.train_images + prepared.val_images + prepared.test_images == 25  # no stale listing was read
+    assert len(os.listdir(listings)) == 1  # the folder's earlier listing was replaced, not kept beside
+
+
+def test_data_prep_lists_the_bucket_itself_without_a_saved_listing(standin, tmp_path):
+    from tlp.components.lib.dataprep import sources
+
+    _photos(standin)
+    listings = str(tmp_path / "listings")
+    found = fingerprint_source("folder:gs://photos/pets", listings)
+    saved = sources.saved_listing_path(listings, "gs://photos/pets", found.fingerprint)
+    with open(saved) as handle:
+        lines = handle.readlines()
+    with open(saved, "w") as handle:  # cut short (a step stopped while writing it): never read in part
+        handle.writelines(lines[:-1])
+    metadata = _prepare(tmp_path, "cut", found.fingerprint, listings)
+    assert _listings(standin) == 2 * 3 and sum(metadata["num_examples"].values()) == 24
+    metadata = _prepare(tmp_path, "other", "0123456789abcdef", listings)  # no listing with this fingerprint
+    assert _listings(standin) == 3 * 3 and sum(metadata["num_examples"].values()) == 24

@@ -319,6 +319,7 @@ def prepare_dataset(
     max_workers: int = records.DEFAULT_MAX_WORKERS,
     min_shard_records: int = records.MIN_SHARD_RECORDS,
     dataflow: DataflowJob | None = None,
+    listing_folder: str = "",
 ) -> dict:
     """The data-prep step: parse the spec, list, run the pipeline (read, digest, deduplicate, split
     80/10/10 by content, resize, write), check. Returns the metadata (``source_fingerprint``, the
@@ -327,7 +328,9 @@ def prepare_dataset(
     ``processes``: Beam worker processes (default: every core for PARALLEL_MIN_IMAGES images or
     more, else none); the output does not depend on it. ``max_workers``: the largest number of
     training workers (machines) the shards should serve with ``AutoShardPolicy.FILE``.
-    ``dataflow``: run the pipeline on Dataflow instead.
+    ``dataflow``: run the pipeline on Dataflow instead. ``listing_folder``: where the fingerprint
+    step saved a gs:// folder's listing (``sources.save_bucket_listing``); the one saved with
+    ``source_fingerprint`` is read instead of listing the bucket again.
 
     Fails (ConfigError) when more than ``max_skipped_fraction`` of the image files could not be
     read, or when a class has no image left for some split."""
@@ -338,7 +341,7 @@ def prepare_dataset(
         raise ConfigError(f"max_workers {max_workers!r} must be a whole number of at least 1 (training machines).")
     if not 0.0 <= max_skipped_fraction <= 1.0:
         raise ConfigError(f"--max-skipped-fraction {max_skipped_fraction!r} must lie between 0 and 1 (default 0.1).")
-    listing = sources.list_source(spec, seed, tfds_data_dir)
+    listing = _listing(spec, seed, tfds_data_dir, listing_folder, source_fingerprint)
     print(f"  data prep: {spec} -> {len(listing.class_names)} classes {listing.class_names}", flush=True)
     run_pipeline(listing, output_dir, image_size=image_size, seed=seed, max_workers=max_workers,
                  min_shard_records=min_shard_records, source_fingerprint=source_fingerprint, processes=processes,
@@ -347,6 +350,18 @@ def prepare_dataset(
     check_prepared(metadata, spec, output_dir, max_skipped_fraction)
     print(f"  data prep: images per split {metadata['num_examples']}, skipped {len(metadata['skipped'])}", flush=True)
     return metadata
+
+
+def _listing(spec, seed: int, tfds_data_dir: str | None, listing_folder: str, source_fingerprint: str):
+    """The source's listing: a gs:// folder's from the fingerprint step when it saved one for this
+    fingerprint, else listed here."""
+    if spec.kind == "folder" and spec.path.startswith("gs://") and listing_folder and source_fingerprint:
+        saved = sources.load_bucket_listing(listing_folder, spec.path, source_fingerprint)
+        if saved is not None:
+            print(f"  data prep: the fingerprint step's listing of {spec.path} ({source_fingerprint}), not listed "
+                  "again", flush=True)
+            return sources.list_folder(spec.path, saved)
+    return sources.list_source(spec, seed, tfds_data_dir)
 
 
 def check_prepared(metadata: dict, spec, output_dir: str, max_skipped_fraction: float) -> None:

@@ -140,10 +140,12 @@ def sample_pixels(label: int, seed: tuple, size: int = 192):
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def list_folder(root: str) -> Listing:
-    """The user's photos: one subfolder per class (nested folders inside a class are walked)."""
+def list_folder(root: str, in_bucket: dict[str, list[tuple[str, int, int]]] | None = None) -> Listing:
+    """The user's photos: one subfolder per class (nested folders inside a class are walked).
+    ``in_bucket``: a gs:// folder's ``list_bucket`` already made (the fingerprint step's, saved
+    by ``save_bucket_listing``), so the bucket is not listed again."""
     if root.startswith("gs://"):
-        in_bucket = list_bucket(root)
+        in_bucket = list_bucket(root) if in_bucket is None else in_bucket
         class_names = sorted(in_bucket)
         paths = {name: [path for path, _, _ in in_bucket[name]] for name in class_names}
     else:
@@ -210,6 +212,71 @@ def _list_bucket(root: str, threads: int) -> dict[str, list[tuple[str, int, int]
     with ThreadPoolExecutor(threads) as pool:
         listed = pool.map(one_class, class_prefixes)
         return {p[len(prefix):].rstrip("/"): objects for p, objects in zip(class_prefixes, listed, strict=True)}
+
+
+# One listing of a bucket for both steps: the fingerprint step saves what it listed under the run's
+# listings folder, named by the folder and the fingerprint of what it listed, and data prep, given
+# that fingerprint, reads it instead of listing the bucket again. A changed bucket has another
+# fingerprint, so another file: a stale listing is never read.
+SAVED_LISTING = "bucket-listing-{folder}-{fingerprint}.jsonl"
+
+
+def saved_listing_path(listing_folder: str, root: str, fingerprint: str) -> str:
+    import hashlib
+
+    folder = hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:12]
+    return join(listing_folder, SAVED_LISTING.format(folder=folder, fingerprint=fingerprint))
+
+
+def save_bucket_listing(listing_folder: str, root: str, fingerprint: str,
+                        in_bucket: dict[str, list[tuple[str, int, int]]]) -> str:
+    """Writes ``list_bucket``'s result for data prep (``load_bucket_listing``): a header line (the
+    folder, the fingerprint, how many objects), then one ``[class, path, size, generation]`` line
+    per object (the header names every class, empty ones too). The folder's earlier saved
+    listings are removed: one stays per folder. Returns the path."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    path = saved_listing_path(listing_folder, root, fingerprint)
+    objects = sum(len(listed) for listed in in_bucket.values())
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        header = {"folder": root, "fingerprint": fingerprint, "objects": objects, "classes": list(in_bucket)}
+        handle.write((json.dumps(header) + "\n").encode())
+        for class_name, listed in in_bucket.items():
+            for start in range(0, len(listed), 4096):  # a write per 4,096 objects, not per object
+                handle.write("".join(json.dumps([class_name, *entry]) + "\n"
+                                     for entry in listed[start : start + 4096]).encode())
+    earlier = path.rsplit("-", 1)[0] + "-*.jsonl"  # this folder's listings of other fingerprints
+    stale = [found.path for found in FileSystems.match([earlier])[0].metadata_list if found.path != path]
+    if stale:
+        FileSystems.delete(stale)
+    return path
+
+
+def load_bucket_listing(listing_folder: str, root: str, fingerprint: str
+                        ) -> dict[str, list[tuple[str, int, int]]] | None:
+    """The listing the fingerprint step saved for ``root`` with this fingerprint, or None when there
+    is none (data prep run alone, or the file is incomplete): the caller lists the bucket then."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    path = saved_listing_path(listing_folder, root, fingerprint)
+    try:
+        if not FileSystems.exists(path):
+            return None
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            lines = handle.read().decode().splitlines()
+    except Exception as error:  # classified: the caller gets one sentence with the fix
+        raise read_failure(path, error) from error
+    header = json.loads(lines[0]) if lines else {}
+    if (header.get("folder"), header.get("fingerprint"), header.get("objects")) != (root, fingerprint,
+                                                                                   len(lines) - 1):
+        return None  # cut short or not this folder's: listed again, never read in part
+    in_bucket: dict[str, list[tuple[str, int, int]]] = {name: [] for name in header["classes"]}  # empty ones too
+    for line in lines[1:]:
+        class_name, path_, size, generation = json.loads(line)
+        in_bucket.setdefault(class_name, []).append((path_, size, generation))
+    return in_bucket
 
 
 def list_tfds(name: str, data_dir: str | None = None) -> Listing:
