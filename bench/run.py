@@ -981,6 +981,20 @@ def bench_prep_memory(suite: Suite, report: Report) -> None:
     report.details = result
 
 
+@benchmark("listing", "8c. Listing a bucket by class prefix: 8 prefixes at once vs one after another, stand-in")
+def bench_listing(suite: Suite, report: Report) -> None:
+    from bench import listing
+
+    result = listing.measure(classes=8, per_class=3000, page_seconds=0.1)
+    report.measure("one prefix after another / 8 at once (median of 3)",
+                   f"{result['sequential']['seconds']:.2f} / {result['parallel']['seconds']:.2f} s")
+    report.measure("listing pages, each side", f"{result['parallel']['pages']}")
+    report.check("speedup, 8 class prefixes", result["speedup"], "x", ">= 4x", result["speedup"] >= 4)
+    report.notes.append("The same list_bucket with 1 thread and with 8, against the storage stand-in in a process of "
+                        "its own with 0.1 s per listing page (bench/listing.py).")
+    report.details = result
+
+
 @benchmark("multi_worker", "10. Input across workers: MultiWorkerMirroredStrategy, 2 local workers, FILE sharding")
 def bench_multi_worker(suite: Suite, report: Report) -> None:
     c, w = suite.config, suite.config["multi_worker"]
