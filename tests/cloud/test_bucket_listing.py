@@ -168,8 +168,23 @@ def test_data_prep_lists_the_bucket_itself_without_a_saved_listing(standin, tmp_
     with open(saved) as handle:
         lines = handle.readlines()
     with open(saved, "w") as handle:  # cut short (a step stopped while writing it): never read in part
-        handle.writelines(lines[:-1])
+        handle.writelines(lines[:-1] + [lines[-1][:7]])
     metadata = _prepare(tmp_path, "cut", found.fingerprint, listings)
     assert _listings(standin) == 2 * 3 and sum(metadata["num_examples"].values()) == 24
     metadata = _prepare(tmp_path, "other", "0123456789abcdef", listings)  # no listing with this fingerprint
     assert _listings(standin) == 3 * 3 and sum(metadata["num_examples"].values()) == 24
+
+
+def test_a_listing_that_cannot_be_saved_stops_the_fingerprint_step_in_one_sentence(standin, tmp_path):
+    import pytest
+
+    from tlp.components.lib.specs import ServiceError
+
+    _photos(standin, per_class=2)
+    not_a_folder = tmp_path / "root"
+    not_a_folder.write_text("a file where the pipeline root should be")
+    with pytest.raises(ServiceError) as stopped:
+        fingerprint_source("folder:gs://photos/pets", str(not_a_folder / "listings"))
+    message = str(stopped.value)
+    assert message.startswith("could not save the listing of gs://photos/pets to ") and "\n" not in message
+    assert f"create and delete objects under {not_a_folder / 'listings'}" in message

@@ -239,24 +239,30 @@ def save_bucket_listing(listing_folder: str, root: str, fingerprint: str,
 
     path = saved_listing_path(listing_folder, root, fingerprint)
     objects = sum(len(listed) for listed in in_bucket.values())
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        header = {"folder": root, "fingerprint": fingerprint, "objects": objects, "classes": list(in_bucket)}
-        handle.write((json.dumps(header) + "\n").encode())
-        for class_name, listed in in_bucket.items():
-            for start in range(0, len(listed), 4096):  # a write per 4,096 objects, not per object
-                handle.write("".join(json.dumps([class_name, *entry]) + "\n"
-                                     for entry in listed[start : start + 4096]).encode())
-    earlier = path.rsplit("-", 1)[0] + "-*.jsonl"  # this folder's listings of other fingerprints
-    stale = [found.path for found in FileSystems.match([earlier])[0].metadata_list if found.path != path]
-    if stale:
-        FileSystems.delete(stale)
+    try:
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            header = {"folder": root, "fingerprint": fingerprint, "objects": objects, "classes": list(in_bucket)}
+            handle.write((json.dumps(header) + "\n").encode())
+            for class_name, listed in in_bucket.items():
+                for start in range(0, len(listed), 4096):  # a write per 4,096 objects, not per object
+                    handle.write("".join(json.dumps([class_name, *entry]) + "\n"
+                                         for entry in listed[start : start + 4096]).encode())
+        earlier = path.rsplit("-", 1)[0] + "-*.jsonl"  # this folder's listings of other fingerprints
+        stale = [found.path for found in FileSystems.match([earlier])[0].metadata_list if found.path != path]
+        if stale:
+            FileSystems.delete(stale)
+    except Exception as error:  # one sentence with the fix, the cause kept
+        raise ServiceError(f"could not save the listing of {root} to {path} ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''}); the step's account needs to create "
+                           f"and delete objects under {listing_folder} (the pipeline root).") from error
     return path
 
 
 def load_bucket_listing(listing_folder: str, root: str, fingerprint: str
                         ) -> dict[str, list[tuple[str, int, int]]] | None:
     """The listing the fingerprint step saved for ``root`` with this fingerprint, or None when there
-    is none (data prep run alone, or the file is incomplete): the caller lists the bucket then."""
+    is none (data prep run alone; removed meanwhile by a later run's fingerprint step) or it is cut
+    short: the caller lists the bucket then. Read line by line, never in part."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
@@ -265,18 +271,31 @@ def load_bucket_listing(listing_folder: str, root: str, fingerprint: str
         if not FileSystems.exists(path):
             return None
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            lines = handle.read().decode().splitlines()
+            header = json.loads(handle.readline() or b"{}")
+            if (header.get("folder"), header.get("fingerprint")) != (root, fingerprint):
+                return None
+            in_bucket: dict[str, list[tuple[str, int, int]]] = {name: [] for name in header["classes"]}  # empty too
+            objects = 0
+            for line in handle:
+                class_name, path_, size, generation = json.loads(line)
+                in_bucket[class_name].append((path_, size, generation))
+                objects += 1
+    except (ValueError, KeyError):  # a line cut short: the file was not written to its end
+        return None
     except Exception as error:  # classified: the caller gets one sentence with the fix
+        if not _exists(path):
+            return None
         raise read_failure(path, error) from error
-    header = json.loads(lines[0]) if lines else {}
-    if (header.get("folder"), header.get("fingerprint"), header.get("objects")) != (root, fingerprint,
-                                                                                   len(lines) - 1):
-        return None  # cut short or not this folder's: listed again, never read in part
-    in_bucket: dict[str, list[tuple[str, int, int]]] = {name: [] for name in header["classes"]}  # empty ones too
-    for line in lines[1:]:
-        class_name, path_, size, generation = json.loads(line)
-        in_bucket.setdefault(class_name, []).append((path_, size, generation))
-    return in_bucket
+    return in_bucket if objects == header.get("objects") else None
+
+
+def _exists(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return FileSystems.exists(path)
+    except Exception:  # the caller raises the read's own error
+        return True
 
 
 def list_tfds(name: str, data_dir: str | None = None) -> Listing:
