@@ -188,3 +188,29 @@ def test_a_listing_that_cannot_be_saved_stops_the_fingerprint_step_in_one_senten
     message = str(stopped.value)
     assert message.startswith("could not save the listing of gs://photos/pets to ") and "\n" not in message
     assert f"create and delete objects under {not_a_folder / 'listings'}" in message
+
+
+@pytest.mark.slow  # kfp's local runner: each step in a Python process of its own
+def test_the_local_runner_gives_both_steps_one_listing_under_the_pipeline_root(standin, tmp_path):
+    """The pipeline's wiring (LISTING_FOLDER, the pipeline root placeholder) through kfp.local."""
+    import os
+
+    from kfp import dsl, local
+
+    from tlp.components.data_fingerprint import data_fingerprint
+    from tlp.components.data_prep import data_prep
+    from tlp.pipelines.training import LISTING_FOLDER
+
+    _photos(standin)
+    root = tmp_path / "root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+
+    @dsl.pipeline
+    def two_steps():
+        found = data_fingerprint(options={"data": "folder:gs://photos/pets"}, listing_folder=LISTING_FOLDER)
+        data_prep(options={"data": "folder:gs://photos/pets", "image_size": 32, "seed": 3},
+                  source_fingerprint=found.outputs["fingerprint"], listing_folder=LISTING_FOLDER)
+
+    two_steps()
+    assert _listings(standin) == 3  # listed by the fingerprint step alone
+    assert [name.startswith("bucket-listing-") for name in os.listdir(root / "listings")] == [True]
