@@ -1041,6 +1041,8 @@ class StandIn:
         for n in itertools.islice(names, start, None):
             if not n.startswith(prefix) or (q.get("endOffset") and n >= q["endOffset"]):
                 break
+            if (bucket, n) not in self.objects:  # removed from ``objects`` directly since the index was made
+                continue
             rest = n[len(prefix):]
             if delimiter and delimiter in rest:
                 prefixes.add(prefix + rest.split(delimiter, 1)[0] + delimiter)
