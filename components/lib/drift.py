@@ -27,6 +27,11 @@ from tlp.components.lib.specs import ConfigError, NotFound
 
 REFERENCE_FILE = "drift_reference.npz"  # inside the model directory: it travels with the model
 MAX_REFERENCE = 2000  # photos kept per model: 2,000 x 1,280 float16 = 5 MB for MobileNetV2 alpha 1
+# The reference's sample is drawn from the split's first records only, so that writing it reads a
+# bounded number of records (not every training photo's bytes) however large the split: data prep
+# stores a split in the order of its content-hash positions, so its first records are a random
+# sample of the split already (see ``reference_positions``).
+REFERENCE_WINDOW = 10 * MAX_REFERENCE
 MAX_NEW = 2000  # new photos scored at once (a seeded sample beyond that)
 MIN_PHOTOS = 10  # per side: fewer make the cross-validated AUC noise
 DEFAULT_THRESHOLD = 0.75
@@ -79,6 +84,14 @@ def sample_indices(count: int, limit: int, seed: int) -> np.ndarray:
     if count <= limit:
         return np.arange(count)
     return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
+
+
+def reference_positions(count: int, seed: int) -> np.ndarray:
+    """The training records (positions in record order) a model's drift reference is made of: a
+    seeded sample of at most ``MAX_REFERENCE`` among the first ``REFERENCE_WINDOW`` of ``count``.
+    The same positions as ``sample_indices(count, MAX_REFERENCE, seed)`` for a split of at most
+    ``REFERENCE_WINDOW`` photos."""
+    return sample_indices(min(count, REFERENCE_WINDOW), MAX_REFERENCE, seed)
 
 
 def save_reference(model_dir: str, features: np.ndarray, ids: list[str], photos: Sequence[str] = ()) -> str:

@@ -16,6 +16,7 @@ phase 1's) to the directory ``tensorboard_dir`` chooses.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -333,31 +334,33 @@ def fine_tune(
 
 def write_drift_reference(model, dataset_dir: str, model_dir: str, batch_size: int, seed: int) -> int:
     """The fine-tuned network's pooled features of at most ``drift.MAX_REFERENCE`` training photos (a
-    seeded sample), stored in ``model_dir`` so that they travel with the model into the registry: what
-    ``tlp drift``, the data checks and the server compare new photos with. Returns the count."""
+    seeded sample, ``drift.reference_positions``), stored in ``model_dir`` so that they travel with the
+    model into the registry: what ``tlp drift``, the data checks and the server compare new photos
+    with. Returns the count.
+
+    Only the sampled photos are decoded, and no record past the sample's last is read: its cost
+    and memory do not grow with the training split (issue 29.5)."""
     import tensorflow as tf
 
     keras = model_lib.keras()
     features_model = keras.Model(model.input, model.get_layer("pooled_features").output)
     metadata = records.read_metadata(dataset_dir)
     size, total = metadata["image_size"], metadata["num_examples"]["train"]
-    # One trace for every count of sampled photos in a batch: a trace per count (up to the batch size)
-    # took 10-20 MB each and made the step's peak grow with the data set (issue 29.5).
+    # One trace for every batch size: a trace per size took 10-20 MB each (issue 29.5).
     run = tf.function(lambda batch: tf.cast(features_model(batch, training=False), tf.float32),
                       input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
-    wanted = drift.sample_indices(total, drift.MAX_REFERENCE, seed)
-    keep = np.zeros(total, dtype=bool)
-    keep[wanted] = True
-    features, ids, position = [], [], 0
-    # Each kept photo's content id: the hash of the JPEG the model's features were computed from.
-    photos = [drift.content_id(image) for i, (image, _) in
-              enumerate(records.read_stored_images(dataset_dir, "train")) if keep[i]]
-    for batch_images, _labels, source_ids in records.read_split(dataset_dir, "train", batch_size, with_source_ids=True):
-        rows = np.flatnonzero(keep[position:position + len(source_ids)])
-        position += len(source_ids)
-        if len(rows):
-            features.append(run(tf.gather(batch_images, rows)).numpy())
-            ids.extend(source_ids.numpy()[rows].astype(str).tolist())
+    stored = records.read_stored_images(dataset_dir, "train", positions=drift.reference_positions(total, seed))
+    features: list[np.ndarray] = []
+    ids: list[str] = []
+    photos: list[str] = []
+    while batch := list(itertools.islice(stored, batch_size)):
+        # Decoded as read_split decodes a record; the content id is the hash of the JPEG the
+        # features were computed from.
+        images = tf.stack([tf.ensure_shape(tf.io.decode_jpeg(image, channels=3), [size, size, 3])
+                           for image, _ in batch])
+        features.append(run(images).numpy())
+        ids.extend(source_id for _, source_id in batch)
+        photos.extend(drift.content_id(image) for image, _ in batch)
     drift.save_reference(model_dir, np.concatenate(features), ids, photos)
     print(f"  drift reference: pooled features of {len(ids)} training photos -> {drift.REFERENCE_FILE}", flush=True)
     return len(ids)

@@ -211,3 +211,23 @@ def test_spill_files_of_dead_processes_are_removed(tmp_path):
         (directory / "train.f32").write_bytes(b"half")
     mine = cut_cache.spill_directory(str(tmp_path))
     assert not dead.exists() and alive.exists() and os.path.isdir(mine)
+
+
+def test_fine_tuning_keeps_no_cached_rows_in_the_process_by_default(sample_dataset, head_model, tmp_path, monkeypatch,
+                                                                    keras_export_only):
+    """Issue 29.5: fine-tuning's memory must not grow with the photos, so by default every cached
+    row goes to the spill file (read back with pread; the page cache holds it, not the process)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where spill files go by default
+    built = []
+    original = cut_cache.build_cache
+
+    def recording(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(cut_cache, "build_cache", recording)
+    training.fine_tune(sample_dataset, head_model[0], str(tmp_path / "model"),
+                       settings(fine_tune_at=100, fine_tune_epochs=1, batch_size=16))
+    assert [cache.count > 0 for cache in built] == [True, True]  # train and validation were cached
+    assert [cache.memory_rows for cache in built] == [0, 0]
+    assert [cache.spilled_rows for cache in built] == [cache.count for cache in built]

@@ -291,14 +291,18 @@ def read_split(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def read_stored_images(dataset_dir: str, split: str):
+def read_stored_images(dataset_dir: str, split: str, positions=None):
     """(stored JPEG bytes, source id) of each photo of one split, in ``read_split``'s order: the photo
-    as data prep stored it, e.g. for its content id (``drift.content_id``)."""
+    as data prep stored it, e.g. for its content id (``drift.content_id``). ``positions``: only the
+    records at these positions (sorted, distinct), as in ``read_split``; reading stops after the last."""
     import tensorflow as tf
 
     metadata = read_metadata(dataset_dir)
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "source_id": tf.io.FixedLenFeature([], tf.string)}
     paths = [join(dataset_dir, name) for name in metadata["files"][split]]
-    for record in tf.data.TFRecordDataset(paths):
+    dataset = tf.data.TFRecordDataset(paths)
+    if positions is not None:
+        dataset = _at_positions(dataset, positions)
+    for record in dataset:
         parsed = tf.io.parse_single_example(record, spec)
         yield parsed["image"].numpy(), parsed["source_id"].numpy().decode()
