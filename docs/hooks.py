@@ -276,8 +276,14 @@ def ten_million_plan(scale: dict | None = None, published: dict | None = None) -
               "| figure | value | what | source | date |", "| --- | --- | --- | --- | --- |"]
     for name, figure in figures.items():
         lines.append(f"| `{name}` | {_number(figure['value'])} {figure['unit']} | {_cell(figure['what'])} | "
-                     f"[{_cell(figure['source'])}]({figure['link']}) | {_cell(figure['source_date'])}; read "
+                     f"[{_cell(figure['source'])}]({figure['link']}) | {_cell(figure['source_date'])}; read here: "
                      f"{_cell(figure['read'])} |")
+    if "data-prep" in rows:
+        vcpu_hours = rows["data-prep"][0] * plan["dataflow_vcpus"] / 3600
+        price = figures["dataflow_vcpu_hour"]
+        lines += ["", f"Data prep's Dataflow workers: {vcpu_hours:,.1f} vCPU-hours x {price['value']} "
+                      f"{price['unit']} (`dataflow_vcpu_hour`) = about {vcpu_hours * price['value']:,.2f} USD, before "
+                      "memory, shuffle and start-up; the GPU machine's price is not given (see the plan's line)."]
     lines += ["", f"Plan: {photos:,} photos split {split['train']:.0%}/{split['val']:.0%}/{split['test']:.0%}; "
                   f"model passes on {gpus} GPUs ({_cell(plan['gpu_machine'])}); data prep on Dataflow, "
                   f"{plan['dataflow_machines']}."]

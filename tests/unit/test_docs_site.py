@@ -147,6 +147,7 @@ def test_the_ten_million_plan_divides_the_measured_per_photo_cost_over_the_plans
     assert published["plan"]["dataflow_vcpus"] == 200
     assert f"| data-prep | {hooks._hours((10 + 0.005 * 10_000_000) / 200)} |" in page
     assert "5.000 CPU ms per photo + 10 CPU s fixed" in page
+    assert "13.9 vCPU-hours x 0.056 USD per vCPU-hour (`dataflow_vcpu_hour`) = about 0.78 USD" in page
     # fine-tuning: the default 10 epochs of 8M photos at the published 8-GPU training throughput, plus validation
     fit, infer = published["figures"]["gpu_training_8x"]["value"], published["figures"]["gpu_inference_1x"]["value"] * 8
     assert f"| fine-tuning | {hooks._hours(10 * (8_000_000 / fit + 1_000_000 / infer))} |" in page
