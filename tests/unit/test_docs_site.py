@@ -197,3 +197,34 @@ def test_the_strict_build_passes_with_and_without_results_files(tmp_path):
     assert "tuned / one run" in page and "2026-12-07T20:03:04+00:00" in page
     costs = (copy / "site" / "reference" / "costs" / "index.html").read_text()
     assert "No scale results file is committed yet" not in costs and "CPU ms per photo" in costs
+
+
+def test_the_scale_benchmarks_published_file_feeds_the_plan(tmp_path):
+    """bench.run's own scale rows (as _scale_rows makes them from two measured sizes) published and
+    read back by the plan: per step seconds, CPU seconds, peak MB and per photo, no process started."""
+    from bench import run
+
+    def measured(photos: int, prep_cpu: float) -> dict:
+        steps = {step: {"peak_rss_mb": 500.0, "cpu_seconds": 5.0} for step in run.PIPELINE_STEPS}
+        steps["data-prep"] = {"peak_rss_mb": 700.0, "cpu_seconds": prep_cpu}
+        steps["orchestrator"] = {"peak_rss_mb": 280.0, "cpu_seconds": 5.0}
+        return {"wall_seconds": 100.0 + photos / 100, "others_cpu_share": 0.5, "steps": steps,
+                "summary_steps": {step: 10.0 + photos / 1000 for step in run.PIPELINE_STEPS}}
+
+    report = run.Report("scale", "12. Scale")
+    run._scale_rows(report, {2000: measured(2000, 20.0), 20000: measured(20000, 110.0)})
+    sizes = report.published["sizes"]
+    assert [size["photos"] for size in sizes] == [2000, 20000]
+    assert sizes[1]["steps"]["data-prep"] == {"seconds": 30.0, "cpu_seconds": 110.0, "peak_mb": 700.0,
+                                              "seconds_per_photo": 0.0015, "cpu_seconds_per_photo": 0.0055}
+    document = {"mode": "full", "command": "python -m bench.run --only scale --publish", "code": None,
+                "host": run.host_info(), "model": {}}
+    window = {"started_at": "s", "ended_at": "2026-12-08T01:00:00+00:00", "load_at_start": [1.0], "load_at_end": [1.0],
+              "children": [], "reproduce": run.reproduce_command("scale", "full", "calibrated", [2000, 20000])}
+    run.publish(run.published_entry(report, document, window), tmp_path)
+    hooks = _hooks()
+    page = hooks.ten_million_plan(hooks.load_results("scale", str(tmp_path)),
+                                  json.loads((ROOT / "docs" / "data" / "published.json").read_text()))
+    assert "`python -m bench.run --only scale --scale-sizes 2000 20000 --publish`" in page
+    assert f"| data-prep | {hooks._hours((10 + 0.005 * 10_000_000) / 200)} |" in page
+    assert "| data-fingerprint |" in page and "| data-checks |" in page
