@@ -141,8 +141,10 @@ def _measured_on(results: dict) -> str:
     others = f"; other processes used {shares[0]:.0%}-{shares[1]:.0%} of the CPUs" if shares else ""
     versions = ", ".join(f"{k} {v}" for k, v in (host.get("versions") or {}).items() if v)
     code = f", code at `{results['code']}`" if results.get("code") else ""
-    seconds = _number(results.get("seconds", "?"))
-    return (f"Measured {results.get('date', '?')} ({results.get('mode', '?')} mode, {seconds} s) "
+    seconds = results.get("seconds")
+    # A benchmark whose child runs an earlier one of the same command made (they are memoized) takes ~0 s.
+    took = f"{_number(seconds)} s" if seconds else "its runs made by an earlier benchmark of the same command"
+    return (f"Measured {results.get('date', '?')} ({results.get('mode', '?')} mode, {took}) "
             f"on {host.get('cpus', '?')} CPUs ({host.get('machine', '?')}), {host.get('platform', '?')}, Python "
             f"{host.get('python', '?')}{' (' + versions + ')' if versions else ''}; load average "
             f"{load[0]} at start, {load_end[0]} at end{others}{code}. Command: `{results.get('command', '?')}`; "

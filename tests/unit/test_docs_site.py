@@ -65,6 +65,9 @@ def test_the_benchmarks_page_gives_every_figure_its_date_machine_and_command(tmp
     assert "`python -m bench.run --quick --only tuning --publish`" in section and "`1b1f0bf1234`" in section
     assert "| tuned / one run | 2.9 x | <= 2.6 | **no** |" in section and "| one run | 62.4 s | — | — |" in section
     assert "- Four separate runs would cost about 4x." in section
+    (tmp_path / "bench-tuning.json").write_text(json.dumps({**SAMPLE_RESULTS, "seconds": 0.0}))
+    shared = _hooks().benchmarks_page(str(tmp_path), {"tuning": "11. Tuning"})
+    assert "(quick mode, its runs made by an earlier benchmark of the same command)" in shared
 
 
 def test_a_benchmark_without_a_committed_result_is_named_with_the_command_that_makes_one(tmp_path):
