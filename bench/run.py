@@ -1370,6 +1370,34 @@ def publish(entry: dict, directory: Path) -> str | None:
     return str(path)
 
 
+def publish_results_file(path: str, directory: Path) -> list[str]:
+    """Publishes the benchmarks of a results file written without ``--publish`` (``--publish-from``):
+    each benchmark that ran, with the run's date, host, load and command (a benchmark's own start
+    and end are not in such a file: the run's are given). Returns the files written."""
+    with open(path) as handle:
+        document = json.load(handle)
+    written = []
+    for name, bench in document.get("benchmarks", {}).items():
+        if bench.get("status") != "ok":
+            print(f"not published: {name} could not run ({bench.get('error')})")
+            continue
+        report = Report(name, bench["title"], rows=bench["rows"], notes=bench["notes"], seconds=bench["seconds"])
+        if name == "scale":
+            runs = {int(size): run for size, run in bench["details"]["runs"].items()}
+            steps = [step for step in PIPELINE_STEPS
+                     if all(run["summary_steps"].get(step) is not None for run in runs.values())]
+            report.published = scale_figures(runs, steps)
+        sizes = bench.get("details", {}).get("sizes") if name == "scale" else None
+        window = {"started_at": document["started_at"], "ended_at": document["started_at"],
+                  "load_at_start": document["host"]["load_average_at_start"],
+                  "load_at_end": document.get("load_average_at_end"), "children": document.get("children", []),
+                  "reproduce": reproduce_command(name, document["mode"], document["config"]["weights"], sizes)}
+        target = publish(published_entry(report, document, window), directory)
+        print(f"published to {target}" if target else f"not published: {name}: a full-size result is there")
+        written += [target] if target else []
+    return written
+
+
 def write_results(path: str, document: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w") as handle:
@@ -1435,9 +1463,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write each benchmark's results, as it ends, to DIR/bench-NAME.json (default DIR "
                              "docs/data: the docs site's Benchmarks page is generated from them); a quick run does "
                              "not replace a full-size result")
+    parser.add_argument("--publish-from", metavar="RESULTS", default=None,
+                        help="run nothing: publish the benchmarks of a results file written without --publish "
+                             "(dated with that run's start) to --publish's DIR (default docs/data)")
     parser.add_argument("--scale-sizes", nargs="+", type=int, metavar="N",
                         help=f"photo counts of benchmark 12 (scale; default {SCALE['full']}, quick {SCALE['quick']})")
     args = parser.parse_args(argv)
+    if args.publish_from:
+        publish_results_file(args.publish_from, Path(args.publish or PUBLISH_DIR))
+        return 0
     mode = "quick" if args.quick else "full"
     selected = [name for name in BENCHMARKS if name in args.only] if args.only else \
         [name for name in BENCHMARKS if name not in OPT_IN]

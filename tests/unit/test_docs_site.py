@@ -231,3 +231,33 @@ def test_the_scale_benchmarks_published_file_feeds_the_plan(tmp_path):
     assert "`python -m bench.run --only scale --scale-sizes 2000 20000 --publish`" in page
     assert f"| data-prep | {hooks._hours((10 + 0.005 * 10_000_000) / 200)} |" in page
     assert "| data-fingerprint |" in page and "| data-checks |" in page
+
+
+def test_a_results_file_written_without_publish_is_published_afterwards(tmp_path):
+    """A long scale run started without --publish (bench/results.json) is published with --publish-from."""
+    from bench import run
+
+    def measured(photos: int, prep_cpu: float) -> dict:
+        steps = {step: {"peak_rss_mb": 500.0, "cpu_seconds": 5.0} for step in run.PIPELINE_STEPS}
+        steps["data-prep"]["cpu_seconds"] = prep_cpu
+        return {"wall_seconds": 100.0, "others_cpu_share": 0.5, "steps": steps,
+                "summary_steps": {step: 10.0 for step in run.PIPELINE_STEPS}}
+
+    report = run.Report("scale", "12. Scale", seconds=3600.0)
+    runs = {2000: measured(2000, 20.0), 20000: measured(20000, 110.0)}
+    run._scale_rows(report, runs)
+    bench = {**report.to_json(), "details": {"sizes": [2000, 20000], "runs": runs}}
+    document = {"mode": "full", "command": "python -m bench.run --only scale --scale-sizes 2000 20000",
+                "started_at": "2026-12-08T00:01:02+00:00", "host": run.host_info(), "config": {"weights": "calibrated"},
+                "model": {}, "benchmarks": {"scale": bench, "serving": {"status": "error", "error": "no image"}},
+                "load_average_at_end": [3.0, 2.0, 1.0], "children": []}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(document))
+    assert run.main(["--publish-from", str(results), "--publish", str(tmp_path / "data")]) == 0
+    assert not (tmp_path / "data" / "bench-serving.json").exists()
+    published = json.loads((tmp_path / "data" / "bench-scale.json").read_text())
+    assert published["date"] == "2026-12-08T00:01:02+00:00" and published["rows"] and published["data"]["sizes"]
+    assert published["reproduce"] == "python -m bench.run --only scale --scale-sizes 2000 20000 --publish"
+    hooks = _hooks()
+    plan = hooks.ten_million_plan(published, json.loads((ROOT / "docs" / "data" / "published.json").read_text()))
+    assert f"| data-prep | {hooks._hours((10 + 0.005 * 10_000_000) / 200)} |" in plan
