@@ -117,7 +117,7 @@ push: images ## Build the images (make images), then push each one built to IMAG
 
 BENCH_ARGS ?=
 
-bench: $(STAMP) ## Benchmark suite, about 18 min (BENCH_ARGS=--quick: about 3 min); writes bench/results.json
-	$(BIN)/python -m bench.run $(BENCH_ARGS)
+bench: $(STAMP) ## Benchmark suite, about 18 min (BENCH_ARGS=--quick: about 3 min); writes bench/results.json and docs/data/bench-NAME.json
+	$(BIN)/python -m bench.run --publish $(BENCH_ARGS)
 
 .PHONY: bench

@@ -10,7 +10,10 @@ memory is the child's own (``wait4`` rusage, or VmHWM read inside the child when
 This process imports no TensorFlow.
 
 Prints a table and writes ``--output`` as JSON (also after each benchmark, so a partial run
-leaves its results). Exit status 1 only if a benchmark could not run; missed targets are results.
+leaves its results). With ``--publish`` (``make bench``) each benchmark that ran also writes
+``docs/data/bench-NAME.json`` as it ends: its rows with the date, machine, load and command, from
+which the docs site's Benchmarks page (and the cost plan, from ``scale``) is generated. Exit
+status 1 only if a benchmark could not run; missed targets are results.
 See bench/README.md for what each measurement means.
 """
 
@@ -38,6 +41,7 @@ from tlp.components.lib.steps import STEP_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "bench" / "results.json"
+PUBLISH_DIR = REPO / "docs" / "data"  # docs/hooks.py builds the Benchmarks page from bench-NAME.json here
 MEMORY_LIMIT_MB = 2500.0  # 2.5 GB, decimal
 PIPELINE_STEPS = list(STEP_NAMES)
 
@@ -152,6 +156,7 @@ class Report:
     status: str = "ok"
     error: str | None = None
     seconds: float = 0.0
+    published: dict = field(default_factory=dict)  # structured figures the docs use beyond the rows (scale)
 
     def measure(self, label: str, value, unit: str = "") -> None:
         self.rows.append({"label": label, "value": _round(value), "unit": unit, "target": None, "passed": None})
@@ -1221,6 +1226,7 @@ def _scale_rows(report: Report, runs: dict[int, dict]) -> None:
 
     sizes = sorted(runs)
     steps = [step for step in PIPELINE_STEPS if all(runs[n]["summary_steps"].get(step) is not None for n in sizes)]
+    report.published = scale_figures(runs, steps)
     for size in sizes:
         run = runs[size]
         report.measure(f"{size:,} photos: tlp run wall (others used {run['others_cpu_share'] or 0:.0%} of the CPUs)",
@@ -1255,6 +1261,27 @@ def _scale_rows(report: Report, runs: dict[int, dict]) -> None:
         "'orchestrator' is the tlp run process itself. Photos: distinct generated JPEGs of 0.3-1.9 megapixels, "
         "made once into a pool and hard-linked into each size's folder."
     )
+
+
+def scale_figures(runs: dict[int, dict], steps: list[str]) -> dict:
+    """What the docs take from benchmark 12 (the cost plan's per-photo figures): per size, the
+    whole run and each step's seconds (the run summary's), CPU seconds and peak MB of its process
+    tree, and both per photo."""
+    sizes = []
+    for size in sorted(runs):
+        run = runs[size]
+        per_step = {}
+        for step in steps:
+            seconds, usage = run["summary_steps"][step], run["steps"].get(step, {})
+            cpu = usage.get("cpu_seconds")
+            per_step[step] = {
+                "seconds": _round(float(seconds)), "cpu_seconds": _round(cpu), "peak_mb": usage.get("peak_rss_mb"),
+                "seconds_per_photo": _round(seconds / size),
+                "cpu_seconds_per_photo": None if cpu is None else _round(cpu / size),
+            }
+        sizes.append({"photos": size, "wall_seconds": run["wall_seconds"],
+                      "others_cpu_share": run.get("others_cpu_share"), "steps": per_step})
+    return {"settings": " ".join(SCALE["settings"]), "sizes": sizes}
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -1299,6 +1326,92 @@ def host_info() -> dict:
     }
 
 
+def code_version() -> str | None:
+    """The commit the benchmark code ran at (``-dirty`` with uncommitted changes), or None outside git."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=10"], cwd=REPO,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def reproduce_command(name: str, mode: str, weights: str, scale_sizes: list[int] | None) -> str:
+    """The command that runs this one benchmark again with the same settings and publishes it."""
+    words = ["python -m bench.run", *(["--quick"] if mode == "quick" else []), "--only", name]
+    if weights != "calibrated":
+        words += ["--weights", weights]
+    if name == "scale" and scale_sizes:
+        words += ["--scale-sizes", *map(str, scale_sizes)]
+    return " ".join([*words, "--publish"])
+
+
+def published_entry(report: Report, document: dict, window: dict) -> dict:
+    """One benchmark's results file for the docs (docs/data/bench-NAME.json): when, on what machine
+    under what load, with which command and code, and each row as measurement, value, unit,
+    target, pass. ``window``: this benchmark's start and end time and load, and the children it ran."""
+    host = document["host"]
+    shares = [child["others_cpu_share"] for child in window["children"] if "others_cpu_share" in child]
+    return {
+        "benchmark": report.name, "title": report.title, "mode": document["mode"],
+        "date": window["ended_at"], "started_at": window["started_at"], "seconds": round(report.seconds, 1),
+        "command": document["command"], "reproduce": window["reproduce"], "code": document.get("code"),
+        "host": {
+            "cpus": host["cpus"], "machine": host["machine"], "platform": host["platform"], "python": host["python"],
+            "versions": host["versions"], "load_average_at_start": window["load_at_start"],
+            "load_average_at_end": window["load_at_end"],
+            "others_cpu_share": [min(shares), max(shares)] if shares else None,
+        },
+        "model": document["model"],
+        "rows": [{"measurement": row["label"], "value": row["value"], "unit": row["unit"], "target": row["target"],
+                  "pass": row["passed"]} for row in report.rows],
+        "notes": report.notes,
+        "data": report.published,
+    }
+
+
+def publish(entry: dict, directory: Path) -> str | None:
+    """Writes ``entry`` to DIRECTORY/bench-NAME.json; returns the path, or None when it is a quick
+    run's and a full-size result is already there (a smoke test never replaces a measurement)."""
+    path = Path(directory) / f"bench-{entry['benchmark']}.json"
+    if entry["mode"] == "quick" and path.exists():
+        try:
+            if json.loads(path.read_text()).get("mode") == "full":
+                return None
+        except ValueError:
+            pass  # an unreadable file is replaced
+    write_results(str(path), entry)
+    return str(path)
+
+
+def publish_results_file(path: str, directory: Path) -> list[str]:
+    """Publishes the benchmarks of a results file written without ``--publish`` (``--publish-from``):
+    each benchmark that ran, with the run's date, host, load and command (a benchmark's own start
+    and end are not in such a file: the run's are given). Returns the files written."""
+    with open(path) as handle:
+        document = json.load(handle)
+    written = []
+    for name, bench in document.get("benchmarks", {}).items():
+        if bench.get("status") != "ok":
+            print(f"not published: {name} could not run ({bench.get('error')})")
+            continue
+        report = Report(name, bench["title"], rows=bench["rows"], notes=bench["notes"], seconds=bench["seconds"])
+        if name == "scale":
+            runs = {int(size): run for size, run in bench["details"]["runs"].items()}
+            steps = [step for step in PIPELINE_STEPS
+                     if all(run["summary_steps"].get(step) is not None for run in runs.values())]
+            report.published = scale_figures(runs, steps)
+        sizes = bench.get("details", {}).get("sizes") if name == "scale" else None
+        window = {"started_at": document["started_at"], "ended_at": document["started_at"],
+                  "load_at_start": document["host"]["load_average_at_start"],
+                  "load_at_end": document.get("load_average_at_end"), "children": document.get("children", []),
+                  "reproduce": reproduce_command(name, document["mode"], document["config"]["weights"], sizes)}
+        target = publish(published_entry(report, document, window), directory)
+        print(f"published to {target}" if target else f"not published: {name}: a full-size result is there")
+        written += [target] if target else []
+    return written
+
+
 def write_results(path: str, document: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w") as handle:
@@ -1306,12 +1419,19 @@ def write_results(path: str, document: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _run_all(suite: Suite, selected: list[str], reports: list, document: dict, started: float, output: str) -> None:
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _run_all(suite: Suite, selected: list[str], reports: list, document: dict, started: float, output: str,
+             publish_dir: Path | None = None) -> None:
     for name in selected:
         title, func = BENCHMARKS[name]
         report = Report(name, title)
         print(f"\n== {title}", flush=True)
-        bench_start = time.monotonic()
+        bench_start, children_before = time.monotonic(), len(suite.children)
+        window = {"started_at": _now(), "load_at_start": [round(v, 2) for v in os.getloadavg()],
+                  "reproduce": reproduce_command(name, suite.mode, suite.config["weights"], suite.scale_sizes)}
         try:
             func(suite, report)
         except Exception as error:  # one failed benchmark must not hide the others' results
@@ -1322,6 +1442,17 @@ def _run_all(suite: Suite, selected: list[str], reports: list, document: dict, s
         document["benchmarks"][name] = report.to_json()
         document["wall_seconds"] = round(time.monotonic() - started, 1)
         write_results(output, document)
+        if publish_dir is None:
+            continue
+        if report.status != "ok":
+            print(f"   not published: {name} could not run (a committed result stays as it was)", flush=True)
+            continue
+        window.update(ended_at=_now(), load_at_end=[round(v, 2) for v in os.getloadavg()],
+                      children=suite.children[children_before:])
+        path = publish(published_entry(report, document, window), publish_dir)
+        print(f"   published to {path}" if path else
+              f"   not published: docs/data/bench-{name}.json holds a full-size result; a quick run does not "
+              "replace it", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1342,9 +1473,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None,
                         help="keep generated data, outputs and child logs here (default: a temporary directory, "
                              "removed at the end unless a benchmark failed)")
+    parser.add_argument("--publish", nargs="?", const=str(PUBLISH_DIR), default=None, metavar="DIR",
+                        help="also write each benchmark's results, as it ends, to DIR/bench-NAME.json (default DIR "
+                             "docs/data: the docs site's Benchmarks page is generated from them); a quick run does "
+                             "not replace a full-size result")
+    parser.add_argument("--publish-from", metavar="RESULTS", default=None,
+                        help="run nothing: publish the benchmarks of a results file written without --publish "
+                             "(dated with that run's start) to --publish's DIR (default docs/data)")
     parser.add_argument("--scale-sizes", nargs="+", type=int, metavar="N",
                         help=f"photo counts of benchmark 12 (scale; default {SCALE['full']}, quick {SCALE['quick']})")
     args = parser.parse_args(argv)
+    if args.publish_from:
+        publish_results_file(args.publish_from, Path(args.publish or PUBLISH_DIR))
+        return 0
     mode = "quick" if args.quick else "full"
     selected = [name for name in BENCHMARKS if name in args.only] if args.only else \
         [name for name in BENCHMARKS if name not in OPT_IN]
@@ -1357,7 +1498,8 @@ def main(argv: list[str] | None = None) -> int:
     started, started_at = time.monotonic(), datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     document = {
         "suite": "tlp benchmark suite", "mode": mode, "command": "python -m bench.run " + " ".join(sys.argv[1:]),
-        "started_at": started_at, "host": host_info(), "config": {k: v for k, v in config.items()},
+        "started_at": started_at, "host": host_info(), "code": code_version(),
+        "config": {k: v for k, v in config.items()},
         "model": {"base": "MobileNetV2", "alpha": config["alpha"], "image_size": config["image_size"],
                   "batch_size": config["batch_size"], "weights": config["weights"]},
         "benchmarks": {},
@@ -1365,7 +1507,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tlp benchmark suite, {mode} mode: {', '.join(selected)}; work dir {work}", flush=True)
     reports = []
     try:
-        _run_all(suite, selected, reports, document, started, args.output)
+        _run_all(suite, selected, reports, document, started, args.output,
+                 Path(args.publish) if args.publish else None)
     finally:
         suite.close()
     document["fork_server"] = suite.server_info

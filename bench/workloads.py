@@ -248,7 +248,18 @@ def _timed_export(skip: bool) -> list:
         seconds.append(_since(start))
 
     model_lib.export_servable = export
+    if skip:
+        _skip_drift_reference()
     return seconds
+
+
+def _skip_drift_reference() -> None:
+    """``fine_tune`` writes the drift reference into the exported model's directory: with the export
+    skipped (or replaced) that directory does not exist (FileNotFoundError .../tuned/drift_reference.npz),
+    and the reference, like the export, follows the last epoch and is in no measurement."""
+    from tlp.components.lib import training
+
+    training.write_drift_reference = lambda *args, **kwargs: 0
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -758,6 +769,7 @@ def fine_tune_phase(dataset_dir: str, model_in: str, run_dir: str, epochs: int, 
             np.savez(weights_out, **weights)
 
     model_lib.export_servable = save_weights
+    _skip_drift_reference()
     start, cpu = time.perf_counter(), time.process_time()
     history, replicas = training.fine_tune(
         dataset_dir, model_in, os.path.join(run_dir, "tuned"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 from tlp.components.lib import report
 from tlp.components.lib.settings import Settings
@@ -20,6 +21,100 @@ from tlp.components.lib.steps import (
 )
 from tlp.components.lib.tuning import label
 from tlp.pipelines.console import LOGS
+
+
+class SummaryField(NamedTuple):
+    """One key of the run summary (``tlp run --summary-json``): dotted for a key inside another."""
+
+    name: str
+    type: str
+    meaning: str
+
+
+_SPLIT_METRICS = tuple(SummaryField(f"metrics.{split}_{metric}", "number", f"{metric} on the {split} split")
+                       for split in ("train", "val", "test") for metric in ("accuracy", "loss", "precision", "recall",
+                                                                           "auc"))
+
+# Every key the summary holds, declared once here beside the code that writes it (``summarize``,
+# and ``runners.run_local``: wall_seconds, tracking). The docs' reference page is generated from
+# this table; tests/pipeline/test_local_run.py checks a real run's summary holds no other key.
+SUMMARY_FIELDS: tuple[SummaryField, ...] = (
+    SummaryField("data", "object", "the data the run trained on"),
+    SummaryField("data.spec", "string", "the `--data` used"),
+    SummaryField("data.class_names", "list of strings", "the classes, in label order"),
+    SummaryField("data.counts", "object", "photos per split, per class"),
+    SummaryField("data.fingerprint", "string", "the prepared data's content fingerprint"),
+    SummaryField("data.source_fingerprint", "string", "the listing's fingerprint (names, sizes, times)"),
+    SummaryField("data.split", "object", "how the photos were split: `method` and `seed`"),
+    SummaryField("data.split_moved", "integer", "photos moved between splits by the balancing rule"),
+    SummaryField("data.skipped", "list of objects", "every skipped file with its reason and `kind` (`unreadable`, "
+                 "`not_image`, `duplicate` with `duplicate_of`, `conflict` with `conflicts_with`)"),
+    SummaryField("checks", "object or null", "the data checks' findings against the champion's data (`passed`, "
+                 "`findings`, `champion`, `model`, class shares, `image_drift_auc`), null without that step's output"),
+    SummaryField("weights", "string", "the base weights used: `imagenet`, `none` or a file"),
+    SummaryField("base", "object", "the base network: `name`, `alpha`, `image_size`"),
+    SummaryField("notes", "list of strings", "what `auto` became and similar decisions, as printed in the banner"),
+    SummaryField("metrics", "object", "the evaluation step's metrics"),
+    *_SPLIT_METRICS,
+    SummaryField("metrics.gap", "number", "train - held-out accuracy (the held-out split: validation, or test in "
+                 "a tuned run)"),
+    SummaryField("metrics.gap_split", "string", "the held-out split of the gap: `val` or `test`"),
+    SummaryField("metrics.gap_sample_photos", "integer", "training photos scored for the train accuracy "
+                 "(`--gap-sample`)"),
+    SummaryField("metrics.train_accuracy_low", "number", "95% interval of the train accuracy, low end"),
+    SummaryField("metrics.train_accuracy_high", "number", "95% interval of the train accuracy, high end"),
+    SummaryField("metrics.gap_low", "number", "95% interval of the gap, low end"),
+    SummaryField("metrics.gap_high", "number", "95% interval of the gap, high end"),
+    SummaryField("gate", "object", "the quality gate's decision"),
+    SummaryField("gate.passed", "boolean", "whether the model may be registered"),
+    SummaryField("gate.reasons", "list of strings", "the gate's conditions as the report states them; a failed "
+                 "gate names what failed"),
+    SummaryField("gate.max_gap", "number", "the `--max-gap` it was held to"),
+    SummaryField("gate.min_accuracy", "number", "the `--min-accuracy` it was held to"),
+    SummaryField("gate.gap", "object", "how the gap was measured: `split`, `value`, `train_photos` of "
+                 "`train_split_photos`, the sample's `seed`, `train_accuracy_interval`, `interval`, `method` (a 95% "
+                 "Newcombe interval); the gate decides on the point estimate"),
+    SummaryField("registered", "object or null", "null when nothing was registered"),
+    SummaryField("registered.registry", "string", "the registry (MLflow URI or Vertex AI)"),
+    SummaryField("registered.name", "string", "the registered model's name"),
+    SummaryField("registered.version", "string", "the new version"),
+    SummaryField("registered.champion", "boolean", "whether the new version became the champion"),
+    SummaryField("registered.reason", "string", "why it did or did not"),
+    SummaryField("registered.promote_command", "string", "the command that promotes it, when a person must decide "
+                 "(else empty)"),
+    SummaryField("registered.infra_validation", "object or null", "the served model's check: `passed`, `reason`, "
+                 "`seconds`"),
+    SummaryField("replicas", "integer", "replicas in sync during fine-tuning"),
+    SummaryField("model", "string", "the servable SavedModel's directory"),
+    SummaryField("report", "string", "the HTML report's path"),
+    SummaryField("run_dir", "string", "the run's directory"),
+    SummaryField("logs", "string", "the folder of the steps' logs"),
+    SummaryField("augment", "string", "the `--augment` setting (empty: none)"),
+    SummaryField("tensorboard", "string", "the command that shows both training steps' curves"),
+    SummaryField("steps", "object", "each step's wall seconds, by step name"),
+    SummaryField("tuning", "object", "with `--tune` only: `trials` (each with `params`, `val_accuracy`, `val_loss`, "
+                 "`seconds`, its validation curve) and `best`"),
+    SummaryField("wall_seconds", "number", "the whole run's wall seconds"),
+    SummaryField("tracking", "object or null", "the MLflow run of a local run: `run_id`, `experiment`, `uri`"),
+)
+
+
+def undeclared_keys(summary: dict, fields: tuple[SummaryField, ...] = SUMMARY_FIELDS) -> list[str]:
+    """Keys of ``summary`` that ``fields`` does not declare (dotted), looking inside an object
+    whenever keys inside it are declared."""
+    declared = {field.name for field in fields}
+
+    def walk(value: dict, prefix: str) -> list[str]:
+        missing = []
+        for key, inner in value.items():
+            name = f"{prefix}{key}"
+            if name not in declared:
+                missing.append(name)
+            elif isinstance(inner, dict) and any(other.startswith(name + ".") for other in declared):
+                missing += walk(inner, name + ".")
+        return missing
+
+    return walk(summary, "")
 
 
 def task_outputs(run_dir: str, task: str) -> dict | None:

@@ -31,6 +31,16 @@ def passing_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_every_key_of_a_real_summary_is_declared_for_the_reference_page(passing_run):
+    from tlp.pipelines.summary import SUMMARY_FIELDS, undeclared_keys
+
+    _out, summary, _stdout = passing_run
+    assert undeclared_keys(summary) == []
+    top_level = {field.name for field in SUMMARY_FIELDS if "." not in field.name}
+    assert top_level - set(summary) == {"tuning"}  # only a tuned run has it
+
+
+@pytest.mark.slow
 def test_full_run_on_two_logical_cpus_registers_a_version(passing_run):
     out, summary, stdout = passing_run
     assert "tlp run: summary" in stdout and "registered sample version 1" in stdout

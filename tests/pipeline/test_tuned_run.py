@@ -20,6 +20,9 @@ def test_tuned_run_trains_every_trial_and_registers_the_best(tmp_path):
     ], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(summary_path.read_text())
+    from tlp.pipelines.summary import undeclared_keys
+
+    assert undeclared_keys(summary) == []  # a tuned run's keys are on the reference page too
     trials = summary["tuning"]["trials"]
     assert sorted((t["params"]["fine_tune_at"], t["params"]["dropout"]) for t in trials) == [
         (60, 0.2), (60, 0.4), (100, 0.2), (100, 0.4)]
