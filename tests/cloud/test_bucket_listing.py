@@ -175,19 +175,27 @@ def test_data_prep_lists_the_bucket_itself_without_a_saved_listing(standin, tmp_
     assert _listings(standin) == 3 * 3 and sum(metadata["num_examples"].values()) == 24
 
 
-def test_a_listing_that_cannot_be_saved_stops_the_fingerprint_step_in_one_sentence(standin, tmp_path):
-    import pytest
-
-    from tlp.components.lib.specs import ServiceError
+@pytest.mark.parametrize("root", ["file-in-the-way", "minio://mlpipeline/v2/artifacts"])
+def test_a_listing_that_cannot_be_saved_is_said_and_data_prep_lists_the_bucket_itself(standin, tmp_path, capsys, root):
+    """Saving the listing only spares data prep a second listing: a pipeline root Beam cannot
+    write (a self-hosted Kubeflow's minio://, a file in the way) must not stop the run."""
+    from tlp.components.lib.dataprep.prepare import _listing
+    from tlp.components.lib.specs import parse_data_spec
 
     _photos(standin, per_class=2)
-    not_a_folder = tmp_path / "root"
-    not_a_folder.write_text("a file where the pipeline root should be")
-    with pytest.raises(ServiceError) as stopped:
-        fingerprint_source("folder:gs://photos/pets", str(not_a_folder / "listings"))
-    message = str(stopped.value)
-    assert message.startswith("could not save the listing of gs://photos/pets to ") and "\n" not in message
-    assert f"create and delete objects under {not_a_folder / 'listings'}" in message
+    if root == "file-in-the-way":
+        (tmp_path / "root").write_text("a file where the pipeline root should be")
+        root = str(tmp_path / "root")
+    listings = f"{root}/listings"
+    found = fingerprint_source("folder:gs://photos/pets", listings)
+    said = capsys.readouterr().out
+    warning = [line for line in said.splitlines() if "could not save the listing of gs://photos/pets" in line]
+    assert len(warning) == 1 and "data prep will list the bucket again" in warning[0]
+    assert found.files == 4 and _listings(standin) == 3
+    listing = _listing(parse_data_spec("folder:gs://photos/pets"), 0, None, listings, found.fingerprint)
+    assert sorted(listing.class_names) == ["cat", "dog"]
+    assert _listings(standin) == 2 * 3  # data prep listed it again, and said so
+    assert "no usable listing of gs://photos/pets" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # kfp's local runner: each step in a Python process of its own

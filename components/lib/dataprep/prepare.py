@@ -361,8 +361,8 @@ def _listing(spec, seed: int, tfds_data_dir: str | None, listing_folder: str, so
             print(f"  data prep: the fingerprint step's listing of {spec.path} ({source_fingerprint}), not listed "
                   "again", flush=True)
             return sources.list_folder(spec.path, saved)
-        print(f"  data prep: no listing of {spec.path} saved with fingerprint {source_fingerprint}: listing it",
-              flush=True)
+        print(f"  data prep: no usable listing of {spec.path} with fingerprint {source_fingerprint} (none saved, "
+              "or cut short): listing it", flush=True)
     return sources.list_source(spec, seed, tfds_data_dir)
 
 

@@ -229,11 +229,16 @@ def saved_listing_path(listing_folder: str, root: str, fingerprint: str) -> str:
 
 
 def save_bucket_listing(listing_folder: str, root: str, fingerprint: str,
-                        in_bucket: dict[str, list[tuple[str, int, int]]]) -> str:
+                        in_bucket: dict[str, list[tuple[str, int, int]]]) -> str | None:
     """Writes ``list_bucket``'s result for data prep (``load_bucket_listing``): a header line (the
     folder, the fingerprint, how many objects), then one ``[class, path, size, generation]`` line
     per object (the header names every class, empty ones too). The folder's earlier saved
-    listings are removed: one stays per folder. Returns the path."""
+    listings are removed: one stays per folder. Returns the path.
+
+    Saving only spares data prep a second listing, so a listing that cannot be saved (a pipeline
+    root Beam cannot write, such as a self-hosted Kubeflow's ``minio://``, or an account without
+    delete rights there) is said in one line and the run goes on: data prep then lists the bucket
+    itself. Returns None then."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
@@ -251,10 +256,12 @@ def save_bucket_listing(listing_folder: str, root: str, fingerprint: str,
         stale = [found.path for found in FileSystems.match([earlier])[0].metadata_list if found.path != path]
         if stale:
             FileSystems.delete(stale)
-    except Exception as error:  # one sentence with the fix, the cause kept
-        raise ServiceError(f"could not save the listing of {root} to {path} ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''}); the step's account needs to create "
-                           f"and delete objects under {listing_folder} (the pipeline root).") from error
+    except Exception as error:  # an optimisation lost, not the run: one line with the cause and the fix
+        print(f"  warning: could not save the listing of {root} to {path} ({type(error).__name__}: "
+              f"{str(error).splitlines()[0] if str(error) else ''}); data prep will list the bucket again. To list "
+              f"it once, give the step's account rights to create and delete objects under {listing_folder} (the "
+              "pipeline root, gs:// or a local folder).", flush=True)
+        return None
     return path
 
 
