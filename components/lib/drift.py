@@ -29,8 +29,9 @@ REFERENCE_FILE = "drift_reference.npz"  # inside the model directory: it travels
 MAX_REFERENCE = 2000  # photos kept per model: 2,000 x 1,280 float16 = 5 MB for MobileNetV2 alpha 1
 # The reference's sample is drawn from the split's first records only, so that writing it reads a
 # bounded number of records (not every training photo's bytes) however large the split: data prep
-# stores a split in the order of its content-hash positions, so its first records are a random
-# sample of the split already (see ``reference_positions``).
+# stores a folder's split in the order of its content-hash positions, so its first records are a
+# random sample of the split already (see ``reference_positions``); a tfds split keeps the order
+# TFDS stored it in, which TFDS shuffles when it builds the data set.
 REFERENCE_WINDOW = 10 * MAX_REFERENCE
 MAX_NEW = 2000  # new photos scored at once (a seeded sample beyond that)
 MIN_PHOTOS = 10  # per side: fewer make the cross-validated AUC noise
