@@ -37,6 +37,7 @@ from tlp.components.lib.settings import (
     DriftOptions,
     HardwareOptions,
     ImageOptions,
+    LiteRTOptions,
     LocalRunOptions,
     ModelsOptions,
     PredictOptions,
@@ -85,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     drifted.add_argument("model", help="a model directory, or NAME/VERSION or NAME@champion in the registry")
     drifted.add_argument("photos", nargs="+", help="image files or folders (local or gs://)")
 
+    exported = command("export", "export a model or registered version for LiteRT (phones, small devices)")
+    exported.add_argument("model", help="a model directory, or NAME/VERSION or NAME@champion in the registry")
+    exported.add_argument("--litert", required=True, metavar="VARIANTS",
+                          help="float32, float16, dynamic, int8 (comma-separated)")
+    exported.add_argument("--output", required=True,
+                          help="the folder the .tflite files, labels.txt and litert.json go to")
+    exported.add_argument("--dataset", default="", help="the prepared data set the model was trained on (scores on "
+                          "its test split, calibrates int8 on its training split)")
+
     compile_ = command("compile", "write the pipeline as kfp IR YAML")
     compile_.add_argument("--output", default="pipeline.yaml")
 
@@ -117,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that may load TensorFlow in this process: its C++ start-up lines and libjpeg's decoder
 # warnings go to a file (named when the command fails), not between the command's own lines.
-NATIVE_CAPTURED = ("predict", "component", "serve", "models")
+NATIVE_CAPTURED = ("predict", "component", "serve", "models", "export")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": command_run, "component": command_component, "predict": command_predict,
                 "compile": command_compile, "submit": command_submit, "schedule": command_schedule,
                 "options": command_options, "serve": serve.run, "deploy": command_deploy,
-                "models": command_models, "drift": command_drift}
+                "models": command_models, "drift": command_drift,
+                "export": command_export}
     return exit_code(lambda: handlers[args.command](args), capture_native=args.command in NATIVE_CAPTURED,
                      logs_dir=lambda: _logs_dir(args))
 
@@ -218,6 +229,8 @@ def command_component(args) -> int:
 
 def command_predict(args) -> int:
     chosen = _group(PredictOptions, args)
+    if args.model.endswith(".tflite"):
+        return _predict_litert(args.model, args.images, chosen)
     registry = registry_or_default(args.registry)
     if chosen.output or chosen.batch_job or any(os.path.isdir(p) or p.startswith("gs://") for p in args.images):
         return _predict_batch(args.model, args.images, registry, chosen)
@@ -227,6 +240,49 @@ def command_predict(args) -> int:
         else:
             print(f"{row['image']}\t{row['label']}\t{row['probability']:.4f}")
     return 0
+
+
+def _predict_litert(model: str, images: list[str], chosen: PredictOptions) -> int:
+    """A .tflite model (tlp export --litert) in the LiteRT interpreter, one image per call as on a device."""
+    from tlp.components.lib import litert
+
+    files = [path for path in predict.iter_files(images) if path.lower().endswith(predict.IMAGE_EXTENSIONS)]
+    if not files:
+        raise ConfigError(f"no image files under {', '.join(images)}; give image files or folders of them.")
+    unreadable = 0
+    for row in litert.classify_files(model, files):
+        unreadable += "error" in row
+        if chosen.json:
+            print(json.dumps(row))
+        elif "error" in row:
+            print(f"{row['image']}\terror\t{row['error']}")
+        else:
+            print(f"{row['image']}\t{row['label']}\t{row['probability']:.4f}")
+    return 1 if unreadable else 0
+
+
+# --- tlp export -------------------------------------------------------------------------------
+
+
+def command_export(args) -> int:
+    """LiteRT variants of an already registered version (or a model directory), scored and gated."""
+    from tlp.components.lib import litert
+
+    chosen = _group(LiteRTOptions, args)
+    variants = litert.parse_variants(args.litert)
+    if not variants:
+        raise ConfigError("--litert: name the variants to export (float32, float16, dynamic, int8, comma-separated).")
+    if not args.dataset:
+        raise ConfigError("--dataset: give the prepared data set the model was trained on (the Dataset output of "
+                          "data prep); its test split scores each variant and its training split calibrates int8.")
+    model_dir = predict.resolve_model(args.model, registry_or_default(args.registry))
+    measured = litert.export_and_score(model_dir, args.dataset, args.output, variants)
+    passed, reasons = litert.gate(measured, chosen.max_quantization_drop)
+    print(litert.table(measured, reasons))
+    for variant in variants:
+        print(f"  {variant}: {reasons[variant]}")
+    print(f"tlp export: {len(passed)} of {len(variants)} variant(s) within --max-quantization-drop in {args.output}")
+    return 0 if len(passed) == len(variants) else 5
 
 
 # --- tlp compile ------------------------------------------------------------------------------

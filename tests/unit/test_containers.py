@@ -473,3 +473,14 @@ def test_dataflow_workers_run_the_cpu_image_with_the_beam_harness_of_the_locked_
     makefile = (ROOT / "Makefile").read_text()
     assert f"BEAM_SDK_IMAGE ?= {defaults['BEAM_SDK_IMAGE']}" in makefile
     assert "-f containers/dataflow.Dockerfile" in makefile and "tlp-dataflow:$(IMAGE_TAG)" in makefile
+
+
+def test_the_litert_interpreter_is_in_the_images_that_export_not_in_the_serving_image():
+    """The deps layer (CPU and training images, which run the LiteRT export step) installs every declared
+    dependency but the OMITTED; the serving image installs only the serving dependencies."""
+    lock_install = _lock_install()
+    declared = {lock_install.requirement_name(r) for r in lock_install.declared_dependencies()}
+    serving = {lock_install.requirement_name(r) for r in lock_install.serving_dependencies()}
+    assert "ai-edge-litert" in declared and "ai-edge-litert" not in lock_install.OMITTED
+    assert _lock()["ai-edge-litert"] == "2.3.0"
+    assert "ai-edge-litert" not in serving

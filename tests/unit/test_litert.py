@@ -1,0 +1,89 @@
+"""LiteRT export (components/lib/litert.py): conversion, scoring with the interpreter, the gate."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tlp.components.lib import litert
+from tlp.components.lib.specs import ConfigError
+
+
+def test_variants_are_parsed_in_order_and_unknown_ones_refused():
+    assert litert.parse_variants("int8, float16,int8") == ["int8", "float16"]
+    assert litert.parse_variants("") == []
+    with pytest.raises(ConfigError, match="unknown LiteRT variant 'int4'.*float32, float16, dynamic, int8"):
+        litert.parse_variants("float16,int4")
+
+
+def _measured(keras_accuracy, **variant_accuracies):
+    return {
+        "keras": {"accuracy": keras_accuracy, "latency_ms": 5.0},
+        "test_photos": 200,
+        "variants": {
+            name: {"accuracy": a, "accuracy_change": a - keras_accuracy, "size_bytes": 1_000_000,
+                   "changed_predictions": 3, "latency_ms": 1.0}
+            for name, a in variant_accuracies.items()
+        },
+    }
+
+
+def test_gate_keeps_variants_within_the_drop_and_says_why_for_each():
+    measured = _measured(0.950, float16=0.950, dynamic=0.945, int8=0.930)
+    passed, reasons = litert.gate(measured, 0.01)
+    assert passed == ["float16", "dynamic"]
+    assert reasons["int8"] == (
+        "not registered: test accuracy 0.930 is 0.020 below the Keras model's 0.950, more than "
+        "--max-quantization-drop 0.010"
+    )
+    assert reasons["dynamic"].startswith("registered: test accuracy 0.945 (-0.005 vs Keras 0.950)")
+    # A variant that gains accuracy passes too; a drop of exactly the limit passes.
+    assert litert.gate(_measured(0.90, int8=0.92, dynamic=0.89), 0.01)[0] == ["int8", "dynamic"]
+    table = litert.table(measured, reasons)
+    assert "| int8 | 1.00 MB | 0.930 | -0.020 | 3 of 200 | 1.00 ms | not registered |" in table
+
+
+@pytest.fixture(scope="module")
+def exported(sample_dataset, head_model, tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("litert"))
+    return output, litert.export_and_score(head_model[0], sample_dataset, output, list(litert.VARIANTS))
+
+
+@pytest.mark.slow  # four conversions and the interpreter over the test split (about 30 s)
+def test_every_variant_is_written_scored_and_measured(exported, sample_dataset, head_model):
+    output, measured = exported
+    assert litert.read_labels(output) == measured["class_names"] == ["cat", "dog"]
+    assert json.loads(open(os.path.join(output, litert.MEASUREMENTS_FILE)).read()) == measured
+    images, labels = litert.read_test_split(sample_dataset)
+    assert measured["test_photos"] == len(labels) > 0
+    sizes = {}
+    for variant, m in measured["variants"].items():
+        path = os.path.join(output, litert.file_name(variant))
+        sizes[variant] = os.path.getsize(path)
+        assert m["size_bytes"] == sizes[variant]
+        # The interpreter's own predictions give the recorded accuracy.
+        classifier = litert.LiteRTClassifier(path)
+        assert list(classifier.input["shape"]) == [1, 64, 64, 3] and classifier.input["dtype"] == np.uint8
+        predicted = classifier.probabilities(images).argmax(axis=1)
+        assert m["accuracy"] == pytest.approx(float((predicted == labels).mean()))
+        assert m["accuracy_change"] == pytest.approx(m["accuracy"] - measured["keras"]["accuracy"])
+        assert 0 <= m["changed_predictions"] <= len(labels) and m["latency_ms"] > 0
+    # float32 is the Keras model itself; quantized weights shrink the file.
+    assert measured["variants"]["float32"]["max_probability_difference"] < 1e-4
+    assert measured["variants"]["float32"]["changed_predictions"] == 0
+    assert sizes["float16"] < 0.6 * sizes["float32"] and sizes["dynamic"] < 0.35 * sizes["float32"]
+    assert sizes["int8"] < 0.35 * sizes["float32"]
+    assert measured["calibration"] == {"split": "train", "photos": 64, "seed": litert.CALIBRATION_SEED}
+    assert measured["keras"]["latency_ms"] > 0
+
+
+@pytest.mark.slow
+def test_int8_calibrates_on_a_seeded_sample_of_the_training_split(sample_dataset):
+    first = litert.calibration_images(sample_dataset, count=10, seed=3)
+    assert first.shape == (10, 64, 64, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, litert.calibration_images(sample_dataset, count=10, seed=3))
+    assert not np.array_equal(first, litert.calibration_images(sample_dataset, count=10, seed=4))
+    test_images, _ = litert.read_test_split(sample_dataset)
+    test_bytes = {image.tobytes() for image in test_images}
+    assert not any(image.tobytes() in test_bytes for image in litert.calibration_images(sample_dataset, count=1000))
