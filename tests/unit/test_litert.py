@@ -87,3 +87,35 @@ def test_int8_calibrates_on_a_seeded_sample_of_the_training_split(sample_dataset
     test_images, _ = litert.read_test_split(sample_dataset)
     test_bytes = {image.tobytes() for image in test_images}
     assert not any(image.tobytes() in test_bytes for image in litert.calibration_images(sample_dataset, count=1000))
+
+
+def test_export_command_refuses_unknown_variants_and_a_missing_dataset(tmp_path, capsys):
+    from tlp.pipelines.cli import main
+
+    assert main(["export", str(tmp_path), "--litert", "int4", "--output", str(tmp_path / "out")]) != 0
+    assert "unknown LiteRT variant 'int4'" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--litert", "int8", "--output", str(tmp_path / "out")]) != 0
+    assert "--dataset: give the prepared data set the model was trained on" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_with_a_tflite_model_agrees_with_keras(exported, sample_dataset, head_model, tmp_path, capsys):
+    from PIL import Image
+
+    from tlp.components.lib import model as model_lib
+    from tlp.pipelines.cli import main
+
+    output, measured = exported
+    images, _ = litert.read_test_split(sample_dataset)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(images[:4]):
+        Image.fromarray(image).save(folder / f"{i}.png")  # lossless: the same pixels the test scored
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    model = model_lib.load_keras(head_model[0])
+    keras_labels = model_lib.probabilities(model(images[:4].astype("float32")), 2).numpy().argmax(axis=1)
+    assert main(["predict", os.path.join(output, litert.file_name("float32")), str(folder)]) == 1  # one unreadable
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = dict(line.split("\t")[:2] for line in lines)
+    assert rows[str(folder / "broken.jpg")] == "error"
+    assert [rows[str(folder / f"{i}.png")] for i in range(4)] == [measured["class_names"][k] for k in keras_labels]
