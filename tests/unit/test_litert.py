@@ -53,7 +53,10 @@ def exported(sample_dataset, head_model, tmp_path_factory):
 @pytest.mark.slow  # four conversions and the interpreter over the test split (about 30 s)
 def test_every_variant_is_written_scored_and_measured(exported, sample_dataset, head_model):
     output, measured = exported
-    assert litert.read_labels(output) == measured["class_names"] == ["cat", "dog"]
+    from tlp.components.lib.dataprep import records
+
+    metadata = records.read_metadata(sample_dataset)
+    assert litert.read_labels(output) == measured["class_names"] == metadata["class_names"]
     assert json.loads(open(os.path.join(output, litert.MEASUREMENTS_FILE)).read()) == measured
     images, labels = litert.read_test_split(sample_dataset)
     assert measured["test_photos"] == len(labels) > 0
@@ -74,7 +77,8 @@ def test_every_variant_is_written_scored_and_measured(exported, sample_dataset, 
     assert measured["variants"]["float32"]["changed_predictions"] == 0
     assert sizes["float16"] < 0.6 * sizes["float32"] and sizes["dynamic"] < 0.35 * sizes["float32"]
     assert sizes["int8"] < 0.35 * sizes["float32"]
-    assert measured["calibration"] == {"split": "train", "photos": 64, "seed": litert.CALIBRATION_SEED}
+    train_photos = min(litert.CALIBRATION_PHOTOS, metadata["num_examples"]["train"])
+    assert measured["calibration"] == {"split": "train", "photos": train_photos, "seed": litert.CALIBRATION_SEED}
     assert measured["keras"]["latency_ms"] > 0
 
 
