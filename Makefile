@@ -18,6 +18,7 @@ BEAM_SDK_IMAGE ?= apache/beam_python3.11_sdk:2.77.0
 BAKE_WEIGHTS ?= 1
 # What the last `make images` built, one reference a line (`make push` pushes these).
 IMAGES_BUILT ?= build/images-built.txt
+LOCKED_TENSORFLOW := $(shell sed -n 's/^tensorflow==//p' constraints.txt)
 
 .DEFAULT_GOAL := help
 
@@ -32,11 +33,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install the project with pinned dependencies
 
+install-cuda: $(STAMP) ## Add TensorFlow's CUDA libraries to .venv: tensorflow[and-cuda] at the locked version (Linux x86_64, NVIDIA driver; not run here)
+	$(BIN)/python -m pip install --quiet -c constraints.txt "tensorflow[and-cuda]==$(LOCKED_TENSORFLOW)"
+
 run: $(STAMP) ## Run the whole pipeline locally (kfp.local); RUN_ARGS="--data folder:photos" etc.
 	$(BIN)/tlp run $(RUN_ARGS)
 
-test: $(STAMP) ## Lint, then run the whole test suite on every core (pytest-xdist; each file stays in one worker)
+test: $(STAMP) ## Lint, build the docs site in strict mode, then run the whole test suite on every core (pytest-xdist)
 	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
 test-fast: $(STAMP) ## The inner loop: lint and every test except whole runs and trainings (-m "not slow"), on every core
@@ -58,10 +63,18 @@ lock: ## Re-resolve constraints.txt from pyproject.toml in a scratch venv
 	  echo "# Regenerate with: make lock"; \
 	  /tmp/tlp-lock/bin/pip freeze --all --exclude-editable | grep -v -e '^tlp' -e '^pip==' -e '^wheel=='; } > constraints.txt
 
-clean: ## Remove .venv and local outputs
-	rm -rf $(VENV) tlp-runs
+clean: ## Remove .venv, the built site and tlp-runs/ (every local run AND the local registry tlp-runs/registry.db)
+	rm -rf $(VENV) site tlp-runs
 
-.PHONY: help install run test test-fast lint compile lock clean
+.PHONY: help install install-cuda run test test-fast lint compile lock clean
+
+docs: $(STAMP) ## Build the documentation site into site/ (strict: a broken link or a page missing from the nav fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+docs-serve: $(STAMP) ## Serve the documentation site at http://127.0.0.1:8000, rebuilt as pages change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
+.PHONY: docs docs-serve
 
 images: ## Build the CPU, training, serving and Dataflow-worker images (IMAGE_REPO, IMAGE_TAG, BASE_IMAGE, TRAIN_BASE_IMAGE, BAKE_WEIGHTS=0|1)
 	@# IMAGES_BUILT lists what this build made, so `make push` pushes exactly that (never an older image left behind).

@@ -1,11 +1,12 @@
 """Data prep's peak memory before and after Apache Beam, on the same photos, each side in a
 fresh Python process started from nothing (not forked from a process with TensorFlow loaded).
 
-``python -m bench.prep_memory [--photos 5000] [--before 8571976^] [--rounds 1]``
+``python -m bench.prep_memory [--photos 5000] [--before 8571976^] [--rounds 1] [--before-side after]``
 
 "before" is tlp 0.1.0's data prep (``images.prepare_dataset`` and its hand-made process pool),
 taken from git at ``--before`` (the commit before Beam replaced it) and installed into a
-scratch folder that shadows the editable install on PYTHONPATH; "after" is this checkout's
+scratch folder that shadows the editable install on PYTHONPATH (``--before-side after``: that
+revision's Beam data prep, for a revision after 8571976); "after" is this checkout's
 ``dataprep.prepare.prepare_dataset`` (Beam's DirectRunner, a worker per core). Both run with
 their defaults for this many photos (every core). Memory is the process tree's: the sum of the
 resident sets of the step's process and every worker it started, sampled every 50 ms with psutil
@@ -104,14 +105,15 @@ def run_side(side: str, args: dict, pythonpath: str | None, interval: float = 0.
             "processes": largest_tree}
 
 
-def measure(photos: str, work: Path, image_size: int, seed: int, before: str = BEFORE_BEAM, rounds: int = 1) -> dict:
+def measure(photos: str, work: Path, image_size: int, seed: int, before: str = BEFORE_BEAM, rounds: int = 1,
+            before_side: str = "before") -> dict:
     site = install_before(before, work)
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     for round_index in range(rounds):
         for side in ("before", "after") if round_index % 2 == 0 else ("after", "before"):
             args = {"data": f"folder:{photos}", "output_dir": str(work / f"dataset-{side}"),
                     "image_size": image_size, "seed": seed}
-            run = run_side(side, args, str(site) if side == "before" else None)
+            run = run_side(before_side if side == "before" else side, args, str(site) if side == "before" else None)
             expected = str(site) if side == "before" else str(REPO)
             if not run["module"].startswith(expected):
                 raise RuntimeError(f"the {side} side imported {run['module']}, not the code under {expected}")
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--before", default=BEFORE_BEAM, help=f"git revision of the old data prep ({BEFORE_BEAM})")
+    parser.add_argument("--before-side", choices=sorted(SIDES), default="before",
+                        help="which data prep --before holds: tlp 0.1.0's (before) or Beam's (after)")
     parser.add_argument("--rounds", type=int, default=1, help="runs per side, alternating (default 1)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "tlp-bench-prep-memory"))
     parser.add_argument("--output", help="write the results as JSON here")
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (photos / "squares").is_dir():
         print(f"making {args.photos:,} photos in {photos} (not timed)", flush=True)
         make_photos(str(photos), args.photos, args.seed)
-    result = measure(str(photos), work, args.image_size, args.seed, args.before, args.rounds)
+    result = measure(str(photos), work, args.image_size, args.seed, args.before, args.rounds, args.before_side)
     before, after = result["median"]["before"], result["median"]["after"]
     print(f"peak RSS of the process tree: before {before['tree_peak_rss_mb']:,.0f} MB, after "
           f"{after['tree_peak_rss_mb']:,.0f} MB ({after['tree_peak_rss_mb'] / before['tree_peak_rss_mb']:.2f}x); "

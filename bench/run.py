@@ -198,6 +198,15 @@ class Suite:
         self.fork = fork
         self.server: subprocess.Popen | None = None
         self.server_info: dict | None = None
+        self.scale_sizes: list[int] | None = None
+        self.kept = False  # --workdir given: generated data stays
+
+    def photo_pool(self) -> str:
+        """Where benchmark 12's photos are made once and reused: under --workdir when one is
+        given, else a folder of the system's temporary directory that outlives this run."""
+        if self.kept:
+            return self.path("photos-pool")
+        return os.path.join(tempfile.gettempdir(), "tlp-bench-scale-photos")
 
     def path(self, *parts: str) -> str:
         return str(self.work.joinpath(*parts))
@@ -1136,6 +1145,104 @@ def bench_tuning(suite: Suite, report: Report) -> None:
                       for label, run in runs.items()}
 
 
+# Benchmark 12: the whole pipeline at growing sizes. Run only when named (--only scale): the
+# 100,000-photo run alone takes hours on 2 cores.
+SCALE = {
+    "full": [2000, 20000, 100000],
+    "quick": [200, 1000],
+    "settings": ["--weights", "none", "--alpha", "0.35", "--image-size", "64", "--epochs", "1",
+                 "--fine-tune-epochs", "1", "--max-gap", "1", "--min-accuracy", "0"],
+}
+OPT_IN = ("scale",)
+
+
+@benchmark("scale", "12. Scale: the whole pipeline (tlp run) on generated photos, each step's seconds and memory")
+def bench_scale(suite: Suite, report: Report) -> None:
+    from bench import scale
+
+    sizes = sorted(suite.scale_sizes or SCALE[suite.mode])
+    if len(sizes) < 2:
+        raise ValueError(f"--scale-sizes needs at least two sizes to compare, got {sizes}.")
+    seed, tlp = suite.config["seed"], str(Path(sys.executable).parent / "tlp")
+    pool = suite.photo_pool()
+    print(f"    photo pool {pool}: {max(sizes):,} photos needed", flush=True)
+    made = scale.ensure_photos(pool, max(sizes), seed)
+    report.measure(f"photos in the pool ({pool}): made / mean megapixels / mean KB",
+                   f"{made['count']:,} / {made['pixels'] / made['count'] / 1e6:.2f} / "
+                   f"{made['bytes'] / made['count'] / 1e3:.0f}")
+    runs: dict[int, dict] = {}
+    for size in sizes:
+        folder = scale.link_folder(pool, suite.path("scale", str(size), "photos"), size)
+        out = suite.path("scale", str(size), "run")
+        shutil.rmtree(out, ignore_errors=True)
+        summary_path = os.path.join(out, "summary.json")
+        label = f"scale-{size}"
+        print(f"    {label}: tlp run on {size:,} photos ...", flush=True)
+        machine = machine_cpu()
+        run = scale.run_measured([tlp, "run", "--data", f"folder:{folder}", *SCALE["settings"], "--output-dir", out,
+                                  "--summary-json", summary_path], str(suite.logs / f"{label}.log"), suite.env,
+                                 str(REPO))
+        if run["exit_code"] != 0:
+            raise ChildFailed(f"tlp run on {size:,} photos failed (log: {suite.logs / label}.log)\n"
+                              f"{_tail(str(suite.logs / f'{label}.log'))}")
+        with open(summary_path) as handle:
+            run["summary_steps"] = json.load(handle)["steps"]
+        steps = run["steps"]
+        suite._finish({"label": label, "wall_seconds": run["wall_seconds"], "exit_code": 0, "timed_out": False,
+                       "log": str(suite.logs / f"{label}.log"),
+                       "cpu_seconds": round(sum(u["cpu_seconds"] for u in steps.values()), 1),
+                       "peak_rss_mb": max(u["peak_rss_mb"] for u in steps.values())}, machine)
+        run["others_cpu_share"] = suite.children[-1].get("others_cpu_share")
+        runs[size] = run
+        with open(suite.path("scale", str(size), "measured.json"), "w") as handle:
+            json.dump(run, handle, indent=2)  # kept even if a larger size fails
+        report.details = {"sizes": sizes, "pool": made, "runs": runs}
+    _scale_rows(report, runs)
+
+
+def _scale_rows(report: Report, runs: dict[int, dict]) -> None:
+    """Benchmark 12's table: each step's seconds per 1k photos and peak memory at every size, and
+    the two checks per step (per-photo cost flat or falling; memory growth per photo)."""
+    from bench import scale
+
+    sizes = sorted(runs)
+    steps = [step for step in PIPELINE_STEPS if all(runs[n]["summary_steps"].get(step) is not None for n in sizes)]
+    for size in sizes:
+        run = runs[size]
+        report.measure(f"{size:,} photos: tlp run wall (others used {run['others_cpu_share'] or 0:.0%} of the CPUs)",
+                       run["wall_seconds"], "s")
+        for step in steps:
+            seconds, usage = run["summary_steps"][step], run["steps"].get(step, {})
+            report.measure(f"  {step}: {seconds:.1f} s, {usage.get('cpu_seconds', 0):.0f} CPU s, "
+                           f"peak {usage.get('peak_rss_mb', 0):,.0f} MB", seconds / size * 1000, "s/1k")
+    (small, large) = sizes[0], sizes[-1]
+    for step in steps:
+        wall = scale.per_photo_ratio([(n, runs[n]["summary_steps"][step]) for n in sizes])
+        cpu = scale.per_photo_ratio([(n, max(runs[n]["steps"].get(step, {}).get("cpu_seconds", 0.0), 1e-3))
+                                     for n in sizes])
+        report.check(f"{step}: per-photo seconds {large:,} vs {small:,} (CPU: {cpu:.2f}x)", wall, "x",
+                     f"<= {scale.PER_PHOTO_TARGET}x", wall <= scale.PER_PHOTO_TARGET)
+    for step in [*steps, scale.ORCHESTRATOR]:
+        if not all(step in runs[n]["steps"] for n in sizes):
+            continue
+        growth, (n_a, n_b) = scale.worst_growth_kb([(n, runs[n]["steps"][step]["peak_rss_mb"]) for n in sizes])
+        report.check(f"{step}: peak memory growth per photo ({n_a:,} -> {n_b:,})", growth, "KB/photo",
+                     f"<= {scale.GROWTH_TARGET_KB:g} KB", growth <= scale.GROWTH_TARGET_KB)
+    total = scale.per_photo_ratio([(n, runs[n]["wall_seconds"]) for n in sizes])
+    report.check(f"whole run: per-photo seconds {large:,} vs {small:,}", total, "x", f"<= {scale.PER_PHOTO_TARGET}x",
+                 total <= scale.PER_PHOTO_TARGET)
+    if large < 100000:
+        estimate = scale.estimate_seconds([(n, runs[n]["wall_seconds"]) for n in sizes], 100000)
+        report.measure("whole run at 100,000 photos, linear fit of these sizes (estimate)", estimate, "s")
+    report.notes.append(
+        "tlp run --data folder:PHOTOS " + " ".join(SCALE["settings"]) + ". Step seconds are the run summary's; "
+        "CPU seconds and peak memory are the step's process tree's (the step process, kfp's sh wrapper and every "
+        "process it starts, Beam workers included), sampled every 0.1 s with psutil (bench/scale.py). "
+        "'orchestrator' is the tlp run process itself. Photos: distinct generated JPEGs of 0.3-1.9 megapixels, "
+        "made once into a pool and hard-linked into each size's folder."
+    )
+
+
 # --- output -----------------------------------------------------------------------------------
 
 
@@ -1221,12 +1328,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None,
                         help="keep generated data, outputs and child logs here (default: a temporary directory, "
                              "removed at the end unless a benchmark failed)")
+    parser.add_argument("--scale-sizes", nargs="+", type=int, metavar="N",
+                        help=f"photo counts of benchmark 12 (scale; default {SCALE['full']}, quick {SCALE['quick']})")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    selected = [name for name in BENCHMARKS if not args.only or name in args.only]
+    selected = [name for name in BENCHMARKS if name in args.only] if args.only else \
+        [name for name in BENCHMARKS if name not in OPT_IN]
     work = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="tlp-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     suite = Suite(mode, work, selected, fork=not args.spawn)
+    suite.scale_sizes, suite.kept = args.scale_sizes, bool(args.workdir)
     weights = args.weights if args.weights in (*CALIBRATED, "none", "imagenet") else os.path.abspath(args.weights)
     suite.config = config = {**suite.config, "weights": weights}
     started, started_at = time.monotonic(), datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -357,8 +357,14 @@ _PHOTO_PARTS: dict = {}  # per process: a smooth colour field and a noise tile, 
 
 
 def _photo(index: int, root: str, seed: int) -> tuple[int, int]:
-    """One photo-like JPEG of a size drawn from PHOTO_SIZES: a window of a smooth random colour
-    field, a warm circle or a cool square, and sensor noise; returns (pixels, bytes)."""
+    return photo(index, root, seed, PHOTO_SIZES)
+
+
+def photo(index: int, root: str, seed: int, photo_sizes: tuple = PHOTO_SIZES) -> tuple[int, int]:
+    """One photo-like JPEG of a size drawn from ``photo_sizes`` (width, height, share): a window
+    of a smooth random colour field, a warm circle or a cool square, and sensor noise; the same
+    (seed, index) always gives the same photo, different indexes different ones. Returns
+    (pixels, bytes)."""
     import numpy as np
     from PIL import Image, ImageChops, ImageDraw
 
@@ -368,8 +374,8 @@ def _photo(index: int, root: str, seed: int) -> tuple[int, int]:
         _PHOTO_PARTS["field"] = Image.fromarray(coarse).resize((5184, 3888), Image.BILINEAR)
         _PHOTO_PARTS["noise"] = Image.effect_noise((256, 256), 5).convert("RGB")
     rng = np.random.default_rng((seed, index))
-    sizes = [(w, h) for w, h, _ in PHOTO_SIZES]
-    width, height = sizes[rng.choice(len(sizes), p=[share for _, _, share in PHOTO_SIZES])]
+    sizes = [(w, h) for w, h, _ in photo_sizes]
+    width, height = sizes[rng.choice(len(sizes), p=[share for _, _, share in photo_sizes])]
     left, top = int(rng.integers(0, 5184 - width)), int(rng.integers(0, 3888 - height))
     image = _PHOTO_PARTS["field"].crop((left, top, left + width, top + height))
     label = index % 2

@@ -25,11 +25,14 @@ def evaluation(
         model: The fine-tuned, servable model.
         feature_history: History of the feature-extraction phase.
         fine_tune_history: History of the fine-tuning phase.
-        metrics: Output: accuracy, loss, precision, recall, AUC per split, and the gap.
+        metrics: Output: accuracy, loss, precision, recall, AUC per split, the gap with its 95%
+            interval, the training photos its train accuracy was measured on, and (a string,
+            ``gap_split``) the held-out split it was measured against.
         classification_metrics: Output: test confusion matrix and ROC curve.
         report: Output: HTML report (learning curves, confusion matrix, misclassified images).
         options: The options this step reads (the gate's ``max_gap``, largest allowed train -
-            validation accuracy, and ``min_accuracy``, smallest allowed test accuracy).
+            held-out accuracy, ``min_accuracy``, smallest allowed test accuracy, ``gap_sample``,
+            training photos scored for the gap, and ``seed``, which draws them).
         data_checks: Optional: the data-checks findings, shown in the report.
 
     Returns:
@@ -53,6 +56,7 @@ def evaluation(
     )
     for name, value in outcome["flat_metrics"].items():
         metrics.log_metric(name, value)
+    metrics.metadata["gap_split"] = outcome["gap"]["split"]  # registration records it as a tag
     details = outcome["results"]["test_details"]
     classification_metrics.log_confusion_matrix(outcome["results"]["class_names"], details["confusion_matrix"])
     if details["roc"]:
@@ -60,4 +64,5 @@ def evaluation(
         classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
     report.metadata["gate_passed"] = outcome["passed"]
     report.metadata["gate_reasons"] = outcome["reasons"]
+    report.metadata["gap"] = outcome["gap"]
     return outcome["passed"]

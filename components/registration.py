@@ -29,7 +29,8 @@ def registration(
         registered_report: Output: the same report with the registration and champion decision.
         options: The options this step reads: ``registry`` (sqlite:///PATH/registry.db, an
             MLflow server URL, or vertex://PROJECT/REGION[/MODEL]), ``model_name`` (empty: derived
-            from the data spec) and ``champion_tolerance`` (declared in tlp.components.lib.settings).
+            from the data spec), ``champion_tolerance`` and ``devices`` (where the champion's
+            re-measurement runs; declared in tlp.components.lib.settings).
 
     Returns:
         The registry URI, the model name, the new version, whether it is the champion and why,
@@ -45,10 +46,11 @@ def registration(
     from tlp.components.lib.settings import Settings
     from tlp.components.lib.steps import REGISTRATION
 
-    chosen = Settings.for_step(REGISTRATION, options).registry
+    settings = Settings.for_step(REGISTRATION, options)
+    chosen = settings.registry
     registered = register_model(
         model.path, dataset.path, dict(metrics.metadata), chosen.registry, chosen.model_name,
-        chosen.champion_tolerance,
+        chosen.champion_tolerance, devices=settings.runtime.devices,
     )
     add_registration(report.path, registered_report.path, dataclasses.asdict(registered))
     RegistrationOutputs = namedtuple(

@@ -3,7 +3,10 @@ that must pass before the first container starts, and the runner itself.
 
 The containers run as the invoking host user (uid:gid), so whatever they write under the
 pipeline root belongs to that user, whoever it is; the images give every uid a writable HOME.
-They run with networking off unless the settings name something only the network can reach."""
+They run with networking off unless the settings name something only the network can reach.
+With ``--devices gpu[:N]`` they are given the host's GPUs (the engine must be able to hand them out:
+the NVIDIA Container Toolkit); kfp's DockerRunner takes one set of arguments for every step, so
+every step's container gets them, and the training image's TensorFlow (CUDA) is the one that uses them."""
 
 from __future__ import annotations
 
@@ -130,6 +133,37 @@ def check_mount(client, image: str, pipeline_root: str, user: str) -> None:
         ) from error
 
 
+def gpu_requests(devices: str) -> list:
+    """docker-py's device requests that hand the host's GPUs to a container for ``--devices gpu``
+    (all of them) or ``gpu:N`` (N); none for ``auto`` and ``cpu[:N]`` (containers run on the CPU)."""
+    import docker
+
+    kind, count = specs.parse_devices(devices)
+    if kind != "gpu":
+        return []
+    return [docker.types.DeviceRequest(count=count or -1, capabilities=[["gpu"]])]
+
+
+def check_gpus(client, image: str, user: str, requests: list, devices: str) -> None:
+    """Starts one short container with the GPU requests, as kfp will start the steps: an engine
+    without a GPU runtime refuses it here, in one sentence, rather than at the training step."""
+    import docker
+
+    container = client.containers.create(image, ["true"], entrypoint=[], user=user, network_mode="none",
+                                         device_requests=requests)
+    try:
+        container.start()
+        container.wait(timeout=120)
+    except docker.errors.APIError as error:
+        raise specs.ConfigError(
+            f"--devices {devices} with --runner docker needs GPUs the Docker engine can hand to containers, and "
+            f"it refused ({error.explanation}); install the NVIDIA driver and the NVIDIA Container Toolkit "
+            "on the engine's machine, or use --devices cpu."
+        ) from error
+    finally:
+        container.remove(force=True)
+
+
 def network_reasons(settings: Settings, baked_weights: bool) -> list[str]:
     """Why the containers need the network with these settings (none: they run without it)."""
     reasons = []
@@ -164,15 +198,22 @@ def make_runner(settings: Settings, local: LocalRunOptions, chosen: ImageOptions
         labels = check_images(client, images.values())
         user, environment = container_user()
         check_mount(client, images["light"], _pipeline_root(local), user)
+        requests = gpu_requests(settings.runtime.devices)
+        if requests:
+            check_gpus(client, images["train"], user, requests, settings.runtime.devices)
     finally:
         client.close()
     reasons = network_reasons(settings, labels[images["train"]].get(BAKED_WEIGHTS_LABEL) == "1")
     # kfp passes these to docker-py's containers.run for every step. (kfp replaces `environment`
     # for a task that sets its own variables; none of ours does.)
     arguments = {"user": user, "environment": environment}
+    if requests:
+        arguments["device_requests"] = requests
+    gpus = f", with the host's GPUs (--devices {settings.runtime.devices})" if requests else ""
     if reasons:
-        print(f"tlp run: steps run in containers as {user}, with the network: {'; '.join(reasons)}", flush=True)
+        print(f"tlp run: steps run in containers as {user}{gpus}, with the network: {'; '.join(reasons)}",
+              flush=True)
     else:
         arguments["network_mode"] = "none"
-        print(f"tlp run: steps run in containers as {user}, networking off", flush=True)
+        print(f"tlp run: steps run in containers as {user}{gpus}, networking off", flush=True)
     return kfp_local.DockerRunner(**arguments)

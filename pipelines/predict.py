@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS
+from tlp.components.lib.dataprep.sources import IMAGE_EXTENSIONS, read_failure
 from tlp.components.lib.model import load_servable
 from tlp.components.lib.registry import open_registry
 from tlp.components.lib.registry.vertex_backend import VertexRegistry
@@ -91,6 +91,10 @@ def iter_files(paths: list[str]) -> Iterator[str]:
 
 
 def _read_limited(path: str) -> tuple[bytes | None, str]:
+    """The file's bytes, or why it is left out (too big, empty, a link to nothing). A read that
+    fails otherwise (permissions, I/O) stops the run: it says nothing about the photo."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return None, f"a link to a missing file ({os.readlink(path)})"
     try:
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:
@@ -98,7 +102,7 @@ def _read_limited(path: str) -> tuple[bytes | None, str]:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as error:
-        return None, f"cannot be read ({error.strerror or error})"
+        raise read_failure(path, error) from error
     if not data:
         return None, "empty file (0 bytes)"
     return data, ""
@@ -217,9 +221,12 @@ def _list_images(folder: str, project: str) -> Iterator[str]:
 
     bucket, _, prefix = folder[len("gs://"):].partition("/")
     prefix = prefix.rstrip("/") + "/" if prefix else ""
-    for blob in storage.Client(project=project).list_blobs(bucket, prefix=prefix):
-        if blob.name.lower().endswith(IMAGE_EXTENSIONS):
-            yield f"gs://{bucket}/{blob.name}"
+    try:  # the client retries 429, 5xx and timeouts; what is left is refused or still failing
+        for blob in storage.Client(project=project).list_blobs(bucket, prefix=prefix):
+            if blob.name.lower().endswith(IMAGE_EXTENSIONS):
+                yield f"gs://{bucket}/{blob.name}"
+    except Exception as error:  # one sentence: the bucket and the role to grant, or what still failed
+        raise read_failure(folder, error) from error
 
 
 def run_batch_job(model: str, sources: list[str], registry_uri: str, options: PredictOptions, echo=print):

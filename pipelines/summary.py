@@ -82,6 +82,8 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
             "reasons": gate["gate_reasons"],
             "max_gap": settings.gate.max_gap,
             "min_accuracy": settings.gate.min_accuracy,
+            # The split the gap was measured on, the training photos scored and the 95% intervals.
+            "gap": gate.get("gap"),
         },
         "registered": (
             {
@@ -162,6 +164,7 @@ def format_summary(summary: dict) -> str:
         *_tuning_lines(summary.get("tuning")),
         f"  accuracy  train {metrics['train_accuracy']:.4f}  val {metrics['val_accuracy']:.4f}  "
         f"test {metrics['test_accuracy']:.4f}  gap {metrics['gap']:.4f}",
+        *([f"            {report.describe_gap(gate['gap'])}"] if gate.get("gap") else []),
         f"  gate      {'PASSED' if gate['passed'] else 'FAILED'}",
         *[f"            - {reason}" for reason in gate["reasons"]],
     ]

@@ -11,6 +11,7 @@ one photo did. The runners submit with the compiled per-task settings (``enable_
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 
@@ -52,16 +53,19 @@ RETRY_BACKOFF = "120s"
 RETRY_BACKOFF_FACTOR = 2.0
 
 
-def _on_hardware(tune_op, hardware: HardwareOptions, cloud: CloudOptions, tensorboard: str = ""):
-    """The fine-tuning component, wrapped as a custom job when the hardware (or a Vertex AI
-    TensorBoard, which only custom jobs can write to) asks for one."""
+def _on_hardware(op, hardware: HardwareOptions, cloud: CloudOptions, tensorboard: str = "",
+                 display_name: str = FINE_TUNING):
+    """A model-pass component (fine-tuning, feature extraction, evaluation, registration), wrapped
+    as a custom job when the hardware (or a Vertex AI TensorBoard, which only custom jobs can
+    write to) asks for one: ``hardware.replicas`` machines of ``machine_type`` with ``gpus`` GPUs
+    each; replicas beyond the first get TF_CONFIG and the step's pass divides over all of them."""
     if not hardware.as_custom_job and not tensorboard:
-        return tune_op
+        return op
     from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
 
     return create_custom_training_job_from_component(
-        tune_op,
-        display_name=FINE_TUNING,
+        op,
+        display_name=display_name,
         replica_count=hardware.replicas,
         machine_type=hardware.machine_type or DEFAULT_MACHINE_TYPE,
         accelerator_type=hardware.accelerator if hardware.gpus else "",
@@ -90,6 +94,41 @@ def _with_tensorboard(head_op, cloud: CloudOptions, tensorboard: str):
     )
 
 
+def _feature_extraction_op(images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, tensorboard: str):
+    """Feature extraction where its forward pass (train + val) runs: on the run's GPUs and
+    machines when it has any (as fine-tuning), else on the default machine (with a TensorBoard,
+    as a custom job of one default machine, as before)."""
+    op = _op(FEATURE_EXTRACTION, images)
+    if hardware.gpus or hardware.as_custom_job:
+        return _on_hardware(op, hardware, cloud, tensorboard, display_name=FEATURE_EXTRACTION)
+    return _with_tensorboard(op, cloud, tensorboard)
+
+
+def _pass_op(name: str, images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions):
+    """Evaluation or registration where its model pass runs: with GPUs, in the training image
+    (TensorFlow with CUDA) on the run's accelerator machines. Registration registers once, so it
+    runs on one such machine (``one_machine``: its pass over that machine's GPUs); evaluation on
+    all of them."""
+    if not (hardware.gpus or hardware.as_custom_job):
+        return _op(name, images)
+    return _on_hardware(_op(name, images, kind="train"), hardware, cloud, display_name=name)
+
+
+def _heads_op(images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions):
+    """A tuned run's feature extraction (its forward pass, then one head per head setting) on one
+    of the run's accelerator machines, over that machine's GPUs: it trains several heads from one
+    pass, which stays in one process."""
+    op = _op(FEATURE_EXTRACTION_HEADS, images)
+    if not (hardware.gpus or hardware.as_custom_job):
+        return op
+    return _on_hardware(op, one_machine(hardware), cloud, display_name=FEATURE_EXTRACTION_HEADS)
+
+
+def one_machine(hardware: HardwareOptions) -> HardwareOptions:
+    """The hardware of a step that must run once (registration): one of the run's machines."""
+    return dataclasses.replace(hardware, replicas=1)
+
+
 def _tensorboard_output(step_name: str) -> dict:
     """Where a custom job with a TensorBoard keeps its outputs: Vertex AI sets the step's
     AIP_TENSORBOARD_LOG_DIR below it and uploads what is written there. One per run and step."""
@@ -105,9 +144,10 @@ class Trained:
     fine_tune_history: object
 
 
-def on_training_hardware(task, hardware: HardwareOptions) -> None:
-    """GPUs for a fine-tuning task that is not a custom job (a custom job names its own machine)."""
-    if hardware.gpus and not hardware.as_custom_job:
+def on_training_hardware(task, hardware: HardwareOptions, tensorboard: str = "") -> None:
+    """GPUs for a model-pass task that is not a custom job (a custom job names its own machine;
+    with a TensorBoard, fine-tuning and feature extraction are custom jobs)."""
+    if hardware.gpus and not hardware.as_custom_job and not tensorboard:
         task.set_accelerator_type(hardware.accelerator).set_accelerator_limit(hardware.gpus)
 
 
@@ -118,10 +158,10 @@ def with_retries(tasks, hardware: HardwareOptions) -> None:
                                backoff_factor=RETRY_BACKOFF_FACTOR)
 
 
-def _op(name: str, images: ImageOptions):
-    """The step's component, set to run in its image."""
+def _op(name: str, images: ImageOptions, kind: str = ""):
+    """The step's component, set to run in its image (or the image of ``kind``)."""
     component = {**COMPONENTS, **TUNING_COMPONENTS}[name]
-    image = image_reference(images.image_repo, images.image_tag or None, kind=step(name).image)
+    image = image_reference(images.image_repo, images.image_tag or None, kind=kind or step(name).image)
     return dsl.component(component.python_func, base_image=image, install_kfp_package=False)
 
 
@@ -155,11 +195,13 @@ def create_pipeline(
     )
     tensorboard = (tracking or TrackingOptions()).tensorboard
     prep_op = _op(DATA_PREP, images)
-    head_op = _with_tensorboard(_op(FEATURE_EXTRACTION, images), cloud, tensorboard)
+    head_op = _feature_extraction_op(images, hardware, cloud, tensorboard)
     tune_op = _on_hardware(_op(FINE_TUNING, images), hardware, cloud, tensorboard)
     head_extra = _tensorboard_output(FEATURE_EXTRACTION) if tensorboard else {}
     tune_extra = _tensorboard_output(FINE_TUNING) if tensorboard else {}
-    eval_op, register_op = _op(EVALUATION, images), _op(REGISTRATION, images)
+    eval_op, register_op = _pass_op(EVALUATION, images, hardware, cloud), _pass_op(
+        REGISTRATION, images, one_machine(hardware), cloud,
+    )
     names = [opt.name for opt in pipeline_options()]
 
     def transfer_learning(*values, **named):
@@ -189,6 +231,7 @@ def create_pipeline(
                 **tune_extra,
             ).set_display_name(FINE_TUNING)
             on_training_hardware(tuned, hardware)
+            on_training_hardware(head, hardware, tensorboard)
             with_retries((head, tuned), hardware)
             trained = Trained(tuned.outputs["model"], head.outputs["history"], tuned.outputs["history"])
         scored = eval_op(
@@ -196,11 +239,13 @@ def create_pipeline(
             feature_history=trained.feature_history, fine_tune_history=trained.fine_tune_history,
             options=options(EVALUATION), data_checks=checked.outputs["findings"],
         ).set_display_name(EVALUATION)
+        on_training_hardware(scored, hardware)
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             registered = register_op(
                 model=trained.model, dataset=prep.outputs["dataset"],
                 metrics=scored.outputs["metrics"], report=scored.outputs["report"], options=options(REGISTRATION),
             ).set_display_name(REGISTRATION)
+            on_training_hardware(registered, one_machine(hardware))
             if deploy.deploy_endpoint:  # TFX Pusher: only a new champion is deployed
                 add_deploy_step(registered, registered.outputs["registry"], deploy_op, deploy, cloud)
 
@@ -247,10 +292,11 @@ def tuned_steps(
     ``experiment``: the selection's Vertex AI Experiments parameters (``trial_experiment``)."""
     if plan.tuner == "vizier":
         return vizier_steps(plan, images, hardware, cloud, dataset, checked, head_options, tune_options, experiment)
-    heads = _op(FEATURE_EXTRACTION_HEADS, images)(
+    heads = _heads_op(images, hardware, cloud)(
         dataset=dataset, options=head_options, head_settings=plan.head_settings,
     ).set_display_name(FEATURE_EXTRACTION_HEADS)
     heads.after(checked)
+    on_training_hardware(heads, one_machine(hardware))
     trial_op = _on_hardware(_op(FINE_TUNING_TRIAL, images), hardware, cloud, tensorboard)
     extra = _tensorboard_output(FINE_TUNING_TRIAL) if tensorboard else {}
     with dsl.ParallelFor(list(plan.trials), parallelism=plan.parallelism, name=TRIALS_LOOP) as trial:
@@ -294,10 +340,11 @@ def vizier_steps(
         serialize_metrics,
     )
 
-    heads = _op(FEATURE_EXTRACTION_HEADS, images)(
-        dataset=dataset, options=head_options, head_settings=plan.heads_ahead,  # none: each trial trains its own
+    heads = _heads_op(images, hardware, cloud)(
+        dataset=dataset, options=head_options, head_settings=plan.heads_ahead,  # [] when trials train their own
     ).set_display_name(FEATURE_EXTRACTION_HEADS)
     heads.after(checked)
+    on_training_hardware(heads, one_machine(hardware))
     with_retries((heads,), hardware)
     pools = _op(VIZIER_WORKER_POOLS, images)(
         dataset=dataset, heads=heads.outputs["heads"], options=tune_options,

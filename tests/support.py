@@ -104,3 +104,20 @@ def new_and_worse_photos(root, per_class: int = 40) -> tuple[list[str], list[str
                 Image.fromarray(image).save(path)
                 paths[kind].append(path)
     return paths["same"], paths["worse"]
+
+
+class ChampionRegistry:
+    """A registry whose champion, version 1 of "pets", was trained on the content split, seed 42."""
+
+    def champion_version(self, name):
+        return "1"
+
+    def version(self, name, version):
+        from tlp.components.lib.dataprep import split as content_split
+        from tlp.components.lib.registry.base import ModelVersion
+
+        return ModelVersion(name, "1", "", ["champion"], {}, {
+            "class_names": '["cat", "dog"]', "split_method": content_split.SPLIT_METHOD, "split_seed": "42"})
+
+    def model_dir(self, reference):
+        return "champion-model"

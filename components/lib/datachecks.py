@@ -115,8 +115,9 @@ def compare(metadata: dict, champion: ModelVersion | None, *, name: str, max_dat
 
 def image_drift(dataset_dir: str, champion_dir: str, *, max_image_drift: float, seed: int = 0) -> dict:
     """Drift of the new training photos against the champion's reference features, with the
-    champion's own network (its ``serving_with_features`` signature on the prepared photos, the
-    path its reference took). ``max_image_drift`` > 0 and reached: a problem that stops the run."""
+    champion's own network (its ``serving_with_features`` signature on the photos as data prep
+    stored them, the path every drift caller takes). ``max_image_drift`` > 0 and reached: a problem
+    that stops the run."""
     import tensorflow as tf
 
     reference = drift.load_reference(champion_dir)
@@ -124,28 +125,33 @@ def image_drift(dataset_dir: str, champion_dir: str, *, max_image_drift: float, 
     total = records.read_metadata(dataset_dir)["num_examples"]["train"]
     keep = np.zeros(total, dtype=bool)
     keep[drift.sample_indices(total, drift.MAX_NEW, seed)] = True
-    features, ids, position = [], [], 0
-    for batch, _labels, source_ids in records.read_split(dataset_dir, "train", 64, with_source_ids=True):
-        rows = np.flatnonzero(keep[position:position + len(source_ids)])
-        position += len(source_ids)
-        if len(rows):
-            encoded = [tf.io.encode_png(batch[int(i)]).numpy() for i in rows]  # lossless: the pixels as stored
-            features.append(signature(image_bytes=tf.constant(encoded))[model_lib.FEATURES_OUTPUT].numpy())
-            ids.extend(source_ids.numpy()[rows].astype(str).tolist())
+    features, ids, photos, batch = [], [], [], []
+    for position, (stored, source_id) in enumerate(records.read_stored_images(dataset_dir, "train")):
+        if keep[position]:
+            batch.append(stored)  # the stored JPEG, as tlp drift and the server prepare a photo
+            ids.append(source_id)
+            photos.append(drift.content_id(stored))
+        if len(batch) == 64 or (batch and position == total - 1):
+            features.append(signature(image_bytes=tf.constant(batch))[model_lib.FEATURES_OUTPUT].numpy())
+            batch = []
     new = np.concatenate(features)
     # A photo the champion trained on is not a new photo, and one on both sides is a photo the
     # classifier cannot place: such photos pull the AUC below 0.5 (the same photos again read 0.067 on
     # make run's model) and hide the new ones' drift. They are left out while enough others remain.
-    known = set(reference.ids)
-    fresh = np.array([source_id not in known for source_id in ids])
+    known, known_photos = set(reference.ids), set(reference.photos)
+    fresh = np.array([source_id not in known and photo not in known_photos
+                      for source_id, photo in zip(ids, photos, strict=True)])
     overlap, note = int(len(ids) - fresh.sum()), ""
     if overlap and fresh.sum() >= drift.MIN_PHOTOS:
-        new, ids = new[fresh], [source_id for source_id, keep_it in zip(ids, fresh, strict=True) if keep_it]
+        new = new[fresh]
+        ids = [source_id for source_id, keep_it in zip(ids, fresh, strict=True) if keep_it]
+        photos = [photo for photo, keep_it in zip(photos, fresh, strict=True) if keep_it]
         note = f"; {overlap} photos the champion trained on left out"
     elif overlap:
-        note = (f"; {overlap} of the {len(fresh)} photos are the champion's own training photos (below 0.5: the "
-                "same photos)")
-    result = drift.two_sample_test(reference.features, new, seed=seed, ids=ids)
+        note = (f"; {overlap} of the {len(fresh)} photos are the champion's own training photos (the same "
+                "photos on both sides)")
+    result = drift.two_sample_test(reference.features, new, seed=seed, ids=ids, new_photos=photos,
+                                   reference_photos=reference.photos)
     found: dict[str, typing.Any] = {
         "image_drift_auc": round(result.auc, 4), "image_drift_most_different": result.most_different(5),
         "image_drift_photos": result.n_new,

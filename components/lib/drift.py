@@ -16,8 +16,9 @@ Everything is deterministic for a given seed.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,14 @@ FOLDS = 5
 class Reference:
     features: np.ndarray  # [N, D] float32 (stored float16, scaled per feature)
     ids: list[str]  # the photos' source ids, as data prep recorded them
+    photos: list[str] = field(default_factory=list)  # their content ids (``content_id``); empty in older references
+
+
+def content_id(prepared: bytes) -> str:
+    """A photo's identity: the SHA-256 of the photo as data prep stores it (``encode.prepare_bytes``:
+    decoded, resized, JPEG). Two files or requests of one picture are one photo for the drift test,
+    whatever their names, and whichever batch the model saw them in."""
+    return hashlib.sha256(prepared).hexdigest()
 
 
 @dataclass
@@ -72,11 +81,14 @@ def sample_indices(count: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
 
 
-def save_reference(model_dir: str, features: np.ndarray, ids: list[str]) -> str:
-    """Writes the reference (float16) into ``model_dir``; returns the file's path."""
+def save_reference(model_dir: str, features: np.ndarray, ids: list[str], photos: Sequence[str] = ()) -> str:
+    """Writes the reference (float16) into ``model_dir``; returns the file's path. ``photos``: the
+    rows' content ids (``content_id``), so that a copy of a training photo is known as one."""
     features = np.asarray(features)
     if features.ndim != 2 or len(features) != len(ids):
         raise ConfigError(f"reference features {features.shape} do not match {len(ids)} photo ids; give one id per row")
+    if photos and len(photos) != len(ids):
+        raise ConfigError(f"{len(photos)} content ids for {len(ids)} reference photos; give one per row")
     # float16 per feature, relative to the feature's largest magnitude (kept float32): random-weight
     # networks give features of ~1e-12, below float16's smallest number.
     scale = np.abs(features).max(axis=0).astype(np.float32)
@@ -84,7 +96,7 @@ def save_reference(model_dir: str, features: np.ndarray, ids: list[str]) -> str:
     path = os.path.join(model_dir, REFERENCE_FILE)
     with open(path, "wb") as handle:  # np.savez adds ".npz" to a name; a handle keeps ours
         np.savez_compressed(handle, features=(features / scale).astype(np.float16), scale=scale,
-                            ids=np.array(ids, dtype=str))
+                            ids=np.array(ids, dtype=str), photos=np.array(list(photos), dtype=str))
     return path
 
 
@@ -101,7 +113,8 @@ def load_reference(model_dir: str, what: str = "") -> Reference:
         )
     with np.load(path) as saved:
         features = saved["features"].astype(np.float32) * saved["scale"]
-        return Reference(features, [str(i) for i in saved["ids"]])
+        photos = [str(i) for i in saved["photos"]] if "photos" in saved.files else []
+        return Reference(features, [str(i) for i in saved["ids"]], photos)
 
 
 # --- the two-sample test --------------------------------------------------------------------
@@ -129,14 +142,34 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
-def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold number of each row: every class spread evenly over the folds, in a seeded order."""
+def stratified_folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Fold number of each row: every class spread evenly over the folds, in a seeded order. Rows
+    of one ``groups`` value (one photo on both sides) share a fold, spread as a class of their own."""
+    labels = np.asarray(labels)
+    if groups is None:
+        groups = np.arange(len(labels))
+    _, group_of_row = np.unique(np.asarray(groups), return_inverse=True)
+    group_of_row = group_of_row.ravel()
+    # A group's kind: which sides it has rows on (reference only, new only, both).
+    kind = np.zeros(group_of_row.max() + 1 if len(group_of_row) else 0, dtype=np.int64)
+    np.bitwise_or.at(kind, group_of_row, np.where(labels > 0, 2, 1))
     rng = np.random.default_rng(seed)
-    assignment = np.empty(len(labels), dtype=np.int64)
-    for value in np.unique(labels):
-        rows = np.flatnonzero(labels == value)
-        assignment[rng.permutation(rows)] = np.arange(len(rows)) % folds
-    return assignment
+    group_fold = np.empty(len(kind), dtype=np.int64)
+    for value in np.unique(kind):
+        members = np.flatnonzero(kind == value)
+        group_fold[rng.permutation(members)] = np.arange(len(members)) % folds
+    return group_fold[group_of_row]
+
+
+def first_of_each(photos: Sequence[str] | None, count: int) -> np.ndarray:
+    """Row indices of the first row of each photo (``photos``: a content id per row; None: every row
+    is a photo of its own), in row order."""
+    if photos is None or not len(photos):
+        return np.arange(count)
+    if len(photos) != count:
+        raise ConfigError(f"{len(photos)} content ids for {count} feature rows; give one per row")
+    _, first = np.unique(np.asarray(photos, dtype=str), return_index=True)
+    return np.sort(first)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iterations: int = 200,
@@ -180,11 +213,18 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def two_sample_test(reference: np.ndarray, new: np.ndarray, *, seed: int = 0, folds: int = FOLDS,
                     max_reference: int = MAX_REFERENCE, max_new: int = MAX_NEW,
-                    ids: list[str] | None = None, between_steps: Callable[[], None] | None = None) -> DriftResult:
+                    ids: list[str] | None = None, between_steps: Callable[[], None] | None = None,
+                    reference_photos: Sequence[str] | None = None,
+                    new_photos: Sequence[str] | None = None) -> DriftResult:
     """Drift of ``new`` [M, D] against ``reference`` [N, D] (both features of the same network).
 
-    At most ``max_reference`` and ``max_new`` rows are used (seeded samples); ``ids`` name the new
-    rows (for ``most_different``); ``between_steps`` is called before every step of every fit."""
+    ``reference_photos`` / ``new_photos``: each row's content id (``content_id``). A photo counts
+    once on each side (its first row: a photo sent again, or filed twice, would otherwise sit in
+    both the fitting and the held-out folds, where the classifier remembers it, and read as drift
+    however slightly its rows differ between batches), and a photo on both sides has its two rows in
+    one fold. Without them every row is a photo of its own. At most ``max_reference`` and
+    ``max_new`` photos are used (seeded samples); ``ids`` name the new rows (for
+    ``most_different``); ``between_steps`` is called before every step of every fit."""
     reference = np.asarray(reference, dtype=np.float32)
     new = np.asarray(new, dtype=np.float32)
     if reference.ndim != 2 or new.ndim != 2 or reference.shape[1] != new.shape[1]:
@@ -192,20 +232,28 @@ def two_sample_test(reference: np.ndarray, new: np.ndarray, *, seed: int = 0, fo
             f"the new photos' features {new.shape} and the reference's {reference.shape} differ in width: they "
             "come from different networks; score photos with the model whose reference they are compared with."
         )
-    for what, rows in (("reference", reference), ("new", new)):
+    distinct_reference = first_of_each(reference_photos, len(reference))
+    distinct_new = first_of_each(new_photos, len(new))
+    for what, rows, given in (("reference", distinct_reference, reference), ("new", distinct_new, new)):
         if len(rows) < MIN_PHOTOS:
+            among = f" (among {len(given)} rows)" if len(rows) < len(given) else ""
             raise ConfigError(
-                f"{len(rows)} {what} photo(s) are too few to tell whether they drifted; give at least {MIN_PHOTOS}."
+                f"{len(rows)} distinct {what} photo(s){among} are too few to tell whether they drifted; give at "
+                f"least {MIN_PHOTOS}."
             )
-    kept_reference = sample_indices(len(reference), max_reference, seed)
-    kept_new = sample_indices(len(new), max_new, seed + 1)
+    kept_reference = distinct_reference[sample_indices(len(distinct_reference), max_reference, seed)]
+    kept_new = distinct_new[sample_indices(len(distinct_new), max_new, seed + 1)]
     x = np.concatenate([reference[kept_reference], new[kept_new]])
     y = np.concatenate([np.zeros(len(kept_reference)), np.ones(len(kept_new))])
+    groups = None
+    if reference_photos is not None and len(reference_photos) and new_photos is not None and len(new_photos):
+        groups = np.concatenate([np.asarray(reference_photos, dtype=str)[kept_reference],
+                                 np.asarray(new_photos, dtype=str)[kept_new]])
     # Unsupervised, so no label leaks: scale from all rows. Constant features stay 0.
     scale = x.std(axis=0)
     x = (x - x.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
     folds = max(2, min(folds, len(kept_new), len(kept_reference)))
-    assignment = stratified_folds(y, folds, seed)
+    assignment = stratified_folds(y, folds, seed, groups)
     scores = np.empty(len(y), dtype=np.float64)
     for fold in range(folds):
         held_out = assignment == fold

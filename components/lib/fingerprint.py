@@ -11,7 +11,8 @@ What goes in, per source (listing only: no image is read):
 - ``folder:PATH`` on a local disk: each image file's path under PATH, size and modification time
   (nanoseconds). A file touched without changing its bytes counts as changed.
 - ``folder:gs://BUCKET/PATH``: each image object's name, size and generation (Cloud Storage gives
-  every write of an object a new generation). One request per 1,000 objects.
+  every write of an object a new generation). One request per 1,000 objects, the class prefixes
+  listed in parallel.
 - ``tfds:NAME``: the data set's full name and version (``cats_vs_dogs/4.0.1``).
 - ``sample[:N]``: the spec (the generated images are a function of the spec and the seed, which
   data prep receives itself).
@@ -84,17 +85,15 @@ def _local_entries(root: str) -> list[tuple[str, int, int]]:
 
 
 def _gcs_entries(uri: str) -> list[tuple[str, int, int]]:
-    from google.cloud import storage
-
-    bucket, _, prefix = uri[len("gs://"):].partition("/")
-    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-    # project=None: listing a bucket needs no project, and a step's environment may name none.
-    blobs = storage.Client(project=None).list_blobs(bucket, prefix=prefix)
+    """The bucket's image objects, listed by class prefix in parallel (``sources.list_bucket``,
+    the listing data prep makes too)."""
+    root = uri.rstrip("/") + "/"
     entries = []
-    for blob in blobs:
-        relative = blob.name[len(prefix):]
-        if _is_image(relative):
-            entries.append((relative, int(blob.size or 0), int(blob.generation or 0)))
+    for objects in sources.list_bucket(uri).values():
+        for path, size, generation in objects:
+            relative = path[len(root):]
+            if _is_image(relative):
+                entries.append((relative, size, generation))
     return entries
 
 

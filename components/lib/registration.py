@@ -20,6 +20,7 @@ from tlp.components.lib.infra_validation import infra_validate
 from tlp.components.lib.registry import ModelVersion, Registered, Registry, open_registry
 from tlp.components.lib.registry.champion import move_champion
 from tlp.components.lib.specs import parse_data_spec
+from tlp.components.lib.strategy import make_strategy
 from tlp.components.lib.version import project_version
 
 AUTOMATIC = "tlp registration (automatic)"
@@ -62,10 +63,11 @@ def _class_change(champion: ModelVersion, class_names: list[str]) -> str:
 
 def challenge(
     registry: Registry, name: str, candidate_version: str, candidate_accuracy: float, candidate_dir: str,
-    dataset_dir: str, tolerance: float,
+    dataset_dir: str, tolerance: float, strategy=None,
 ) -> tuple[bool | None, str]:
     """Champion/challenger. Returns (promote, reason); ``promote`` is None when a person has to
-    decide (the two cannot be compared on one test set)."""
+    decide (the two cannot be compared on one test set). The champion's re-measurement (and the
+    candidate's, when photos are left out) is divided over ``strategy``'s replicas."""
     champion = registry.champion_version(name)
     if champion is None:
         return True, "first version of the model: it becomes the champion"
@@ -82,12 +84,19 @@ def challenge(
         return None, (f"champion version {champion} was trained on a {theirs} split and this version on a {ours} "
                       "split, so no test photo is known to be unseen by both: registered but not promoted "
                       "automatically")
+    if strategy is None:
+        strategy = make_strategy("auto", tf_config="")
     # Photos a small class pulled into test may have been training photos of the champion: left out.
     unsure = {m["source_id"] for m in data.get("split", {}).get("moved", [])
               if m.get("to") == "test" and m.get("why") == "small class"}
+    # A photo kept with copies beside it: which copy is kept (the first listed) and so its split can differ
+    # between two data sets (tlp 0.1.0 kept every copy; a copy added later may sort first), so the
+    # champion may have trained on another copy of a test photo: left out too.
+    unsure |= {entry["duplicate_of"] for entry in data.get("skipped", [])
+               if entry.get("kind") == "duplicate" and entry.get("duplicate_of")}
     try:
         scored = evaluate_model(registry.model_dir(f"{name}/{champion}"), dataset_dir, splits=("test",),
-                                exclude_source_ids=unsure)
+                                exclude_source_ids=unsure, strategy=strategy)
     except ValueError as error:  # e.g. the champion's model knows other classes than recorded
         return None, (f"champion version {champion} cannot be scored on this test split ({error}): registered but "
                       "not promoted automatically")
@@ -95,7 +104,7 @@ def challenge(
     where = "the same test split"
     if unsure:
         candidate_accuracy = evaluate_model(candidate_dir, dataset_dir, splits=("test",),
-                                            exclude_source_ids=unsure)["test"]["accuracy"]
+                                            exclude_source_ids=unsure, strategy=strategy)["test"]["accuracy"]
         where = f"the same {scored['test']['examples']} test photos ({len(unsure)} left out: the champion may have " \
                 "trained on them)"
     promote = candidate_accuracy >= champion_accuracy - tolerance
@@ -108,10 +117,14 @@ def challenge(
 
 def register_model(
     model_dir: str, dataset_dir: str, metrics: dict, registry_uri: str, model_name: str = "",
-    champion_tolerance: float = 0.0,
+    champion_tolerance: float = 0.0, devices: str = "auto",
 ) -> Registered:
     """The registration step: gathers lineage from the model and data set, registers a new
-    version, then lets it challenge the champion."""
+    version, then lets it challenge the champion. ``devices`` (``--devices``): the re-measurement
+    runs on this machine's GPUs (or N logical CPUs), one machine: registering is done once."""
+    # No TF_CONFIG: registration runs on one machine. Logical CPUs (cpu:N) must be set before
+    # TensorFlow starts; GPUs ("auto") are found when the champion is scored.
+    strategy = make_strategy(devices, tf_config="") if devices != "auto" else None
 
     info = model_lib.read_info(model_dir)
     data = records.read_metadata(dataset_dir)
@@ -136,6 +149,8 @@ def register_model(
         "split_seed": str(split.get("seed", "")),
         "weights_spec": info.get("options", {}).get("weights", ""),
         "code_version": project_version(),
+        # The held-out split of the gap (test in a tuned run); its interval and sample are metrics.
+        "gap_split": str(metrics.get("gap_split", "")),
     }
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     registered = registry.register(model_dir, name, metrics=numeric, params=params, tags=tags)
@@ -150,7 +165,7 @@ def register_model(
             if infra.passed:
                 promote_it, registered.reason = challenge(
                     registry, name, registered.version, numeric.get("test_accuracy", 0.0), model_dir, dataset_dir,
-                    champion_tolerance,
+                    champion_tolerance, strategy=strategy,
                 )
             else:
                 promote_it, registered.reason = False, f"not promoted: {infra.summary()}"

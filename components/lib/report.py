@@ -25,7 +25,21 @@ figure img { width: 160px; height: 160px; object-fit: cover; }
 </style></head><body>
 <h1>{{ title }}</h1>
 <h2>Gate: <span class="verdict">{{ "PASSED" if passed else "FAILED" }}</span></h2>
+{% if gap_detail is defined and gap_detail %}
+<p class="gap">Overfitting gap (train - {{ split_words[gap_detail.split] }} accuracy): {{ "%.4f"|format(gap) }},
+95% interval {{ "%.4f"|format(gap_detail.interval[0]) }} to {{ "%.4f"|format(gap_detail.interval[1]) }}.
+Measured on the {{ split_words[gap_detail.split] }} split{% if gap_detail.split == "test" %}, because validation
+chose the best trial of this tuned run and reads high for it{% endif %}.
+Train accuracy {{ "%.4f"|format(results.train.accuracy) }}
+({{ "%.4f"|format(gap_detail.train_accuracy_interval[0]) }} to
+{{ "%.4f"|format(gap_detail.train_accuracy_interval[1]) }}) on
+{% if gap_detail.train_photos < gap_detail.train_split_photos %}a sample of {{ "{:,}".format(gap_detail.train_photos) }}
+of the {{ "{:,}".format(gap_detail.train_split_photos) }} training photos, drawn with seed {{ gap_detail.seed }}
+{%- else %}all {{ "{:,}".format(gap_detail.train_split_photos) }} training photos{% endif %};
+{{ gap_detail.method }}.</p>
+{% else %}
 <p>Overfitting gap (train - validation accuracy): {{ "%.4f"|format(gap) }}</p>
+{% endif %}
 <ul>{% for reason in reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
 {% if data_checks is defined and data_checks %}
 <h2>Data checks (against the champion's data)</h2>
@@ -51,7 +65,9 @@ figure img { width: 160px; height: 160px; object-fit: cover; }
 {% for split in splits %}<tr><th>{{ split }}</th>
 {% for key in ("accuracy", "loss", "precision", "recall", "auc") %}
 <td>{{ "%.4f"|format(results[split][key]) }}</td>{% endfor %}
-<td>{{ results[split].examples }}</td></tr>
+<td>{{ results[split].examples }}{% if results[split].split_examples is defined
+and results[split].split_examples > results[split].examples %} of {{ results[split].split_examples }}
+(sample){% endif %}</td></tr>
 {% endfor %}</table>
 <h2>Learning curves</h2>
 <img src="data:image/png;base64,{{ curves_png }}" alt="learning curves">
@@ -79,6 +95,19 @@ figure img { width: 160px; height: 160px; object-fit: cover; }
 </div>
 </body></html>
 """
+
+SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def describe_gap(measured: dict) -> str:
+    """One line: the gap, the split it was measured on, the train sample and the interval."""
+    low, high = measured["interval"]
+    photos, of = measured["train_photos"], measured["train_split_photos"]
+    sample = (f"train accuracy on {photos:,} of {of:,} training photos (seed {measured['seed']})" if photos < of
+              else f"train accuracy on all {of:,} training photos")
+    why = " (validation chose this tuned run's trial)" if measured["split"] == "test" else ""
+    return (f"gap {measured['value']:.4f} (95% interval {low:.4f} to {high:.4f}) = train - {measured['split']} "
+            f"accuracy{why}; {sample}")
 
 
 def learning_curves_png(feature_history: dict, fine_tune_history: dict | None) -> bytes:
@@ -145,15 +174,18 @@ def _png(figure) -> bytes:
 
 def report_context(
     results: dict, passed: bool, reasons: list[str], gap: float, feature_history: dict,
-    fine_tune_history: dict | None, title: str = "Transfer-learning evaluation",
+    fine_tune_history: dict | None, title: str = "Transfer-learning evaluation", gap_detail: dict | None = None,
 ) -> dict:
-    """Everything the report shows, as JSON-ready data (images as base64)."""
+    """Everything the report shows, as JSON-ready data (images as base64). ``gap_detail``: how the
+    gap was measured (``evaluation.gap_record``)."""
     details = results["test_details"]
     return {
         "title": title,
         "passed": passed,
         "reasons": reasons,
         "gap": gap,
+        "gap_detail": gap_detail,
+        "split_words": SPLIT_WORDS,
         "splits": list(records.SPLITS),
         "results": {split: results[split] for split in records.SPLITS},
         "class_names": results["class_names"],
@@ -233,4 +265,5 @@ def add_registration(report_path: str, output_path: str, registered: dict) -> No
             "step of this version of tlp (re-run evaluation)."
         ) from None
     # Defaults for reports written before these sections existed.
-    write_report(output_path, {"roc_png": None, "per_class": [], "tuning": None, **context, "registered": registered})
+    write_report(output_path, {"roc_png": None, "per_class": [], "tuning": None, "gap_detail": None,
+                               "split_words": SPLIT_WORDS, **context, "registered": registered})

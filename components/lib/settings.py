@@ -163,8 +163,8 @@ class TrainingOptions(Group):
         steps=BOTH_PHASES, minimum=1, maximum=65_536, lineage=True,
     )
     seed: int = option(
-        42, "seed of the split, shuffling and initialisation", commands=TRAINING_COMMANDS,
-        steps=(DATA_PREP, *BOTH_PHASES), minimum=0, lineage=True,
+        42, "seed of the split, shuffling, initialisation and the gap's sample of training photos",
+        commands=TRAINING_COMMANDS, steps=(DATA_PREP, *BOTH_PHASES, EVALUATION), minimum=0, lineage=True,
     )
     augment: str = option(
         "", "augment the training images (both phases): flip, rotate:F, zoom:F, contrast:F, comma-separated, or "
@@ -194,8 +194,10 @@ class FineTuningOptions(Group):
 class RuntimeOptions(Group):
     GROUP = "runtime"
     devices: str = option(
+        # Every model pass reads it: feature extraction, fine-tuning, evaluation, the champion's re-measurement.
         "auto", "auto (all GPUs, else CPU), gpu[:N], cpu:N (N logical CPU devices)", commands=TRAINING_COMMANDS,
-        steps=(FINE_TUNING,), check=lambda value: specs.parse_devices(value) and None,
+        steps=(FEATURE_EXTRACTION, FINE_TUNING, EVALUATION, REGISTRATION),
+        check=lambda value: specs.parse_devices(value) and None,
     )
     mixed_precision: str = option(
         "float32", "Keras mixed precision for both training steps (mixed_float16 on GPUs, mixed_bfloat16 on "
@@ -213,12 +215,19 @@ class RuntimeOptions(Group):
 class GateOptions(Group):
     GROUP = "gate"
     max_gap: float = option(
-        0.05, "largest allowed train - validation accuracy", commands=TRAINING_COMMANDS, steps=(EVALUATION,),
-        minimum=0.0, maximum=1.0,
+        0.05, "largest allowed train - validation accuracy (train - test in a tuned run: validation chose its "
+        "trial)", commands=TRAINING_COMMANDS, steps=(EVALUATION,), minimum=0.0, maximum=1.0,
     )
     min_accuracy: float = option(
         0.9, "smallest allowed test accuracy", commands=TRAINING_COMMANDS, steps=(EVALUATION,),
         minimum=0.0, maximum=1.0,
+    )
+    # Scoring every training photo for one accuracy would make evaluation grow with the whole data
+    # set; a sample of 20,000 puts a 95% interval of at most +-0.7 points on it.
+    gap_sample: int = option(
+        20_000, "training photos scored for the gap's train accuracy: a sample drawn with --seed (every photo when "
+        "the split is smaller); its 95% interval is reported", commands=TRAINING_COMMANDS, steps=(EVALUATION,),
+        minimum=1, maximum=100_000_000,
     )
 
 
@@ -377,22 +386,26 @@ class ImageOptions(Group):
 
 @dataclass(frozen=True)
 class HardwareOptions(Group):
-    """Where fine-tuning runs on Vertex AI (the local runner ignores it).
+    """Where the model passes run on Vertex AI (the local runner ignores it): fine-tuning, feature
+    extraction and evaluation on all of it, registration (the champion's re-measurement) on one
+    of its machines; data prep and data checks stay on the default machine.
 
     ``gpus`` GPUs of type ``accelerator`` on each of ``replicas`` machines. With ``machine_type``
-    set or more than one replica, the step runs as a Vertex AI custom job, which takes an exact
-    machine type and gives replicas beyond the first a TF_CONFIG; otherwise the step asks the
-    pipeline for the GPUs and Vertex AI picks the machine.
+    set or more than one replica, each such step runs as a Vertex AI custom job, which takes an
+    exact machine type and gives replicas beyond the first a TF_CONFIG; otherwise the step asks
+    the pipeline for the GPUs and Vertex AI picks the machine.
     """
 
     GROUP = "hardware"
-    gpus: int = option(0, "GPUs per fine-tuning machine (MirroredStrategy over them)",
+    gpus: int = option(0, "GPUs per machine of the model passes (feature extraction, fine-tuning, evaluation, "
+                       "registration; MirroredStrategy over them)",
                        commands=("compile", *CLOUD_COMMANDS), minimum=0, maximum=16)
     accelerator: str = option("", "GPU type, a Vertex AI AcceleratorType such as NVIDIA_L4 or NVIDIA_TESLA_T4",
                               commands=("compile", *CLOUD_COMMANDS))
-    machine_type: str = option("", "fine-tuning machine type, e.g. g2-standard-8 (runs it as a custom job)",
+    machine_type: str = option("", "machine type of the model passes, e.g. g2-standard-8 (runs them as custom jobs)",
                                commands=("compile", *CLOUD_COMMANDS))
-    replicas: int = option(1, "fine-tuning machines; more than 1 runs a custom job with MultiWorkerMirroredStrategy",
+    replicas: int = option(1, "machines of fine-tuning, feature extraction and evaluation; more than 1 runs custom "
+                           "jobs with MultiWorkerMirroredStrategy",
                            commands=("compile", *CLOUD_COMMANDS), minimum=1, maximum=64)
     spot: bool = option(False, "run fine-tuning's custom job on Spot VMs (cheaper, may be preempted; it resumes from "
                         "its last finished epoch)", commands=("compile", *CLOUD_COMMANDS))

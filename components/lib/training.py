@@ -21,12 +21,11 @@ import math
 import os
 import shutil
 import tempfile
-import time
 import typing
 
 import numpy as np
 
-from tlp.components.lib import augment, drift, specs
+from tlp.components.lib import augment, drift, feature_store, passes, specs
 from tlp.components.lib import cut_cache as cut_cache_lib
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep import records
@@ -42,23 +41,19 @@ class TrainingDivergedError(specs.ServiceError):
     """The loss became NaN or infinite."""
 
 
-def extract_features(backbone, dataset_dir: str, split: str, batch_size: int, label: str = "", xla: bool = False):
-    """Runs the frozen backbone over one split once. Returns (features [N, D] float32, labels [N])."""
+def extract_features(
+    backbone, dataset_dir: str, split: str, batch_size: int, label: str = "", xla: bool = False, strategy=None,
+):
+    """Runs the frozen backbone over one split once, divided over ``strategy``'s replicas (built
+    under its scope) when it has several (``passes.run_pass``). Returns (features [N, D] float32,
+    labels [N]) in record order."""
     import tensorflow as tf
 
-    run_backbone = tf.function(
-        lambda batch: tf.cast(backbone(batch, training=False), tf.float32), jit_compile=xla or None
+    scored = passes.run_pass(
+        lambda batch: tf.cast(backbone(batch, training=False), tf.float32), dataset_dir, split, batch_size,
+        strategy=strategy, label=label, what="features", jit_compile=xla or None,
     )
-    total = records.read_metadata(dataset_dir)["num_examples"][split]
-    features, labels, done, started = [], [], 0, time.monotonic()
-    for batch_images, batch_labels in records.read_split(dataset_dir, split, batch_size):
-        features.append(run_backbone(batch_images).numpy())
-        labels.append(batch_labels.numpy())
-        done += len(batch_labels)
-        if done == total or len(features) % 20 == 0:
-            rate = done / max(time.monotonic() - started, 1e-9)
-            print(f"  {label}features {split}: {done}/{total} images ({rate:.0f} img/s)", flush=True)
-    return np.concatenate(features), np.concatenate(labels)
+    return scored.outputs, scored.labels
 
 
 def train_head(
@@ -77,6 +72,8 @@ def train_head(
     tuned run trains several heads on one extraction).
     Returns the training history (per epoch: loss, accuracy, val_loss, val_accuracy).
     """
+    # First: logical devices (--devices cpu:N) must be set before TensorFlow starts.
+    strategy = make_strategy(settings.runtime.devices)
     keras = model_lib.keras()
     metadata = records.read_metadata(dataset_dir)
     chosen, runtime = settings.model, settings.runtime
@@ -84,59 +81,54 @@ def train_head(
     specs.check_base(chosen.base, chosen.alpha, metadata["image_size"], weights)
     specs.check_precision(runtime.mixed_precision, weights)
     keras.utils.set_random_seed(settings.training.seed)
+    chief = is_chief()
+    # Other workers of a multi-machine job take part in the features' pass, then train the same
+    # head from the same features and keep it apart: only the chief writes the model and backup.
+    target = model_dir if chief else tempfile.mkdtemp(prefix="tlp-head-")
     with model_lib.precision_policy(runtime.mixed_precision):
         history = _train_head_under_policy(
-            dataset_dir, model_dir, metadata, settings, weights, backup_dir, tensorboard_dir, features_dir
+            dataset_dir, target, metadata, settings, weights, backup_dir, tensorboard_dir, features_dir,
+            strategy=strategy,
         )
+    if not chief:
+        shutil.rmtree(target, ignore_errors=True)
     _discard_backup(backup_dir)  # the saved model now holds everything the backup did
     return history
 
 
 def _train_head_under_policy(
     dataset_dir, model_dir, metadata, settings: Settings, weights: str, backup_dir, tensorboard_dir,
-    features_dir=None,
+    features_dir=None, strategy=None,
 ):
     chosen, training, runtime = settings.model, settings.training, settings.runtime
     class_names = metadata["class_names"]
     backbone = model_lib.build_backbone(chosen.base, chosen.alpha, metadata["image_size"], weights)
+    scorer = backbone
+    if passes.is_divided(strategy):
+        # The pass runs a copy whose weights are mirrored on every replica; the head trains on the
+        # plain backbone (no strategy), which gets the same weights.
+        with strategy.scope():
+            scorer = model_lib.build_backbone(chosen.base, chosen.alpha, metadata["image_size"], weights)
+        scorer.set_weights(backbone.get_weights())
     # With augmentation the head trains on images; the features then only give the standardization.
     splits = ("train",) if training.augment else ("train", "val")
+    # The features stream to files (feature_store.py), never all in memory: kept in features_dir or
+    # backup_dir (written by the chief) for a restart or the next head, else in a directory of this call.
+    kept = features_dir or backup_dir
+    private = tempfile.mkdtemp(prefix="tlp-features-")
     features = _cached_features(
-        backbone, dataset_dir, splits, training.batch_size, runtime.xla, features_dir or backup_dir
+        scorer, dataset_dir, splits, training.batch_size, runtime.xla, kept,
+        kept if kept and is_chief() else private, strategy=strategy,
     )
-    train_x = features["train"][0]
-    model = model_lib.build_model(
-        backbone, len(class_names), settings.head.dropout, train_x.mean(axis=0), train_x.var(axis=0)
-    )
-    callbacks = _callbacks(backup_dir, "head", tensorboard_dir)
-    compile_options: dict[str, typing.Any] = {
-        "jit_compile": runtime.xla, "steps_per_execution": runtime.steps_per_execution,
-    }
-    if training.augment:
-        print(f"  augmentation: {training.augment} on the training images; the frozen base runs on them every "
-              "epoch (the tutorial's cost: no cached features)", flush=True)
-        model_lib.compile_model(model, training.learning_rate, len(class_names), **compile_options)
-        train = records.read_split(dataset_dir, "train", training.batch_size, shuffle_seed=training.seed)
-        model.fit(
-            augment.apply(train, training.augment, training.seed),
-            validation_data=records.read_split(dataset_dir, "val", training.batch_size),
-            epochs=training.epochs,
-            verbose=2,
-            callbacks=callbacks,
+    try:
+        model = model_lib.build_model(
+            backbone, len(class_names), settings.head.dropout, *features["train"].mean_and_var()
         )
-    else:
-        head = model_lib.head(model)
-        model_lib.compile_model(head, training.learning_rate, len(class_names), **compile_options)
-        train_y, (val_x, val_y) = features["train"][1], features["val"]
-        head.fit(
-            train_x, train_y,
-            validation_data=(val_x, val_y),
-            epochs=training.epochs,
-            batch_size=training.batch_size,
-            shuffle=True,
-            verbose=2,
-            callbacks=callbacks,
-        )
+        _fit_head(model, features, dataset_dir, settings, backup_dir, tensorboard_dir)
+    finally:
+        for stored in features.values():
+            stored.close()
+        shutil.rmtree(private, ignore_errors=True)
     history = _history("head", phase="feature_extraction")
     info = {
         "image_size": metadata["image_size"],
@@ -150,24 +142,79 @@ def _train_head_under_policy(
     return history
 
 
-def _cached_features(backbone, dataset_dir: str, splits: tuple, batch_size: int, xla: bool, backup_dir) -> dict:
-    """split -> (features, labels), run through the backbone once; kept in ``backup_dir`` (if
-    given) so a restarted step skips the extraction."""
-    cache = os.path.join(backup_dir, "features.npz") if backup_dir else None
-    if cache and os.path.isfile(cache):
-        with np.load(cache) as saved:
-            if all(f"{split}_x" in saved for split in splits):
-                found = {split: (saved[f"{split}_x"], saved[f"{split}_y"]) for split in splits}
-                count = sum(len(labels) for _, labels in found.values())
-                print(f"  features: reused {count} cached feature vectors from {cache}", flush=True)
-                return found
-    found = {split: extract_features(backbone, dataset_dir, split, batch_size, xla=xla) for split in splits}
-    if cache:
-        os.makedirs(backup_dir, exist_ok=True)
-        arrays = {f"{split}_x": x for split, (x, _) in found.items()}
-        arrays.update({f"{split}_y": y for split, (_, y) in found.items()})
-        np.savez(cache + ".tmp.npz", **arrays)
-        os.replace(cache + ".tmp.npz", cache)  # atomic: a kill never leaves half a file
+def _fit_head(model, features: dict, dataset_dir: str, settings: Settings, backup_dir, tensorboard_dir) -> None:
+    """Trains the head of ``model`` on the stored features (or, with augmentation, the whole model
+    with its base frozen on the images)."""
+    training, runtime = settings.training, settings.runtime
+    class_count = len(records.read_metadata(dataset_dir)["class_names"])
+    callbacks = _callbacks(backup_dir if is_chief() else None, "head", tensorboard_dir)
+    compile_options: dict[str, typing.Any] = {
+        "jit_compile": runtime.xla, "steps_per_execution": runtime.steps_per_execution,
+    }
+    if training.augment:
+        print(f"  augmentation: {training.augment} on the training images; the frozen base runs on them every "
+              "epoch (the tutorial's cost: no cached features)", flush=True)
+        model_lib.compile_model(model, training.learning_rate, class_count, **compile_options)
+        train = records.read_split(dataset_dir, "train", training.batch_size, shuffle_seed=training.seed)
+        model.fit(
+            augment.apply(train, training.augment, training.seed),
+            validation_data=records.read_split(dataset_dir, "val", training.batch_size),
+            epochs=training.epochs,
+            verbose=2,
+            callbacks=callbacks,
+        )
+        return
+    head = model_lib.head(model)
+    model_lib.compile_model(head, training.learning_rate, class_count, **compile_options)
+    # The batches head.fit(train_x, train_y, shuffle=True) would make from in-memory arrays.
+    train, steps = feature_store.head_dataset(features["train"], training.batch_size, epochs=training.epochs,
+                                              shuffle=True)
+    val, val_steps = feature_store.head_dataset(features["val"], training.batch_size, epochs=1, shuffle=False)
+    head.fit(
+        train,
+        steps_per_epoch=steps,
+        validation_data=val,
+        validation_steps=val_steps,  # a file-backed dataset has no known size: steps_per_execution > 1 needs it
+        epochs=training.epochs,
+        verbose=2,
+        callbacks=callbacks,
+    )
+
+
+def features_path(directory: str, split: str) -> str:
+    return os.path.join(directory, f"{split}_features.npy")
+
+
+def _cached_features(
+    backbone, dataset_dir: str, splits: tuple, batch_size: int, xla: bool, kept: str | None, directory: str,
+    strategy=None,
+) -> dict:
+    """split -> FeatureFile: the backbone's pooled features, run once (divided over ``strategy``'s
+    replicas) and written batch by batch to ``directory`` (local disk). A finished file found in
+    ``kept`` (a restarted step, or the next head of a tuned run) is reused; every worker of a job
+    finds the same files there, so all skip the extraction or none does."""
+    import tensorflow as tf
+
+    os.makedirs(directory, exist_ok=True)
+    found = {}
+    for split in splits:
+        reusable = features_path(kept, split) if kept else None
+        if reusable and os.path.isfile(reusable):
+            found[split] = feature_store.FeatureFile(reusable)
+            print(f"  features: reused {found[split].rows} cached feature vectors from {reusable}", flush=True)
+            continue
+        path = features_path(directory, split)
+        total = records.read_metadata(dataset_dir)["num_examples"][split]
+        writer = feature_store.FeatureWriter(path, total)
+        try:
+            scored = passes.run_pass(
+                lambda batch: tf.cast(backbone(batch, training=False), tf.float32), dataset_dir, split, batch_size,
+                strategy=strategy, what="features", jit_compile=xla or None, sink=writer.add,
+            )
+            writer.finish(dim=int(np.prod(scored.outputs.shape[1:])))
+        finally:
+            writer.close()
+        found[split] = feature_store.FeatureFile(path)
     return found
 
 
@@ -292,19 +339,26 @@ def write_drift_reference(model, dataset_dir: str, model_dir: str, batch_size: i
 
     keras = model_lib.keras()
     features_model = keras.Model(model.input, model.get_layer("pooled_features").output)
-    run = tf.function(lambda batch: tf.cast(features_model(batch, training=False), tf.float32))
-    total = records.read_metadata(dataset_dir)["num_examples"]["train"]
+    metadata = records.read_metadata(dataset_dir)
+    size, total = metadata["image_size"], metadata["num_examples"]["train"]
+    # One trace for every count of sampled photos in a batch: a trace per count (up to the batch size)
+    # took 10-20 MB each and made the step's peak grow with the data set (issue 29.5).
+    run = tf.function(lambda batch: tf.cast(features_model(batch, training=False), tf.float32),
+                      input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
     wanted = drift.sample_indices(total, drift.MAX_REFERENCE, seed)
     keep = np.zeros(total, dtype=bool)
     keep[wanted] = True
     features, ids, position = [], [], 0
+    # Each kept photo's content id: the hash of the JPEG the model's features were computed from.
+    photos = [drift.content_id(image) for i, (image, _) in
+              enumerate(records.read_stored_images(dataset_dir, "train")) if keep[i]]
     for batch_images, _labels, source_ids in records.read_split(dataset_dir, "train", batch_size, with_source_ids=True):
         rows = np.flatnonzero(keep[position:position + len(source_ids)])
         position += len(source_ids)
         if len(rows):
             features.append(run(tf.gather(batch_images, rows)).numpy())
             ids.extend(source_ids.numpy()[rows].astype(str).tolist())
-    drift.save_reference(model_dir, np.concatenate(features), ids)
+    drift.save_reference(model_dir, np.concatenate(features), ids, photos)
     print(f"  drift reference: pooled features of {len(ids)} training photos -> {drift.REFERENCE_FILE}", flush=True)
     return len(ids)
 

@@ -17,6 +17,7 @@ import time
 from tlp.components.lib import tuning
 from tlp.components.lib.options import coerce, iter_options
 from tlp.components.lib.settings import PIPELINE_GROUPS, Settings
+from tlp.components.lib.specs import ConfigError, NotFound
 from tlp.components.lib.steps import FEATURE_EXTRACTION, FINE_TUNING
 from tlp.components.lib.training import fine_tune, save_history, train_head
 
@@ -49,7 +50,7 @@ def train_heads(dataset_dir: str, heads_dir: str, options: dict, head_settings: 
         setting = normalised(setting)
         key = tuning.head_key(setting)
         if key in histories:  # two settings, one folder: the second head would overwrite the first
-            raise ValueError(f"head settings {tuning.label(setting)} share the folder {key} with another")
+            raise ConfigError(f"head settings {tuning.label(setting)} share the folder {key} with another")
         print(f"  head {key}: {tuning.label(setting) or 'the run settings'}", flush=True)
         histories[key] = _train_one_head(dataset_dir, os.path.join(heads_dir, key), options, setting,
                                          backup_dir=os.path.join(backup_dir, key),
@@ -78,7 +79,7 @@ def trial_head(heads_dir: str, head: dict, dataset_dir: str, trial_dir: str, *, 
         return ahead
     options_path = os.path.join(heads_dir, HEAD_OPTIONS_FILE)
     if not os.path.isfile(options_path):
-        raise FileNotFoundError(f"the heads at {heads_dir} have no {key} and no {HEAD_OPTIONS_FILE} to train it "
+        raise NotFound(f"the heads at {heads_dir} have no {key} and no {HEAD_OPTIONS_FILE} to train it "
                                 "with; run the feature-extraction-heads step of this version of tlp first.")
     own = os.path.join(trial_dir, "head", key)
     if not os.path.isfile(os.path.join(own, HISTORY_FILE)):  # a retried trial keeps the head it trained

@@ -35,6 +35,9 @@ State (plain dicts, so tests can read and seed them):
 - ``batch_prediction_jobs``: resource name -> BatchPredictionJob JSON; its input files must exist;
   each GET moves it PENDING -> RUNNING -> SUCCEEDED (outputInfo set).
 - ``buckets``: name -> bucket JSON; ``bucket_policies``: name -> IAM policy JSON.
+- ``storage_faults``: ``gs://BUCKET/NAME`` (an object's GETs) or ``gs://BUCKET`` (its listings) ->
+  statuses to answer, one per request, before answering normally (``fail_storage``): a flaky or a
+  refusing Cloud Storage.
 - ``objects``: (bucket, object name) -> bytes; metadata is derived, so tests may seed objects
   (``put_object``/``add_bucket``). Unknown buckets are 404, as in GCS: create them first.
 - ``kfp_experiments``, ``kfp_runs``, ``kfp_recurring_runs``: ID -> KFP JSON (snake_case). A KFP
@@ -62,7 +65,7 @@ import google_crc32c
 
 PIPELINE_DONE = ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED")
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-           409: "ALREADY_EXISTS", 412: "FAILED_PRECONDITION", 500: "INTERNAL"}
+           409: "ALREADY_EXISTS", 412: "FAILED_PRECONDITION", 500: "INTERNAL", 503: "UNAVAILABLE"}
 _GRPC_CODE = {400: 3, 401: 16, 403: 7, 404: 5, 409: 6, 412: 9, 500: 13}
 _JOB_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 _ALIAS = re.compile(r"[a-z][a-zA-Z0-9-]{0,126}[a-z0-9-]")
@@ -137,6 +140,7 @@ class StandIn:
         self.buckets: dict[str, dict] = {}
         self.bucket_policies: dict[str, dict] = {}
         self.objects: dict[tuple[str, str], bytes] = {}
+        self.storage_faults: dict[str, list[int]] = {}
         self.kfp_experiments: dict[str, dict] = {}
         self.kfp_runs: dict[str, dict] = {}
         self.kfp_recurring_runs: dict[str, dict] = {}
@@ -193,6 +197,20 @@ class StandIn:
         with self._lock:
             self.add_bucket(bucket)
             self._store_object(bucket, name, data, {})
+
+    def fail_storage(self, uri: str, *statuses: int) -> None:
+        """The next requests for ``gs://BUCKET/NAME`` (any GET of the object) or ``gs://BUCKET``
+        (listing its objects) are answered with ``statuses``, one each, then normally again."""
+        with self._lock:
+            self.storage_faults.setdefault(uri.rstrip("/"), []).extend(statuses)
+
+    def _storage_fault(self, uri: str) -> None:
+        statuses = self.storage_faults.get(uri)
+        if statuses:
+            status = statuses.pop(0)
+            message = {403: f"stand-in: the caller does not have storage.objects.get access to {uri}",
+                       503: "stand-in: the service is unavailable, try again"}.get(status, "stand-in: fault")
+            raise _HttpError(status, message)
 
     def get_object(self, uri: str) -> bytes:
         bucket, name = uri[len("gs://"):].split("/", 1)
@@ -979,6 +997,7 @@ class StandIn:
 
     def _list_objects(self, request):
         bucket = self._bucket(request)
+        self._storage_fault(f"gs://{bucket}")
         q = request.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         names = sorted(n for b, n in self.objects if b == bucket and n.startswith(prefix))
@@ -1004,6 +1023,7 @@ class StandIn:
         return reply
 
     def _get_object(self, request):
+        self._storage_fault("gs://{}/{}".format(*self._object_key(request)))
         if request.query.get("alt") == "media":
             return self._download(request)
         return self._object_resource(*self._object_key(request))
@@ -1016,6 +1036,8 @@ class StandIn:
 
     def _download(self, request):
         key = self._object_key(request)
+        if request.path.startswith("/download/"):  # _get_object checked alt=media GETs already
+            self._storage_fault(f"gs://{key[0]}/{key[1]}")
         data = self.objects[key]
         resource = self._object_resource(*key)
         headers = {"Content-Type": resource["contentType"], "ETag": resource["etag"],

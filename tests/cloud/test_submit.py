@@ -54,12 +54,14 @@ def test_submit_sends_the_pipeline_with_every_setting_and_waits(standin, capsys)
     assert values["registry"] == (f"vertex://tlp-test/us-central1?api_endpoint={standin.url}"
                                   "&serving_image=us-docker.pkg.dev/tlp-test/tlp/tlp-serve:1.2.3")
     assert all(task.get("cachingOptions", {}).get("enableCache") is not True for task in _tasks(spec).values())
-    # The GPUs sit on the fine-tuning step only, in the training image.
-    tune = _executor(spec, "fine-tuning")["container"]
-    assert tune["resources"]["accelerator"]["type"] == "NVIDIA_L4"
-    assert int(tune["resources"]["accelerator"]["count"]) == 2
-    assert tune["image"] == "us-docker.pkg.dev/tlp-test/tlp/tlp-train:1.2.3"
-    assert "accelerator" not in _executor(spec, "evaluation")["container"].get("resources", {})
+    # The GPUs sit on every step that runs a model over the photos, in the training image (issue 29).
+    for step in ("feature-extraction", "fine-tuning", "evaluation", "registration"):
+        container = _executor(spec, step)["container"]
+        assert container["resources"]["accelerator"]["type"] == "NVIDIA_L4", step
+        assert int(container["resources"]["accelerator"]["count"]) == 2, step
+        assert container["image"] == "us-docker.pkg.dev/tlp-test/tlp/tlp-train:1.2.3", step
+    for step in ("data-prep", "data-checks"):
+        assert "accelerator" not in _executor(spec, step)["container"].get("resources", {}), step
 
     resource = standin.pipeline_jobs[next(iter(standin.pipeline_jobs))]["name"]
     assert f"submitted {resource}" in out
@@ -72,19 +74,24 @@ def test_replicas_run_fine_tuning_as_a_custom_job_with_k_machines(standin, capsy
                      "--accelerator", "NVIDIA_TESLA_T4", "--machine-type", "n1-standard-16"])
     assert code == 0, capsys.readouterr()
     spec = standin.find("POST", r"/pipelineJobs$")[0].body["pipelineSpec"]
-    tune = _executor(spec, "fine-tuning")["container"]
-    assert "google-cloud-pipeline-components" in tune["image"]  # the custom job launcher
-    component = _tasks(spec)["fine-tuning"]["componentRef"]["name"]
-    inputs = spec["components"][component]["inputDefinitions"]["parameters"]
-    pools = inputs["worker_pool_specs"]["defaultValue"]
-    assert [int(pool["replica_count"]) for pool in pools] == [1, 2]  # chief + 2 workers = 3 machines
-    for pool in pools:
-        machine = pool["machine_spec"]
-        assert machine == {"machine_type": "n1-standard-16", "accelerator_type": "NVIDIA_TESLA_T4",
-                           "accelerator_count": 4}
-        assert pool["container_spec"]["image_uri"] == "tlp/tlp-train:0.1.0"
-    assert inputs["service_account"]["defaultValue"] == SA
-    assert inputs["restart_job_on_worker_restart"]["defaultValue"] is True
+    # Every model pass runs on the machines fine-tuning has (issue 29): feature extraction and
+    # evaluation divide their photos over all 3; registration registers once, on one of them.
+    for step, machines in (("feature-extraction", [1, 2]), ("fine-tuning", [1, 2]), ("evaluation", [1, 2]),
+                           ("registration", [1])):
+        launcher = _executor(spec, step)["container"]
+        assert "google-cloud-pipeline-components" in launcher["image"], step  # the custom job launcher
+        component = _tasks(spec)[step]["componentRef"]["name"]
+        inputs = spec["components"][component]["inputDefinitions"]["parameters"]
+        pools = inputs["worker_pool_specs"]["defaultValue"]
+        assert [int(pool["replica_count"]) for pool in pools] == machines, step  # chief + 2 workers = 3 machines
+        for pool in pools:
+            machine = pool["machine_spec"]
+            assert machine == {"machine_type": "n1-standard-16", "accelerator_type": "NVIDIA_TESLA_T4",
+                               "accelerator_count": 4}, step
+            assert pool["container_spec"]["image_uri"] == "tlp/tlp-train:0.1.0", step
+        assert inputs["service_account"]["defaultValue"] == SA
+        assert inputs["restart_job_on_worker_restart"]["defaultValue"] is True
+    assert "accelerator" not in _executor(spec, "data-prep")["container"].get("resources", {})
 
 
 def test_a_failed_run_exits_1_naming_its_state(standin, capsys):

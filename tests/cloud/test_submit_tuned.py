@@ -32,10 +32,12 @@ def test_submit_tune_sends_a_parallel_for_of_trials_on_the_gpus_with_retries(sta
     trial = tasks["fine-tuning-trial"]
     assert int(trial["retryPolicy"]["maxRetryCount"]) == 3
     assert int(tasks["feature-extraction-heads"]["retryPolicy"]["maxRetryCount"]) == 3
-    container = _executor(spec, "fine-tuning-trial")["container"]
-    assert container["resources"]["accelerator"]["type"] == "NVIDIA_L4"
-    assert int(container["resources"]["accelerator"]["count"]) == 2
-    assert container["image"].endswith("/tlp-train:0.1.0")
+    # Every model pass on the GPUs (issue 29): the heads' forward pass, the trials, evaluation, registration.
+    for step in ("feature-extraction-heads", "fine-tuning-trial", "evaluation", "registration"):
+        container = _executor(spec, step)["container"]
+        assert container["resources"]["accelerator"]["type"] == "NVIDIA_L4", step
+        assert int(container["resources"]["accelerator"]["count"]) == 2, step
+        assert container["image"].endswith("/tlp-train:0.1.0"), step
     # One feature extraction (no head option tuned), the selection after the loop, evaluation on its model.
     assert "feature-extraction" not in tasks and "fine-tuning" not in tasks
     assert tasks["trial-selection"]["inputs"]["artifacts"]["trials"]

@@ -115,3 +115,18 @@ def test_the_prebuilt_tf_2_15_image_stays_available_with_its_end_of_life_warning
     assert upload.body["model"]["containerSpec"]["imageUri"] == (
         "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest")
     assert "end of support (2026-01-14)" in capsys.readouterr().out
+
+
+def test_a_version_records_how_its_gap_was_measured(standin, sample_dataset, model_dir, tmp_path):
+    """Issues 28.3, 29.2: the held-out split of the gap (a tag in the version's record) and the
+    train sample's size and 95% intervals (metrics: labels and record) reach Vertex AI."""
+    measured = {**METRICS, "gap_low": 0.011, "gap_high": 0.029, "train_accuracy_low": 0.986,
+                "train_accuracy_high": 0.994, "gap_sample_photos": 20000, "gap_split": "test"}
+    register_model(_copy(model_dir, tmp_path, "gap", "gap"), sample_dataset, measured, _uri(standin))
+    [upload] = standin.find("POST", r"/models:upload$")
+    labels = upload.body["model"]["labels"]
+    assert (labels["gap_low"], labels["gap_high"]) == ("0_0110", "0_0290")
+    assert (labels["train_accuracy_low"], labels["train_accuracy_high"]) == ("0_9860", "0_9940")
+    assert labels["gap_sample_photos"] == "20000_0000"
+    version = open_registry(_uri(standin)).version("cats", "1")
+    assert version.tags["gap_split"] == "test" and version.metrics["gap_sample_photos"] == 20000

@@ -111,6 +111,14 @@ def test_evaluation_logs_metrics_matrix_and_report(scored, prepared):
     assert metrics.metadata["gap"] == pytest.approx(
         metrics.metadata["train_accuracy"] - metrics.metadata["val_accuracy"]
     )
+    # A split smaller than --gap-sample is scored whole: the gap is today's, train accuracy exact, and the
+    # gap's interval is validation's sampling error alone (a few validation photos: wide).
+    assert metrics.metadata["gap_split"] == "val" and report.metadata["gap"]["split"] == "val"
+    assert metrics.metadata["gap_sample_photos"] == prepared[1].train_images
+    assert metrics.metadata["train_accuracy_low"] == metrics.metadata["train_accuracy_high"] == pytest.approx(
+        metrics.metadata["train_accuracy"])
+    assert metrics.metadata["gap_low"] <= metrics.metadata["gap"] <= metrics.metadata["gap_high"]
+    assert metrics.metadata["gap_high"] - metrics.metadata["gap_low"] > 0.05
     rows = classification.metadata["confusionMatrix"]["rows"]
     assert sum(sum(row["row"]) for row in rows) == prepared[1].test_images  # every test image counted once
     html = open(report.path, encoding="utf-8").read()
@@ -133,6 +141,52 @@ def test_evaluation_gate_fails_with_every_reason(chain, prepared, head, tuned):
     else:
         assert "FAILED" in open(report.path, encoding="utf-8").read()
         assert all(("exceeds" in r) or ("below" in r) for r in reasons)
+
+
+def test_a_tuned_models_gap_is_train_minus_test_and_says_so(chain, prepared, head, tuned):
+    """Issue 28.3: validation chose a tuned run's trial (the selection's history carries the
+    trials), so its gap is measured on test, and the metrics, the gate's reasons and the report say so."""
+    history = json.load(open(tuned[1].path))
+    trial = {"params": {"dropout": 0.2}, "val_accuracy": history["val_accuracy"][-1],
+             "val_loss": history["val_loss"][-1], "seconds": 1.0, "val_curve": history["val_accuracy"]}
+    selected = _artifact(dsl.Artifact, chain["root"], "selected_history")
+    with open(selected.path, "w") as handle:
+        json.dump({**history, "tuning": {"trials": [trial], "best": trial}}, handle)
+    metrics = _artifact(dsl.Metrics, chain["root"], "tuned_metrics")
+    report = _artifact(dsl.HTML, chain["root"], "tuned_report")
+    evaluation.python_func(
+        dataset=prepared[0], model=tuned[0], feature_history=head[1], fine_tune_history=selected,
+        metrics=metrics, classification_metrics=_artifact(dsl.ClassificationMetrics, chain["root"], "tuned_c"),
+        report=report, options={"max_gap": 1.0, "min_accuracy": 0.0},
+    )
+    measured = metrics.metadata
+    assert f"- test {measured['test_accuracy']:.3f})" in report.metadata["gate_reasons"][0]
+    assert measured["gap"] == pytest.approx(measured["train_accuracy"] - measured["test_accuracy"])
+    assert measured["gap_split"] == "test"
+    assert "Measured on the test split, because validation chose" in " ".join(open(report.path).read().split())
+
+
+def test_gap_sample_scores_a_seeded_sample_of_the_training_photos(chain, prepared, head, tuned):
+    """Issue 29.2: --gap-sample 10 scores 10 of the training photos, the same 10 again with the same
+    seed, with a 95% interval around the sample's accuracy; the report says which photos."""
+    runs = []
+    for name in ("sampled_a", "sampled_b"):
+        metrics = _artifact(dsl.Metrics, chain["root"], f"{name}_metrics")
+        report = _artifact(dsl.HTML, chain["root"], f"{name}_report")
+        evaluation.python_func(
+            dataset=prepared[0], model=tuned[0], feature_history=head[1], fine_tune_history=tuned[1],
+            metrics=metrics, classification_metrics=_artifact(dsl.ClassificationMetrics, chain["root"], f"{name}_c"),
+            report=report, options={"max_gap": 1.0, "min_accuracy": 0.0, "gap_sample": 10, "seed": 5},
+        )
+        runs.append((metrics.metadata, report))
+    (first, report), (again, _) = runs
+    assert first["gap_sample_photos"] == 10 and first == again
+    assert first["train_accuracy_low"] < first["train_accuracy_high"]
+    assert first["train_accuracy_low"] <= first["train_accuracy"] <= first["train_accuracy_high"]
+    assert first["gap_low"] == pytest.approx(first["train_accuracy_low"] - first["val_accuracy"])
+    page = " ".join(open(report.path, encoding="utf-8").read().split())
+    assert f"a sample of 10 of the {prepared[1].train_images} training photos, drawn with seed 5" in page
+    assert report.metadata["gap"]["train_photos"] == 10
 
 
 def test_registration_records_lineage(chain, prepared, tuned, scored):
@@ -158,6 +212,10 @@ def test_registration_records_lineage(chain, prepared, tuned, scored):
     assert version.tags["data_spec"] == "sample:30"
     assert version.tags["weights_spec"] == "none"
     assert version.tags["data_fingerprint"] == prepared[0].metadata["fingerprint"]
+    # How the gap was measured: its split as a tag, its sample and interval as metrics.
+    assert version.tags["gap_split"] == "val"
+    for key in ("gap_low", "gap_high", "train_accuracy_low", "train_accuracy_high", "gap_sample_photos"):
+        assert float(version.tags[f"metric.{key}"]) == pytest.approx(scored[0].metadata[key], abs=1e-6)
     assert float(version.tags["metric.test_accuracy"]) == pytest.approx(scored[0].metadata["test_accuracy"], abs=1e-6)
 
 

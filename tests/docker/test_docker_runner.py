@@ -176,3 +176,26 @@ def test_images_were_not_left_world_writable_where_code_lives(docker_client, ima
         images["light"], ["stat", "-c", "%a %u", output], network_mode="none", remove=True
     ).decode().split()
     assert not int(mode[0], 8) & stat.S_IWOTH and mode[1] == "0"
+
+
+def test_devices_gpu_reaches_the_engine_as_a_gpu_request(docker_client, images, workdir_for):
+    """`--devices gpu`: the create requests the engine receives ask for every GPU (Count -1,
+    capability gpu). On an engine without a GPU runtime (CI here) tlp stops before the first step,
+    in one sentence; on one with GPUs every step's container gets them."""
+    me = pwd.getpwuid(os.geteuid())
+    workdir = workdir_for(me)
+    with RecordingEngineProxy() as engine:
+        result = run_as(me, [TLP, "run", "--runner", "docker", "--devices", "gpu", "--output-dir",
+                             os.path.join(workdir, "runs"), *TEST_SIZE], workdir, docker_host=engine.docker_host)
+    asking = [body for body in engine.creates if body.get("HostConfig", {}).get("DeviceRequests")]
+    assert asking, f"no create request asked for GPUs:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    for body in asking:
+        requests = body["HostConfig"]["DeviceRequests"]
+        assert [(r["Count"], r["Capabilities"]) for r in requests] == [(-1, [["gpu"]])], requests
+    steps = [body for body in engine.creates if "--function_to_execute" in (body.get("Cmd") or [])]
+    if result.returncode == 2:  # no GPU runtime on this engine: refused before any step ran
+        assert "NVIDIA Container Toolkit" in result.stderr, result.stderr[-3000:]
+        assert steps == []
+    else:
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert steps and all(body in asking for body in steps)

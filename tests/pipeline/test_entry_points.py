@@ -1,6 +1,6 @@
 """The entry points a user types, run as typed: every `tlp` command's help through the console
-script, `tlp options` against the README, and every Makefile target the README names (`make -n`:
-the commands it would run, without running the slow ones)."""
+script, `tlp options` against the docs' generated reference, and every Makefile target the README
+names (`make -n`: the commands it would run, without running the slow ones)."""
 
 import os
 import re
@@ -56,12 +56,15 @@ def test_tlp_serve_script_takes_the_same_arguments_as_tlp_serve_and_imports_no_p
     assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
 
 
-def test_tlp_options_markdown_is_the_readme_table():
+def test_tlp_options_markdown_is_what_the_docs_reference_shows():
+    import importlib.util
+
     shown = _tlp("options", "run", "--markdown")
     assert shown.returncode == 0, shown.stderr
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    table = re.search(r"<!-- options:run -->\n(.*?)\n<!-- /options:run -->", readme, re.S).group(1)
-    assert shown.stdout.strip() == table.strip()
+    spec = importlib.util.spec_from_file_location("docs_hooks", os.path.join(ROOT, "docs", "hooks.py"))
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    assert shown.stdout.strip() in hooks.command_reference()
     listed = _tlp("options", "submit")
     assert listed.returncode == 0 and "--pipeline-root" in listed.stdout and "--data-prep-runner" in listed.stdout
 
@@ -70,6 +73,7 @@ MAKE_TARGETS = {
     "help": None, "install": None, "run": "tlp run", "test": "pytest", "test-fast": "not slow", "lint": "mypy",
     "compile": "tlp compile --output pipeline.yaml", "lock": "pip freeze", "clean": "rm -rf", "images": "docker build",
     "standin-base": "standin-base.sh", "images-offline": "images", "push": "docker push", "bench": "bench.run",
+    "docs": "mkdocs build --strict", "docs-serve": "mkdocs serve", "install-cuda": "tensorflow[and-cuda]==2.21.0",
 }
 
 
@@ -88,15 +92,18 @@ def test_every_makefile_target_the_readme_names(target):
 
 
 def _readme_examples() -> list[str]:
-    """The `tlp ...` lines of the README's code blocks (continuations joined), without usage
-    sketches ([optional], a|b, ...)."""
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    """The `tlp ...` lines of the code blocks of the README and every docs page (continuations
+    joined), without usage sketches ([optional], a|b, ...)."""
+    import glob
+
+    pages = [os.path.join(ROOT, "README.md"), *glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)]
+    text = "\n".join(open(page, encoding="utf-8").read() for page in pages)
     found = []
-    for block in re.findall(r"```[a-z]*\n(.*?)```", readme, re.S):
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
-            match = re.match(r"^\s*(?:\.venv/bin/)?tlp (.*)$", line)
+            match = re.match(r"^\s*(?:\.venv/bin/)?tlp (.*)$", line.replace("$SA", "runner@p.iam.gserviceaccount.com"))
             if match:
-                command = re.split(r"\s+#", match.group(1))[0].strip()
+                command = re.split(r"\s+#", match.group(1))[0].strip().removesuffix("&").strip()
                 if not any(mark in command for mark in ("[", "|", "...", "…")):
                     found.append(command)
     return found
@@ -114,7 +121,7 @@ def test_the_readmes_examples_are_commands_tlp_takes():
         try:
             args = cli.build_parser().parse_args(shlex.split(example))
         except SystemExit:
-            pytest.fail(f"the README's `tlp {example}` is refused by tlp's parser")
+            pytest.fail(f"the docs' `tlp {example}` is refused by tlp's parser")
         if args.command in ("run", "submit") or getattr(args, "action", "") == "create":
             values = vars(args)
             if all(opt.name in values for opt in cli.iter_options(PIPELINE_GROUPS)):

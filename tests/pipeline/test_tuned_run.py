@@ -31,6 +31,12 @@ def test_tuned_run_trains_every_trial_and_registers_the_best(tmp_path):
     heads = json.loads(open(f"{run_dir}/feature-extraction-heads/executor_output.json").read())
     assert heads["parameterValues"]["heads"] == 2  # one head per dropout, one feature extraction
     assert "tuning    4 trials" in result.stdout
+    # Validation chose the best trial, so the gate's gap is train - test, and the summary says so.
+    metrics, gap = summary["metrics"], summary["gate"]["gap"]
+    assert gap["split"] == "test" and summary["metrics"]["gap_split"] == "test"
+    assert metrics["gap"] == pytest.approx(metrics["train_accuracy"] - metrics["test_accuracy"])
+    assert gap["train_photos"] == gap["train_split_photos"] == sum(summary["data"]["counts"]["train"].values())
+    assert "= train - test accuracy (validation chose this tuned run's trial)" in result.stdout
     # Lineage: the registered version records the best trial's parameters.
     from tlp.components.lib.model import read_info
 

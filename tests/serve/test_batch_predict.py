@@ -107,6 +107,39 @@ def test_the_model_sees_bounded_batches_and_files_stream(tuned_model, tmp_path, 
     assert [read for _, read in calls] == [5, 10, 15, 18]
 
 
+def test_a_file_that_cannot_be_read_stops_the_run_and_a_dangling_link_is_listed(tuned_model, folder, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """A failed read says nothing about the photo (issue 28, point 4): it stops with one sentence,
+    the rows already written stay. A link to a missing file has no bytes to read: listed, not fatal."""
+    import builtins
+
+    from tlp.pipelines import predict
+    from tlp.pipelines.cli import main
+
+    os.symlink(tmp_path / "gone.jpg", folder / "trip" / "link.jpg")
+    output = tmp_path / "preds.jsonl"
+    locked = sorted(str(p) for p in (folder / "trip" / "day2").iterdir())[-1]  # read after the others
+
+    def refusing_open(path, *args, **kwargs):  # the fault: what the OS answers for a file without read access
+        if str(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "open", refusing_open, raising=False)
+    assert main(["predict", tuned_model[0], str(folder), "--output", str(output), "--batch-size", "2"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tlp: error:")]
+    assert len(errors) == 1  # one sentence, no traceback (the other line names TensorFlow's native log)
+    assert f"could not read {locked} (PermissionError" in errors[0] and "make it readable" in errors[0]
+    written = [json.loads(line)["image"] for line in output.read_text().splitlines()]
+    assert written and locked not in written  # what was done before stays; nothing claims the file is a bad photo
+
+    monkeypatch.undo()
+    assert main(["predict", tuned_model[0], str(folder), "--output", str(output), "--batch-size", "2"]) == 0
+    errors_by_file = {os.path.basename(row["image"]): row["error"]
+                      for row in map(json.loads, output.read_text().splitlines()) if "error" in row}
+    assert errors_by_file["link.jpg"].startswith("a link to a missing file")
+
+
 def test_bad_output_name_is_refused(tuned_model, folder, capsys):
     from tlp.pipelines.cli import main
 

@@ -127,4 +127,119 @@ def test_a_reference_that_does_not_fit_the_model_is_served_without_the_watch(tun
     damage(model_dir / drift.REFERENCE_FILE)
     predictor = serving.Predictor(str(model_dir), features=True)
     monitor, why_not = serving.watch_drift(predictor, ServeOptions())
-    assert monitor is None and words in why_not and predictor.on_features is None
+    assert monitor is None and words in why_not and predictor.on_images is None
+
+
+def _send_mixed(url: str, name: str, paths: list[str], copies: int) -> None:
+    """Each photo ``copies`` times, in requests of 1 and of 8 images sent 4 at a time, so the
+    micro-batcher runs a photo alone at one time and among others at another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    requests = []
+    for _ in range(copies):
+        order = [paths[i] for i in rng.permutation(len(paths))]
+        requests += [[p] for p in order[:16]] + [order[i:i + 8] for i in range(16, len(order), 8)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda chunk: _send(url, name, chunk, per_request=8), requests))
+
+
+@pytest.mark.slow
+def test_photos_sent_again_in_batches_of_1_and_8_read_as_the_training_kind(tuned_model, photos, monkeypatch):
+    """Through the server with micro-batching: 40 photos of the training kind, each sent 12 times
+    in batches of 1 and 8 mixed, read as 40 photos of the training kind, however their features
+    differ from batch to batch; the worse camera's photos, sent so too, still read drifted."""
+    from tests.serve.batch_sensitive_worker import batch_sensitive
+    from tlp.components.lib import drift_monitor
+    from tlp.components.lib import model as model_lib
+
+    # The worker process computes the watched features: it runs with the batch-sensitive signature.
+    monkeypatch.setattr(drift_monitor, "WORKER_MODULE", "tests.serve.batch_sensitive_worker")
+    monkeypatch.setattr(model_lib, "load_servable", batch_sensitive(model_lib.load_servable))
+    same, worse = photos
+    window = len(same) * 12
+    options = ServeOptions(route_name="mixed", drift_every=window, drift_window=window, max_batch=32,
+                           max_latency_ms=20.0)
+    app, card, drift_not_watched = serve.prepare(tuned_model[0], "", options)
+    assert drift_not_watched == ""
+    with serving.running_in_thread(app) as url:
+        _send_mixed(url, card.name, same, copies=12)
+        calm = _wait_for_computation(url, 1)
+        assert calm["distinct"] == len(same) and calm["auc"] <= 0.65, calm
+        _send_mixed(url, card.name, worse, copies=12)
+        drifted = _wait_for_computation(url, 2)
+        assert drifted["distinct"] == len(worse) and drifted["verdict"] == "drifted", drifted
+        print(f"served drift AUC: training kind {calm['auc']:.3f}, worse camera {drifted['auc']:.3f}")
+
+
+def test_the_watch_sees_a_request_as_data_prep_stores_the_photo(tuned_model, photos):
+    """The reference holds features of training photos as data prep stored them (decoded, resized,
+    JPEG): the served watch must see a request so too, with the prepared photo's content id, or the
+    re-encoding itself reads as drift. The answer still comes from the image as sent; the request
+    path hands the images as sent to the watch, whose worker process prepares them."""
+    import tensorflow as tf
+
+    from tlp.components.lib import model as model_lib
+    from tlp.components.lib.dataprep.encode import prepare_bytes
+    from tlp.components.lib.drift_monitor import DriftMonitor
+
+    predictor = serving.Predictor(tuned_model[0], features=True)
+    handed = []
+    predictor.on_images = lambda images, skipped: handed.append((images, skipped))
+    sent = [open(path, "rb").read() for path in photos[0][:4]]
+    answers = predictor(sent)
+    assert handed == [(sent, 0)]  # the images as sent, none skipped
+    reference = drift.load_reference(tuned_model[0])
+    monitor = DriftMonitor(reference.features, capacity=8, every=1000, gauge=False, model_dir=tuned_model[0],
+                           image_size=predictor.image_size)
+    try:
+        monitor.watch(*handed[0])
+        deadline = time.monotonic() + 120
+        while monitor.snapshot()["recent"] < 4:
+            assert time.monotonic() < deadline and not monitor.error, monitor.snapshot()
+            time.sleep(0.1)
+        observed, observed_photos = monitor._buffer[:4].copy(), monitor._photos[:4]
+    finally:
+        monitor.close()
+    prepared = [prepare_bytes(data, predictor.image_size) for data in sent]
+    signature = model_lib.load_servable(tuned_model[0], model_lib.FEATURES_SIGNATURE)
+    expected = signature(image_bytes=tf.constant(prepared))["pooled_features"].numpy()
+    assert np.abs(observed - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert observed_photos == [drift.content_id(data) for data in prepared]  # content ids
+    assert monitor.left_out == 0 and monitor.dropped == 0
+    as_sent = model_lib.load_servable(tuned_model[0])(image_bytes=tf.constant(sent))["probabilities"].numpy()
+    np.testing.assert_allclose([answer.probabilities for answer in answers], as_sent, atol=1e-5)
+
+
+def test_the_request_path_runs_the_model_once_on_the_images_as_sent(tuned_model, photos, monkeypatch):
+    """The watch's second model pass (the prepared images) runs in its worker process, not on the
+    request path: the server's model sees each request's images once, and the watch still gets them."""
+    from tlp.components.lib import model as model_lib
+
+    seen = []
+    load_servable = model_lib.load_servable
+
+    def counting(directory, signature="serving_default"):
+        served = load_servable(directory, signature)
+
+        class Counting:
+            structured_outputs = served.structured_outputs
+
+            def __call__(self, **inputs):
+                seen.append(int(inputs["image_bytes"].shape[0]))
+                return served(**inputs)
+
+        return Counting()
+
+    monkeypatch.setattr(model_lib, "load_servable", counting)
+    app, card, drift_not_watched = serve.prepare(tuned_model[0], "", ServeOptions(
+        route_name="once", drift_every=40, drift_window=40))
+    assert drift_not_watched == ""
+    with serving.running_in_thread(app) as url:
+        seen.clear()  # the warm-up's blank image
+        _send(url, card.name, photos[0][:8], per_request=8)
+        deadline = time.monotonic() + 300  # the worker runs at SCHED_IDLE: slow to start on a loaded machine
+        while (state := _drift(url))["recent"] < 8:
+            assert time.monotonic() < deadline and not state["error"], state
+            time.sleep(0.1)
+    assert seen == [8], seen  # one model call, on the 8 images as sent: nothing more on the request path

@@ -261,3 +261,30 @@ def test_only_one_class_with_readable_images_is_refused(tmp_path):
         (tmp_path / "photos" / "cat" / f"{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken %d" % i)
     with pytest.raises(ConfigError, match=r"1 class folder\(s\) with readable images.*'cat' \(0 images\)"):
         _prepare(root, tmp_path / "out")
+
+
+# 13 (issue 28, point 4)
+def test_a_file_that_cannot_be_read_stops_data_prep_and_a_dangling_link_is_skipped(tmp_path, monkeypatch):
+    """Only bytes that were read and do not decode are unreadable: a read the OS refuses stops the
+    step with one sentence (a data set silently missing the file would differ from run to run)."""
+    import builtins
+
+    from tlp.components.lib.specs import ServiceError
+
+    root = _photos(tmp_path / "photos")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "photos" / "cat" / "link.jpg")
+    locked = os.path.join(root, "dog", "3.jpg")
+
+    def refusing_open(path, *args, **kwargs):  # the fault: what the OS answers for a file without read access
+        if str(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "open", refusing_open, raising=False)
+    with pytest.raises(ServiceError) as stopped:
+        _prepare(root, tmp_path / "out")
+    assert str(stopped.value).startswith(f"could not read {locked} (PermissionError")
+    assert "\n" not in str(stopped.value)
+    monkeypatch.undo()
+    entry = _skipped(_prepare(root, tmp_path / "out2"))["link.jpg"]
+    assert entry["kind"] == "unreadable" and entry["reason"].startswith("a link to a missing file")

@@ -475,6 +475,92 @@ def test_dataflow_workers_run_the_cpu_image_with_the_beam_harness_of_the_locked_
     assert "-f containers/dataflow.Dockerfile" in makefile and "tlp-dataflow:$(IMAGE_TAG)" in makefile
 
 
+# --- `--runner docker --devices gpu`: the host's GPUs in the containers ---
+
+
+class FakeGpuEngine(FakeEngine):
+    """A FakeEngine whose containers.create records the GPU probe; ``refuse`` is the engine's
+    answer to starting a container with GPUs on a machine without a GPU runtime."""
+
+    def __init__(self, images, refuse=None):
+        super().__init__(images)
+        self.created, engine = [], self
+        run = self.containers.run
+
+        class Container:
+            def start(self):
+                if refuse:
+                    raise refuse
+
+            def wait(self, timeout=None):
+                return {"StatusCode": 0}
+
+            def remove(self, force=False):
+                engine.removed = True
+
+        class Containers:
+            def create(self, image, command, **kwargs):
+                engine.created.append((image, command, kwargs))
+                return Container()
+
+        Containers.run = staticmethod(run)
+        self.containers = Containers()
+
+
+def _create_request(runner, image="tlp/tlp-train:0.1.0") -> dict:
+    """The HostConfig docker-py sends to the engine when kfp's DockerRunner starts a step with
+    these arguments (kfp's run_docker_container: image, command, volumes, then the runner's)."""
+    from docker.models.containers import _create_container_args
+
+    created = _create_container_args({
+        "image": image, "command": ["python", "-m", "kfp.dsl.executor_main"], "detach": True, "version": "1.43",
+        "volumes": {"/x": {"bind": "/x", "mode": "rw"}}, **runner.container_run_args,
+    })
+    return dict(created["host_config"])
+
+
+@pytest.mark.parametrize("devices, count", [("gpu", -1), ("gpu:2", 2)])
+def test_devices_gpu_hands_the_hosts_gpus_to_the_containers(tmp_path, engine, capsys, devices, count):
+    from tlp.pipelines import docker_runner
+
+    fake = engine(FakeGpuEngine(BUILT))
+    runner = docker_runner.make_runner(*_config(tmp_path, devices=devices))
+    host_config = _create_request(runner)
+    assert host_config["DeviceRequests"] == [
+        {"Driver": "", "Count": count, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
+    ]
+    # The GPUs were asked for once before the run, in the training image, as the invoking user.
+    (image, _command, kwargs), = fake.created
+    assert image == "tlp/tlp-train:0.1.0" and kwargs["device_requests"] == runner.container_run_args["device_requests"]
+    assert fake.removed
+    assert f"with the host's GPUs (--devices {devices})" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("devices", ["auto", "cpu", "cpu:2"])
+def test_other_devices_give_the_containers_no_gpus(tmp_path, engine, devices):
+    from tlp.pipelines import docker_runner
+
+    fake = engine(FakeGpuEngine(BUILT))
+    runner = docker_runner.make_runner(*_config(tmp_path, devices=devices))
+    assert "DeviceRequests" not in _create_request(runner) and fake.created == []
+
+
+def test_an_engine_without_gpus_is_named_before_the_run(tmp_path, engine):
+    import docker
+
+    from tlp.components.lib.specs import ConfigError
+    from tlp.pipelines import docker_runner
+
+    refused = docker.errors.APIError(
+        "500 Server Error", explanation='could not select device driver "" with capabilities: [[gpu]]'
+    )
+    fake = engine(FakeGpuEngine(BUILT, refuse=refused))
+    with pytest.raises(ConfigError, match="NVIDIA Container Toolkit") as error:
+        docker_runner.make_runner(*_config(tmp_path, devices="gpu"))
+    assert "could not select device driver" in str(error.value) and _one_sentence(str(error.value))
+    assert fake.removed  # the refused probe container is not left behind
+
+
 def test_the_litert_interpreter_is_in_the_images_that_export_not_in_the_serving_image():
     """The deps layer (CPU and training images, which run the LiteRT export step) installs every declared
     dependency but the OMITTED; the serving image installs only the serving dependencies."""

@@ -77,3 +77,48 @@ def test_reference_round_trip_keeps_tiny_features(tmp_path):
     np.testing.assert_allclose(loaded.features, features, rtol=2e-3, atol=1e-15)
     with pytest.raises(NotFound, match="no drift reference"):
         drift.load_reference(str(tmp_path / "elsewhere"))
+
+
+def _batch_variants(photos, copies, seed):
+    """Each photo ``copies`` times, its rows differing in the 7th digit from copy to copy, as
+    MobileNetV2 on CPU gives one image slightly different features alone and inside a batch."""
+    rng = np.random.default_rng(seed)
+    rows = np.concatenate([photos * (1 + 1e-7 * rng.standard_normal(photos.shape)) for _ in range(copies)])
+    names = [f"photo-{i}" for i in range(len(photos))] * copies
+    return rows.astype(np.float32), names
+
+
+def test_copies_of_a_photo_count_once_however_their_rows_differ():
+    """40 photos of the reference's kind, each 12 times with rows that differ per batch: by row they
+    read as drift (the copies sit in the fitting and the held-out folds); by content, as 40 photos."""
+    reference = _features(400, 0)
+    rows, photos = _batch_variants(_features(40, 1), 12, seed=2)
+    by_row = drift.two_sample_test(reference, rows)
+    by_content = drift.two_sample_test(reference, rows, new_photos=photos)
+    assert by_row.auc >= 0.75 and by_row.n_new == 480, by_row.auc
+    assert by_content.auc < 0.65 and by_content.n_new == 40, by_content.auc
+    assert by_content.auc == drift.two_sample_test(reference, rows[:40]).auc  # the first copy of each
+
+
+def test_a_photo_on_both_sides_sits_in_one_fold():
+    labels = np.array([0] * 30 + [1] * 20)
+    groups = np.array([f"r{i}" for i in range(30)] + [f"r{i}" for i in range(10)] + [f"n{i}" for i in range(10)])
+    folds = drift.stratified_folds(labels, 5, seed=0, groups=groups)
+    assert all(folds[i] == folds[30 + i] for i in range(10))
+    assert sorted(np.bincount(folds)) == [10] * 5  # still spread evenly
+
+
+def test_too_few_distinct_photos_are_refused_however_many_rows():
+    rows, photos = _batch_variants(_features(5, 1), 10, seed=3)
+    with pytest.raises(ConfigError, match="5 distinct new photo"):
+        drift.two_sample_test(_features(100, 0), rows, new_photos=photos)
+
+
+def test_reference_keeps_content_ids_and_reads_older_files(tmp_path):
+    features = _features(20, 0)
+    drift.save_reference(str(tmp_path), features, [f"id{i}" for i in range(20)], [f"c{i}" for i in range(20)])
+    assert drift.load_reference(str(tmp_path)).photos == [f"c{i}" for i in range(20)]
+    with open(tmp_path / drift.REFERENCE_FILE, "wb") as handle:  # as written before content ids
+        np.savez_compressed(handle, features=features.astype(np.float16), scale=np.ones(64, np.float32),
+                            ids=np.array([f"id{i}" for i in range(20)]))
+    assert drift.load_reference(str(tmp_path)).photos == []

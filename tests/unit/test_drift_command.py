@@ -73,7 +73,7 @@ def test_a_photo_is_scored_as_data_prep_stores_the_training_photos(tuned_model, 
     assert len(paths) == 80
     signature = model_lib.load_servable(tuned_model[0], model_lib.FEATURES_SIGNATURE)
     from_data_prep = signature(image_bytes=tf.constant([stored[p] for p in paths]))["pooled_features"].numpy()
-    features, scored, unreadable = features_of(tuned_model[0], paths)
+    features, scored, unreadable, _ = features_of(tuned_model[0], paths)
     assert scored == paths and not unreadable
     # Random weights make features tiny (about 1e-12 at alpha 1.0): compare relative to their scale.
     # Scored raw, these lossless photos differ from their stored form by about 3% of it.
@@ -88,3 +88,32 @@ def test_an_unreadable_file_is_listed_and_the_other_photos_are_scored(tuned_mode
     assert main(["drift", tuned_model[0], str(tmp_path / "mixed"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 80 and result["unreadable"] == [f"{tmp_path}/mixed/broken.jpg"]
+
+
+def test_a_link_to_a_missing_file_is_listed_as_unreadable_as_in_data_prep(tuned_model, photo_folders, tmp_path, capsys):
+    import os
+    import shutil
+
+    shutil.copytree(photo_folders / "same", tmp_path / "linked")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "linked" / "dangling.jpg")
+    assert main(["drift", tuned_model[0], str(tmp_path / "linked"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 80 and result["unreadable"] == [f"{tmp_path}/linked/dangling.jpg"]
+
+
+def test_each_photo_twice_in_the_folder_reads_as_once(tuned_model, photo_folders, tmp_path, capsys):
+    """A copy of a photo (another name, or saved again with other bytes but the same picture) is the
+    same photo: counted twice, its copies sit in the fitting and the held-out folds and read as drift."""
+    import shutil
+
+    from PIL import Image
+
+    assert main(["drift", tuned_model[0], str(photo_folders / "same"), "--json"]) == 0
+    once = json.loads(capsys.readouterr().out)
+    twice = tmp_path / "twice"
+    shutil.copytree(photo_folders / "same", twice)
+    for path in sorted((photo_folders / "same").glob("*.png")):  # the same picture, other bytes
+        Image.open(path).save(twice / f"copy-{path.name}", compress_level=1)
+    assert main(["drift", tuned_model[0], str(twice), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == once["n"] == 80 and result["auc"] == once["auc"] and result["auc"] <= 0.65, result

@@ -135,11 +135,122 @@ def test_a_worker_that_cannot_start_stops_the_watch_after_a_few_tries(monkeypatc
 def test_the_worker_computes_only_while_the_server_answers_no_request():
     rng = np.random.default_rng(3)
     with _watch(rng, (200, 16), capacity=50, every=50) as monitor:
+        # A first recomputation starts the worker: its start-up (seconds on a loaded machine) is not waiting.
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.computed == 1)
         monitor.requests.enter()  # a request is being answered, and stays so for a second
         monitor.observe(rng.normal(size=(50, 16)))
         assert _wait_for(lambda: monitor.busy)
         time.sleep(1.0)
-        assert monitor.computed == 0  # the worker waits, it does not compute beside the request
+        assert monitor.computed == 1  # the worker waits, it does not compute beside the request
         monitor.requests.leave()
-        assert _wait_for(lambda: monitor.computed == 1)
+        assert _wait_for(lambda: monitor.computed == 2)
         assert monitor.waited >= 0.5 and monitor.snapshot()["waited"] == monitor.waited
+
+
+def test_an_unexpected_error_is_shown_and_the_watch_recovers(monkeypatch):
+    """Not only a ServiceError: any failure of a recomputation is on /drift (and the page), the gauge
+    loses its number, and the next recomputation runs; the thread does not die silently."""
+    rng = np.random.default_rng(6)
+    with _watch(rng, (200, 16), capacity=50, every=50) as monitor:
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.computed >= 1)
+        real_test = monitor._worker.test
+        monkeypatch.setattr(monitor._worker, "test", lambda *args: 1 / 0)
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.error != "")
+        state = monitor.snapshot()
+        assert "ZeroDivisionError" in state["error"] and state["auc"] is None and not state["stopped"], state
+        monkeypatch.setattr(monitor._worker, "test", real_test)
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.computed >= 2)
+        assert monitor.snapshot()["error"] == "" and monitor.snapshot()["auc"] is not None
+
+
+def test_unexpected_errors_in_a_row_stop_the_watch_and_say_so(monkeypatch):
+    from tlp.components.lib import drift_monitor
+
+    rng = np.random.default_rng(7)
+    with _watch(rng, (200, 16), capacity=20, every=20) as monitor:
+        monkeypatch.setattr(monitor._worker, "test", lambda *args: {}["missing"])
+        for _ in range(drift_monitor.MAX_FAILURES):
+            monitor.observe(rng.normal(size=(20, 16)))
+            time.sleep(0.3)
+        assert _wait_for(lambda: monitor.snapshot()["stopped"])
+        state = monitor.snapshot()
+        assert "KeyError" in state["error"] and "Stopped after 3 failures" in state["error"], state
+
+
+def test_too_few_distinct_photos_clear_the_previous_windows_auc():
+    """The gauge never shows a number measured on a window that is gone."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    gauge = Gauge("drift_test_gauge", "test", registry=CollectorRegistry())
+    rng = np.random.default_rng(8)
+    with closing(DriftMonitor(rng.normal(size=(200, 16)).astype(np.float32), capacity=50, every=50,
+                              gauge=gauge)) as monitor:
+        monitor.observe(rng.normal(size=(50, 16)))
+        assert _wait_for(lambda: monitor.computed >= 1)
+        assert not np.isnan(gauge._value.get())
+        monitor.observe(np.repeat(rng.normal(size=(2, 16)), 25, axis=0))  # the window: 2 photos, 25 times each
+        assert _wait_for(lambda: monitor.snapshot()["note"] != "")
+        assert monitor.snapshot()["auc"] is None and np.isnan(gauge._value.get())
+
+
+def test_a_photo_sent_again_counts_once_by_its_content_id_however_its_rows_differ():
+    """The model gives one image slightly different features alone and inside a batch: 40 photos
+    of the training kind sent 12 times, their rows differing in the 7th digit, are 40 photos."""
+    rng = np.random.default_rng(9)
+    reference = rng.normal(size=(400, 32)).astype(np.float32)
+    photos = rng.normal(size=(40, 32)).astype(np.float32)
+    with closing(DriftMonitor(reference, capacity=480, every=480, gauge=False)) as monitor:
+        for _ in range(12):
+            noisy = photos * (1 + 1e-7 * rng.standard_normal(photos.shape)).astype(np.float32)
+            monitor.observe(noisy, [f"photo-{i}" for i in range(40)])
+        assert _wait_for(lambda: monitor.computed >= 1)
+        state = monitor.snapshot()
+        assert (state["recent"], state["distinct"]) == (480, 40)
+        assert state["auc"] < 0.65, state
+
+
+def test_images_the_window_will_not_hold_are_not_asked_for_but_counted():
+    """With ``every`` above ``capacity`` the ring buffer overwrites the earlier images before the
+    recomputation: the server need not prepare them (a second model pass), yet they count."""
+    rng = np.random.default_rng(10)
+    with _watch(rng, (200, 16), capacity=50, every=200) as monitor:
+        assert monitor.wanted(100) == 0
+        monitor.observe(np.zeros((0, 16)), [], skipped=100)
+        assert monitor.wanted(100) == 50  # the last 50 of the next 100 are the window
+        monitor.observe(rng.normal(size=(50, 16)), [f"p{i}" for i in range(50)], skipped=50)
+        assert _wait_for(lambda: monitor.computed >= 1)
+        assert monitor.snapshot()["distinct"] == 50 and monitor.wanted(10) == 0
+
+
+def test_watched_images_wait_in_a_bounded_queue_that_never_blocks_a_request(monkeypatch):
+    """The request path only queues the images' bytes for the worker (which computes their features);
+    while it is busy, images beyond ``max_pending`` are dropped and counted, never waited for."""
+    import threading
+
+    rng = np.random.default_rng(11)
+    computing, release, batches = threading.Event(), threading.Event(), []
+
+    def features(images):  # the worker's part, held until released
+        batches.append(list(images))
+        computing.set()
+        release.wait(30)
+        return rng.normal(size=(len(images), 16)).astype(np.float32), [data.decode() for data in images], 0
+
+    with _watch(rng, (200, 16), capacity=50, every=1000, max_pending=4) as monitor:
+        monkeypatch.setattr(monitor._worker, "features", features)
+        monitor.watch([b"first"])
+        assert computing.wait(10)  # the worker holds the first image
+        started = time.monotonic()
+        monitor.watch([f"image-{i}".encode() for i in range(10)])
+        assert time.monotonic() - started < 0.1  # queued, not waited for
+        state = monitor.snapshot()
+        assert (state["pending"], state["dropped"]) == (4, 6), state
+        release.set()
+        assert _wait_for(lambda: monitor.snapshot()["recent"] == 5)
+        assert batches == [[b"first"], [f"image-{i}".encode() for i in range(4)]]
+        assert monitor._photos[:5] == ["first", "image-0", "image-1", "image-2", "image-3"]
+        assert monitor.snapshot()["pending"] == 0 and monitor._since == 11  # every answered image counts

@@ -107,14 +107,29 @@ def test_flags_come_from_the_declaration():
         assert (flags.get(opt.flag) == opt.name) == ("run" in opt.spec.commands), opt.name
 
 
-def test_readme_options_table_matches_the_declaration():
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(r"<!-- options:run -->\n(.*?)\n<!-- /options:run -->", readme, re.S)
-    assert match, "README.md needs the options table between <!-- options:run --> markers"
-    expected = markdown_table(declared.ALL_GROUPS, "run")
-    assert match.group(1).strip() == expected, (
-        "the README options table differs from the declarations; paste the output of `tlp options --markdown`"
-    )
+def test_the_docs_reference_shows_every_declared_option_as_tlp_options_markdown_does():
+    """The reference page is generated from the declarations when the site is built
+    (docs/hooks.py): every command of tlp's parser has a section, and its declared options are
+    the rows `tlp options COMMAND --markdown` prints."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    reference = hooks.command_reference()
+    sections = dict(re.findall(r"^## `tlp ([a-z ]+)`\n(.*?)(?=^## |\Z)", reference, re.S | re.M))
+    assert set(sections) == {
+        "run", "component", "predict", "serve", "deploy", "drift", "compile", "submit", "options",
+        "schedule create", "schedule list", "schedule pause", "schedule resume", "schedule delete",
+        "models list", "models show", "models promote", "models rollback",
+    }
+    commands = {command for opt in iter_options(declared.ALL_GROUPS) for command in opt.spec.commands}
+    for command, section in sections.items():
+        key = hooks.OPTION_KEYS.get(command, command)
+        rows = markdown_table(declared.ALL_GROUPS, key).splitlines()[2:]
+        assert (key in commands) == bool(rows), command
+        for row in rows:
+            assert row in section, f"tlp {command}: {row}"
 
 
 @pytest.mark.parametrize("command", [["run"], ["submit"], ["compile"], ["predict"], ["serve"], ["deploy"],

@@ -118,3 +118,24 @@ def test_chromium_screenshot_shows_the_verdict_curves_and_roc(tmp_path):
     assert _pixels_near(image, (0x1F, 0x77, 0xB4)) > 500  # the learning curves' lines (matplotlib C0)
     roc = tuple(int(report.ROC_COLOUR[i:i + 2], 16) for i in (1, 3, 5))
     assert _pixels_near(image, roc) > 500  # the ROC curve picture rendered
+
+
+def test_the_report_and_the_summary_line_say_where_and_on_what_the_gap_was_measured(tmp_path):
+    from tlp.components.lib import evaluation
+
+    measured = {"split": "test", "value": 0.03, "train_photos": 20_000, "train_split_photos": 9_000_000, "seed": 42,
+                "train_accuracy_interval": [0.985, 0.991], "interval": [0.027, 0.033],
+                "method": evaluation.INTERVAL_METHOD}
+    context = report.report_context(_results(["cats", "dogs"]), True, ["gap within max_gap"], 0.03, FEATURE, TUNED,
+                                    gap_detail=measured)
+    report.write_report(str(tmp_path / "report.html"), context)
+    page = " ".join((tmp_path / "report.html").read_text(encoding="utf-8").split())
+    assert "Overfitting gap (train - test accuracy): 0.0300, 95% interval 0.0270 to 0.0330." in page
+    assert "Measured on the test split, because validation chose the best trial of this tuned run" in page
+    assert "a sample of 20,000 of the 9,000,000 training photos, drawn with seed 42;" in page
+    assert evaluation.INTERVAL_METHOD + "." in page
+    assert report.describe_gap(measured) == (
+        "gap 0.0300 (95% interval 0.0270 to 0.0330) = train - test accuracy (validation chose this tuned run's "
+        "trial); train accuracy on 20,000 of 9,000,000 training photos (seed 42)")
+    whole = {**measured, "split": "val", "train_photos": 64, "train_split_photos": 64}
+    assert report.describe_gap(whole).endswith("= train - val accuracy; train accuracy on all 64 training photos")

@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 
 from tests.conftest import write_image
+from tests.support import ChampionRegistry
 from tlp.components.lib import registration
 from tlp.components.lib.dataprep import prepare, records, sources
 from tlp.components.lib.dataprep import split as content_split
-from tlp.components.lib.registry import ModelVersion
 
 
 def _photo(path, index, label):
@@ -90,24 +90,14 @@ def test_the_champion_is_rescored_only_on_photos_it_never_trained_on(grown, tmp_
     def challenge_on(dataset_dir):
         scored = {}
 
-        def fake_evaluate(model_dir, dataset, splits, exclude_source_ids=frozenset()):
+        def fake_evaluate(model_dir, dataset, splits, exclude_source_ids=frozenset(), strategy=None):
             scored[model_dir] = set(exclude_source_ids)
             return {"test": {"accuracy": 0.5, "examples": 1}}
 
-        class Registry:
-            def champion_version(self, name):
-                return "1"
-
-            def version(self, name, version):
-                return ModelVersion(name, "1", "", ["champion"], {}, {
-                    "class_names": '["cat", "dog"]', "split_method": content_split.SPLIT_METHOD, "split_seed": "42"})
-
-            def model_dir(self, reference):
-                return "champion-model"
-
         monkeypatch.setattr(registration, "evaluate_model", fake_evaluate)
         monkeypatch.setattr(registration.model_lib, "read_info", lambda _: {"class_names": ["cat", "dog"]})
-        promote, reason = registration.challenge(Registry(), "pets", "2", 0.5, "candidate-model", dataset_dir, 0.0)
+        promote, reason = registration.challenge(ChampionRegistry(), "pets", "2", 0.5, "candidate-model", dataset_dir,
+                                                 0.0)
         assert promote is not None, reason
         excluded = scored["champion-model"]
         test_photos = {}

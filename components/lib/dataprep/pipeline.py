@@ -1,108 +1,205 @@
 """Data prep as one Apache Beam pipeline of named stages.
 
-``List`` (the listing's units of work) -> ``Distribute`` -> ``ReadDigestEncode`` (read each photo
-once: its SHA-256, then decode, resize, encode) -> ``Deduplicate`` (one record per digest: the first
-in listing order is kept, the others are skipped as duplicates, or as a labelling conflict when
-filed under another class) -> ``SplitByContent`` (the gathered (class, digest) list through
-``split.split_by_content``, the very function tlp 0.1.0 split with) -> ``AssignShard`` ->
-``WriteShards`` (TFRecord files per split) -> ``WriteMetadata`` (counts, skipped files with their
-reasons, fingerprints: ``metadata.json``).
+``List`` (the workers read the listing's units from the file ``sources.write_listing`` wrote) ->
+``Distribute`` -> ``ReadDigestEncode`` (read each photo once: its SHA-256, then decode, resize,
+encode; the resized JPEGs go straight to a staged file per unit) -> ``Deduplicate`` (one record per
+prepared image: the first in listing order is kept, the others are skipped as duplicates; a picture
+filed under two classes is a labelling conflict and all its copies are skipped) ->
+``SplitByContent`` (the gathered (class, digest) list through ``split.split_by_content``, the very
+function tlp 0.1.0 split with; each kept photo leaves it with its shard) -> ``WriteShards``
+(TFRecord files per split, the images read back from the staged files) -> ``WriteMetadata``
+(counts, skipped files with their reasons, fingerprints: ``metadata.json``).
 
 Photos are decoded in the same pass that digests them, before deduplication, so each photo is read
-once (reading twice would double the bytes read from Cloud Storage); only the small resized JPEGs
-travel on. Every stage is deterministic: the shards hold the same records in the same order
-whatever the runner and however many workers it has.
+once (reading twice would double the bytes read from Cloud Storage). What travels between the
+stages is small and does not hold the images: a photo's name, class, digest and where its JPEG is
+staged, so no grouping holds image bytes (the DirectRunner keeps each stage's output in memory).
+Nothing in the job request grows with the photos: the workers read the listing from its file, and
+no per-photo structure is a side input. Every stage is deterministic: the shards hold the same
+records in the same order whatever the runner and however many workers it has.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import NamedTuple
 
-from tlp.components.lib.dataprep import encode, progress, records, split
-from tlp.components.lib.dataprep.sources import Listing, Photo
+from tlp.components.lib.dataprep import encode, progress, records, sources, split
+from tlp.components.lib.dataprep.sources import Photo
+from tlp.components.lib.specs import ServiceError
+
+STAGED_FOLDER = "staged"  # under the run's scratch folder: one file of resized JPEGs per unit
 
 
-def _read(numbered_unit: tuple, image_size: int, progress_folder: str | None) -> list[Photo]:
+def staged_path(scratch: str, unit: int) -> str:
+    return sources.join(scratch, f"{STAGED_FOLDER}/unit-{unit:08d}.jpgs")
+
+
+# What travels from the read stage on: a photo as a plain tuple, not a ``Photo``. Beam's coder
+# writes a dataclass as a pickle that names its class and every field, and the local runner holds
+# each grouping's elements in the launcher until the grouping is done; a tuple of strings and
+# numbers is encoded field by field.
+ORDER, SOURCE_ID, LABEL, DIGEST, ERROR, SPLIT, STORED = range(7)
+
+
+def _compact(photo: Photo) -> tuple:
+    return (photo.order, photo.source_id, photo.label, photo.digest, photo.error, photo.split, photo.stored)
+
+
+def _read(numbered_unit: tuple, image_size: int, progress_folder: str | None, scratch: str) -> list[tuple]:
+    """A unit's photos, staged, each as (its content key, ``_compact`` tuple)."""
     index, unit = numbered_unit
     photos = encode.read_unit(unit, index, image_size)
+    _stage(photos, scratch, index)
     progress.count(progress_folder, len(photos))
-    return photos
+    return [(_key_by_content(photo), _compact(photo)) for photo in photos]
 
 
-def _key_by_digest(photo: Photo) -> tuple:
-    # Photos without a digest (generated, TFDS) are never duplicates: each keys alone.
-    return (photo.digest or ("unique", photo.order), photo)
+def _stage(photos: list[Photo], scratch: str, unit: int) -> None:
+    """Writes a unit's resized JPEGs one after another into its staged file and keeps, in each photo,
+    only where its JPEG is: the bytes then wait on disk for their shard, not in the runner's memory.
+    A unit read again (a retried bundle) writes the same file again."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    if not any(photo.encoded is not None for photo in photos):
+        return
+    offset = 0
+    with FileSystems.create(staged_path(scratch, unit), compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        for photo in photos:
+            if photo.encoded is None:
+                continue
+            handle.write(photo.encoded)
+            photo.stored, photo.encoded = (offset, len(photo.encoded)), None
+            offset += photo.stored[1]
+
+
+def read_staged(scratch: str, unit: int, offset: int, length: int) -> bytes:
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(staged_path(scratch, unit), compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) != length:
+        raise ServiceError(f"staged file {staged_path(scratch, unit)} holds {len(data)} bytes at {offset}, not "
+                      f"{length}: it changed while data prep ran; run data prep again.")
+    return data
+
+
+def _key_by_content(photo: Photo) -> tuple | str:
+    # The prepared image's digest (its resized pixels): identical bytes give identical prepared
+    # images, and so does the same picture saved again with other bytes. Photos without a file digest (generated, TFDS)
+    # and unreadable files are never duplicates: each keys alone.
+    if photo.digest is None or photo.prepared_digest is None:
+        return ("unique", photo.order)
+    return photo.prepared_digest
+
+
+def _skip(photo: tuple, kind: str, reason: str, **extra) -> object:
+    import apache_beam as beam
+
+    return beam.pvalue.TaggedOutput("skipped", (photo[ORDER], {"path": photo[SOURCE_ID], "reason": reason,
+                                                               "kind": kind, **extra}))
 
 
 def _keep_first(keyed: tuple):
-    """Of the photos with one digest, the first readable one in listing order is kept. The others
-    are duplicates of it (a labelling conflict when in another class), except unreadable files
-    listed before it, which are skipped as unreadable (as one process deciding in order would)."""
-    import apache_beam as beam
-
+    """Of the photos that prepare to one image, the first in listing order is kept and the others
+    are skipped as duplicates of it (``duplicate_of``), so the picture lands in one split. Filed
+    under two or more classes, the picture is a labelling conflict: every copy is left out and
+    listed with the paths of the others (``conflicts_with``). Unreadable files key alone. Photos
+    are the read stage's compact tuples; a kept one leaves as ((order, source_id, label, digest,
+    split), stored), what the split stage gathers."""
     _, members = keyed
-    members = sorted(members, key=lambda photo: photo.order)
-    kept = next((photo for photo in members if photo.error is None), None)
-    for photo in members:
-        if photo is kept:
-            yield photo
-        elif kept is not None and (photo.error is None or photo.order > kept.order):
-            reason = f"exact duplicate of {kept.source_id} (kept once, in one split)"
-            if kept.label != photo.label:  # the same photo filed under two classes
-                reason = (f"same bytes as {kept.source_id} in another class folder: a labelling conflict, "
-                          "kept there only")
-            yield beam.pvalue.TaggedOutput("skipped", (photo.order, {"path": photo.source_id, "reason": reason,
-                                                                     "kind": "duplicate"}))
+    members = sorted(members, key=lambda photo: photo[ORDER])
+    if members[0][ERROR] is not None:
+        for photo in members:
+            yield _skip(photo, "unreadable", photo[ERROR])
+        return
+    if len({photo[LABEL] for photo in members}) > 1:
+        for photo in members:
+            others = [other[SOURCE_ID] for other in members if other is not photo]
+            yield _skip(photo, "conflict", f"the same picture as {', '.join(others)} in another class folder: a "
+                        "labelling conflict, left out of training; keep it in the one right class folder",
+                        conflicts_with=others)
+        return
+    kept = members[0]
+    yield (kept[ORDER], kept[SOURCE_ID], kept[LABEL], kept[DIGEST], kept[SPLIT]), kept[STORED]
+    for photo in members[1:]:
+        if photo[DIGEST] == kept[DIGEST]:
+            reason = f"exact duplicate of {kept[SOURCE_ID]} (kept once, in one split)"
         else:
-            yield beam.pvalue.TaggedOutput("skipped", (photo.order, {"path": photo.source_id, "reason": photo.error,
-                                                                     "kind": "unreadable"}))
+            reason = (f"the same picture as {kept[SOURCE_ID]} saved again (other bytes, the same pixels once "
+                      "prepared); kept once, in one split")
+        yield _skip(photo, "duplicate", reason, duplicate_of=kept[SOURCE_ID])
 
 
-def _identify(photo: Photo) -> tuple:
-    return photo.order, photo.source_id, photo.label, photo.digest, photo.split
+class Kept(NamedTuple):
+    """A kept photo as the split stage holds it: what ``split.split_by_content`` reads (source_id,
+    label, content_hash) and where it came from. One small tuple a photo, sharing the gathered
+    strings: the split stage holds every kept photo at once."""
+
+    source_id: str
+    label: int
+    content_hash: str | None
+    order: tuple
+    split: str | None
+    stored: tuple | None
 
 
-def plan_splits(identities: list[tuple], seed: int, fixed: bool, image_size: int, max_workers: int,
+def plan_splits(identified: list[tuple], seed: int, fixed: bool, image_size: int, max_workers: int,
                 min_shard_records: int, split_record: dict | None = None) -> dict:
-    """Each kept photo's place: order -> (split, shard, rank in its shard's split), from the
-    gathered (order, source_id, label, digest, fixed split) list. ``fixed`` (TFDS): each photo
-    stays in the slice it was read from, in read order; else ``split.split_by_content``."""
+    """Each split's kept photos (``Kept``) in their order in the split (a photo's rank; the shard is
+    rank // per_shard), from the gathered ((order, source_id, label, digest, fixed split), stored)
+    pairs. ``fixed`` (TFDS): each photo stays in the slice it was read from, in read order; else
+    ``split.split_by_content``."""
+    kept = [Kept(source_id, label, digest, order, fixed_split, stored)
+            for (order, source_id, label, digest, fixed_split), stored in identified]
     if fixed:
-        ordered = {name: sorted(item[0] for item in identities if item[4] == name) for name in split.SPLITS}
+        ordered = {name: sorted((photo for photo in kept if photo.split == name), key=lambda photo: photo.order)
+                   for name in split.SPLITS}
         record = dict(split_record or {})
     else:
-        examples = {}
-        for order, source_id, label, digest, _ in identities:
-            examples[order] = split.Example(source_id, label, digest)
-        back = {id(example): order for order, example in examples.items()}
-        splits, record = split.split_by_content(list(examples.values()), seed)
-        ordered = {name: [back[id(example)] for example in splits[name]] for name in split.SPLITS}
-    place, per_shard = {}, {}
+        ordered, record = split.split_by_content(kept, seed)
+    del kept
+    per_shard = {name: records.records_per_shard(len(ordered[name]), image_size, max_workers, min_shard_records)
+                 for name in split.SPLITS}
+    return {"ordered": ordered, "record": record, "per_shard": per_shard}
+
+
+def _assign_shards(identified: list[tuple], seed: int, fixed: bool, image_size: int, max_workers: int,
+                   min_shard_records: int, split_record: dict | None):
+    """The split (``plan_splits``) of the gathered (identity, stored) pairs, as each kept photo's
+    ((split, shard), (rank, unit, offset, length, label, source_id)), and the plan's record (tagged
+    "plan"). Here, in the one worker that gathered them, and not as a side input: every worker of
+    the next stage would receive every photo's place."""
+    import apache_beam as beam
+
+    plan = plan_splits(identified, seed, fixed, image_size, max_workers, min_shard_records, split_record)
     for name in split.SPLITS:
-        per_shard[name] = records.records_per_shard(len(ordered[name]), image_size, max_workers, min_shard_records)
-        for rank, order in enumerate(ordered[name]):
-            place[order] = (name, rank // per_shard[name], rank)
-    return {"place": place, "record": record, "per_shard": per_shard}
+        for rank, photo in enumerate(plan["ordered"][name]):
+            offset, length = photo.stored
+            yield (name, rank // plan["per_shard"][name]), (rank, photo.order[0], offset, length, photo.label,
+                                                            photo.source_id)
+    yield beam.pvalue.TaggedOutput("plan", {"record": plan["record"], "per_shard": plan["per_shard"]})
 
 
-def _assign(photo: Photo, plan: dict) -> tuple:
-    name, shard, rank = plan["place"][photo.order]
-    return (name, shard), (rank, photo.encoded, photo.label, photo.source_id)
-
-
-def _write_shard(keyed: tuple, output_dir: str) -> dict:
+def _write_shard(keyed: tuple, output_dir: str, scratch: str) -> dict:
     (name, shard), members = keyed
     members = sorted(members, key=lambda member: member[0])
     file_name = records.shard_name(name, shard)
-    digest = records.write_shard(records.join(output_dir, file_name), [member[1:] for member in members])
+    images = ((read_staged(scratch, unit, offset, length), label, source_id)
+              for _, unit, offset, length, label, source_id in members)  # one image in memory at a time
+    digest = records.write_shard(records.join(output_dir, file_name), images)
     return {"split": name, "shard": shard, "name": file_name, "digest": digest,
-            "labels": dict(Counter(member[2] for member in members))}
+            "labels": dict(Counter(member[4] for member in members))}
 
 
-def metadata_of(listing: Listing, image_size: int, shards: list[dict], skipped: list[tuple], plan: dict,
+def metadata_of(listed: dict, image_size: int, shards: list[dict], skipped: list[tuple], plan: dict,
                 source_fingerprint: str) -> dict:
     """metadata.json: per-split per-class counts, shard files, skipped files (found while listing,
-    then in listing order), the fingerprint of the images written and the split's record."""
+    then in listing order), the fingerprint of the images written and the split's record.
+    ``listed``: the listing's ``listing.json`` (``sources.read_listing``)."""
     shards = sorted(shards, key=lambda s: (split.SPLITS.index(s["split"]), s["shard"]))
     counts, files = {}, {}
     for name in split.SPLITS:
@@ -111,58 +208,60 @@ def metadata_of(listing: Listing, image_size: int, shards: list[dict], skipped: 
         per_label: Counter[int] = Counter()
         for s in mine:
             per_label.update({int(label): n for label, n in s["labels"].items()})
-        counts[name] = {class_name: per_label.get(label, 0) for label, class_name in enumerate(listing.class_names)}
-    skip_list = list(listing.skipped) + [entry for _, entry in sorted(skipped, key=lambda item: item[0])]
-    return records.metadata_record(listing.spec, listing.class_names, image_size, counts, files, skip_list,
+        counts[name] = {class_name: per_label.get(label, 0) for label, class_name in enumerate(listed["class_names"])}
+    skip_list = list(listed["skipped"]) + [entry for _, entry in sorted(skipped, key=lambda item: item[0])]
+    return records.metadata_record(listed["spec"], listed["class_names"], image_size, counts, files, skip_list,
                                    records.fingerprint([s["digest"] for s in shards]), plan["record"],
                                    source_fingerprint)
 
 
-def _write_metadata(_, listing: Listing, output_dir: str, image_size: int, shards: list, skipped: list, plan: dict,
+def _write_metadata(_, scratch: str, output_dir: str, image_size: int, shards: list, skipped: list, plan: dict,
                     source_fingerprint: str) -> None:
-    records.write_metadata(output_dir, metadata_of(listing, image_size, shards, skipped, plan, source_fingerprint))
+    listed = sources.read_listing(scratch)
+    records.write_metadata(output_dir, metadata_of(listed, image_size, shards, skipped, plan, source_fingerprint))
 
 
-def build(pipeline, listing: Listing, output_dir: str, *, image_size: int, seed: int, max_workers: int,
-          min_shard_records: int, source_fingerprint: str = "", progress_folder: str | None = None) -> None:
+def build(pipeline, scratch: str, output_dir: str, *, image_size: int, seed: int, max_workers: int,
+          min_shard_records: int, fixed_split: dict | None = None, source_fingerprint: str = "",
+          progress_folder: str | None = None) -> None:
     """Adds data prep's stages to ``pipeline`` (a ``beam.Pipeline``); running it writes the data set.
-    ``progress_folder``: where the workers keep their counts of photos read (``progress.Reporter``)."""
+    ``scratch``: the folder (local or gs://) that holds the listing (``sources.write_listing``) and
+    where the resized images are staged; the caller removes it after the run. ``fixed_split``: the
+    listing's own split record (TFDS), None for the content split. ``progress_folder``: where the
+    workers keep their counts of photos read (``progress.Reporter``)."""
     import apache_beam as beam
     from apache_beam.pvalue import AsSingleton
 
     photos = (
         pipeline
-        | "List" >> beam.Create(list(enumerate(listing.units)), reshuffle=False)
+        | "List" >> beam.io.ReadFromText(sources.join(scratch, sources.LISTING_UNITS_FILE))
+        | "ParseUnits" >> beam.Map(sources.read_unit_line)
         | "Distribute" >> beam.Reshuffle()  # units spread over the workers
-        | "ReadDigestEncode" >> beam.FlatMap(_read, image_size, progress_folder)
+        | "ReadDigestEncode" >> beam.FlatMap(_read, image_size, progress_folder, scratch)
     )
     verdicts = (
         photos
-        | "KeyByDigest" >> beam.Map(_key_by_digest)
-        | "GroupByDigest" >> beam.GroupByKey()
+        | "GroupByContent" >> beam.GroupByKey()
         | "Deduplicate" >> beam.FlatMap(_keep_first).with_outputs("skipped", main="kept")
     )
-    kept = verdicts.kept
-    plan = (
-        kept
-        | "Identify" >> beam.Map(_identify)
+    assigned = (
+        verdicts.kept
         | "GatherIdentities" >> beam.combiners.ToList()
-        | "SplitByContent" >> beam.Map(plan_splits, seed, listing.split is not None, image_size, max_workers,
-                                       min_shard_records, listing.split)
+        | "SplitByContent" >> beam.FlatMap(_assign_shards, seed, fixed_split is not None, image_size, max_workers,
+                                           min_shard_records, fixed_split).with_outputs("plan", main="photos")
     )
     shards = (
-        kept
-        | "AssignShard" >> beam.Map(_assign, AsSingleton(plan))
+        assigned.photos
         | "GroupByShard" >> beam.GroupByKey()
-        | "WriteShards" >> beam.Map(_write_shard, output_dir)
+        | "WriteShards" >> beam.Map(_write_shard, output_dir, scratch)
     )
     _ = (
         pipeline
         | "Once" >> beam.Create([None])
         | "WriteMetadata" >> beam.Map(
-            _write_metadata, listing, output_dir, image_size,
+            _write_metadata, scratch, output_dir, image_size,
             AsSingleton(shards | "GatherShards" >> beam.combiners.ToList()),
             AsSingleton(verdicts.skipped | "GatherSkipped" >> beam.combiners.ToList()),
-            AsSingleton(plan), source_fingerprint,
+            AsSingleton(assigned.plan), source_fingerprint,
         )
     )

@@ -12,6 +12,9 @@ import contextlib
 import ctypes
 import json
 import os
+import re
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from tlp.components.lib.dataprep import pipeline as prep_pipeline
 from tlp.components.lib.dataprep import progress, records, sources
 from tlp.components.lib.dataprep.split import SPLITS
-from tlp.components.lib.specs import MIN_IMAGE_SIZE, ConfigError, ServiceError, parse_data_spec
+from tlp.components.lib.specs import MIN_IMAGE_SIZE, ConfigError, NotFound, ServiceError, TlpError, parse_data_spec
 from tlp.components.lib.version import image_reference
 
 DEFAULT_MAX_SKIPPED_FRACTION = 0.10
@@ -165,24 +168,73 @@ def run_pipeline(listing: sources.Listing, output_dir: str, *, image_size: int, 
     print(f"  data prep: {listing.photos} images in {len(listing.units)} units on {where}", flush=True)
     start = time.monotonic()
     pipe = beam.Pipeline(options=beam_options(workers, dataflow))
+    scratch = scratch_folder(output_dir, dataflow)
+    try:
+        sources.write_listing(listing, scratch)
 
-    def build(progress_folder: str | None = None) -> None:
-        prep_pipeline.build(pipe, listing, target, image_size=image_size, seed=seed, max_workers=max_workers,
-                            min_shard_records=min_shard_records, source_fingerprint=source_fingerprint,
-                            progress_folder=progress_folder)
+        def build(progress_folder: str | None = None) -> None:
+            prep_pipeline.build(pipe, scratch, target, image_size=image_size, seed=seed, max_workers=max_workers,
+                                min_shard_records=min_shard_records, fixed_split=listing.split,
+                                source_fingerprint=source_fingerprint, progress_folder=progress_folder)
 
-    if dataflow is None:
-        with malloc_tuned(), progress.Reporter(listing.photos) as reporter:
-            build(reporter.folder)
-            pipe.run().wait_until_finish()
-    else:
-        build()
-        _run_on_dataflow(pipe, dataflow, target)
-        if target != output_dir:
-            _copy_tree(target, output_dir)
+        if dataflow is None:
+            with malloc_tuned(), progress.Reporter(listing.photos) as reporter:
+                build(reporter.folder)
+                try:
+                    pipe.run().wait_until_finish()
+                except Exception as error:  # a worker's own one sentence (a failed read), out of Beam's wrapping
+                    raise worker_failure(error) from error
+        else:
+            build()
+            _run_on_dataflow(pipe, dataflow, target)
+            if target != output_dir:
+                _copy_tree(target, output_dir)
+    finally:
+        _remove_tree(scratch, recursive=True)
     seconds = time.monotonic() - start
     print(f"  data prep: read and wrote {listing.photos} images in {seconds:.1f} s "
           f"({listing.photos / max(seconds, 1e-9):.0f}/s on {where})", flush=True)
+
+
+def scratch_folder(output_dir: str, dataflow: DataflowJob | None) -> str:
+    """Where a run keeps the listing its workers read and the resized images on their way to the
+    shards (removed after the run): under the Dataflow job's temp location, else on the output's
+    disk beside it (not /tmp, which may be memory), or in a temporary folder for a gs:// output."""
+    stamp = f"{os.getpid()}-{time.time_ns()}"
+    if dataflow is not None:
+        return f"{dataflow.temp_location.rstrip('/')}/prep-{stamp}"
+    if "://" in output_dir:
+        return tempfile.mkdtemp(prefix="tlp-prep-")
+    parent, name = os.path.split(os.path.abspath(output_dir))
+    return os.path.join(parent, f".{name}.prep-{stamp}")
+
+
+_SPECS_ERROR = re.compile(r"^tlp\.components\.lib\.specs\.(ServiceError|ConfigError|NotFound): (.+)$", re.MULTILINE)
+
+
+def worker_failure(error: Exception) -> TlpError:
+    """The one sentence a worker raised on purpose (``worker_error``); any other error is raised again
+    as it is."""
+    failure = worker_error(error)
+    if failure is None:
+        raise error
+    return failure
+
+
+def worker_error(error: Exception) -> TlpError | None:
+    """The error a worker raised on purpose (``TlpError``: one sentence), as Beam's DirectRunner
+    passes it on: in this process the same type with " [while running 'STEP']" (and the cause's
+    traceback) appended; from worker processes a RuntimeError holding the traceback's text."""
+    if isinstance(error, TlpError):
+        kind, text = type(error), str(error)
+    else:
+        found = _SPECS_ERROR.findall(str(error))
+        if not found:
+            return None
+        name, text = found[-1]
+        kind = {"ServiceError": ServiceError, "ConfigError": ConfigError, "NotFound": NotFound}[name]
+    sentence = text.split(" [while running '")[0].strip().splitlines()[0]
+    return kind(sentence)
 
 
 def _run_on_dataflow(pipe, dataflow: DataflowJob, target: str) -> None:
@@ -213,18 +265,21 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[-1] if text else type(error).__name__
 
 
-def _files_under(root: str) -> list[str]:
+def _files_under(root: str, recursive: bool = False) -> list[str]:
     from apache_beam.io.filesystems import FileSystems
 
-    matched = FileSystems.match([records.join(root, "*")])[0]
+    matched = FileSystems.match([records.join(root, "**" if recursive else "*")])[0]
     return [entry.path for entry in matched.metadata_list]
 
 
-def _remove_tree(root: str) -> None:
+def _remove_tree(root: str, recursive: bool = False) -> None:
     from apache_beam.io.filesystems import FileSystems
 
+    if "://" not in root:
+        shutil.rmtree(root, ignore_errors=True)
+        return
     try:
-        paths = _files_under(root)
+        paths = _files_under(root, recursive)
         if paths:
             FileSystems.delete(paths)
     except Exception as error:  # best effort: say so rather than hide the job's error
@@ -302,7 +357,7 @@ def check_prepared(metadata: dict, spec, output_dir: str, max_skipped_fraction: 
         sources.require_two_classes(spec.path, metadata["class_names"], kept, "with readable images")
     kinds = Counter(s.get("kind") for s in metadata["skipped"])
     unreadable = kinds["unreadable"]
-    candidates = unreadable + sum(metadata["num_examples"].values()) + kinds["duplicate"]
+    candidates = unreadable + sum(metadata["num_examples"].values()) + kinds["duplicate"] + kinds["conflict"]
     if candidates and unreadable / candidates > max_skipped_fraction:
         raise ConfigError(
             f"{unreadable} of {candidates} image files of {spec} could not be read "

@@ -14,6 +14,7 @@ import json
 import math
 import struct
 from collections import Counter
+from collections.abc import Iterable
 
 from tlp.components.lib.dataprep.sources import join
 from tlp.components.lib.dataprep.split import SPLITS
@@ -84,9 +85,10 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.tfrecord"
 
 
-def write_shard(path: str, records: list[tuple[bytes, int, str]]) -> str:
+def write_shard(path: str, records: Iterable[tuple[bytes, int, str]]) -> str:
     """Writes (encoded, label, source_id) records to one TFRecord file (local or gs://, through
-    Beam's file systems); returns the SHA-256 of the images in it, in order."""
+    Beam's file systems), taking them one at a time from any iterable; returns the SHA-256 of the
+    images in it, in order."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
@@ -207,6 +209,23 @@ def read_metadata(dataset_dir: str) -> dict:
         return json.load(handle)
 
 
+def _at_positions(dataset, positions):
+    """The records of ``dataset`` at ``positions`` (sorted, distinct): a skipped record costs its
+    read, not its JPEG decoding."""
+    import numpy as np
+    import tensorflow as tf
+
+    positions = np.asarray(positions, dtype=np.int64)
+    if not len(positions):
+        raise ConfigError("read_split got an empty list of positions; ask for at least one record.")
+    wanted = np.zeros(int(positions[-1]) + 1, dtype=bool)
+    wanted[positions] = True
+    mask = tf.constant(wanted)
+    return (dataset.take(len(wanted)).enumerate()
+            .filter(lambda index, record: tf.gather(mask, index))
+            .map(lambda index, record: record))
+
+
 def read_split(
     dataset_dir: str,
     split: str,
@@ -217,13 +236,20 @@ def read_split(
     repeat: bool = False,
     cache_decoded: bool = False,
     worker: tuple[int, int] = (0, 1),
+    positions=None,
+    every: tuple[int, int] = (0, 1),
 ):
     """A tf.data pipeline over one split: (uint8 image, label) or (image, label, source_id).
 
     ``cache_decoded`` keeps the decoded images in memory after the first pass, so later epochs
     spend no CPU on JPEG decoding (on a CPU-only machine that CPU is taken from training).
     ``worker`` = (index, count) reads only that worker's shard files, the ones
-    ``AutoShardPolicy.FILE`` gives it (every count-th file from the index-th)."""
+    ``AutoShardPolicy.FILE`` gives it (every count-th file from the index-th).
+    ``positions``: only the records at these 0-based positions (in shard and record order, sorted,
+    without repeats) are decoded; the others are skipped as raw bytes, and reading stops after the
+    last one. ``every`` = (index, count) then keeps every count-th of the remaining records from
+    the index-th, before decoding: the p-th goes to ``p % count`` (how a model pass divides the
+    photos)."""
     import tensorflow as tf
 
     metadata = read_metadata(dataset_dir)
@@ -246,6 +272,12 @@ def read_split(
         return image, parsed["label"]
 
     dataset = tf.data.TFRecordDataset(paths)
+    if positions is not None:
+        if worker != (0, 1):
+            raise ConfigError("read_split takes positions or a worker's share, not both")
+        dataset = _at_positions(dataset, positions)
+    if every[1] > 1:
+        dataset = dataset.shard(every[1], every[0])
     if cache_decoded:
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     if shuffle_seed is not None:
@@ -257,3 +289,16 @@ def read_split(
     if batch_size:
         dataset = dataset.batch(batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def read_stored_images(dataset_dir: str, split: str):
+    """(stored JPEG bytes, source id) of each photo of one split, in ``read_split``'s order: the photo
+    as data prep stored it, e.g. for its content id (``drift.content_id``)."""
+    import tensorflow as tf
+
+    metadata = read_metadata(dataset_dir)
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "source_id": tf.io.FixedLenFeature([], tf.string)}
+    paths = [join(dataset_dir, name) for name in metadata["files"][split]]
+    for record in tf.data.TFRecordDataset(paths):
+        parsed = tf.io.parse_single_example(record, spec)
+        yield parsed["image"].numpy(), parsed["source_id"].numpy().decode()

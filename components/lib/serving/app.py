@@ -118,17 +118,23 @@ def watch_drift(predictor: Predictor, options: ServeOptions) -> tuple[DriftMonit
                       "watch drift")
     if not predictor.features:
         return None, "this server was built without the features signature (Predictor(features=False))"
+    if not predictor.image_size:
+        return None, ("the model records no image size (model_info.json), so requests cannot be prepared as its "
+                      "training photos were; retrain it to watch drift")
     try:
-        reference = drift.load_reference(predictor.model_dir).features
+        reference = drift.load_reference(predictor.model_dir)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         return None, f"the model's drift reference cannot be read ({error}); retrain it to watch drift"
     width = predictor.feature_width
-    if len(reference) < drift.MIN_PHOTOS or (width and reference.shape[1] != width):
-        return None, (f"the model's drift reference ({len(reference)} photos x {reference.shape[1]} features) does "
+    rows, columns = reference.features.shape
+    if rows < drift.MIN_PHOTOS or (width and columns != width):
+        return None, (f"the model's drift reference ({rows} photos x {columns} features) does "
                       f"not fit it (at least {drift.MIN_PHOTOS} photos of the model's {width} features); retrain "
                       "it to watch drift")
-    monitor = DriftMonitor(reference, capacity=options.drift_window, every=options.drift_every)
-    predictor.on_features = monitor.observe
+    monitor = DriftMonitor(reference.features, capacity=options.drift_window, every=options.drift_every,
+                           reference_photos=reference.photos, model_dir=predictor.model_dir,
+                           image_size=predictor.image_size)
+    predictor.on_images, predictor.drift_wanted = monitor.watch, monitor.wanted
     return monitor, ""
 
 
