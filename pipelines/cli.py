@@ -28,6 +28,7 @@ import json
 import os
 import sys
 
+from tlp.components.lib import litert
 from tlp.components.lib.options import add_flags, group_from_values, iter_options, markdown_table
 from tlp.components.lib.settings import (
     ALL_GROUPS,
@@ -183,7 +184,8 @@ def command_run(args) -> int:
         print(f"tlp run: registry {settings.registry.registry}; outputs under {os.path.abspath(local.output_dir)}",
               flush=True)
         try:
-            summary = runners.run_local(settings, local, images, notes, _group(TrackingOptions, args), tuning)
+            summary = runners.run_local(settings, local, images, notes, _group(TrackingOptions, args), tuning,
+                                        _group(LiteRTOptions, args))
         except RunFailed as error:
             native.run_dir = error.run_dir
             raise
@@ -244,8 +246,6 @@ def command_predict(args) -> int:
 
 def _predict_litert(model: str, images: list[str], chosen: PredictOptions) -> int:
     """A .tflite model (tlp export --litert) in the LiteRT interpreter, one image per call as on a device."""
-    from tlp.components.lib import litert
-
     files = [path for path in predict.iter_files(images) if path.lower().endswith(predict.IMAGE_EXTENSIONS)]
     if not files:
         raise ConfigError(f"no image files under {', '.join(images)}; give image files or folders of them.")
@@ -266,8 +266,6 @@ def _predict_litert(model: str, images: list[str], chosen: PredictOptions) -> in
 
 def command_export(args) -> int:
     """LiteRT variants of an already registered version (or a model directory), scored and gated."""
-    from tlp.components.lib import litert
-
     chosen = _group(LiteRTOptions, args)
     variants = litert.parse_variants(args.litert)
     if not variants:
@@ -296,7 +294,7 @@ def command_compile(args) -> int:
     deploy_options = _group(DeployOptions, args)
     cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output,
                            deploy=deploy_options, tracking=tracking,
-                           tuning=tuned.check_trials(_tuning(args), Settings()))
+                           tuning=tuned.check_trials(_tuning(args), Settings()), litert=_group(LiteRTOptions, args))
     print(f"pipeline written to {args.output}")
     return 0
 
@@ -325,6 +323,7 @@ def _cloud_run(args) -> cloud.CloudRun:
         _group(DeployOptions, args),
         _group(TrackingOptions, args),
     )
+    run = dataclasses.replace(run, litert=_group(LiteRTOptions, args))
     if tuning is not None:
         run = dataclasses.replace(run, tuning=tuned.check_trials(tuning, run.settings, cloud=run.cloud))
     for note in notes:

@@ -25,15 +25,23 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 
 from tlp.components.lib import model as model_lib
-from tlp.components.lib.specs import ConfigError
+from tlp.components.lib.dataprep import records
+from tlp.components.lib.dataprep.encode import resize
+from tlp.components.lib.registry import open_registry
+from tlp.components.lib.specs import LITERT_VARIANTS, ConfigError, ServiceError, parse_litert_variants
 
-VARIANTS = ("float32", "float16", "dynamic", "int8")
+VARIANTS = LITERT_VARIANTS
+parse_variants = parse_litert_variants
 LABELS_FILE = "labels.txt"
 MEASUREMENTS_FILE = "litert.json"
 INPUT_NAME = "pixels"
@@ -49,27 +57,8 @@ def file_name(variant: str) -> str:
     return f"model_{variant}.tflite"
 
 
-def parse_variants(text: str | list[str] | tuple[str, ...]) -> list[str]:
-    """``"int8,float16"`` -> ``["int8", "float16"]`` (order kept, duplicates dropped); empty -> []."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    variants: list[str] = []
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        if item not in VARIANTS:
-            raise ConfigError(
-                f"unknown LiteRT variant {item!r}; use one or more of {', '.join(VARIANTS)}, comma-separated "
-                "(e.g. --export-litert int8,float16)."
-            )
-        if item not in variants:
-            variants.append(item)
-    return variants
-
-
 def calibration_images(dataset_dir: str, count: int = CALIBRATION_PHOTOS, seed: int = CALIBRATION_SEED) -> np.ndarray:
     """A seeded sample of the training split's images, uint8 [N, H, W, 3] (never the test split)."""
-    from tlp.components.lib.dataprep import records
-
     images = [image.numpy() for image, _ in records.read_split(dataset_dir, "train")]
     if not images:
         raise ConfigError(f"the train split of {dataset_dir} is empty; int8 needs training photos to calibrate on.")
@@ -107,6 +96,66 @@ def convert(model, variant: str, num_classes: int, image_size: int, calibration:
         # int8 kernels throughout; the uint8 input's cast stays a builtin before the first QUANTIZE.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter.convert()
+
+
+class ConversionFailed(ServiceError):
+    """A variant's converter process failed or crashed; the other variants go on."""
+
+
+def _run_child(variant: str, what: str, argv: list[str]) -> None:
+    """``python -m tlp.components.lib.litert ARGV``; a failure or crash is this variant's ConversionFailed."""
+    command = [sys.executable, "-m", __name__, *argv]
+    with tempfile.TemporaryFile("w+") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        log.seek(0)
+        lines = [line.strip() for line in log.read().splitlines() if line.strip()]
+    if code == 0:
+        return
+    how = f"crashed ({signal.Signals(-code).name})" if code < 0 else f"failed (exit {code})"
+    last = f": {lines[-1]}" if lines else ""
+    raise ConversionFailed(
+        f"{what} the {variant} LiteRT variant {how}{last}; the other variants are kept, export without "
+        f"{variant} or retry it alone with tlp export --litert {variant}."
+    )
+
+
+def convert_in_subprocess(model_dir: str, dataset_dir: str, variant: str, output_path: str) -> int:
+    """Converts ``variant`` in its own process and returns the file's size. In the process that had
+    trained the model, int8 calibration aborted with a double free: a crash in the child is this
+    variant's ConversionFailed, not a dead step."""
+    _run_child(variant, "converting", ["convert", model_dir, dataset_dir, variant, output_path])
+    return os.path.getsize(output_path)
+
+
+def score_in_subprocess(variant: str, tflite_path: str, images_path: str) -> tuple[np.ndarray, float]:
+    """The variant's probabilities on ``images_path`` (uint8 [N, H, W, 3], .npy) and its median
+    single-image latency (ms), from the interpreter in a process without TensorFlow: beside TensorFlow
+    (the Keras model run, or the converter), allocate_tensors aborted and int8 ended in a double free."""
+    scores = tflite_path + ".scores.npz"
+    _run_child(variant, "scoring", ["score", tflite_path, images_path, scores])
+    with np.load(scores) as loaded:
+        return loaded["probabilities"], float(loaded["latency_ms"])
+
+
+def _child_main(argv: list[str]) -> int:
+    """``convert MODEL_DIR DATASET_DIR VARIANT OUT.tflite`` or ``score MODEL.tflite IMAGES.npy OUT.npz``
+    (the latter imports no TensorFlow)."""
+    if argv[0] == "convert":
+        model_dir, dataset_dir, variant, output_path = argv[1:]
+        model = model_lib.load_keras(model_dir)
+        num_classes = len(model_lib.read_info(model_dir)["class_names"])
+        calibration = calibration_images(dataset_dir) if variant == "int8" else None
+        flatbuffer = convert(model, variant, num_classes, int(model.input.shape[1]), calibration)
+        with open(output_path, "wb") as handle:
+            handle.write(flatbuffer)
+        return 0
+    tflite_path, images_path, output_path = argv[1:]
+    images = np.load(images_path)
+    classifier = LiteRTClassifier(tflite_path)
+    probabilities = classifier.probabilities(images)
+    classifier.probabilities_one(images[0])  # warm up
+    np.savez(output_path, probabilities=probabilities, latency_ms=_median_ms(classifier.probabilities_one, images))
+    return 0
 
 
 class LiteRTClassifier:
@@ -147,8 +196,6 @@ def read_labels(directory: str) -> list[str]:
 
 def read_test_split(dataset_dir: str) -> tuple[np.ndarray, np.ndarray]:
     """The whole test split: uint8 images [N, H, W, 3] and labels [N]."""
-    from tlp.components.lib.dataprep import records
-
     images, labels = [], []
     for image, label in records.read_split(dataset_dir, "test"):
         images.append(image.numpy())
@@ -170,8 +217,6 @@ def export_and_score(model_dir: str, dataset_dir: str, output_dir: str, variants
     whole test split, and writes the measurements (litert.json). Returns them:
     ``{"keras": {...}, "variants": {variant: {...}}, "input": ..., "calibration": ...}``."""
     import tensorflow as tf
-
-    from tlp.components.lib.dataprep import records
 
     model = model_lib.load_keras(model_dir)
     class_names = model_lib.read_info(model_dir)["class_names"]
@@ -196,28 +241,35 @@ def export_and_score(model_dir: str, dataset_dir: str, output_dir: str, variants
     tf.io.gfile.makedirs(output_dir)
     with tf.io.gfile.GFile(os.path.join(output_dir, LABELS_FILE), "w") as handle:
         handle.write("".join(f"{name}\n" for name in class_names))
-    calibration = calibration_images(dataset_dir) if "int8" in variants else None
+    train_photos = int(records.read_metadata(dataset_dir)["num_examples"]["train"])
+    calibration = min(CALIBRATION_PHOTOS, train_photos) if "int8" in variants else None
     measured: dict = {}
+    failed: dict[str, str] = {}
+    staging = tempfile.mkdtemp(prefix="tlp-litert-")
+    test_images = os.path.join(staging, "test_images.npy")
+    np.save(test_images, images)
     for variant in variants:
-        path = os.path.join(output_dir, file_name(variant))
-        flatbuffer = convert(model, variant, num_classes, image_size, calibration)
-        with tf.io.gfile.GFile(path, "wb") as handle:
-            handle.write(flatbuffer)
-        classifier = LiteRTClassifier(_local(path))
-        probs = classifier.probabilities(images)
+        local = os.path.join(staging, file_name(variant))
+        try:
+            size = convert_in_subprocess(model_dir, dataset_dir, variant, local)
+            probs, latency_ms = score_in_subprocess(variant, local, test_images)
+        except ConversionFailed as error:
+            failed[variant] = str(error)
+            print(f"  litert {variant}: {error}", flush=True)
+            continue
+        tf.io.gfile.copy(local, os.path.join(output_dir, file_name(variant)), overwrite=True)
         predicted = probs.argmax(axis=1)
         accuracy = float((predicted == labels).mean())
-        classifier.probabilities_one(images[0])  # warm up
         measured[variant] = {
             "file": file_name(variant),
-            "size_bytes": len(flatbuffer),
+            "size_bytes": size,
             "accuracy": accuracy,
             "accuracy_change": accuracy - keras_accuracy,
             "changed_predictions": int((predicted != keras_predicted).sum()),
             "max_probability_difference": float(np.abs(probs - keras_probs).max()),
-            "latency_ms": _median_ms(classifier.probabilities_one, images),
+            "latency_ms": latency_ms,
         }
-        print(f"  litert {variant}: {len(flatbuffer) / 1e6:.2f} MB, accuracy {accuracy:.3f} "
+        print(f"  litert {variant}: {size / 1e6:.2f} MB, accuracy {accuracy:.3f} "
               f"({accuracy - keras_accuracy:+.3f} vs Keras), {measured[variant]['changed_predictions']} of "
               f"{len(labels)} predictions changed, {measured[variant]['latency_ms']:.2f} ms/image", flush=True)
     result = {
@@ -227,26 +279,15 @@ def export_and_score(model_dir: str, dataset_dir: str, output_dir: str, variants
         "class_names": class_names,
         "test_photos": len(labels),
         "calibration": None if calibration is None else {
-            "split": "train", "photos": len(calibration), "seed": CALIBRATION_SEED},
+            "split": "train", "photos": calibration, "seed": CALIBRATION_SEED},
         "keras": {"accuracy": keras_accuracy, "latency_ms": keras_latency},
         "variants": measured,
+        # Variants whose converter failed or crashed: the sentence saying so (they are not registered).
+        "failed": failed,
     }
     with tf.io.gfile.GFile(os.path.join(output_dir, MEASUREMENTS_FILE), "w") as handle:
         json.dump(result, handle, indent=2)
     return result
-
-
-def _local(path: str) -> str:
-    """The interpreter reads local files only: a gs:// model is copied to a temporary file first."""
-    if "://" not in path:
-        return path
-    import tempfile
-
-    import tensorflow as tf
-
-    local = os.path.join(tempfile.mkdtemp(prefix="tlp-litert-"), os.path.basename(path))
-    tf.io.gfile.copy(path, local, overwrite=True)
-    return local
 
 
 def gate(measurements: dict, max_quantization_drop: float) -> tuple[list[str], dict[str, str]]:
@@ -267,7 +308,53 @@ def gate(measurements: dict, max_quantization_drop: float) -> tuple[list[str], d
                 f"registered: test accuracy {m['accuracy']:.3f} ({-drop:+.3f} vs Keras {keras_accuracy:.3f}), within "
                 f"--max-quantization-drop {max_quantization_drop:.3f}"
             )
+    for variant, error in measurements.get("failed", {}).items():
+        reasons[variant] = f"not registered: {error}"
     return passed, reasons
+
+
+# Recorded per registered variant (MLflow run metrics, Vertex AI version record): litert.VARIANT.KEY.
+RECORDED_METRICS = ("size_bytes", "accuracy", "accuracy_change", "changed_predictions", "latency_ms")
+
+
+def export_and_register(
+    model_dir: str, dataset_dir: str, output_dir: str, variants: list[str], max_quantization_drop: float,
+    registry_uri: str = "", name: str = "", version: str = "",
+) -> dict:
+    """``export_and_score``, then the gate; with a registered version (``registry_uri``, ``name``,
+    ``version``) the variants that passed become its artifacts, with their metrics, and every variant's
+    verdict is a tag on it. Returns what the summary shows: the measurements, the gate (which variants
+    passed, a reason for each) and where the variants were registered. litert.json holds the same."""
+    measured = export_and_score(model_dir, dataset_dir, output_dir, variants)
+    passed, reasons = gate(measured, max_quantization_drop)
+    outcome = {
+        **measured,
+        "gate": {"max_quantization_drop": max_quantization_drop, "passed": passed, "reasons": reasons,
+                 "not_registered": sorted(set(variants) - set(passed))},
+        "registered": None,
+    }
+    _write_json(os.path.join(output_dir, MEASUREMENTS_FILE), outcome)
+    if registry_uri and name and version:
+        files = [file_name(variant) for variant in passed]
+        metrics = {f"litert.{variant}.{key}": float(measured["variants"][variant][key])
+                   for variant in passed for key in RECORDED_METRICS}
+        tags = {"litert.variants": ",".join(passed) or "none",
+                **{f"litert.{variant}.gate": reason for variant, reason in reasons.items()}}
+        where = open_registry(registry_uri).attach_files(
+            name, version, output_dir, [*files, LABELS_FILE, MEASUREMENTS_FILE] if files else [],
+            artifact_path="litert", metrics=metrics, tags=tags,
+        )
+        outcome["registered"] = {"registry": registry_uri, "name": name, "version": version, "variants": passed,
+                                 "location": where}
+        _write_json(os.path.join(output_dir, MEASUREMENTS_FILE), outcome)
+    return outcome
+
+
+def _write_json(path: str, value: dict) -> None:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "w") as handle:
+        json.dump(value, handle, indent=2)
 
 
 def table(measurements: dict, reasons: dict[str, str] | None = None) -> str:
@@ -284,6 +371,8 @@ def table(measurements: dict, reasons: dict[str, str] | None = None) -> str:
             f"| {variant} | {m['size_bytes'] / 1e6:.2f} MB | {m['accuracy']:.3f} | {m['accuracy_change']:+.3f} | "
             f"{m['changed_predictions']} of {measurements['test_photos']} | {m['latency_ms']:.2f} ms | {verdict} |"
         )
+    for variant in measurements.get("failed", {}):
+        rows.append(f"| {variant} | - | - | - | - | - | conversion failed |")
     return "\n".join(rows)
 
 
@@ -291,8 +380,6 @@ def decode_for_device(data: bytes, image_size: int) -> np.ndarray:
     """Encoded image -> uint8 [H, W, 3], decoded and resized as the served model does (what an app's own
     decoder and resize should match)."""
     import tensorflow as tf
-
-    from tlp.components.lib.dataprep.encode import resize
 
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     resized = resize(tf.cast(image, tf.float32), image_size)
@@ -323,3 +410,7 @@ def classify_files(tflite_path: str, image_paths: list[str]) -> list[dict]:
         rows.append({"image": path, "label": class_names[index], "probability": float(probs[index]),
                      "probabilities": [float(p) for p in probs]})
     return rows
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

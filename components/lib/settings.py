@@ -598,9 +598,7 @@ ALL_GROUPS = PIPELINE_GROUPS + RUNNER_GROUPS
 
 
 def _litert_variants(value: str) -> str:
-    from tlp.components.lib.litert import parse_variants
-
-    return ",".join(parse_variants(value))
+    return ",".join(specs.parse_litert_variants(value))
 
 
 @dataclass(frozen=True)
