@@ -30,6 +30,8 @@ import sys
 
 from tlp.components.lib import litert
 from tlp.components.lib.options import add_flags, group_from_values, iter_options, markdown_table
+from tlp.components.lib.registry import open_registry
+from tlp.components.lib.registry.champion import parse_reference
 from tlp.components.lib.settings import (
     ALL_GROUPS,
     PIPELINE_GROUPS,
@@ -273,14 +275,32 @@ def command_export(args) -> int:
     if not args.dataset:
         raise ConfigError("--dataset: give the prepared data set the model was trained on (the Dataset output of "
                           "data prep); its test split scores each variant and its training split calibrates int8.")
-    model_dir = predict.resolve_model(args.model, registry_or_default(args.registry))
-    measured = litert.export_and_score(model_dir, args.dataset, args.output, variants)
-    passed, reasons = litert.gate(measured, chosen.max_quantization_drop)
-    print(litert.table(measured, reasons))
+    registry = registry_or_default(args.registry)
+    model_dir = predict.resolve_model(args.model, registry)
+    name, version = ("", "") if os.path.isdir(args.model) else _registered_version(args.model, registry)
+    outcome = litert.export_and_register(
+        model_dir, args.dataset, args.output, variants, chosen.max_quantization_drop, registry, name, version,
+    )
+    passed, reasons = outcome["gate"]["passed"], outcome["gate"]["reasons"]
+    print(litert.table(outcome, reasons))
     for variant in variants:
         print(f"  {variant}: {reasons[variant]}")
-    print(f"tlp export: {len(passed)} of {len(variants)} variant(s) within --max-quantization-drop in {args.output}")
+    where = outcome["registered"]
+    recorded = f"; recorded with {name} version {version} ({where['location']})" if where else ""
+    print(f"tlp export: {len(passed)} of {len(variants)} variant(s) within --max-quantization-drop in "
+          f"{args.output}{recorded}")
     return 0 if len(passed) == len(variants) else 5
+
+
+def _registered_version(reference: str, registry_uri: str) -> tuple[str, str]:
+    """NAME/VERSION or NAME@champion -> (name, version number) in the registry."""
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        version = open_registry(registry_uri).champion_version(name) if alias == "champion" else None
+        if version is None:
+            raise ConfigError(f"{reference} names no version in {registry_uri}; use NAME/VERSION or NAME@champion.")
+        return name, version
+    return parse_reference(reference)
 
 
 # --- tlp compile ------------------------------------------------------------------------------
