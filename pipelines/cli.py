@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     exported.add_argument("--output", required=True,
                           help="the folder the .tflite files, labels.txt and litert.json go to")
     exported.add_argument("--dataset", default="", help="the prepared data set the model was trained on (scores on "
-                          "its test split, calibrates int8 on its training split)")
+                          "its test split, calibrates int8 on its training split); default: the one the registered "
+                          "version records")
 
     compile_ = command("compile", "write the pipeline as kfp IR YAML")
     compile_.add_argument("--output", default="pipeline.yaml")
@@ -272,14 +273,17 @@ def command_export(args) -> int:
     variants = litert.parse_variants(args.litert)
     if not variants:
         raise ConfigError("--litert: name the variants to export (float32, float16, dynamic, int8, comma-separated).")
-    if not args.dataset:
+    registry = registry_or_default(args.registry)
+    name, version = ("", "") if os.path.isdir(args.model) else _registered_version(args.model, registry)
+    # A registered version names the data set it was trained on; a model directory needs --dataset.
+    dataset = args.dataset or (open_registry(registry).version(name, version).tags.get("dataset_uri", "") if name
+                               else "")
+    if not dataset:
         raise ConfigError("--dataset: give the prepared data set the model was trained on (the Dataset output of "
                           "data prep); its test split scores each variant and its training split calibrates int8.")
-    registry = registry_or_default(args.registry)
     model_dir = predict.resolve_model(args.model, registry)
-    name, version = ("", "") if os.path.isdir(args.model) else _registered_version(args.model, registry)
     outcome = litert.export_and_register(
-        model_dir, args.dataset, args.output, variants, chosen.max_quantization_drop, registry, name, version,
+        model_dir, dataset, args.output, variants, chosen.max_quantization_drop, registry, name, version,
     )
     passed, reasons = outcome["gate"]["passed"], outcome["gate"]["reasons"]
     print(litert.table(outcome, reasons))
