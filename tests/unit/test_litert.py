@@ -157,3 +157,15 @@ def test_a_crashed_variant_is_recorded_and_gated_out_and_the_others_go_on(
     passed, reasons = litert.gate(measured, 0.01)
     assert "int8" not in passed and reasons["int8"].startswith("not registered: converting the int8")
     assert "| int8 | - | - | - | - | - | conversion failed |" in litert.table(measured, reasons)
+
+
+def test_the_run_summary_lists_every_variant_with_its_verdict():
+    from tlp.pipelines.summary import _litert_lines
+
+    crashed = "scoring the int8 LiteRT variant crashed (SIGABRT)"
+    measured = {**_measured(0.95, float16=0.95), "failed": {"int8": crashed}}
+    passed, reasons = litert.gate(measured, 0.01)
+    lines = _litert_lines({**measured, "gate": {"passed": passed, "reasons": reasons}, "directory": "/runs/litert"})
+    assert lines[0] == "  litert    /runs/litert (Keras: test accuracy 0.9500, 5.00 ms/image)"
+    assert lines[1].startswith("            float16: 1.00 MB, +0.0000, 3 changed, 1.00 ms; registered: test accuracy")
+    assert lines[2] == f"            int8: not registered: {crashed}"
