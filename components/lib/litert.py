@@ -305,8 +305,8 @@ def gate(measurements: dict, max_quantization_drop: float) -> tuple[list[str], d
         else:
             passed.append(variant)
             reasons[variant] = (
-                f"registered: test accuracy {m['accuracy']:.3f} ({-drop:+.3f} vs Keras {keras_accuracy:.3f}), within "
-                f"--max-quantization-drop {max_quantization_drop:.3f}"
+                f"registered: test accuracy {m['accuracy']:.3f} ({m['accuracy_change']:+.3f} vs Keras "
+                f"{keras_accuracy:.3f}), within --max-quantization-drop {max_quantization_drop:.3f}"
             )
     for variant, error in measurements.get("failed", {}).items():
         reasons[variant] = f"not registered: {error}"
