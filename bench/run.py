@@ -1284,6 +1284,26 @@ def scale_figures(runs: dict[int, dict], steps: list[str]) -> dict:
     return {"settings": " ".join(SCALE["settings"]), "sizes": sizes}
 
 
+@benchmark("litert", "13. On the device: LiteRT variants' size and single-image latency vs Keras (bench/litert.py)")
+def bench_litert(suite: Suite, report: Report) -> None:
+    from bench import litert as litert_bench
+
+    c = suite.config
+    data = suite.datasets()["dirs"]["fe"]
+    suite.child("train_head", "litert-head", dataset_dir=data, run_dir=suite.path("litert", "head"),
+                alpha=c["alpha"], weights=suite.weights(), epochs=1, batch_size=c["batch_size"], seed=c["seed"])
+    result = suite.path("litert", "measured.json")
+    run = suite.spawn([sys.executable, "-m", "bench.litert", "--model", suite.path("litert", "head", "model"),
+                       "--dataset", data, "--output", suite.path("litert", "variants"), "--result", result], "litert")
+    if run["exit_code"] != 0:
+        raise ChildFailed(f"bench.litert failed (log: {run['log']})\n{_tail(run['log'])}")
+    with open(result) as handle:
+        litert_bench.fill_report(report, json.load(handle))
+    weights = _weights_label(c["weights"])
+    report.notes.append(f"MobileNetV2 alpha {c['alpha']}, {c['image_size']} px, {weights} weights; "
+                        "the head trained one epoch on benchmark 1's data set; latency on this machine's CPU.")
+
+
 # --- output -----------------------------------------------------------------------------------
 
 

@@ -28,7 +28,10 @@ import json
 import os
 import sys
 
+from tlp.components.lib import litert
 from tlp.components.lib.options import add_flags, group_from_values, iter_options, markdown_table
+from tlp.components.lib.registry import open_registry
+from tlp.components.lib.registry.champion import parse_reference
 from tlp.components.lib.settings import (
     ALL_GROUPS,
     PIPELINE_GROUPS,
@@ -37,6 +40,7 @@ from tlp.components.lib.settings import (
     DriftOptions,
     HardwareOptions,
     ImageOptions,
+    LiteRTOptions,
     LocalRunOptions,
     ModelsOptions,
     PredictOptions,
@@ -85,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     drifted.add_argument("model", help="a model directory, or NAME/VERSION or NAME@champion in the registry")
     drifted.add_argument("photos", nargs="+", help="image files or folders (local or gs://)")
 
+    exported = command("export", "export a model or registered version for LiteRT (phones, small devices)")
+    exported.add_argument("model", help="a model directory, or NAME/VERSION or NAME@champion in the registry")
+    exported.add_argument("--litert", required=True, metavar="VARIANTS",
+                          help="float32, float16, dynamic, int8 (comma-separated)")
+    exported.add_argument("--output", required=True,
+                          help="the folder the .tflite files, labels.txt and litert.json go to")
+    exported.add_argument("--dataset", default="", help="the prepared data set the model was trained on (scores on "
+                          "its test split, calibrates int8 on its training split); default: the one the registered "
+                          "version records")
+
     compile_ = command("compile", "write the pipeline as kfp IR YAML")
     compile_.add_argument("--output", default="pipeline.yaml")
 
@@ -117,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that may load TensorFlow in this process: its C++ start-up lines and libjpeg's decoder
 # warnings go to a file (named when the command fails), not between the command's own lines.
-NATIVE_CAPTURED = ("predict", "component", "serve", "models")
+NATIVE_CAPTURED = ("predict", "component", "serve", "models", "export")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": command_run, "component": command_component, "predict": command_predict,
                 "compile": command_compile, "submit": command_submit, "schedule": command_schedule,
                 "options": command_options, "serve": serve.run, "deploy": command_deploy,
-                "models": command_models, "drift": command_drift}
+                "models": command_models, "drift": command_drift,
+                "export": command_export}
     return exit_code(lambda: handlers[args.command](args), capture_native=args.command in NATIVE_CAPTURED,
                      logs_dir=lambda: _logs_dir(args))
 
@@ -172,7 +187,8 @@ def command_run(args) -> int:
         print(f"tlp run: registry {settings.registry.registry}; outputs under {os.path.abspath(local.output_dir)}",
               flush=True)
         try:
-            summary = runners.run_local(settings, local, images, notes, _group(TrackingOptions, args), tuning)
+            summary = runners.run_local(settings, local, images, notes, _group(TrackingOptions, args), tuning,
+                                        _group(LiteRTOptions, args))
         except RunFailed as error:
             native.run_dir = error.run_dir
             raise
@@ -218,6 +234,8 @@ def command_component(args) -> int:
 
 def command_predict(args) -> int:
     chosen = _group(PredictOptions, args)
+    if args.model.endswith(".tflite"):
+        return _predict_litert(args.model, args.images, chosen)
     registry = registry_or_default(args.registry)
     if chosen.output or chosen.batch_job or any(os.path.isdir(p) or p.startswith("gs://") for p in args.images):
         return _predict_batch(args.model, args.images, registry, chosen)
@@ -227,6 +245,66 @@ def command_predict(args) -> int:
         else:
             print(f"{row['image']}\t{row['label']}\t{row['probability']:.4f}")
     return 0
+
+
+def _predict_litert(model: str, images: list[str], chosen: PredictOptions) -> int:
+    """A .tflite model (tlp export --litert) in the LiteRT interpreter, one image per call as on a device."""
+    files = [path for path in predict.iter_files(images) if path.lower().endswith(predict.IMAGE_EXTENSIONS)]
+    if not files:
+        raise ConfigError(f"no image files under {', '.join(images)}; give image files or folders of them.")
+    unreadable = 0
+    for row in litert.classify_files(model, files):
+        unreadable += "error" in row
+        if chosen.json:
+            print(json.dumps(row))
+        elif "error" in row:
+            print(f"{row['image']}\terror\t{row['error']}")
+        else:
+            print(f"{row['image']}\t{row['label']}\t{row['probability']:.4f}")
+    return 1 if unreadable else 0
+
+
+# --- tlp export -------------------------------------------------------------------------------
+
+
+def command_export(args) -> int:
+    """LiteRT variants of an already registered version (or a model directory), scored and gated."""
+    chosen = _group(LiteRTOptions, args)
+    variants = litert.parse_variants(args.litert)
+    if not variants:
+        raise ConfigError("--litert: name the variants to export (float32, float16, dynamic, int8, comma-separated).")
+    registry = registry_or_default(args.registry)
+    name, version = ("", "") if os.path.isdir(args.model) else _registered_version(args.model, registry)
+    # A registered version names the data set it was trained on; a model directory needs --dataset.
+    dataset = args.dataset or (open_registry(registry).version(name, version).tags.get("dataset_uri", "") if name
+                               else "")
+    if not dataset:
+        raise ConfigError("--dataset: give the prepared data set the model was trained on (the Dataset output of "
+                          "data prep); its test split scores each variant and its training split calibrates int8.")
+    model_dir = predict.resolve_model(args.model, registry)
+    outcome = litert.export_and_register(
+        model_dir, dataset, args.output, variants, chosen.max_quantization_drop, registry, name, version,
+    )
+    passed, reasons = outcome["gate"]["passed"], outcome["gate"]["reasons"]
+    print(litert.table(outcome, reasons))
+    for variant in variants:
+        print(f"  {variant}: {reasons[variant]}")
+    where = outcome["registered"]
+    recorded = f"; recorded with {name} version {version} ({where['location']})" if where else ""
+    print(f"tlp export: {len(passed)} of {len(variants)} variant(s) within --max-quantization-drop in "
+          f"{args.output}{recorded}")
+    return 0 if len(passed) == len(variants) else 5
+
+
+def _registered_version(reference: str, registry_uri: str) -> tuple[str, str]:
+    """NAME/VERSION or NAME@champion -> (name, version number) in the registry."""
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        version = open_registry(registry_uri).champion_version(name) if alias == "champion" else None
+        if version is None:
+            raise ConfigError(f"{reference} names no version in {registry_uri}; use NAME/VERSION or NAME@champion.")
+        return name, version
+    return parse_reference(reference)
 
 
 # --- tlp compile ------------------------------------------------------------------------------
@@ -240,7 +318,7 @@ def command_compile(args) -> int:
     deploy_options = _group(DeployOptions, args)
     cloud.compile_pipeline(_group(ImageOptions, args), hardware, CloudOptions(), args.output,
                            deploy=deploy_options, tracking=tracking,
-                           tuning=tuned.check_trials(_tuning(args), Settings()))
+                           tuning=tuned.check_trials(_tuning(args), Settings()), litert=_group(LiteRTOptions, args))
     print(f"pipeline written to {args.output}")
     return 0
 
@@ -269,6 +347,7 @@ def _cloud_run(args) -> cloud.CloudRun:
         _group(DeployOptions, args),
         _group(TrackingOptions, args),
     )
+    run = dataclasses.replace(run, litert=_group(LiteRTOptions, args))
     if tuning is not None:
         run = dataclasses.replace(run, tuning=tuned.check_trials(tuning, run.settings, cloud=run.cloud))
     for note in notes:

@@ -18,6 +18,7 @@ from tlp.components.lib.settings import (
     DeployOptions,
     HardwareOptions,
     ImageOptions,
+    LiteRTOptions,
     ScheduleOptions,
     Settings,
     TrackingOptions,
@@ -47,6 +48,7 @@ class CloudRun:
     labels: dict
     tracking: TrackingOptions = TrackingOptions()
     tuning: TuningPlan | None = None  # --tune: the trials
+    litert: LiteRTOptions = LiteRTOptions()  # --export-litert: the optional step after registration
 
     @property
     def enable_caching(self) -> bool | None:
@@ -66,12 +68,13 @@ class CloudRun:
 def compile_pipeline(
     images: ImageOptions, hardware: HardwareOptions, cloud: CloudOptions, path: str, *,
     deploy: DeployOptions | None = None, tracking: TrackingOptions | None = None, tuning: TuningPlan | None = None,
+    litert: LiteRTOptions | None = None,
 ) -> str:
     """Writes the pipeline a submission with these groups would run (``tlp compile``, ``tlp submit``).
     The optional groups are keyword-only: passed by position, one group lands in another's slot."""
     from kfp import compiler
 
-    pipeline = create_pipeline(images, hardware, cloud, deploy=deploy, tracking=tracking, tuning=tuning)
+    pipeline = create_pipeline(images, hardware, cloud, deploy=deploy, tracking=tracking, tuning=tuning, litert=litert)
     compiler.Compiler().compile(pipeline, path)
     return path
 
@@ -93,7 +96,7 @@ def _init_vertex(cloud: CloudOptions):
 def _compile(run: CloudRun, scratch: str) -> str:
     return compile_pipeline(
         run.images, run.hardware, run.cloud, os.path.join(scratch, "pipeline.yaml"), deploy=run.deploy,
-        tracking=run.tracking, tuning=run.tuning,
+        tracking=run.tracking, tuning=run.tuning, litert=run.litert,
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from tlp.components.lib.settings import ImageOptions, LocalRunOptions, Settings, TrackingOptions
+from tlp.components.lib.settings import ImageOptions, LiteRTOptions, LocalRunOptions, Settings, TrackingOptions
 from tlp.components.lib.specs import ServiceError
 from tlp.components.lib.tuning import TuningPlan
 from tlp.pipelines import docker_runner, environment, tracking
@@ -23,7 +23,7 @@ def pipeline_root(output_dir: str) -> str:
 
 def run_local(
     settings: Settings, local: LocalRunOptions, images: ImageOptions, notes: list[str],
-    tracked: TrackingOptions | None = None, tuning: TuningPlan | None = None,
+    tracked: TrackingOptions | None = None, tuning: TuningPlan | None = None, litert: LiteRTOptions | None = None,
 ) -> dict:
     """Runs the whole pipeline through kfp.local and tracks it as an MLflow run (experiment
     ``tracked.experiment``, default the pipeline's name). Returns the summary."""
@@ -40,7 +40,7 @@ def run_local(
     before = set(os.listdir(root))
     started, started_at = time.monotonic(), time.time()
     with routed_output(lambda: new_run_dir(root, before), verbose=local.verbose) as console:
-        create_pipeline(images, tuning=tuning)(**settings.values())
+        create_pipeline(images, tuning=tuning, litert=litert)(**settings.values())
     run_dir = new_run_dir(root, before)
     if run_dir is None:
         raise ServiceError(f"kfp's local runner wrote no run folder under {root}; check that the folder is writable.")

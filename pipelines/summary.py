@@ -14,6 +14,8 @@ from tlp.components.lib.steps import (
     DATA_PREP,
     EVALUATION,
     FINE_TUNING,
+    LITERT_EXPORT,
+    OPTIONAL_STEPS,
     REGISTRATION,
     STEP_NAMES,
     TRIAL_SELECTION,
@@ -143,6 +145,7 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
     tuned = task_outputs(run_dir, FINE_TUNING) or _finished(run_dir, TRIAL_SELECTION)  # --tune: the best's
     scored = _finished(run_dir, EVALUATION)
     registered = task_outputs(run_dir, REGISTRATION)
+    exported = task_outputs(run_dir, LITERT_EXPORT)
     checked = task_outputs(run_dir, DATA_CHECKS)
     dataset_meta = prep["artifacts"]["dataset"]["metadata"]
     dataset_dir = prep["artifacts"]["dataset"]["uri"]
@@ -195,10 +198,9 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
         ),
         "replicas": int(tuned["parameters"]["replicas"]),
         "model": tuned["artifacts"]["model"]["uri"],
-        # After registration, its copy of the report also says which version and why.
-        "report": report.page_path(
-            (registered or scored)["artifacts"]["registered_report" if registered else "report"]["uri"]
-        ),
+        # After registration, its copy of the report also says which version and why (and the LiteRT table).
+        "report": report.page_path(_report_uri(scored, registered, exported)),
+        "litert": _litert(exported),
         "run_dir": run_dir,
         "logs": os.path.join(run_dir, LOGS),
         "augment": settings.training.augment,
@@ -209,7 +211,23 @@ def summarize(run_dir: str, settings: Settings, notes: list[str], step_seconds: 
     }
 
 
-TUNING_STEP_NAMES = tuple(step.name for step in TUNING_STEPS)
+TUNING_STEP_NAMES = tuple(step.name for step in (*TUNING_STEPS, *OPTIONAL_STEPS))
+
+
+def _report_uri(scored: dict, registered: dict | None, exported: dict | None) -> str:
+    if exported:
+        return exported["artifacts"]["report"]["uri"]
+    return (registered or scored)["artifacts"]["registered_report" if registered else "report"]["uri"]
+
+
+def _litert(exported: dict | None) -> dict | None:
+    """--export-litert: each variant's measurements, which were registered and which not, and why
+    (the step's litert.json)."""
+    if not exported:
+        return None
+    directory = exported["artifacts"]["litert"]["uri"]
+    with open(os.path.join(directory, "litert.json")) as handle:
+        return {**json.load(handle), "directory": directory}
 
 
 def _tuning(run_dir: str) -> dict:
@@ -278,6 +296,7 @@ def format_summary(summary: dict) -> str:
             lines.append(f"  promote   {registered['promote_command']}")
     else:
         lines.append("  registered nothing (the gate did not pass)")
+    lines += _litert_lines(summary.get("litert"))
     lines += [
         f"  replicas  {summary['replicas']} in sync during fine-tuning",
         f"  model     {summary['model']}",
@@ -295,6 +314,20 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  skipped   {len(skipped)} file(s), each listed with its reason in data.skipped")
     lines.append("=" * 72)
     return "\n".join(lines)
+
+
+def _litert_lines(litert: dict | None) -> list[str]:
+    if not litert:
+        return []
+    keras = litert["keras"]
+    lines = [f"  litert    {litert['directory']} (Keras: test accuracy {keras['accuracy']:.4f}, "
+             f"{keras['latency_ms']:.2f} ms/image)"]
+    for variant, reason in litert["gate"]["reasons"].items():
+        m = litert["variants"].get(variant)
+        measured = (f"{m['size_bytes'] / 1e6:.2f} MB, {m['accuracy_change']:+.4f}, {m['changed_predictions']} changed, "
+                    f"{m['latency_ms']:.2f} ms; ") if m else ""
+        lines.append(f"            {variant}: {measured}{reason}")
+    return lines
 
 
 def _check_lines(checks: dict | None) -> list[str]:

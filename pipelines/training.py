@@ -26,6 +26,7 @@ from tlp.components.lib.settings import (
     DeployOptions,
     HardwareOptions,
     ImageOptions,
+    LiteRTOptions,
     TrackingOptions,
     pipeline_options,
 )
@@ -38,6 +39,7 @@ from tlp.components.lib.steps import (
     FEATURE_EXTRACTION_HEADS,
     FINE_TUNING,
     FINE_TUNING_TRIAL,
+    LITERT_EXPORT,
     REGISTRATION,
     TRIAL_SELECTION,
     VIZIER_SELECTION,
@@ -183,13 +185,16 @@ def create_pipeline(
     deploy: DeployOptions | None = None,
     tracking: TrackingOptions | None = None,
     tuning: TuningPlan | None = None,
+    litert: LiteRTOptions | None = None,
 ):
     """Builds the pipeline. ``images`` chooses the component images, ``hardware`` (and the
     service account and network of ``cloud``) where fine-tuning runs on Vertex AI; with
     ``deploy.deploy_endpoint`` a new champion is deployed to that Vertex AI endpoint, and
     ``tracking.tensorboard`` is the Vertex AI TensorBoard both training steps write to. With
     ``tuning`` (``--tune``), the trials fan out in a ParallelFor (``tuned_steps``) and, on Vertex
-    AI, become runs of the ``tracking.experiment`` experiment (``trial_experiment``)."""
+    AI, become runs of the ``tracking.experiment`` experiment (``trial_experiment``). With
+    ``litert.export_litert`` (``--export-litert``), the registered model's LiteRT variants are
+    converted, scored, gated and recorded with the version (``litert-export``, after registration)."""
     images, hardware, cloud = images or ImageOptions(), hardware or HardwareOptions(), cloud or CloudOptions()
     fingerprint_op, checks_op = _op(DATA_FINGERPRINT, images), _op(DATA_CHECKS, images)
     deploy = deploy or DeployOptions()
@@ -207,6 +212,8 @@ def create_pipeline(
         REGISTRATION, images, one_machine(hardware), cloud,
     )
     names = [opt.name for opt in pipeline_options()]
+    litert = litert or LiteRTOptions()
+    litert_op = _op(LITERT_EXPORT, images) if litert.export_litert else None
 
     def transfer_learning(*values, **named):
         parameters = {**dict(zip(names, values, strict=False)), **named}
@@ -251,6 +258,14 @@ def create_pipeline(
                 metrics=scored.outputs["metrics"], report=scored.outputs["report"], options=options(REGISTRATION),
             ).set_display_name(REGISTRATION)
             on_training_hardware(registered, one_machine(hardware))
+            if litert_op is not None:  # after the gate and registration: the variants join that version
+                litert_op(
+                    model=trained.model, dataset=prep.outputs["dataset"],
+                    registered_report=registered.outputs["registered_report"],
+                    registry=registered.outputs["registry"], name=registered.outputs["name"],
+                    version=registered.outputs["version"], variants=litert.export_litert,
+                    max_quantization_drop=litert.max_quantization_drop,
+                ).set_display_name(LITERT_EXPORT)
             if deploy.deploy_endpoint:  # TFX Pusher: only a new champion is deployed
                 add_deploy_step(registered, registered.outputs["registry"], deploy_op, deploy, cloud)
 

@@ -141,6 +141,8 @@ def register_model(
     tags = {
         "data_spec": data["source"],
         "data_fingerprint": data["fingerprint"],
+        # The prepared data set itself: tlp export --litert scores (and calibrates int8) on its splits.
+        "dataset_uri": dataset_dir,
         "source_fingerprint": data.get("source_fingerprint", ""),
         "data_counts": json.dumps(data["num_examples"]),
         "class_counts": json.dumps(class_counts),

@@ -51,6 +51,22 @@ of the {{ "{:,}".format(gap_detail.train_split_photos) }} training photos, drawn
 {{ "the champion" if registered.champion else "not the champion" }}.</p>
 <p>{{ registered.reason }}</p>
 {% endif %}
+{% if litert is defined and litert %}
+<h2>On the device (LiteRT)</h2>
+<p>Each variant scored with the LiteRT interpreter on all {{ litert.test_photos }} test photos beside the Keras
+model; a variant losing more than {{ "%.3f"|format(litert.max_quantization_drop) }} test accuracy is not
+registered. Input: uint8 pixels {{ litert.input_shape }}; labels in labels.txt.</p>
+<table><tr><th>variant</th><th>size</th><th>test accuracy</th><th>change</th><th>predictions changed</th>
+<th>latency (1 image)</th><th>vs Keras</th><th>registered</th></tr>
+<tr><th>Keras</th><td>-</td><td>{{ "%.4f"|format(litert.keras.accuracy) }}</td><td>-</td><td>-</td>
+<td>{{ "%.2f"|format(litert.keras.latency_ms) }} ms</td><td>1.00x</td><td>-</td></tr>
+{% for row in litert.rows %}<tr><th>{{ row.variant }}</th>{% if row.size_mb is not none %}
+<td>{{ "%.2f"|format(row.size_mb) }} MB</td><td>{{ "%.4f"|format(row.accuracy) }}</td>
+<td>{{ "%+.4f"|format(row.accuracy_change) }}</td><td>{{ row.changed_predictions }}</td>
+<td>{{ "%.2f"|format(row.latency_ms) }} ms</td><td>{{ "%.2f"|format(row.speedup) }}x</td>
+{% else %}<td colspan="6">conversion failed</td>{% endif %}<td>{{ row.reason }}</td></tr>
+{% endfor %}</table>
+{% endif %}
 {% if tuning is defined and tuning %}
 <h2>Tuning: {{ tuning.trials|length }} trials, the best by validation accuracy went on</h2>
 <table class="trials"><tr><th>trial</th><th>parameters</th><th>val accuracy</th><th>val loss</th><th>seconds</th></tr>
@@ -252,6 +268,23 @@ def write_report(report_path: str, context: dict) -> None:
             handle.write(page)
     with open(context_path(report_path), "w", encoding="utf-8") as handle:
         json.dump(context, handle, default=float)  # numpy scalars
+
+
+def add_litert(report_path: str, output_path: str, measured: dict, reasons: dict[str, str],
+               max_quantization_drop: float) -> None:
+    """The registered report again, with the LiteRT variants' table (components/lib/litert.py)."""
+    with open(context_path(report_path), encoding="utf-8") as handle:
+        context = json.load(handle)
+    keras = measured["keras"]
+    rows = [
+        {"variant": variant, "size_mb": m["size_bytes"] / 1e6, "accuracy": m["accuracy"],
+         "accuracy_change": m["accuracy_change"], "changed_predictions": m["changed_predictions"],
+         "latency_ms": m["latency_ms"], "speedup": keras["latency_ms"] / m["latency_ms"], "reason": reasons[variant]}
+        for variant, m in measured["variants"].items()
+    ] + [{"variant": variant, "size_mb": None, "reason": reasons[variant]} for variant in measured.get("failed", {})]
+    litert = {"test_photos": measured["test_photos"], "max_quantization_drop": max_quantization_drop,
+              "input_shape": measured["input"]["shape"], "keras": keras, "rows": rows}
+    write_report(output_path, {**context, "litert": litert})
 
 
 def add_registration(report_path: str, output_path: str, registered: dict) -> None:

@@ -237,7 +237,7 @@ class RegistryOptions(Group):
     registry: str = option(
         "", "registry URI: sqlite:///PATH.db or http(s)://MLFLOW (MLflow), vertex://PROJECT/REGION[/MODEL]; "
         "default sqlite:///OUTPUT_DIR/registry.db locally, vertex in the cloud",
-        commands=(*TRAINING_COMMANDS, *MODELS_COMMANDS, "predict", "serve", "deploy", "drift"),
+        commands=(*TRAINING_COMMANDS, *MODELS_COMMANDS, "predict", "serve", "deploy", "drift", "export"),
         steps=(DATA_CHECKS, REGISTRATION), check=_registry_uri,
     )
     model_name: str = option(
@@ -594,4 +594,30 @@ class TuneOptions(Group):
 
 
 RUNNER_GROUPS += (TuneOptions,)
+ALL_GROUPS = PIPELINE_GROUPS + RUNNER_GROUPS
+
+
+def _litert_variants(value: str) -> str:
+    return ",".join(specs.parse_litert_variants(value))
+
+
+@dataclass(frozen=True)
+class LiteRTOptions(Group):
+    """On the device (components/lib/litert.py): .tflite variants of the fine-tuned model, measured and gated.
+    Runner options, not pipeline parameters: the step is added only when asked for, so the default
+    compiled pipeline stays as it is."""
+
+    GROUP = "litert"
+    export_litert: str = option(
+        "", "also export the model for LiteRT (phones, small devices): float32, float16, dynamic, int8 (comma-"
+        "separated); each is scored on the test split and registered only within --max-quantization-drop",
+        commands=("run", "compile", *CLOUD_COMMANDS), metavar="VARIANTS", check=_litert_variants,
+    )
+    max_quantization_drop: float = option(
+        0.01, "largest allowed test accuracy a LiteRT variant may lose against the Keras model",
+        commands=("run", "compile", *CLOUD_COMMANDS, "export"), minimum=0.0, maximum=1.0,
+    )
+
+
+RUNNER_GROUPS += (LiteRTOptions,)
 ALL_GROUPS = PIPELINE_GROUPS + RUNNER_GROUPS

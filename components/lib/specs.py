@@ -108,6 +108,26 @@ def parse_data_spec(spec: str) -> DataSpec:
     raise ConfigError(f"--data {spec!r} is not a data spec I know; {forms}.")
 
 
+LITERT_VARIANTS = ("float32", "float16", "dynamic", "int8")
+
+
+def parse_litert_variants(text: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``"int8,float16"`` -> ``["int8", "float16"]`` (order kept, duplicates dropped); empty -> []."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    variants: list[str] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        if item not in LITERT_VARIANTS:
+            raise ConfigError(
+                f"unknown LiteRT variant {item!r}; use one or more of {', '.join(LITERT_VARIANTS)}, comma-separated "
+                "(e.g. --export-litert int8,float16)."
+            )
+        if item not in variants:
+            variants.append(item)
+    return variants
+
+
 def parse_weights_spec(spec: str) -> str:
     """Parses ``--weights``: ``imagenet``, ``none`` or a local weights file.
 

@@ -14,6 +14,7 @@ FEATURE_EXTRACTION = "feature-extraction"
 FINE_TUNING = "fine-tuning"
 EVALUATION = "evaluation"
 REGISTRATION = "registration"
+LITERT_EXPORT = "litert-export"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,12 @@ STEPS = (
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
 
+# Added after registration only when asked for (--export-litert).
+OPTIONAL_STEPS = (
+    Step(LITERT_EXPORT, "litert_export", "light",
+         ".tflite variants scored on the test split, gated, recorded with the registered version"),
+)
+
 # A tuned run (--tune) replaces feature extraction and fine-tuning with these.
 FEATURE_EXTRACTION_HEADS = "feature-extraction-heads"
 FINE_TUNING_TRIAL = "fine-tuning-trial"
@@ -54,7 +61,7 @@ TUNING_STEPS = (
 
 
 def step(name: str) -> Step:
-    for candidate in STEPS + TUNING_STEPS:
+    for candidate in STEPS + OPTIONAL_STEPS + TUNING_STEPS:
         if candidate.name == name:
             return candidate
     raise NotFound(f"no pipeline step is named {name!r}; use one of {', '.join(STEP_NAMES)}.")

@@ -265,3 +265,40 @@ def test_a_model_that_cannot_be_served_is_never_promoted(chain, prepared, head):
     assert (registered.version, registered.champion) == ("1", False)
     assert registered.reason.startswith("not promoted: infra validation FAILED")
     assert registered.infra_validation["passed"] is False
+
+
+@pytest.mark.slow  # two conversions, each scored in its own process
+def test_litert_export_records_the_variants_within_the_drop_with_the_registered_version(chain, prepared, tuned, scored):
+    from tlp.components.lib.registry import open_registry
+    from tlp.components.litert_export import litert_export
+
+    uri = f"sqlite:///{chain['root']}/registry.db"
+    registered_report = _artifact(dsl.HTML, chain["root"], "registered_report_for_litert")
+    registered = registration.python_func(
+        model=tuned[0], dataset=prepared[0], metrics=scored[0], report=scored[2],
+        registered_report=registered_report, options={"registry": uri, "model_name": ""},
+    )
+    exported = _artifact(dsl.Model, chain["root"], "litert")
+    report = _artifact(dsl.HTML, chain["root"], "litert_report")
+    result = litert_export.python_func(
+        model=tuned[0], dataset=prepared[0], registered_report=registered_report, litert=exported, report=report,
+        registry=uri, name=registered.name, version=registered.version, variants="float32,dynamic",
+        max_quantization_drop=0.01,
+    )
+    outcome = json.load(open(os.path.join(exported.path, "litert.json")))
+    passed = outcome["gate"]["passed"]
+    assert "float32" in passed  # the model itself: no prediction changes
+    assert result.registered.split(",") == passed
+    assert set(filter(None, result.not_registered.split(","))) == {"float32", "dynamic"} - set(passed)
+    registry = open_registry(uri)
+    version = registry.client.get_model_version(registered.name, registered.version)
+    run = registry.client.get_run(version.run_id)
+    logged = {item.path for item in registry.client.list_artifacts(version.run_id, "litert")}
+    assert logged == {f"litert/model_{v}.tflite" for v in passed} | {"litert/labels.txt", "litert/litert.json"}
+    assert run.data.metrics["litert.float32.size_bytes"] == os.path.getsize(os.path.join(exported.path,
+                                                                                         "model_float32.tflite"))
+    assert version.tags["litert.variants"] == ",".join(passed)
+    assert version.tags["litert.dynamic.gate"] == outcome["gate"]["reasons"]["dynamic"]
+    page = open(report.path, encoding="utf-8").read()
+    assert "On the device (LiteRT)" in page and "Learning curves" in page  # registration's report, plus the table
+    assert exported.metadata["reasons"] == outcome["gate"]["reasons"]

@@ -59,3 +59,23 @@ def test_compile_refuses_a_bad_option_in_one_sentence(tmp_path):
     assert result.returncode == 2
     assert "--traffic 120" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_compile_with_export_litert_chains_the_step_after_registration_inside_the_gate(tmp_path):
+    output = tmp_path / "spec.yaml"
+    result = run_tlp("compile", *IMAGES, "--export-litert", "float16,int8", "--max-quantization-drop", "0.02",
+                     "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    spec = yaml.safe_load(output.read_text())
+    gate = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    task = gate["litert-export"]
+    assert task["dependentTasks"] == ["registration"]
+    parameters = task["inputs"]["parameters"]
+    assert parameters["variants"]["runtimeValue"]["constant"] == "float16,int8"
+    assert parameters["max_quantization_drop"]["runtimeValue"]["constant"] == 0.02
+    assert parameters["version"]["taskOutputParameter"] == {"outputParameterKey": "version",
+                                                            "producerTask": "registration"}
+    # Without --export-litert the pipeline has no such step (the golden file stays as it was).
+    assert "litert-export" not in (GOLDEN / "pipeline.yaml").read_text()
+    refused = run_tlp("compile", "--export-litert", "int4", "--output", str(tmp_path / "x.yaml"))
+    assert refused.returncode == 2 and "unknown LiteRT variant 'int4'" in refused.stderr

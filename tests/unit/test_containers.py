@@ -559,3 +559,14 @@ def test_an_engine_without_gpus_is_named_before_the_run(tmp_path, engine):
         docker_runner.make_runner(*_config(tmp_path, devices="gpu"))
     assert "could not select device driver" in str(error.value) and _one_sentence(str(error.value))
     assert fake.removed  # the refused probe container is not left behind
+
+
+def test_the_litert_interpreter_is_in_the_images_that_export_not_in_the_serving_image():
+    """The deps layer (CPU and training images, which run the LiteRT export step) installs every declared
+    dependency but the OMITTED; the serving image installs only the serving dependencies."""
+    lock_install = _lock_install()
+    declared = {lock_install.requirement_name(r) for r in lock_install.declared_dependencies()}
+    serving = {lock_install.requirement_name(r) for r in lock_install.serving_dependencies()}
+    assert "ai-edge-litert" in declared and "ai-edge-litert" not in lock_install.OMITTED
+    assert _lock()["ai-edge-litert"] == "2.3.0"
+    assert "ai-edge-litert" not in serving

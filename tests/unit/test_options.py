@@ -119,7 +119,7 @@ def test_the_docs_reference_shows_every_declared_option_as_tlp_options_markdown_
     reference = hooks.command_reference()
     sections = dict(re.findall(r"^## `tlp ([a-z ]+)`\n(.*?)(?=^## |\Z)", reference, re.S | re.M))
     assert set(sections) == {
-        "run", "component", "predict", "serve", "deploy", "drift", "compile", "submit", "options",
+        "run", "component", "predict", "serve", "deploy", "drift", "export", "compile", "submit", "options",
         "schedule create", "schedule list", "schedule pause", "schedule resume", "schedule delete",
         "models list", "models show", "models promote", "models rollback",
     }

@@ -75,6 +75,11 @@ class Registry(Protocol):
     def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         """Records ``tags`` on the version (merged with what it holds)."""
 
+    def attach_files(self, name: str, version: str, directory: str, files: list[str], *, artifact_path: str,
+                     metrics: dict[str, float], tags: dict[str, str]) -> str:
+        """Records ``files`` of ``directory`` (e.g. the LiteRT variants) with the version, with their
+        metrics and tags. Returns where the files are now kept."""
+
     def model_names(self) -> list[str]: ...
 
     def versions(self, name: str) -> list[ModelVersion]:

@@ -150,6 +150,19 @@ class MlflowRegistry:
         for key, value in tags.items():
             _call(lambda key=key, value=value: self.client.set_model_version_tag(name, version, key, str(value)))
 
+    def attach_files(self, name: str, version: str, directory: str, files: list[str], *, artifact_path: str,
+                     metrics: dict[str, float], tags: dict[str, str]) -> str:
+        """Logs the files as artifacts (and the metrics) of the run that holds the version's model; the
+        tags go on the version. Returns the artifacts' URI."""
+        from mlflow.entities import Metric
+
+        run_id = _call(lambda: self.client.get_model_version(name, version)).run_id
+        for file in files:
+            _call(lambda file=file: self.client.log_artifact(run_id, os.path.join(directory, file), artifact_path))
+        _call(lambda: self.client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()]))
+        self.set_tags(name, version, {**tags, **{f"metric.{k}": f"{float(v):.6f}" for k, v in metrics.items()}})
+        return f"{_call(lambda: self.client.get_run(run_id)).info.artifact_uri}/{artifact_path}"
+
     def model_names(self) -> list[str]:
         return sorted(model.name for model in _call(lambda: self.client.search_registered_models(max_results=1000)))
 

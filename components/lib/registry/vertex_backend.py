@@ -187,6 +187,23 @@ class VertexRegistry:
         mask = field_mask_pb2.FieldMask(paths=["version_description"])
         parent.api_client.update_model(model=update, update_mask=mask)
 
+    def attach_files(self, name: str, version: str, directory: str, files: list[str], *, artifact_path: str,
+                     metrics: dict[str, float], tags: dict[str, str]) -> str:
+        """A Vertex AI model version holds one artifact URI (the served model): the files stay where the
+        step wrote them (the pipeline root, in Cloud Storage), and the version's record names that place
+        with the metrics and tags. Returns that place."""
+        location = gcs_uri(directory)
+        if location is None:
+            raise ConfigError(
+                f"the files at {directory} are on a local disk, where Vertex AI cannot keep them for {name} version "
+                f"{version}; write them to Cloud Storage (--output gs://BUCKET/PATH)."
+            )
+        self.set_tags(name, version, {
+            **tags, f"{artifact_path}.location": location, f"{artifact_path}.files": ",".join(files),
+            **{f"metric.{k}": f"{float(v):.6f}" for k, v in metrics.items()},
+        })
+        return location
+
     def model_names(self) -> list[str]:
         return sorted({model.display_name for model in self._aiplatform.Model.list()})
 

@@ -1,0 +1,171 @@
+"""LiteRT export (components/lib/litert.py): conversion, scoring with the interpreter, the gate."""
+
+import json
+import os
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from tlp.components.lib import litert
+from tlp.components.lib.specs import ConfigError
+
+
+def test_variants_are_parsed_in_order_and_unknown_ones_refused():
+    assert litert.parse_variants("int8, float16,int8") == ["int8", "float16"]
+    assert litert.parse_variants("") == []
+    with pytest.raises(ConfigError, match="unknown LiteRT variant 'int4'.*float32, float16, dynamic, int8"):
+        litert.parse_variants("float16,int4")
+
+
+def _measured(keras_accuracy, **variant_accuracies):
+    return {
+        "keras": {"accuracy": keras_accuracy, "latency_ms": 5.0},
+        "test_photos": 200,
+        "variants": {
+            name: {"accuracy": a, "accuracy_change": a - keras_accuracy, "size_bytes": 1_000_000,
+                   "changed_predictions": 3, "latency_ms": 1.0}
+            for name, a in variant_accuracies.items()
+        },
+    }
+
+
+def test_gate_keeps_variants_within_the_drop_and_says_why_for_each():
+    measured = _measured(0.950, float16=0.950, dynamic=0.945, int8=0.930)
+    passed, reasons = litert.gate(measured, 0.01)
+    assert passed == ["float16", "dynamic"]
+    assert reasons["int8"] == (
+        "not registered: test accuracy 0.930 is 0.020 below the Keras model's 0.950, more than "
+        "--max-quantization-drop 0.010"
+    )
+    assert reasons["dynamic"].startswith("registered: test accuracy 0.945 (-0.005 vs Keras 0.950)")
+    # A variant that gains accuracy passes too; a drop of exactly the limit passes.
+    assert litert.gate(_measured(0.90, int8=0.92, dynamic=0.89), 0.01)[0] == ["int8", "dynamic"]
+    table = litert.table(measured, reasons)
+    assert "| int8 | 1.00 MB | 0.930 | -0.020 | 3 of 200 | 1.00 ms | not registered |" in table
+
+
+@pytest.fixture(scope="module")
+def exported(sample_dataset, head_model, tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("litert"))
+    return output, litert.export_and_score(head_model[0], sample_dataset, output, ["float32", "float16", "dynamic"])
+
+
+@pytest.mark.slow  # four conversions and the interpreter over the test split (about 30 s)
+def test_every_variant_is_written_scored_and_measured(exported, sample_dataset, head_model, tmp_path):
+    output, measured = exported
+    from tlp.components.lib.dataprep import records
+
+    metadata = records.read_metadata(sample_dataset)
+    assert litert.read_labels(output) == measured["class_names"] == metadata["class_names"]
+    assert json.loads(open(os.path.join(output, litert.MEASUREMENTS_FILE)).read()) == measured
+    images, labels = litert.read_test_split(sample_dataset)
+    assert measured["test_photos"] == len(labels) > 0
+    sizes = {}
+    np.save(tmp_path / "test.npy", images)
+    for variant, m in measured["variants"].items():
+        path = os.path.join(output, litert.file_name(variant))
+        sizes[variant] = os.path.getsize(path)
+        assert m["size_bytes"] == sizes[variant]
+        # The interpreter's own predictions (in a process without TensorFlow) give the recorded accuracy.
+        probabilities, latency_ms = litert.score_in_subprocess(variant, path, str(tmp_path / "test.npy"))
+        assert probabilities.shape == (len(labels), 2) and latency_ms > 0
+        assert m["accuracy"] == pytest.approx(float((probabilities.argmax(axis=1) == labels).mean()))
+        assert m["accuracy_change"] == pytest.approx(m["accuracy"] - measured["keras"]["accuracy"])
+        assert 0 <= m["changed_predictions"] <= len(labels) and m["latency_ms"] > 0
+    # float32 is the Keras model itself; quantized weights shrink the file.
+    assert measured["variants"]["float32"]["max_probability_difference"] < 1e-4
+    assert measured["variants"]["float32"]["changed_predictions"] == 0
+    assert sizes["float16"] < 0.6 * sizes["float32"] and sizes["dynamic"] < 0.35 * sizes["float32"]
+    assert measured["calibration"] is None and measured["failed"] == {}  # no int8 asked for
+    assert measured["keras"]["latency_ms"] > 0
+
+
+@pytest.mark.slow
+def test_int8_calibrates_on_a_seeded_sample_of_the_training_split(sample_dataset):
+    first = litert.calibration_images(sample_dataset, count=10, seed=3)
+    assert first.shape == (10, 64, 64, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, litert.calibration_images(sample_dataset, count=10, seed=3))
+    assert not np.array_equal(first, litert.calibration_images(sample_dataset, count=10, seed=4))
+    test_images, _ = litert.read_test_split(sample_dataset)
+    test_bytes = {image.tobytes() for image in test_images}
+    assert not any(image.tobytes() in test_bytes for image in litert.calibration_images(sample_dataset, count=1000))
+
+
+def test_export_command_refuses_unknown_variants_and_a_missing_dataset(tmp_path, capsys):
+    from tlp.pipelines.cli import main
+
+    assert main(["export", str(tmp_path), "--litert", "int4", "--output", str(tmp_path / "out")]) != 0
+    assert "unknown LiteRT variant 'int4'" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--litert", "int8", "--output", str(tmp_path / "out")]) != 0
+    assert "--dataset: give the prepared data set the model was trained on" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_with_a_tflite_model_agrees_with_keras(exported, sample_dataset, head_model, tmp_path, capsys):
+    from PIL import Image
+
+    from tlp.components.lib import model as model_lib
+    from tlp.pipelines.cli import main
+
+    output, measured = exported
+    images, _ = litert.read_test_split(sample_dataset)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(images[:4]):
+        Image.fromarray(image).save(folder / f"{i}.png")  # lossless: the same pixels the test scored
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    model = model_lib.load_keras(head_model[0])
+    keras_labels = model_lib.probabilities(model(images[:4].astype("float32")), 2).numpy().argmax(axis=1)
+    assert main(["predict", os.path.join(output, litert.file_name("float32")), str(folder)]) == 1  # one unreadable
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = dict(line.split("\t")[:2] for line in lines)
+    assert rows[str(folder / "broken.jpg")] == "error"
+    assert [rows[str(folder / f"{i}.png")] for i in range(4)] == [measured["class_names"][k] for k in keras_labels]
+
+
+def test_a_converter_crash_is_an_error_naming_the_variant(tmp_path, monkeypatch):
+    """Each variant converts in its own process: one whose converter aborts (the int8 double free seen
+    after training in the same process) is a ConversionFailed naming it, and this process lives on."""
+    aborting = tmp_path / "python"
+    aborting.write_text("#!/bin/sh\necho 'free(): double free detected in tcache 2' >&2\nkill -ABRT $$\n")
+    aborting.chmod(0o755)
+    monkeypatch.setattr(litert.sys, "executable", str(aborting))
+    with pytest.raises(litert.ConversionFailed) as error:
+        litert.convert_in_subprocess(str(tmp_path), str(tmp_path), "int8", str(tmp_path / "model_int8.tflite"))
+    assert str(error.value).startswith(
+        "converting the int8 LiteRT variant crashed (SIGABRT): free(): double free detected in tcache 2;"
+    )
+    assert "tlp export --litert int8" in str(error.value)
+
+
+@pytest.mark.slow
+def test_a_crashed_variant_is_recorded_and_gated_out_and_the_others_go_on(
+    sample_dataset, head_model, tmp_path, monkeypatch
+):
+    real = litert.convert_in_subprocess
+
+    def int8_crashes(model_dir, dataset_dir, variant, output_path):
+        python = "/bin/false" if variant == "int8" else litert.sys.executable  # int8's converter exits 1
+        with mock.patch.object(litert.sys, "executable", python):
+            return real(model_dir, dataset_dir, variant, output_path)
+
+    monkeypatch.setattr(litert, "convert_in_subprocess", int8_crashes)
+    measured = litert.export_and_score(head_model[0], sample_dataset, str(tmp_path), ["int8", "float16"])
+    assert list(measured["variants"]) == ["float16"] and os.path.isfile(tmp_path / litert.file_name("float16"))
+    assert measured["failed"]["int8"].startswith("converting the int8 LiteRT variant failed (exit 1)")
+    passed, reasons = litert.gate(measured, 0.01)
+    assert "int8" not in passed and reasons["int8"].startswith("not registered: converting the int8")
+    assert "| int8 | - | - | - | - | - | conversion failed |" in litert.table(measured, reasons)
+
+
+def test_the_run_summary_lists_every_variant_with_its_verdict():
+    from tlp.pipelines.summary import _litert_lines
+
+    crashed = "scoring the int8 LiteRT variant crashed (SIGABRT)"
+    measured = {**_measured(0.95, float16=0.95), "failed": {"int8": crashed}}
+    passed, reasons = litert.gate(measured, 0.01)
+    lines = _litert_lines({**measured, "gate": {"passed": passed, "reasons": reasons}, "directory": "/runs/litert"})
+    assert lines[0] == "  litert    /runs/litert (Keras: test accuracy 0.9500, 5.00 ms/image)"
+    assert lines[1].startswith("            float16: 1.00 MB, +0.0000, 3 changed, 1.00 ms; registered: test accuracy")
+    assert lines[2] == f"            int8: not registered: {crashed}"
