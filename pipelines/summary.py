@@ -98,6 +98,25 @@ SUMMARY_FIELDS: tuple[SummaryField, ...] = (
                  "`seconds`, its validation curve) and `best`"),
     SummaryField("wall_seconds", "number", "the whole run's wall seconds"),
     SummaryField("tracking", "object or null", "the MLflow run of a local run: `run_id`, `experiment`, `uri`"),
+    SummaryField("litert", "object or null", "with `--export-litert` only (else null): the LiteRT variants, as the "
+                 "step's `litert.json` holds them"),
+    SummaryField("litert.input", "object", "the variants' input: `name`, `shape` [1, H, W, 3], `dtype` uint8, "
+                 "`meaning`"),
+    SummaryField("litert.output", "object", "the variants' output: `name`, `shape`, `dtype`, `labels` (the labels "
+                 "file)"),
+    SummaryField("litert.class_names", "list of strings", "the classes, in output order"),
+    SummaryField("litert.test_photos", "integer", "test photos every variant and the Keras model were scored on"),
+    SummaryField("litert.calibration", "object or null", "int8 only: the `split` (train), `photos` and `seed` it "
+                 "calibrated on"),
+    SummaryField("litert.keras", "object", "the Keras model on the same photos: `accuracy`, `latency_ms` (one image)"),
+    SummaryField("litert.variants", "object", "per variant: `file`, `size_bytes`, `accuracy`, `accuracy_change`, "
+                 "`changed_predictions`, `max_probability_difference`, `latency_ms`"),
+    SummaryField("litert.failed", "object", "variants whose conversion or scoring failed: the sentence saying why"),
+    SummaryField("litert.gate", "object", "`max_quantization_drop`, `passed` (variants), `reasons` (per variant), "
+                 "`not_registered`"),
+    SummaryField("litert.registered", "object or null", "where the passed variants were recorded: `registry`, "
+                 "`name`, `version`, `variants`, `location`"),
+    SummaryField("litert.directory", "string", "the folder holding the variants, `labels.txt` and `litert.json`"),
 )
 
 

@@ -61,6 +61,12 @@ def test_every_variant_is_written_scored_and_measured(exported, sample_dataset, 
     assert json.loads(open(os.path.join(output, litert.MEASUREMENTS_FILE)).read()) == measured
     images, labels = litert.read_test_split(sample_dataset)
     assert measured["test_photos"] == len(labels) > 0
+    from tlp.pipelines.summary import undeclared_keys  # the summary reference page declares each key
+
+    passed, reasons = litert.gate(measured, 0.01)
+    section = {**measured, "gate": {"max_quantization_drop": 0.01, "passed": passed, "reasons": reasons,
+                                    "not_registered": []}, "registered": None, "directory": output}
+    assert undeclared_keys({"litert": section}) == []
     sizes = {}
     np.save(tmp_path / "test.npy", images)
     for variant, m in measured["variants"].items():
