@@ -21,8 +21,8 @@ records in the same order whatever the runner and however many workers it has.
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
-from typing import NamedTuple
 
 from tlp.components.lib.dataprep import encode, progress, records, sources, split
 from tlp.components.lib.dataprep.sources import Photo
@@ -35,15 +35,44 @@ def staged_path(scratch: str, unit: int) -> str:
     return sources.join(scratch, f"{STAGED_FOLDER}/unit-{unit:08d}.jpgs")
 
 
-# What travels from the read stage on: a photo as a plain tuple, not a ``Photo``. Beam's coder
-# writes a dataclass as a pickle that names its class and every field, and the local runner holds
-# each grouping's elements in the launcher until the grouping is done; a tuple of strings and
-# numbers is encoded field by field.
-ORDER, SOURCE_ID, LABEL, DIGEST, ERROR, SPLIT, STORED = range(7)
+# What travels from the read stage on: a photo packed into one bytes object (``pack``), not a
+# ``Photo`` nor a tuple. Beam's local runner decodes every element of a grouping into Python objects
+# and holds them all in the launcher until the grouping is done, and the split stage's worker holds
+# every kept photo: a 7-tuple of strings and tuples took about 700 bytes a photo there, one bytes
+# object about 130. Digests travel as their 32 raw bytes, not 64 hex characters.
+ORDER, SOURCE_ID, LABEL, DIGEST, ERROR, SPLIT, STORED = range(7)  # the fields of ``unpack``
+_HEAD = struct.Struct("<IIiqqBBI")  # unit, index, label, offset, length, flags, split, source_id's length
+_HAS_DIGEST, _HAS_ERROR, _HAS_STORED = 1, 2, 4
+_SPLIT_CODES = (None, *split.SPLITS)
 
 
-def _compact(photo: Photo) -> tuple:
-    return (photo.order, photo.source_id, photo.label, photo.digest, photo.error, photo.split, photo.stored)
+def pack(order: tuple, source_id: str, label: int, digest: str | None, error: str | None = None,
+         fixed_split: str | None = None, stored: tuple | None = None) -> bytes:
+    """A photo's fields in one bytes object (``unpack`` gives them back)."""
+    name = source_id.encode()
+    flags = ((_HAS_DIGEST if digest is not None else 0) | (_HAS_ERROR if error is not None else 0)
+             | (_HAS_STORED if stored is not None else 0))
+    offset, length = stored if stored is not None else (0, 0)
+    head = _HEAD.pack(order[0], order[1], label, offset, length, flags, _SPLIT_CODES.index(fixed_split), len(name))
+    return b"".join((head, bytes.fromhex(digest) if digest is not None else b"", name,
+                     error.encode() if error is not None else b""))
+
+
+def unpack(raw: bytes) -> tuple:
+    """(order, source_id, label, digest, error, split, stored) of a ``pack``-ed photo."""
+    unit, index, label, offset, length, flags, split_code, name_length = _HEAD.unpack_from(raw)
+    at = _HEAD.size
+    digest = None
+    if flags & _HAS_DIGEST:
+        digest, at = raw[at : at + 32].hex(), at + 32
+    source_id = raw[at : at + name_length].decode()
+    error = raw[at + name_length :].decode() if flags & _HAS_ERROR else None
+    stored = (offset, length) if flags & _HAS_STORED else None
+    return (unit, index), source_id, label, digest, error, _SPLIT_CODES[split_code], stored
+
+
+def _compact(photo: Photo) -> bytes:
+    return pack(photo.order, photo.source_id, photo.label, photo.digest, photo.error, photo.split, photo.stored)
 
 
 def _read(numbered_unit: tuple, image_size: int, progress_folder: str | None, scratch: str) -> list[tuple]:
@@ -87,13 +116,13 @@ def read_staged(scratch: str, unit: int, offset: int, length: int) -> bytes:
     return data
 
 
-def _key_by_content(photo: Photo) -> tuple | str:
+def _key_by_content(photo: Photo) -> bytes:
     # The prepared image's digest (its resized pixels): identical bytes give identical prepared
     # images, and so does the same picture saved again with other bytes. Photos without a file digest (generated, TFDS)
-    # and unreadable files are never duplicates: each keys alone.
+    # and unreadable files are never duplicates: each keys alone (9 bytes: never a 32-byte digest).
     if photo.digest is None or photo.prepared_digest is None:
-        return ("unique", photo.order)
-    return photo.prepared_digest
+        return b"u" + struct.pack("<II", *photo.order)
+    return bytes.fromhex(photo.prepared_digest)
 
 
 def _skip(photo: tuple, kind: str, reason: str, **extra) -> object:
@@ -108,24 +137,24 @@ def _keep_first(keyed: tuple):
     are skipped as duplicates of it (``duplicate_of``), so the picture lands in one split. Filed
     under two or more classes, the picture is a labelling conflict: every copy is left out and
     listed with the paths of the others (``conflicts_with``). Unreadable files key alone. Photos
-    are the read stage's compact tuples; a kept one leaves as ((order, source_id, label, digest,
-    split), stored), what the split stage gathers."""
-    _, members = keyed
-    members = sorted(members, key=lambda photo: photo[ORDER])
-    if members[0][ERROR] is not None:
-        for photo in members:
+    are the read stage's packed records; a kept one leaves as it came, what the split stage gathers."""
+    _, packed = keyed
+    members = sorted(((unpack(raw), raw) for raw in packed), key=lambda member: member[0][ORDER])
+    photos = [photo for photo, _ in members]
+    if photos[0][ERROR] is not None:
+        for photo in photos:
             yield _skip(photo, "unreadable", photo[ERROR])
         return
-    if len({photo[LABEL] for photo in members}) > 1:
-        for photo in members:
-            others = [other[SOURCE_ID] for other in members if other is not photo]
+    if len({photo[LABEL] for photo in photos}) > 1:
+        for photo in photos:
+            others = [other[SOURCE_ID] for other in photos if other is not photo]
             yield _skip(photo, "conflict", f"the same picture as {', '.join(others)} in another class folder: a "
                         "labelling conflict, left out of training; keep it in the one right class folder",
                         conflicts_with=others)
         return
-    kept = members[0]
-    yield (kept[ORDER], kept[SOURCE_ID], kept[LABEL], kept[DIGEST], kept[SPLIT]), kept[STORED]
-    for photo in members[1:]:
+    kept = photos[0]
+    yield members[0][1]
+    for photo in photos[1:]:
         if photo[DIGEST] == kept[DIGEST]:
             reason = f"exact duplicate of {kept[SOURCE_ID]} (kept once, in one split)"
         else:
@@ -134,27 +163,43 @@ def _keep_first(keyed: tuple):
         yield _skip(photo, "duplicate", reason, duplicate_of=kept[SOURCE_ID])
 
 
-class Kept(NamedTuple):
-    """A kept photo as the split stage holds it: what ``split.split_by_content`` reads (source_id,
-    label, content_hash) and where it came from. One small tuple a photo, sharing the gathered
-    strings: the split stage holds every kept photo at once."""
+class Kept:
+    """A kept photo as the split stage holds it: its packed record and nothing else (the split stage
+    holds every kept photo at once); ``split.split_by_content`` reads source_id, label and
+    content_hash, unpacked when asked for."""
 
-    source_id: str
-    label: int
-    content_hash: str | None
-    order: tuple
-    split: str | None
-    stored: tuple | None
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes):
+        self.raw = raw
+
+    @property
+    def source_id(self) -> str:
+        return unpack(self.raw)[SOURCE_ID]
+
+    @property
+    def label(self) -> int:
+        return _HEAD.unpack_from(self.raw)[2]
+
+    @property
+    def content_hash(self) -> str | None:
+        return unpack(self.raw)[DIGEST]
+
+    @property
+    def order(self) -> tuple:
+        return _HEAD.unpack_from(self.raw)[:2]
+
+    @property
+    def split(self) -> str | None:
+        return _SPLIT_CODES[_HEAD.unpack_from(self.raw)[6]]
 
 
-def plan_splits(identified: list[tuple], seed: int, fixed: bool, image_size: int, max_workers: int,
-                min_shard_records: int, split_record: dict | None = None) -> dict:
+def plan_splits(gathered, seed: int, fixed: bool, image_size: int, max_workers: int, min_shard_records: int,
+                split_record: dict | None = None) -> dict:
     """Each split's kept photos (``Kept``) in their order in the split (a photo's rank; the shard is
-    rank // per_shard), from the gathered ((order, source_id, label, digest, fixed split), stored)
-    pairs. ``fixed`` (TFDS): each photo stays in the slice it was read from, in read order; else
-    ``split.split_by_content``."""
-    kept = [Kept(source_id, label, digest, order, fixed_split, stored)
-            for (order, source_id, label, digest, fixed_split), stored in identified]
+    rank // per_shard), from the gathered packed records (any iterable). ``fixed`` (TFDS): each
+    photo stays in the slice it was read from, in read order; else ``split.split_by_content``."""
+    kept = [Kept(raw) for raw in gathered]
     if fixed:
         ordered = {name: sorted((photo for photo in kept if photo.split == name), key=lambda photo: photo.order)
                    for name in split.SPLITS}
@@ -167,26 +212,35 @@ def plan_splits(identified: list[tuple], seed: int, fixed: bool, image_size: int
     return {"ordered": ordered, "record": record, "per_shard": per_shard}
 
 
-def _assign_shards(identified: list[tuple], seed: int, fixed: bool, image_size: int, max_workers: int,
+def _plan_record(plan: dict) -> dict:
+    return {"record": plan["record"], "per_shard": plan["per_shard"]}
+
+
+_PLACE = struct.Struct("<QIqIi")  # rank, unit, offset, length, label; then the source id
+
+
+def _assign_shards(gathered: tuple, seed: int, fixed: bool, image_size: int, max_workers: int,
                    min_shard_records: int, split_record: dict | None):
-    """The split (``plan_splits``) of the gathered (identity, stored) pairs, as each kept photo's
-    ((split, shard), (rank, unit, offset, length, label, source_id)), and the plan's record (tagged
-    "plan"). Here, in the one worker that gathered them, and not as a side input: every worker of
-    the next stage would receive every photo's place."""
+    """The split (``plan_splits``) of the gathered (key, packed records) group, as each kept photo's
+    ((split, shard), packed (rank, unit, offset, length, label) + source id), and the plan's record
+    (tagged "plan"). Here, in the one worker that gathered them, and not as a side input: every
+    worker of the next stage would receive every photo's place."""
     import apache_beam as beam
 
-    plan = plan_splits(identified, seed, fixed, image_size, max_workers, min_shard_records, split_record)
+    _, packed = gathered
+    plan = plan_splits(packed, seed, fixed, image_size, max_workers, min_shard_records, split_record)
     for name in split.SPLITS:
         for rank, photo in enumerate(plan["ordered"][name]):
-            offset, length = photo.stored
-            yield (name, rank // plan["per_shard"][name]), (rank, photo.order[0], offset, length, photo.label,
-                                                            photo.source_id)
-    yield beam.pvalue.TaggedOutput("plan", {"record": plan["record"], "per_shard": plan["per_shard"]})
+            (unit, _), source_id, label, _, _, _, (offset, length) = unpack(photo.raw)
+            yield (name, rank // plan["per_shard"][name]), _PLACE.pack(rank, unit, offset, length,
+                                                                       label) + source_id.encode()
+    yield beam.pvalue.TaggedOutput("plan", _plan_record(plan))
 
 
 def _write_shard(keyed: tuple, output_dir: str, scratch: str) -> dict:
-    (name, shard), members = keyed
-    members = sorted(members, key=lambda member: member[0])
+    (name, shard), packed = keyed
+    members = sorted((_PLACE.unpack_from(raw) + (raw[_PLACE.size :].decode(),) for raw in packed),
+                     key=lambda member: member[0])
     file_name = records.shard_name(name, shard)
     images = ((read_staged(scratch, unit, offset, length), label, source_id)
               for _, unit, offset, length, label, source_id in members)  # one image in memory at a time
@@ -244,12 +298,18 @@ def build(pipeline, scratch: str, output_dir: str, *, image_size: int, seed: int
         | "GroupByContent" >> beam.GroupByKey()
         | "Deduplicate" >> beam.FlatMap(_keep_first).with_outputs("skipped", main="kept")
     )
+    # One grouping under one key, not beam.combiners.ToList: ToList merges lists in a worker and passes
+    # the whole list on as a side input, so every kept photo was held several times over.
     assigned = (
         verdicts.kept
-        | "GatherIdentities" >> beam.combiners.ToList()
+        | "KeyAsOne" >> beam.Map(lambda raw: (b"", raw))
+        | "GatherIdentities" >> beam.GroupByKey()
         | "SplitByContent" >> beam.FlatMap(_assign_shards, seed, fixed_split is not None, image_size, max_workers,
                                            min_shard_records, fixed_split).with_outputs("plan", main="photos")
     )
+    # No kept photo: no group to split, and the plan of none.
+    no_photos_plan = _plan_record(plan_splits([], seed, fixed_split is not None, image_size, max_workers,
+                                              min_shard_records, fixed_split))
     shards = (
         assigned.photos
         | "GroupByShard" >> beam.GroupByKey()
@@ -262,6 +322,6 @@ def build(pipeline, scratch: str, output_dir: str, *, image_size: int, seed: int
             _write_metadata, scratch, output_dir, image_size,
             AsSingleton(shards | "GatherShards" >> beam.combiners.ToList()),
             AsSingleton(verdicts.skipped | "GatherSkipped" >> beam.combiners.ToList()),
-            AsSingleton(assigned.plan), source_fingerprint,
+            AsSingleton(assigned.plan, default_value=no_photos_plan), source_fingerprint,
         )
     )
