@@ -208,3 +208,15 @@ def test_the_split_stage_splits_as_split_by_content():
     assert plan["record"] == record and record["moved"]
     assert {name: [photo.source_id for photo in plan["ordered"][name]] for name in split.SPLITS} == \
         {name: [example.source_id for example in expected[name]] for name in split.SPLITS}
+
+
+def test_the_launcher_lets_go_of_the_listing_once_written(tmp_path):
+    """The workers read the listing's units from the scratch folder: the launching process does not
+    hold a path and a tuple a photo for the whole run."""
+    from tlp.components.lib.dataprep import sources
+
+    listing = sources.list_sample(6, seed=3)
+    prepare.run_pipeline(listing, str(tmp_path / "out"), image_size=32, seed=3, max_workers=1,
+                         min_shard_records=4, processes=0)
+    assert listing.units == []
+    assert sum(json.loads((tmp_path / "out" / records.METADATA_FILE).read_text())["num_examples"].values()) == 12

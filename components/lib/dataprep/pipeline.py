@@ -289,8 +289,10 @@ def build(pipeline, scratch: str, output_dir: str, *, image_size: int, seed: int
     photos = (
         pipeline
         | "List" >> beam.io.ReadFromText(sources.join(scratch, sources.LISTING_UNITS_FILE))
+        # Units spread over the workers as their lines: the local runner holds a grouping's elements
+        # decoded, and a line is one string where a parsed unit is a tuple of a list of lists.
+        | "Distribute" >> beam.Reshuffle()
         | "ParseUnits" >> beam.Map(sources.read_unit_line)
-        | "Distribute" >> beam.Reshuffle()  # units spread over the workers
         | "ReadDigestEncode" >> beam.FlatMap(_read, image_size, progress_folder, scratch)
     )
     verdicts = (
