@@ -70,12 +70,31 @@ def test_the_split_and_shards_are_those_of_before_on_a_fixed_folder(tmp_path):
     assert digest == GOLDEN_ASSIGNMENT, f"{digest}:\n" + "\n".join(lines)
 
 
-def _gathered(n: int) -> list[bytes]:
-    """What the split stage gathers for n kept photos of two classes: each a packed record."""
-    from tlp.components.lib.dataprep import pipeline
+def _photo_fields(n: int) -> list[tuple]:
+    """(source_id, label, file digest) of n photos of two classes."""
+    return [(f"/data/photos/{('squares', 'circles')[i % 2]}/{i:06d}.jpg", i % 2,
+             hashlib.sha256(str(i).encode()).hexdigest()) for i in range(n)]
 
-    return [pipeline.pack((i // 50, i % 50), f"/data/photos/{('squares', 'circles')[i % 2]}/{i:06d}.jpg", i % 2,
-                          hashlib.sha256(str(i).encode()).hexdigest(), stored=(i * 5000, 5000)) for i in range(n)]
+
+def _gathered(n: int, scratch, seed: int) -> list[bytes]:
+    """What the split stage gathers for n kept photos of two classes: each a kept record, its JPEG
+    (ten bytes here) and name staged under ``scratch`` as the read stage stages them."""
+    from tlp.components.lib.dataprep import pipeline, split
+
+    gathered, fields = [], _photo_fields(n)
+    for start in range(0, n, 50):
+        staged, offset = bytearray(), 0
+        for i, (source_id, label, digest) in enumerate(fields[start : start + 50]):
+            name = source_id.encode()
+            position = split.split_position(digest, seed)
+            gathered.append(pipeline._KEPT.pack(start // 50, i, label, offset, 10, len(name), position, 0))
+            staged += b"0123456789" + name
+            offset += 10 + len(name)
+        path = pipeline.staged_path(str(scratch), start // 50)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(staged)
+    return gathered
 
 
 def _read_photos(n: int) -> list:
@@ -175,35 +194,35 @@ def test_the_read_stage_sends_each_photo_compactly(tmp_path):
     assert len(sizes) == 3 and max(sizes) < 250, sizes
 
 
-def test_the_split_stage_holds_at_most_420_bytes_a_photo():
+def test_the_split_stage_holds_at_most_300_bytes_a_photo(tmp_path):
     """The one worker that splits holds every kept photo: at its peak, the gathered records included,
-    at most 420 bytes a photo (the gathered tuples and Kept tuples of before took 736)."""
+    at most 300 bytes a photo (the gathered tuples and Kept tuples of before took 736)."""
     import tracemalloc
 
     import apache_beam  # noqa: F401  (imported before measuring)
 
     from tlp.components.lib.dataprep import pipeline
 
+    staged = _gathered(4000, tmp_path, 42)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        gathered = _gathered(4000)  # as the worker decodes the grouping
-        shards = sum(1 for _ in pipeline._assign_shards((b"", gathered), 42, False, 160, 2, 100, None))
+        gathered = [bytes(bytearray(raw)) for raw in staged]  # new objects, as the worker decodes the grouping
+        shards = sum(1 for _ in pipeline._assign_shards((b"", gathered), str(tmp_path), 42, False, 160, 2, 100,
+                                                        None))
         peak = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()
     assert shards == 4001  # every photo, and the plan
-    assert peak / 4000 < 420, f"{peak / 4000:.0f} bytes a photo"
+    assert peak / 4000 < 300, f"{peak / 4000:.0f} bytes a photo"
 
 
-def test_the_split_stage_splits_as_split_by_content():
+def test_the_split_stage_splits_as_split_by_content(tmp_path):
     """The split stage's compact photos give split_by_content's very split, balancing moves included."""
     from tlp.components.lib.dataprep import pipeline, split
 
-    gathered = _gathered(1300)
-    plan = pipeline.plan_splits(gathered, 0, False, 160, 2, 100)
-    examples = [split.Example(source_id, label, digest)
-                for _, source_id, label, digest, _, _, _ in map(pipeline.unpack, gathered)]
+    plan = pipeline.plan_splits(_gathered(1300, tmp_path, 0), str(tmp_path), 0, False, 160, 2, 100)
+    examples = [split.Example(source_id, label, digest) for source_id, label, digest in _photo_fields(1300)]
     expected, record = split.split_by_content(examples, 0)
     assert plan["record"] == record and record["moved"]
     assert {name: [photo.source_id for photo in plan["ordered"][name]] for name in split.SPLITS} == \

@@ -85,9 +85,10 @@ def _read(numbered_unit: tuple, image_size: int, progress_folder: str | None, sc
 
 
 def _stage(photos: list[Photo], scratch: str, unit: int) -> None:
-    """Writes a unit's resized JPEGs one after another into its staged file and keeps, in each photo,
-    only where its JPEG is: the bytes then wait on disk for their shard, not in the runner's memory.
-    A unit read again (a retried bundle) writes the same file again."""
+    """Writes a unit's resized JPEGs one after another into its staged file, each followed by its
+    photo's source id (UTF-8), and keeps, in each photo, only where its JPEG is: the bytes then wait
+    on disk for their shard, not in the runner's memory, and the split stage and the shards read the
+    name from there. A unit read again (a retried bundle) writes the same file again."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
@@ -98,9 +99,10 @@ def _stage(photos: list[Photo], scratch: str, unit: int) -> None:
         for photo in photos:
             if photo.encoded is None:
                 continue
-            handle.write(photo.encoded)
+            name = photo.source_id.encode()
+            handle.write(photo.encoded + name)
             photo.stored, photo.encoded = (offset, len(photo.encoded)), None
-            offset += photo.stored[1]
+            offset += photo.stored[1] + len(name)
 
 
 def read_staged(scratch: str, unit: int, offset: int, length: int) -> bytes:
@@ -132,12 +134,13 @@ def _skip(photo: tuple, kind: str, reason: str, **extra) -> object:
                                                                "kind": kind, **extra}))
 
 
-def _keep_first(keyed: tuple):
+def _keep_first(keyed: tuple, seed: int):
     """Of the photos that prepare to one image, the first in listing order is kept and the others
     are skipped as duplicates of it (``duplicate_of``), so the picture lands in one split. Filed
     under two or more classes, the picture is a labelling conflict: every copy is left out and
     listed with the paths of the others (``conflicts_with``). Unreadable files key alone. Photos
-    are the read stage's packed records; a kept one leaves as it came, what the split stage gathers."""
+    are the read stage's packed records; a kept one leaves as a ``Kept`` record (its split position
+    computed here, in parallel), what the split stage gathers."""
     _, packed = keyed
     members = sorted(((unpack(raw), raw) for raw in packed), key=lambda member: member[0][ORDER])
     photos = [photo for photo, _ in members]
@@ -153,7 +156,10 @@ def _keep_first(keyed: tuple):
                         conflicts_with=others)
         return
     kept = photos[0]
-    yield members[0][1]
+    (unit, index), source_id, label, _, _, fixed_split, (offset, length) = kept
+    position = split.split_position(split.identity(split.Example(source_id, label, kept[DIGEST])), seed)
+    yield _KEPT.pack(unit, index, label, offset, length, len(source_id.encode()), position,
+                     _SPLIT_CODES.index(fixed_split))
     for photo in photos[1:]:
         if photo[DIGEST] == kept[DIGEST]:
             reason = f"exact duplicate of {kept[SOURCE_ID]} (kept once, in one split)"
@@ -163,43 +169,51 @@ def _keep_first(keyed: tuple):
         yield _skip(photo, "duplicate", reason, duplicate_of=kept[SOURCE_ID])
 
 
+# A kept photo as the split stage gathers it: what the split needs (class, split position; TFDS: its
+# place in the listing and its slice) and where its JPEG and name are staged; its name is read from
+# the staged file only when asked for. 37 bytes, where the photo's read record is about 115.
+_KEPT = struct.Struct("<IIiqIIdB")  # unit, index, label, offset, length, name's length, position, split
+
+
 class Kept:
-    """A kept photo as the split stage holds it: its packed record and nothing else (the split stage
-    holds every kept photo at once); ``split.split_by_content`` reads source_id, label and
-    content_hash, unpacked when asked for."""
+    """A kept photo as the split stage holds it (the split stage holds every kept photo at once):
+    its ``_KEPT`` record, unpacked when asked for; ``split.split_by_content`` reads label, position
+    and, only where two positions tie or a photo moves, source_id."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("raw", "scratch")
 
-    def __init__(self, raw: bytes):
-        self.raw = raw
-
-    @property
-    def source_id(self) -> str:
-        return unpack(self.raw)[SOURCE_ID]
+    def __init__(self, raw: bytes, scratch: str):
+        self.raw, self.scratch = raw, scratch
 
     @property
     def label(self) -> int:
-        return _HEAD.unpack_from(self.raw)[2]
+        return _KEPT.unpack_from(self.raw)[2]
 
     @property
-    def content_hash(self) -> str | None:
-        return unpack(self.raw)[DIGEST]
+    def position(self) -> float:
+        return _KEPT.unpack_from(self.raw)[6]
 
     @property
     def order(self) -> tuple:
-        return _HEAD.unpack_from(self.raw)[:2]
+        return _KEPT.unpack_from(self.raw)[:2]
 
     @property
     def split(self) -> str | None:
-        return _SPLIT_CODES[_HEAD.unpack_from(self.raw)[6]]
+        return _SPLIT_CODES[_KEPT.unpack_from(self.raw)[7]]
+
+    @property
+    def source_id(self) -> str:
+        unit, _, _, offset, length, name_length, _, _ = _KEPT.unpack_from(self.raw)
+        return read_staged(self.scratch, unit, offset + length, name_length).decode()
 
 
-def plan_splits(gathered, seed: int, fixed: bool, image_size: int, max_workers: int, min_shard_records: int,
-                split_record: dict | None = None) -> dict:
+def plan_splits(gathered, scratch: str, seed: int, fixed: bool, image_size: int, max_workers: int,
+                min_shard_records: int, split_record: dict | None = None) -> dict:
     """Each split's kept photos (``Kept``) in their order in the split (a photo's rank; the shard is
-    rank // per_shard), from the gathered packed records (any iterable). ``fixed`` (TFDS): each
-    photo stays in the slice it was read from, in read order; else ``split.split_by_content``."""
-    kept = [Kept(raw) for raw in gathered]
+    rank // per_shard), from the gathered ``_KEPT`` records (any iterable) of photos staged under
+    ``scratch``. ``fixed`` (TFDS): each photo stays in the slice it was read from, in read order;
+    else ``split.split_by_content``."""
+    kept = [Kept(raw, scratch) for raw in gathered]
     if fixed:
         ordered = {name: sorted((photo for photo in kept if photo.split == name), key=lambda photo: photo.order)
                    for name in split.SPLITS}
@@ -216,37 +230,41 @@ def _plan_record(plan: dict) -> dict:
     return {"record": plan["record"], "per_shard": plan["per_shard"]}
 
 
-_PLACE = struct.Struct("<QIqIi")  # rank, unit, offset, length, label; then the source id
+_PLACE = struct.Struct("<QIqIIi")  # rank, unit, offset, length, name's length, label
 
 
-def _assign_shards(gathered: tuple, seed: int, fixed: bool, image_size: int, max_workers: int,
+def _assign_shards(gathered: tuple, scratch: str, seed: int, fixed: bool, image_size: int, max_workers: int,
                    min_shard_records: int, split_record: dict | None):
-    """The split (``plan_splits``) of the gathered (key, packed records) group, as each kept photo's
-    ((split, shard), packed (rank, unit, offset, length, label) + source id), and the plan's record
-    (tagged "plan"). Here, in the one worker that gathered them, and not as a side input: every
-    worker of the next stage would receive every photo's place."""
+    """The split (``plan_splits``) of the gathered (key, ``_KEPT`` records) group, as each kept
+    photo's ((split, shard), ``_PLACE`` record), and the plan's record (tagged "plan"). Here, in the
+    one worker that gathered them, and not as a side input: every worker of the next stage would
+    receive every photo's place."""
     import apache_beam as beam
 
     _, packed = gathered
-    plan = plan_splits(packed, seed, fixed, image_size, max_workers, min_shard_records, split_record)
+    plan = plan_splits(packed, scratch, seed, fixed, image_size, max_workers, min_shard_records, split_record)
     for name in split.SPLITS:
         for rank, photo in enumerate(plan["ordered"][name]):
-            (unit, _), source_id, label, _, _, _, (offset, length) = unpack(photo.raw)
-            yield (name, rank // plan["per_shard"][name]), _PLACE.pack(rank, unit, offset, length,
-                                                                       label) + source_id.encode()
+            unit, _, label, offset, length, name_length, _, _ = _KEPT.unpack_from(photo.raw)
+            yield (name, rank // plan["per_shard"][name]), _PLACE.pack(rank, unit, offset, length, name_length,
+                                                                       label)
     yield beam.pvalue.TaggedOutput("plan", _plan_record(plan))
 
 
 def _write_shard(keyed: tuple, output_dir: str, scratch: str) -> dict:
     (name, shard), packed = keyed
-    members = sorted((_PLACE.unpack_from(raw) + (raw[_PLACE.size :].decode(),) for raw in packed),
-                     key=lambda member: member[0])
+    members = sorted(map(_PLACE.unpack, packed), key=lambda member: member[0])
     file_name = records.shard_name(name, shard)
-    images = ((read_staged(scratch, unit, offset, length), label, source_id)
-              for _, unit, offset, length, label, source_id in members)  # one image in memory at a time
-    digest = records.write_shard(records.join(output_dir, file_name), images)
+    digest = records.write_shard(records.join(output_dir, file_name),
+                                 (_staged_photo(scratch, *member[1:]) for member in members))  # one at a time
     return {"split": name, "shard": shard, "name": file_name, "digest": digest,
-            "labels": dict(Counter(member[4] for member in members))}
+            "labels": dict(Counter(member[5] for member in members))}
+
+
+def _staged_photo(scratch: str, unit: int, offset: int, length: int, name_length: int, label: int) -> tuple:
+    """(JPEG, label, source id) of a staged photo, in one read."""
+    staged = read_staged(scratch, unit, offset, length + name_length)
+    return staged[:length], label, staged[length:].decode()
 
 
 def metadata_of(listed: dict, image_size: int, shards: list[dict], skipped: list[tuple], plan: dict,
@@ -298,7 +316,7 @@ def build(pipeline, scratch: str, output_dir: str, *, image_size: int, seed: int
     verdicts = (
         photos
         | "GroupByContent" >> beam.GroupByKey()
-        | "Deduplicate" >> beam.FlatMap(_keep_first).with_outputs("skipped", main="kept")
+        | "Deduplicate" >> beam.FlatMap(_keep_first, seed).with_outputs("skipped", main="kept")
     )
     # One grouping under one key, not beam.combiners.ToList: ToList merges lists in a worker and passes
     # the whole list on as a side input, so every kept photo was held several times over.
@@ -306,11 +324,12 @@ def build(pipeline, scratch: str, output_dir: str, *, image_size: int, seed: int
         verdicts.kept
         | "KeyAsOne" >> beam.Map(lambda raw: (b"", raw))
         | "GatherIdentities" >> beam.GroupByKey()
-        | "SplitByContent" >> beam.FlatMap(_assign_shards, seed, fixed_split is not None, image_size, max_workers,
-                                           min_shard_records, fixed_split).with_outputs("plan", main="photos")
+        | "SplitByContent" >> beam.FlatMap(_assign_shards, scratch, seed, fixed_split is not None, image_size,
+                                           max_workers, min_shard_records, fixed_split).with_outputs("plan",
+                                                                                                     main="photos")
     )
     # No kept photo: no group to split, and the plan of none.
-    no_photos_plan = _plan_record(plan_splits([], seed, fixed_split is not None, image_size, max_workers,
+    no_photos_plan = _plan_record(plan_splits([], scratch, seed, fixed_split is not None, image_size, max_workers,
                                               min_shard_records, fixed_split))
     shards = (
         assigned.photos
