@@ -111,17 +111,18 @@ def test_a_photo_record_packs_and_unpacks_every_field():
     from tlp.components.lib.dataprep import pipeline
 
     digest = hashlib.sha256(b"x").hexdigest()
-    for fields in (((3, 15), "/p/cat/é 1.jpg", 2, digest, None, None, (123456789012, 4567)),
-                   ((0, 0), "tfds/cats/7", 1, None, None, "val", (0, 10)),
-                   ((70000, 9), "/p/dog/broken.jpg", 0, digest, "cannot identify image file", None, None),
-                   ((1, 2), "/p/dog/empty.jpg", 0, None, "", None, None)):
+    prepared = hashlib.sha256(b"y").hexdigest()
+    for fields in (((3, 15), "/p/cat/é 1.jpg", 2, digest, None, None, (123456789012, 4567), prepared),
+                   ((0, 0), "tfds/cats/7", 1, None, None, "val", (0, 10), None),
+                   ((70000, 9), "/p/dog/broken.jpg", 0, digest, "cannot identify image file", None, None, None),
+                   ((1, 2), "/p/dog/empty.jpg", 0, None, "", None, None, None)):
         assert pipeline.unpack(pipeline.pack(*fields)) == fields
 
 
 def test_the_launcher_holds_each_photo_of_the_content_grouping_in_few_bytes():
     """Beam's local runner decodes every element it groups and holds them all in the launcher until
-    the grouping is done (its GroupingBuffer): a photo there takes at most 400 bytes (the 7-tuples of
-    before took 663)."""
+    the grouping is done (its GroupingBuffer): a photo there takes at most 250 bytes (the 7-tuples of
+    before took 663, each keyed by its own digest)."""
     import tracemalloc
 
     from apache_beam.coders import coders
@@ -148,7 +149,7 @@ def test_the_launcher_holds_each_photo_of_the_content_grouping_in_few_bytes():
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert held / n < 400, f"{held / n:.0f} bytes a photo"
+    assert held / n < 250, f"{held / n:.0f} bytes a photo"
 
 
 def test_no_stage_passes_the_photos_on_as_a_side_input(tmp_path):

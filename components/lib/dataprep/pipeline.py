@@ -40,39 +40,49 @@ def staged_path(scratch: str, unit: int) -> str:
 # and holds them all in the launcher until the grouping is done, and the split stage's worker holds
 # every kept photo: a 7-tuple of strings and tuples took about 700 bytes a photo there, one bytes
 # object about 130. Digests travel as their 32 raw bytes, not 64 hex characters.
-ORDER, SOURCE_ID, LABEL, DIGEST, ERROR, SPLIT, STORED = range(7)  # the fields of ``unpack``
+ORDER, SOURCE_ID, LABEL, DIGEST, ERROR, SPLIT, STORED, PREPARED = range(8)  # the fields of ``unpack``
 _HEAD = struct.Struct("<IIiqqBBI")  # unit, index, label, offset, length, flags, split, source_id's length
-_HAS_DIGEST, _HAS_ERROR, _HAS_STORED = 1, 2, 4
+_HAS_DIGEST, _HAS_ERROR, _HAS_STORED, _HAS_PREPARED = 1, 2, 4, 8
+# Photos group for deduplication by a bucket of their prepared digest, not by the digest itself:
+# the local runner holds a list and a key for each group, about 220 bytes, which per photo was more
+# than the photo's record. 1,024 buckets still spread the work over many workers.
+DEDUPE_BUCKETS = 1024
 _SPLIT_CODES = (None, *split.SPLITS)
 
 
 def pack(order: tuple, source_id: str, label: int, digest: str | None, error: str | None = None,
-         fixed_split: str | None = None, stored: tuple | None = None) -> bytes:
+         fixed_split: str | None = None, stored: tuple | None = None, prepared: str | None = None) -> bytes:
     """A photo's fields in one bytes object (``unpack`` gives them back)."""
     name = source_id.encode()
     flags = ((_HAS_DIGEST if digest is not None else 0) | (_HAS_ERROR if error is not None else 0)
-             | (_HAS_STORED if stored is not None else 0))
+             | (_HAS_STORED if stored is not None else 0) | (_HAS_PREPARED if prepared is not None else 0))
     offset, length = stored if stored is not None else (0, 0)
     head = _HEAD.pack(order[0], order[1], label, offset, length, flags, _SPLIT_CODES.index(fixed_split), len(name))
-    return b"".join((head, bytes.fromhex(digest) if digest is not None else b"", name,
+    return b"".join((head, bytes.fromhex(digest) if digest is not None else b"",
+                     bytes.fromhex(prepared) if prepared is not None else b"", name,
                      error.encode() if error is not None else b""))
 
 
 def unpack(raw: bytes) -> tuple:
-    """(order, source_id, label, digest, error, split, stored) of a ``pack``-ed photo."""
+    """(order, source_id, label, digest, error, split, stored, prepared) of a ``pack``-ed photo."""
     unit, index, label, offset, length, flags, split_code, name_length = _HEAD.unpack_from(raw)
     at = _HEAD.size
-    digest = None
+    digest = prepared = None
     if flags & _HAS_DIGEST:
         digest, at = raw[at : at + 32].hex(), at + 32
+    if flags & _HAS_PREPARED:
+        prepared, at = raw[at : at + 32].hex(), at + 32
     source_id = raw[at : at + name_length].decode()
     error = raw[at + name_length :].decode() if flags & _HAS_ERROR else None
     stored = (offset, length) if flags & _HAS_STORED else None
-    return (unit, index), source_id, label, digest, error, _SPLIT_CODES[split_code], stored
+    return (unit, index), source_id, label, digest, error, _SPLIT_CODES[split_code], stored, prepared
 
 
 def _compact(photo: Photo) -> bytes:
-    return pack(photo.order, photo.source_id, photo.label, photo.digest, photo.error, photo.split, photo.stored)
+    # Photos without a file digest (generated, TFDS) and unreadable files are never duplicates.
+    prepared = photo.prepared_digest if photo.digest is not None else None
+    return pack(photo.order, photo.source_id, photo.label, photo.digest, photo.error, photo.split, photo.stored,
+                prepared)
 
 
 def _read(numbered_unit: tuple, image_size: int, progress_folder: str | None, scratch: str) -> list[tuple]:
@@ -118,13 +128,13 @@ def read_staged(scratch: str, unit: int, offset: int, length: int) -> bytes:
     return data
 
 
-def _key_by_content(photo: Photo) -> bytes:
-    # The prepared image's digest (its resized pixels): identical bytes give identical prepared
-    # images, and so does the same picture saved again with other bytes. Photos without a file digest (generated, TFDS)
-    # and unreadable files are never duplicates: each keys alone (9 bytes: never a 32-byte digest).
+def _key_by_content(photo: Photo) -> int:
+    """The photo's dedupe bucket, from its prepared image's digest (its resized pixels): identical
+    bytes give identical prepared images, and so does the same picture saved again with other bytes.
+    A photo that cannot be a duplicate (no file digest or prepared image) goes to a bucket by its place."""
     if photo.digest is None or photo.prepared_digest is None:
-        return b"u" + struct.pack("<II", *photo.order)
-    return bytes.fromhex(photo.prepared_digest)
+        return (photo.order[0] * 31 + photo.order[1]) % DEDUPE_BUCKETS
+    return int(photo.prepared_digest[:8], 16) % DEDUPE_BUCKETS
 
 
 def _skip(photo: tuple, kind: str, reason: str, **extra) -> object:
@@ -134,15 +144,25 @@ def _skip(photo: tuple, kind: str, reason: str, **extra) -> object:
                                                                "kind": kind, **extra}))
 
 
-def _keep_first(keyed: tuple, seed: int):
+def _deduplicate(bucket: tuple, seed: int):
+    """``_keep_first`` on each group of a bucket's photos that prepare to one image (a photo that
+    cannot be a duplicate is a group of its own)."""
+    groups: dict = {}
+    for raw in bucket[1]:
+        photo = unpack(raw)
+        groups.setdefault(photo[PREPARED] or ("alone", photo[ORDER]), []).append((photo, raw))
+    for members in groups.values():
+        yield from _keep_first(members, seed)
+
+
+def _keep_first(group: list, seed: int):
     """Of the photos that prepare to one image, the first in listing order is kept and the others
     are skipped as duplicates of it (``duplicate_of``), so the picture lands in one split. Filed
     under two or more classes, the picture is a labelling conflict: every copy is left out and
     listed with the paths of the others (``conflicts_with``). Unreadable files key alone. Photos
-    are the read stage's packed records; a kept one leaves as a ``Kept`` record (its split position
+    are (``unpack``-ed, packed) pairs of one group; a kept one leaves as a ``Kept`` record (its split position
     computed here, in parallel), what the split stage gathers."""
-    _, packed = keyed
-    members = sorted(((unpack(raw), raw) for raw in packed), key=lambda member: member[0][ORDER])
+    members = sorted(group, key=lambda member: member[0][ORDER])
     photos = [photo for photo, _ in members]
     if photos[0][ERROR] is not None:
         for photo in photos:
@@ -156,7 +176,7 @@ def _keep_first(keyed: tuple, seed: int):
                         conflicts_with=others)
         return
     kept = photos[0]
-    (unit, index), source_id, label, _, _, fixed_split, (offset, length) = kept
+    (unit, index), source_id, label, _, _, fixed_split, (offset, length), _ = kept
     position = split.split_position(split.identity(split.Example(source_id, label, kept[DIGEST])), seed)
     yield _KEPT.pack(unit, index, label, offset, length, len(source_id.encode()), position,
                      _SPLIT_CODES.index(fixed_split))
@@ -316,7 +336,7 @@ def build(pipeline, scratch: str, output_dir: str, *, image_size: int, seed: int
     verdicts = (
         photos
         | "GroupByContent" >> beam.GroupByKey()
-        | "Deduplicate" >> beam.FlatMap(_keep_first, seed).with_outputs("skipped", main="kept")
+        | "Deduplicate" >> beam.FlatMap(_deduplicate, seed).with_outputs("skipped", main="kept")
     )
     # One grouping under one key, not beam.combiners.ToList: ToList merges lists in a worker and passes
     # the whole list on as a side input, so every kept photo was held several times over.
