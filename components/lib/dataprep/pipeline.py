@@ -2,18 +2,20 @@
 
 ``List`` (the workers read the listing's units from the file ``sources.write_listing`` wrote) ->
 ``Distribute`` -> ``ReadDigestEncode`` (read each photo once: its SHA-256, then decode, resize,
-encode; the resized JPEGs go straight to a staged file per unit) -> ``Deduplicate`` (one record per
-prepared image: the first in listing order is kept, the others are skipped as duplicates; a picture
-filed under two classes is a labelling conflict and all its copies are skipped) ->
-``SplitByContent`` (the gathered (class, digest) list through ``split.split_by_content``, the very
-function tlp 0.1.0 split with; each kept photo leaves it with its shard) -> ``WriteShards``
-(TFRecord files per split, the images read back from the staged files) -> ``WriteMetadata``
+encode; the resized JPEGs go straight to a staged file per unit, each followed by its name) ->
+``Deduplicate`` (by buckets of the prepared image's digest; one record per prepared image: the first
+in listing order is kept, the others are skipped as duplicates; a picture filed under two classes is
+a labelling conflict and all its copies are skipped) -> ``SplitByContent`` (the gathered (class,
+split position) records through ``split.split_by_content``, the very function tlp 0.1.0 split with;
+each kept photo leaves it with its shard) -> ``WriteShards`` (TFRecord files per split, the images
+and names read back from the staged files) -> ``WriteMetadata``
 (counts, skipped files with their reasons, fingerprints: ``metadata.json``).
 
 Photos are decoded in the same pass that digests them, before deduplication, so each photo is read
 once (reading twice would double the bytes read from Cloud Storage). What travels between the
-stages is small and does not hold the images: a photo's name, class, digest and where its JPEG is
-staged, so no grouping holds image bytes (the DirectRunner keeps each stage's output in memory).
+stages is small and does not hold the images: one packed bytes record a photo (its name, class,
+digests and where its JPEG is staged; after deduplication 37 bytes, its name left on disk), so no
+grouping holds image bytes (the DirectRunner keeps each grouping's elements, decoded, in memory).
 Nothing in the job request grows with the photos: the workers read the listing from its file, and
 no per-photo structure is a side input. Every stage is deterministic: the shards hold the same
 records in the same order whatever the runner and however many workers it has.
