@@ -119,6 +119,23 @@ def test_a_photo_record_packs_and_unpacks_every_field():
         assert pipeline.unpack(pipeline.pack(*fields)) == fields
 
 
+def test_a_staged_photo_record_leaves_its_name_on_disk(tmp_path):
+    """A folder photo's record does not carry its name: the name is staged after its JPEG and read
+    back only when asked for (a group of copies, the shards)."""
+    from tlp.components.lib.dataprep import pipeline
+
+    name, digest = "/data/photos/cats/a photo é.jpg", hashlib.sha256(b"x").hexdigest()
+    path = pipeline.staged_path(str(tmp_path), 4)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as handle:
+        handle.write(b"other" + b"JPEG" + name.encode())
+    fields = ((4, 1), name, 1, digest, None, None, (5, 4), digest)
+    raw = pipeline.pack(*fields, name_staged=True)
+    assert len(raw) == len(pipeline.pack(*fields)) - len(name.encode())
+    assert pipeline.unpack(raw)[pipeline.SOURCE_ID] is None
+    assert pipeline.unpack(raw, str(tmp_path)) == fields
+
+
 def test_the_launcher_holds_each_photo_of_the_content_grouping_in_few_bytes():
     """Beam's local runner decodes every element it groups and holds them all in the launcher until
     the grouping is done (its GroupingBuffer): a photo there takes at most 250 bytes (the 7-tuples of

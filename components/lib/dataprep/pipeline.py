@@ -44,7 +44,7 @@ def staged_path(scratch: str, unit: int) -> str:
 # object about 130. Digests travel as their 32 raw bytes, not 64 hex characters.
 ORDER, SOURCE_ID, LABEL, DIGEST, ERROR, SPLIT, STORED, PREPARED = range(8)  # the fields of ``unpack``
 _HEAD = struct.Struct("<IIiqqBBI")  # unit, index, label, offset, length, flags, split, source_id's length
-_HAS_DIGEST, _HAS_ERROR, _HAS_STORED, _HAS_PREPARED = 1, 2, 4, 8
+_HAS_DIGEST, _HAS_ERROR, _HAS_STORED, _HAS_PREPARED, _NAME_STAGED = 1, 2, 4, 8, 16
 # Photos group for deduplication by a bucket of their prepared digest, not by the digest itself:
 # the local runner holds a list and a key for each group, about 220 bytes, which per photo was more
 # than the photo's record. 1,024 buckets still spread the work over many workers.
@@ -53,20 +53,24 @@ _SPLIT_CODES = (None, *split.SPLITS)
 
 
 def pack(order: tuple, source_id: str, label: int, digest: str | None, error: str | None = None,
-         fixed_split: str | None = None, stored: tuple | None = None, prepared: str | None = None) -> bytes:
-    """A photo's fields in one bytes object (``unpack`` gives them back)."""
+         fixed_split: str | None = None, stored: tuple | None = None, prepared: str | None = None,
+         name_staged: bool = False) -> bytes:
+    """A photo's fields in one bytes object (``unpack`` gives them back). ``name_staged``: the
+    source id is left out (only its length is kept): it is staged after the photo's JPEG."""
     name = source_id.encode()
     flags = ((_HAS_DIGEST if digest is not None else 0) | (_HAS_ERROR if error is not None else 0)
-             | (_HAS_STORED if stored is not None else 0) | (_HAS_PREPARED if prepared is not None else 0))
+             | (_HAS_STORED if stored is not None else 0) | (_HAS_PREPARED if prepared is not None else 0)
+             | (_NAME_STAGED if name_staged else 0))
     offset, length = stored if stored is not None else (0, 0)
     head = _HEAD.pack(order[0], order[1], label, offset, length, flags, _SPLIT_CODES.index(fixed_split), len(name))
     return b"".join((head, bytes.fromhex(digest) if digest is not None else b"",
-                     bytes.fromhex(prepared) if prepared is not None else b"", name,
+                     bytes.fromhex(prepared) if prepared is not None else b"", b"" if name_staged else name,
                      error.encode() if error is not None else b""))
 
 
-def unpack(raw: bytes) -> tuple:
-    """(order, source_id, label, digest, error, split, stored, prepared) of a ``pack``-ed photo."""
+def unpack(raw: bytes, scratch: str | None = None) -> tuple:
+    """(order, source_id, label, digest, error, split, stored, prepared) of a ``pack``-ed photo; a
+    staged name is read from ``scratch``'s staged file (None without ``scratch``)."""
     unit, index, label, offset, length, flags, split_code, name_length = _HEAD.unpack_from(raw)
     at = _HEAD.size
     digest = prepared = None
@@ -74,7 +78,11 @@ def unpack(raw: bytes) -> tuple:
         digest, at = raw[at : at + 32].hex(), at + 32
     if flags & _HAS_PREPARED:
         prepared, at = raw[at : at + 32].hex(), at + 32
-    source_id = raw[at : at + name_length].decode()
+    if flags & _NAME_STAGED:
+        source_id = None if scratch is None else read_staged(scratch, unit, offset + length, name_length).decode()
+        name_length = 0
+    else:
+        source_id = raw[at : at + name_length].decode()
     error = raw[at + name_length :].decode() if flags & _HAS_ERROR else None
     stored = (offset, length) if flags & _HAS_STORED else None
     return (unit, index), source_id, label, digest, error, _SPLIT_CODES[split_code], stored, prepared
@@ -83,8 +91,9 @@ def unpack(raw: bytes) -> tuple:
 def _compact(photo: Photo) -> bytes:
     # Photos without a file digest (generated, TFDS) and unreadable files are never duplicates.
     prepared = photo.prepared_digest if photo.digest is not None else None
+    # A folder photo's name waits on disk after its JPEG: only a duplicate's group needs it before the shards.
     return pack(photo.order, photo.source_id, photo.label, photo.digest, photo.error, photo.split, photo.stored,
-                prepared)
+                prepared, name_staged=photo.stored is not None and photo.digest is not None)
 
 
 def _read(numbered_unit: tuple, image_size: int, progress_folder: str | None, scratch: str) -> list[tuple]:
@@ -146,14 +155,17 @@ def _skip(photo: tuple, kind: str, reason: str, **extra) -> object:
                                                                "kind": kind, **extra}))
 
 
-def _deduplicate(bucket: tuple, seed: int):
+def _deduplicate(bucket: tuple, seed: int, scratch: str):
     """``_keep_first`` on each group of a bucket's photos that prepare to one image (a photo that
-    cannot be a duplicate is a group of its own)."""
+    cannot be a duplicate is a group of its own); the names of a group of copies are read from the
+    staged files."""
     groups: dict = {}
     for raw in bucket[1]:
         photo = unpack(raw)
         groups.setdefault(photo[PREPARED] or ("alone", photo[ORDER]), []).append((photo, raw))
     for members in groups.values():
+        if len(members) > 1:
+            members = [(unpack(raw, scratch), raw) for _, raw in members]
         yield from _keep_first(members, seed)
 
 
@@ -180,7 +192,7 @@ def _keep_first(group: list, seed: int):
     kept = photos[0]
     (unit, index), source_id, label, _, _, fixed_split, (offset, length), _ = kept
     position = split.split_position(split.identity(split.Example(source_id, label, kept[DIGEST])), seed)
-    yield _KEPT.pack(unit, index, label, offset, length, len(source_id.encode()), position,
+    yield _KEPT.pack(unit, index, label, offset, length, _HEAD.unpack_from(members[0][1])[7], position,
                      _SPLIT_CODES.index(fixed_split))
     for photo in photos[1:]:
         if photo[DIGEST] == kept[DIGEST]:
@@ -338,7 +350,7 @@ def build(pipeline, scratch: str, output_dir: str, *, image_size: int, seed: int
     verdicts = (
         photos
         | "GroupByContent" >> beam.GroupByKey()
-        | "Deduplicate" >> beam.FlatMap(_deduplicate, seed).with_outputs("skipped", main="kept")
+        | "Deduplicate" >> beam.FlatMap(_deduplicate, seed, scratch).with_outputs("skipped", main="kept")
     )
     # One grouping under one key, not beam.combiners.ToList: ToList merges lists in a worker and passes
     # the whole list on as a side input, so every kept photo was held several times over.
