@@ -13,8 +13,9 @@ and names read back from the staged files) -> ``WriteMetadata``
 
 Photos are decoded in the same pass that digests them, before deduplication, so each photo is read
 once (reading twice would double the bytes read from Cloud Storage). What travels between the
-stages is small and does not hold the images: one packed bytes record a photo (its name, class,
-digests and where its JPEG is staged; after deduplication 37 bytes, its name left on disk), so no
+stages is small and does not hold the images: one packed bytes record a photo (its class, digests
+and where its JPEG is staged; a folder photo's name waits on disk after its JPEG; after
+deduplication 37 bytes), so no
 grouping holds image bytes (the DirectRunner keeps each grouping's elements, decoded, in memory).
 Nothing in the job request grows with the photos: the workers read the listing from its file, and
 no per-photo structure is a side input. Every stage is deterministic: the shards hold the same
