@@ -176,3 +176,13 @@ def test_the_split_method_is_recorded(tmp_path):
 def _sample(per_class):
     listing = sources.list_sample(per_class, seed=5)
     return [content_split.Example(source_id, label) for unit in listing.units for source_id, label, _ in unit[2]]
+
+
+def test_tied_positions_are_ordered_by_name_as_before():
+    """The split asks for a photo's name only where positions tie, and orders as (position, name)."""
+    import random
+
+    rng = random.Random(3)
+    members = [(rng.choice((0.1, 0.5, 0.5, 0.7)), content_split.Example(f"p{rng.randrange(50):02d}", 0))
+               for _ in range(60)]
+    assert content_split._by_position_then_name(members) == sorted(members, key=lambda m: (m[0], m[1].source_id))

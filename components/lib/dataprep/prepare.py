@@ -148,7 +148,8 @@ def beam_options(processes: int, dataflow: DataflowJob | None = None):
 def run_pipeline(listing: sources.Listing, output_dir: str, *, image_size: int, seed: int, max_workers: int,
                  min_shard_records: int, source_fingerprint: str = "", processes: int | None = None,
                  dataflow: DataflowJob | None = None) -> None:
-    """Runs data prep's Beam pipeline; the data set (shards, metadata.json) lands in ``output_dir``."""
+    """Runs data prep's Beam pipeline; the data set (shards, metadata.json) lands in ``output_dir``.
+    ``listing``'s units are written to the run's scratch folder and then dropped from it."""
     import logging
 
     import apache_beam as beam
@@ -171,6 +172,9 @@ def run_pipeline(listing: sources.Listing, output_dir: str, *, image_size: int, 
     scratch = scratch_folder(output_dir, dataflow)
     try:
         sources.write_listing(listing, scratch)
+        # The workers read the units from the scratch folder; held here they would cost this process
+        # about 170 bytes a photo for the whole run (a path and a tuple each).
+        listing.units = []
 
         def build(progress_folder: str | None = None) -> None:
             prep_pipeline.build(pipe, scratch, target, image_size=image_size, seed=seed, max_workers=max_workers,

@@ -55,15 +55,19 @@ def split_by_content(examples: list, seed: int) -> tuple[dict[str, list], dict]:
     more photos whose shares land more than ``BALANCE_POINTS`` off 80/10/10, the fewest photos
     nearest a boundary (within ``SPLIT_BAND``) move to the adjacent split; and in a class of 3 or
     more, an empty split takes the photo nearest to it. ``examples``: anything with
-    ``source_id``, ``label`` and ``content_hash``. Returns the splits (each ordered by position)
-    and the record of the method for ``metadata.json``."""
+    ``source_id``, ``label`` and ``content_hash`` (or its ``position``, ``split_position``).
+    Returns the splits (each ordered by position) and the record of the method for
+    ``metadata.json``."""
     by_class: dict[int, list[tuple[float, Example]]] = {}
     for example in examples:
-        by_class.setdefault(example.label, []).append((split_position(identity(example), seed), example))
+        position = getattr(example, "position", None)  # computed already (data prep's workers do)
+        if position is None:
+            position = split_position(identity(example), seed)
+        by_class.setdefault(example.label, []).append((position, example))
     splits: dict[str, list[tuple[float, Example]]] = {split: [] for split in SPLITS}
     moved: list[dict] = []
     for label in sorted(by_class):
-        members = sorted(by_class[label], key=lambda item: (item[0], item[1].source_id))
+        members = _by_position_then_name(by_class[label])
         assigned = {split: [m for m in members if _natural_split(m[0]) == split] for split in SPLITS}
         if len(members) >= BALANCED_FROM:
             _balance(assigned, len(members), moved)
@@ -76,6 +80,21 @@ def split_by_content(examples: list, seed: int) -> tuple[dict[str, list], dict]:
     }
     # Ordered by position: classes interleave in shards and batches, and the order is stable too.
     return {split: [e for _, e in sorted(splits[split], key=lambda m: m[0])] for split in SPLITS}, record
+
+
+def _by_position_then_name(members: list[tuple[float, Example]]) -> list[tuple[float, Example]]:
+    """``members`` sorted by (position, source_id), asking for source_id only where positions tie
+    (data prep's split stage reads a photo's name from disk)."""
+    ordered = sorted(members, key=lambda item: item[0])
+    start = 0
+    while start < len(ordered):
+        end = start + 1
+        while end < len(ordered) and ordered[end][0] == ordered[start][0]:
+            end += 1
+        if end - start > 1:
+            ordered[start:end] = sorted(ordered[start:end], key=lambda item: item[1].source_id)
+        start = end
+    return ordered
 
 
 def _move(assigned: dict, source: str, target: str, count: int, highest: bool, limit: float, moved: list, why: str):
