@@ -27,10 +27,13 @@ class ListingLatency:
     pages: int = 0
     in_flight: int = 0
     most_at_once: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Condition = field(default_factory=threading.Condition)
 
 
-def add_listing_latency(standin: StandIn, seconds: float) -> ListingLatency:
+def add_listing_latency(standin: StandIn, seconds: float, gather: int = 0) -> ListingLatency:
+    """``gather``: a page also waits (at most 10 s) until that many listing requests are in flight,
+    so that a test of how many a client sends at once does not depend on how fast a loaded machine
+    starts the client's threads; a client that sends them one at a time still shows 1."""
     latency = ListingLatency(seconds)
     answer = standin._handle
 
@@ -41,6 +44,9 @@ def add_listing_latency(standin: StandIn, seconds: float) -> ListingLatency:
             latency.pages += 1
             latency.in_flight += 1
             latency.most_at_once = max(latency.most_at_once, latency.in_flight)
+            latency._lock.notify_all()
+            if gather and "delimiter=" not in raw_query:  # a class's page, not the listing of the classes
+                latency._lock.wait_for(lambda: latency.most_at_once >= gather, timeout=10)
         try:
             time.sleep(latency.seconds)
             return answer(method, raw_path, raw_query, headers, data)

@@ -23,7 +23,7 @@ def _bucket(standin):
 def test_the_class_prefixes_of_a_bucket_are_listed_at_once(standin, monkeypatch):
     _bucket(standin)
     monkeypatch.setattr(sources, "LIST_PAGE_SIZE", 5)  # 3 pages per class
-    latency = add_listing_latency(standin, seconds=0.2)
+    latency = add_listing_latency(standin, seconds=0.2, gather=len(CLASSES))
     listed = sources.list_bucket("gs://photos/pets")
     # Every class's first page was asked for before any had come back (one after another: 1 at a time).
     assert latency.most_at_once == len(CLASSES) == sources.LISTING_THREADS
@@ -39,7 +39,7 @@ def test_the_class_prefixes_of_a_bucket_are_listed_at_once(standin, monkeypatch)
 
 def test_data_prep_lists_a_bucket_by_class_prefix_at_once(standin):
     _bucket(standin)
-    latency = add_listing_latency(standin, seconds=0.05)
+    latency = add_listing_latency(standin, seconds=0.05, gather=len(CLASSES))
     listing = sources.list_folder("gs://photos/pets")
     assert listing.class_names == CLASSES and listing.photos == 8 * 12 + 1
     assert [entry["path"] for entry in listing.skipped] == ["gs://photos/pets/class-1/notes.txt"]
@@ -49,7 +49,7 @@ def test_data_prep_lists_a_bucket_by_class_prefix_at_once(standin):
 
 def test_the_fingerprint_step_lists_a_bucket_by_class_prefix_at_once(standin):
     _bucket(standin)
-    latency = add_listing_latency(standin, seconds=0.05)
+    latency = add_listing_latency(standin, seconds=0.05, gather=len(CLASSES))
     found = fingerprint_source("folder:gs://photos/pets")
     assert found.files == 8 * 12 + 1 and found.total_bytes == 8 * sum(range(1, 13)) + len(b"deep")
     assert latency.most_at_once == len(CLASSES)
