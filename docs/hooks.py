@@ -206,7 +206,24 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
 
 
-def ten_million_plan(scale: dict | None = None, published: dict | None = None) -> str:
+def _prep_cost_at_default_size(results: dict | None = None) -> tuple[float, str] | None:
+    """(CPU seconds per photo, what was measured) of data prep at the default image size with every
+    core, from benchmark parallel_prep's committed rows ("photos: N photos, ..." and "CPU seconds,
+    one / all"); None without that file or those rows."""
+    results = load_results("parallel_prep") if results is None else results
+    if not results or results.get("mode") != "full":
+        return None
+    rows = {row["measurement"].split(":")[0].split(" (")[0]: row for row in results["rows"]}
+    described, cpu = rows.get("photos"), rows.get("CPU seconds, one / all")
+    if not described or not cpu:
+        return None
+    count = int(described["measurement"].split(":")[1].split(" photos")[0].replace(",", ""))
+    every_core = float(str(cpu["value"]).split("/")[1])
+    return every_core / count, f"{described['measurement'].split(': ', 1)[1]}, {results.get('date', '?')[:10]}"
+
+
+def ten_million_plan(scale: dict | None = None, published: dict | None = None,
+                     parallel_prep: dict | None = None) -> str:
     """Markdown: the ten-million-photo plan, each step's time from a figure that names its source.
     Steps that run on CPUs: the CPU seconds the scale benchmark measured (docs/data/bench-scale.json,
     a linear fit over its sizes: fixed + per photo), at the plan's photos, divided over the plan's
@@ -263,9 +280,18 @@ def ten_million_plan(scale: dict | None = None, published: dict | None = None) -
                 continue
             fixed, per_photo = _fit(points)
             vcpus, where = machines.get(step, (plan["cpu_step_vcpus"], plan["cpu_step_machine"]))
+            how = (f"measured here: {per_photo * 1000:.3f} CPU ms per photo + {fixed:.0f} CPU s fixed "
+                   f"(at {largest:,} photos: {points[-1][1]:,.0f} CPU s)")
+            at_default = _prep_cost_at_default_size(parallel_prep) if step == "data-prep" else None
+            if at_default:
+                # The scale runs prepare 64 px images; decoding and resizing cost more at the default
+                # size, so data prep's per-photo cost is the one measured at it.
+                how = (f"{at_default[0] * 1000:.1f} CPU ms per photo at the default image size, measured here by "
+                       f"benchmark `parallel_prep` ({at_default[1]}); the scale runs at 64 px measured "
+                       f"{per_photo * 1000:.1f} ms + {fixed:.0f} CPU s fixed")
+                per_photo = at_default[0]
             seconds = (fixed + per_photo * photos) / vcpus
-            rows[step] = (seconds, f"measured here: {per_photo * 1000:.3f} CPU ms per photo + {fixed:.0f} CPU s fixed "
-                                   f"(at {largest:,} photos: {points[-1][1]:,.0f} CPU s), over {vcpus} vCPUs ({where})")
+            rows[step] = (seconds, f"{how}, over {vcpus} vCPUs ({where})")
     ordered = [(step, *rows[step]) for step in STEP_NAMES if step in rows]
     total = sum(seconds for _step, seconds, _how in ordered)
     lines += [f"| step | time at {photos:,} photos | share | how (source) |", "| --- | --- | --- | --- |"]
@@ -286,6 +312,10 @@ def ten_million_plan(scale: dict | None = None, published: dict | None = None) -
         lines += ["", f"Data prep's Dataflow workers: {vcpu_hours:,.1f} vCPU-hours x {price['value']} "
                       f"{price['unit']} (`dataflow_vcpu_hour`) = about {vcpu_hours * price['value']:,.2f} USD, before "
                       "memory, shuffle and start-up; the GPU machine's price is not given (see the plan's line)."]
+    lines += ["", "Fine-tuning's row is training on images at the published throughput: at this size the cut "
+                  "cache would need about 269 KB of local disk per training or validation photo at 160 px (about "
+                  "2.4 TB for 9M photos), so fine-tuning, finding too little free disk, trains on images (and says "
+                  "so)."]
     lines += ["", f"Plan: {photos:,} photos split {split['train']:.0%}/{split['val']:.0%}/{split['test']:.0%}; "
                   f"model passes on {gpus} GPUs ({_cell(plan['gpu_machine'])}); data prep on Dataflow, "
                   f"{plan['dataflow_machines']}."]

@@ -145,7 +145,7 @@ def test_the_ten_million_plan_divides_the_measured_per_photo_cost_over_the_plans
     hooks = _hooks()
     published = json.loads((ROOT / "docs" / "data" / "published.json").read_text())
     scale = _scale_results({"data-fingerprint": (0.2, 0.2), "data-prep": (20.0, 110.0), "data-checks": (6.0, 6.0)})
-    page = hooks.ten_million_plan(scale, published)
+    page = hooks.ten_million_plan(scale, published, parallel_prep={})
     # data prep: 10 CPU s fixed + 5 CPU ms per photo, at 10M photos over the plan's 200 Dataflow vCPUs
     assert published["plan"]["dataflow_vcpus"] == 200
     assert f"| data-prep | {hooks._hours((10 + 0.005 * 10_000_000) / 200)} |" in page
@@ -159,6 +159,23 @@ def test_the_ten_million_plan_divides_the_measured_per_photo_cost_over_the_plans
         assert figure["link"] in page and figure["source_date"].split(" ")[0] in page
     shares = [int(cell) for cell in re.findall(r"\| (\d+)% \|", page)]
     assert len(shares) == 7 and 98 <= sum(shares) <= 102
+
+
+def test_data_prep_at_ten_million_is_priced_at_the_default_image_size_when_measured():
+    """The scale runs prepare 64 px images; benchmark parallel_prep measures data prep at the
+    default size, which costs about 3x more per photo: the plan takes that one when committed."""
+    hooks = _hooks()
+    published = json.loads((ROOT / "docs" / "data" / "published.json").read_text())
+    scale = _scale_results({"data-fingerprint": (0.2, 0.2), "data-prep": (20.0, 110.0), "data-checks": (6.0, 6.0)})
+    parallel_prep = {"mode": "full", "date": "2026-12-07T23:00:00+00:00", "rows": [
+        {"measurement": "photos: 5,000 photos, 1.2 MP mean, up to 5.0 MP, 300 KB mean", "value": 1501.3},
+        {"measurement": "CPU seconds, one / all (workers included)", "value": "63.3 / 75.0"}]}
+    page = hooks.ten_million_plan(scale, published, parallel_prep=parallel_prep)
+    # 10 CPU s fixed (the scale fit) + 15 CPU ms per photo (75 s / 5,000 photos with every core)
+    assert f"| data-prep | {hooks._hours((10 + 0.015 * 10_000_000) / 200)} |" in page
+    assert "15.0 CPU ms per photo at the default image size" in page and "5.0 ms + 10 CPU s fixed" in page
+    quick = {**parallel_prep, "mode": "quick"}  # a smoke test's figure is not used
+    assert "5.000 CPU ms per photo" in hooks.ten_million_plan(scale, published, parallel_prep=quick)
 
 
 def test_without_a_scale_results_file_the_plan_says_so_and_shows_only_the_published_rows():
@@ -227,7 +244,7 @@ def test_the_scale_benchmarks_published_file_feeds_the_plan(tmp_path):
     run.publish(run.published_entry(report, document, window), tmp_path)
     hooks = _hooks()
     page = hooks.ten_million_plan(hooks.load_results("scale", str(tmp_path)),
-                                  json.loads((ROOT / "docs" / "data" / "published.json").read_text()))
+                                  json.loads((ROOT / "docs" / "data" / "published.json").read_text()), parallel_prep={})
     assert "`python -m bench.run --only scale --scale-sizes 2000 20000 --publish`" in page
     assert f"| data-prep | {hooks._hours((10 + 0.005 * 10_000_000) / 200)} |" in page
     assert "| data-fingerprint |" in page and "| data-checks |" in page
@@ -259,5 +276,6 @@ def test_a_results_file_written_without_publish_is_published_afterwards(tmp_path
     assert published["date"] == "2026-12-08T00:01:02+00:00" and published["rows"] and published["data"]["sizes"]
     assert published["reproduce"] == "python -m bench.run --only scale --scale-sizes 2000 20000 --publish"
     hooks = _hooks()
-    plan = hooks.ten_million_plan(published, json.loads((ROOT / "docs" / "data" / "published.json").read_text()))
+    plan = hooks.ten_million_plan(published, json.loads((ROOT / "docs" / "data" / "published.json").read_text()),
+                                  parallel_prep={})
     assert f"| data-prep | {hooks._hours((10 + 0.005 * 10_000_000) / 200)} |" in plan
