@@ -85,3 +85,19 @@ def test_racing_registrations_from_two_processes_both_land(tmp_path):
     assert versions == ["1", "2"]
     reg = registry.open_registry(uri)
     assert len(reg.client.search_model_versions("name = 'raced'")) == 2  # still readable
+
+
+def test_files_attached_again_show_the_latest_metrics_not_the_largest(tmp_path):
+    """A version exported again (tlp export after a first --export-litert) must show the new
+    measurements: MLflow reads a metric's latest value by step, then time, then size."""
+    reg = registry.open_registry(f"sqlite:///{tmp_path}/reg/registry.db")
+    reg.register(_model_dir(tmp_path, "m1", b"one"), "sample", metrics={"test_accuracy": 0.9}, params={}, tags={})
+    files = tmp_path / "litert"
+    files.mkdir()
+    (files / "litert.json").write_text("{}")
+    for accuracy in (0.95, 0.60):
+        reg.attach_files("sample", "1", str(files), ["litert.json"], artifact_path="litert",
+                         metrics={"litert.float16.accuracy": accuracy}, tags={})
+    run = reg.client.get_run(reg.client.get_model_version("sample", "1").run_id)
+    assert run.data.metrics["litert.float16.accuracy"] == 0.60
+    assert reg.client.get_model_version("sample", "1").tags["metric.litert.float16.accuracy"] == "0.600000"

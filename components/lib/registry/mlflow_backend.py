@@ -8,6 +8,7 @@ import contextlib
 import datetime
 import fcntl
 import os
+import time
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random
 
@@ -159,7 +160,10 @@ class MlflowRegistry:
         run_id = _call(lambda: self.client.get_model_version(name, version)).run_id
         for file in files:
             _call(lambda file=file: self.client.log_artifact(run_id, os.path.join(directory, file), artifact_path))
-        _call(lambda: self.client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()]))
+        # Stamped with the time: MLflow reads a metric's latest value by step, then time, then size, so
+        # a second export's measurements replace the first's (with time 0 the largest stayed).
+        now = int(time.time() * 1000)
+        _call(lambda: self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]))
         self.set_tags(name, version, {**tags, **{f"metric.{k}": f"{float(v):.6f}" for k, v in metrics.items()}})
         return f"{_call(lambda: self.client.get_run(run_id)).info.artifact_uri}/{artifact_path}"
 
