@@ -83,6 +83,10 @@ def convert(model, variant: str, num_classes: int, image_size: int, calibration:
     converter = tf.lite.TFLiteConverter.from_concrete_functions([classify.get_concrete_function()], model)
     if variant != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        # The head's per-feature standardization (a Mul by scales spanning orders of magnitude) must
+        # stay its own op: fused into the Dense weights, one per-tensor int8 scale rounds most of them
+        # to zero and every photo got the same probabilities (dynamic and int8).
+        converter._experimental_disable_fuse_mul_and_fc = True
     if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif variant == "int8":

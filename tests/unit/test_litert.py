@@ -81,6 +81,16 @@ def test_every_variant_is_written_scored_and_measured(exported, sample_dataset, 
     assert measured["keras"]["latency_ms"] > 0
 
 
+
+@pytest.mark.slow
+def test_dynamic_range_variant_predicts_what_keras_does(exported):
+    """The head's standardization scales span orders of magnitude; fused into the Dense weights and
+    int8-quantized per tensor they rounded to zero, and every photo got the same probabilities."""
+    _, measured = exported
+    dynamic, photos = measured["variants"]["dynamic"], measured["test_photos"]
+    assert dynamic["changed_predictions"] <= max(1, photos // 20), dynamic
+    assert dynamic["max_probability_difference"] < 0.25, dynamic
+
 @pytest.mark.slow
 def test_int8_calibrates_on_a_seeded_sample_of_the_training_split(sample_dataset):
     first = litert.calibration_images(sample_dataset, count=10, seed=3)
