@@ -51,6 +51,9 @@ CALIBRATION_PHOTOS = 100
 CALIBRATION_SEED = 0
 # Keras single-image latency is timed on at most this many test photos (it is the slow side).
 KERAS_LATENCY_PHOTOS = 50
+# Ops int8 keeps in float: the head (standardization Mul/Add, Dense, sigmoid/softmax); ADD also keeps
+# the backbone's residual additions float.
+INT8_FLOAT_OPS = ("MUL", "ADD", "FULLY_CONNECTED", "LOGISTIC", "SOFTMAX")
 
 
 def file_name(variant: str) -> str:
@@ -83,6 +86,10 @@ def convert(model, variant: str, num_classes: int, image_size: int, calibration:
     converter = tf.lite.TFLiteConverter.from_concrete_functions([classify.get_concrete_function()], model)
     if variant != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        # The head's per-feature standardization (a Mul by scales spanning orders of magnitude) must
+        # stay its own op: fused into the Dense weights, one per-tensor int8 scale rounds most of them
+        # to zero and every photo got the same probabilities (dynamic and int8).
+        converter._experimental_disable_fuse_mul_and_fc = True
     if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif variant == "int8":
@@ -95,6 +102,13 @@ def convert(model, variant: str, num_classes: int, image_size: int, calibration:
         converter.representative_dataset = representative
         # int8 kernels throughout; the uint8 input's cast stays a builtin before the first QUANTIZE.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        # The head stays float (selective quantization): its standardization scales span orders of
+        # magnitude, and one per-tensor int8 scale gave every photo the same probabilities.
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative,
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(INT8_FLOAT_OPS)),
+        )
+        return debugger.get_nondebug_quantized_model()
     return converter.convert()
 
 

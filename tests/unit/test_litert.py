@@ -87,6 +87,48 @@ def test_every_variant_is_written_scored_and_measured(exported, sample_dataset, 
     assert measured["keras"]["latency_ms"] > 0
 
 
+
+@pytest.mark.slow
+def test_dynamic_range_variant_predicts_what_keras_does(exported):
+    """The head's standardization scales span orders of magnitude; fused into the Dense weights and
+    int8-quantized per tensor they rounded to zero, and every photo got the same probabilities."""
+    _, measured = exported
+    dynamic, photos = measured["variants"]["dynamic"], measured["test_photos"]
+    assert dynamic["changed_predictions"] <= max(1, photos // 20), dynamic
+    assert dynamic["max_probability_difference"] < 0.25, dynamic
+
+
+@pytest.fixture(scope="module")
+def calibrated_head_model(sample_dataset, tmp_path_factory):
+    """A head on the benchmark's calibrated random weights: pooled features of order 1, as with ImageNet
+    weights (with --weights none they are ~1e-11, and no int8 activation range survives that)."""
+    from bench.workloads import calibrate_weights
+    from tests.conftest import SMALL, settings
+    from tlp.components.lib.training import train_head
+
+    root = tmp_path_factory.mktemp("calibrated")
+    weights = str(root / "base.h5")
+    calibrate_weights(sample_dataset, weights, SMALL["alpha"], SMALL["image_size"], seed=42)
+    train_head(sample_dataset, str(root / "model"), settings(alpha=SMALL["alpha"], weights=weights, epochs=5,
+                                                             batch_size=16))
+    return str(root / "model")
+
+
+@pytest.mark.slow
+def test_int8_variant_predicts_what_keras_does(sample_dataset, calibrated_head_model, tmp_path):
+    """Quantized to int8 with the head, the standardization's scales rounded to zero: one constant output."""
+    from tlp.components.lib import model as model_lib
+
+    path = str(tmp_path / litert.file_name("int8"))
+    litert.convert_in_subprocess(calibrated_head_model, sample_dataset, "int8", path)
+    images, _ = litert.read_test_split(sample_dataset)
+    np.save(tmp_path / "test.npy", images)
+    probabilities, _ = litert.score_in_subprocess("int8", path, str(tmp_path / "test.npy"))
+    keras = model_lib.load_keras(calibrated_head_model)(images.astype("float32"))
+    keras = model_lib.probabilities(keras, 2).numpy()
+    changed = int((probabilities.argmax(axis=1) != keras.argmax(axis=1)).sum())
+    assert changed <= max(1, len(images) // 20), (changed, probabilities[:, 1], keras[:, 1])
+
 @pytest.mark.slow
 def test_int8_calibrates_on_a_seeded_sample_of_the_training_split(sample_dataset):
     first = litert.calibration_images(sample_dataset, count=10, seed=3)
