@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -49,8 +50,8 @@ OUTPUT_NAME = "probabilities"
 # Photos of the training split that calibrate int8's activation ranges (fewer if the split is small).
 CALIBRATION_PHOTOS = 100
 CALIBRATION_SEED = 0
-# Keras single-image latency is timed on at most this many test photos (it is the slow side).
-KERAS_LATENCY_PHOTOS = 50
+# Single-image latency (Keras and each variant) is timed on the test split's first photos, this many.
+LATENCY_PHOTOS = 50
 # Ops int8 keeps in float: the head (standardization Mul/Add, Dense, sigmoid/softmax); ADD also keeps
 # the backbone's residual additions float.
 INT8_FLOAT_OPS = ("MUL", "ADD", "FULLY_CONNECTED", "LOGISTIC", "SOFTMAX")
@@ -61,12 +62,13 @@ def file_name(variant: str) -> str:
 
 
 def calibration_images(dataset_dir: str, count: int = CALIBRATION_PHOTOS, seed: int = CALIBRATION_SEED) -> np.ndarray:
-    """A seeded sample of the training split's images, uint8 [N, H, W, 3] (never the test split)."""
-    images = [image.numpy() for image, _ in records.read_split(dataset_dir, "train")]
-    if not images:
+    """A seeded sample of the training split's images, uint8 [N, H, W, 3] (never the test split).
+    Only the sampled photos are decoded: the training split may hold millions."""
+    total = int(records.read_metadata(dataset_dir)["num_examples"]["train"])
+    if not total:
         raise ConfigError(f"the train split of {dataset_dir} is empty; int8 needs training photos to calibrate on.")
-    chosen = np.random.default_rng(seed).permutation(len(images))[:count]
-    return np.stack([images[i] for i in sorted(chosen)])
+    chosen = np.sort(np.random.default_rng(seed).permutation(total)[:count])
+    return np.stack([image.numpy() for image, _ in records.read_split(dataset_dir, "train", positions=chosen)])
 
 
 def convert(model, variant: str, num_classes: int, image_size: int, calibration: np.ndarray | None = None) -> bytes:
@@ -164,11 +166,13 @@ def _child_main(argv: list[str]) -> int:
             handle.write(flatbuffer)
         return 0
     tflite_path, images_path, output_path = argv[1:]
-    images = np.load(images_path)
+    images = np.load(images_path, mmap_mode="r")  # read from disk as scored: the test split may be large
     classifier = LiteRTClassifier(tflite_path)
     probabilities = classifier.probabilities(images)
     classifier.probabilities_one(images[0])  # warm up
-    np.savez(output_path, probabilities=probabilities, latency_ms=_median_ms(classifier.probabilities_one, images))
+    # Timed on the same first photos as the Keras model, one at a time.
+    timed = [np.asarray(image) for image in images[:LATENCY_PHOTOS]]
+    np.savez(output_path, probabilities=probabilities, latency_ms=_median_ms(classifier.probabilities_one, timed))
     return 0
 
 
@@ -241,14 +245,49 @@ def export_and_score(model_dir: str, dataset_dir: str, output_dir: str, variants
             "export with the data set the model was trained on."
         )
     num_classes, image_size = len(class_names), int(model.input.shape[1])
-    images, labels = read_test_split(dataset_dir)
-
     keras_one = tf.function(lambda x: model_lib.probabilities(model(x, training=False), num_classes))
-    batches = [images[i : i + 64] for i in range(0, len(images), 64)]
-    keras_probs = np.concatenate([keras_one(tf.constant(batch)).numpy() for batch in batches])
+    staging = tempfile.mkdtemp(prefix="tlp-litert-")
+    try:
+        return _export_and_score(model_dir, dataset_dir, output_dir, variants, staging, keras_one,
+                                 class_names, image_size)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage_test_split(dataset_dir: str, path: str, image_size: int, score) -> tuple[np.ndarray, np.ndarray]:
+    """Writes the test split's images to ``path`` (.npy, uint8 [N, H, W, 3]) batch by batch, scoring
+    each batch with ``score`` on the way: nothing holds the whole split in memory. Returns the
+    labels [N] and the scores [N, C]."""
+    count = int(records.read_metadata(dataset_dir)["num_examples"]["test"])
+    staged = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, image_size, image_size, 3))
+    labels, scores, position = np.empty(count, dtype=np.int64), [], 0
+    for images, batch_labels in records.read_split(dataset_dir, "test", 64):
+        end = position + len(batch_labels)
+        if end > count:
+            raise ServiceError(f"the test split of {dataset_dir} holds more photos than its metadata says ({count}); "
+                               "prepare the data set again.")
+        staged[position:end], labels[position:end] = images.numpy(), batch_labels.numpy()
+        scores.append(score(images).numpy())
+        position = end
+    if position != count:
+        raise ServiceError(f"the test split of {dataset_dir} holds {position} photos, its metadata says {count}; "
+                           "prepare the data set again.")
+    staged.flush()
+    del staged
+    return labels, np.concatenate(scores)
+
+
+def _export_and_score(model_dir: str, dataset_dir: str, output_dir: str, variants: list[str], staging: str,
+                      keras_one, class_names: list[str], image_size: int) -> dict:
+    import tensorflow as tf
+
+    num_classes = len(class_names)
+    test_images = os.path.join(staging, "test_images.npy")
+    labels, keras_probs = _stage_test_split(dataset_dir, test_images, image_size, keras_one)
     keras_predicted = keras_probs.argmax(axis=1)
     keras_accuracy = float((keras_predicted == labels).mean())
-    single = [tf.constant(image[np.newaxis]) for image in images[:KERAS_LATENCY_PHOTOS]]
+    first = np.load(test_images, mmap_mode="r")[:LATENCY_PHOTOS]
+    single = [tf.constant(np.asarray(image)[np.newaxis]) for image in first]
     keras_one(single[0])  # trace once, outside the timing
     keras_latency = _median_ms(keras_one, single)
 
@@ -259,9 +298,6 @@ def export_and_score(model_dir: str, dataset_dir: str, output_dir: str, variants
     calibration = min(CALIBRATION_PHOTOS, train_photos) if "int8" in variants else None
     measured: dict = {}
     failed: dict[str, str] = {}
-    staging = tempfile.mkdtemp(prefix="tlp-litert-")
-    test_images = os.path.join(staging, "test_images.npy")
-    np.save(test_images, images)
     for variant in variants:
         local = os.path.join(staging, file_name(variant))
         try:

@@ -140,6 +140,39 @@ def test_int8_calibrates_on_a_seeded_sample_of_the_training_split(sample_dataset
     assert not any(image.tobytes() in test_bytes for image in litert.calibration_images(sample_dataset, count=1000))
 
 
+def test_int8_calibration_decodes_only_its_sample(sample_dataset, monkeypatch):
+    """The training split may hold millions of photos: only the sampled ones are decoded (the same
+    sample as a decode-everything-then-choose would draw)."""
+    from tlp.components.lib.dataprep import records
+
+    everything = [image.numpy() for image, _ in records.read_split(sample_dataset, "train")]
+    expected = np.stack([everything[i] for i in sorted(np.random.default_rng(3).permutation(len(everything))[:5])])
+    decoded = []
+    read_split = records.read_split
+
+    def counted(*args, **kwargs):
+        for item in read_split(*args, **kwargs):
+            decoded.append(item)
+            yield item
+
+    monkeypatch.setattr(records, "read_split", counted)
+    np.testing.assert_array_equal(litert.calibration_images(sample_dataset, count=5, seed=3), expected)
+    assert len(decoded) == 5 < len(everything)
+
+
+def test_the_test_split_is_staged_batch_by_batch_and_its_count_checked(sample_dataset, tmp_path):
+    import tensorflow as tf
+
+    path = str(tmp_path / "test.npy")
+    seen = []
+    labels, scores = litert._stage_test_split(sample_dataset, path, 64, lambda batch: seen.append(len(batch)) or
+                                              tf.zeros([len(batch), 2]))
+    images, expected_labels = litert.read_test_split(sample_dataset)
+    np.testing.assert_array_equal(np.load(path, mmap_mode="r"), images)
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert scores.shape == (len(images), 2) and max(seen) <= 64 and sum(seen) == len(images)
+
+
 def test_export_command_refuses_unknown_variants_and_a_missing_dataset(tmp_path, capsys):
     from tlp.pipelines.cli import main
 
