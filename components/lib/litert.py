@@ -37,7 +37,6 @@ import numpy as np
 
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep import records
-from tlp.components.lib.dataprep.encode import resize
 from tlp.components.lib.registry import open_registry
 from tlp.components.lib.specs import LITERT_VARIANTS, ConfigError, ServiceError, parse_litert_variants
 
@@ -427,20 +426,23 @@ def table(measurements: dict, reasons: dict[str, str] | None = None) -> str:
 
 
 def decode_for_device(data: bytes, image_size: int) -> np.ndarray:
-    """Encoded image -> uint8 [H, W, 3], decoded and resized as the served model does (what an app's own
-    decoder and resize should match)."""
-    import tensorflow as tf
+    """Encoded image -> uint8 [H, W, 3] as data prep stored the training photos (EXIF orientation,
+    alpha over white, antialiased bilinear resize, JPEG q95, decoded again): what the model learnt
+    from, and what an app's own decoder and resize should come close to. Pillow only: TensorFlow and
+    the LiteRT interpreter in one process have ended in a double free here."""
+    import io
 
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    resized = resize(tf.cast(image, tf.float32), image_size)
-    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8).numpy()
+    from PIL import Image
+
+    from tlp.components.lib.dataprep.encode import prepare_bytes
+
+    with Image.open(io.BytesIO(prepare_bytes(data, image_size))) as prepared:
+        return np.asarray(prepared.convert("RGB"), dtype=np.uint8)
 
 
 def classify_files(tflite_path: str, image_paths: list[str]) -> list[dict]:
     """``tlp predict model.tflite FILES``: one row per file, with the labels.txt beside the model. A file
     that cannot be decoded gets a row with its ``error`` (it is not skipped)."""
-    import tensorflow as tf
-
     if not os.path.isfile(tflite_path):
         raise ConfigError(f"{tflite_path} does not exist; give the path of a .tflite file written by tlp export.")
     class_names = read_labels(os.path.dirname(os.path.abspath(tflite_path)))
@@ -451,9 +453,11 @@ def classify_files(tflite_path: str, image_paths: list[str]) -> list[dict]:
             data = handle.read()
         try:
             image = decode_for_device(data, classifier.image_size)
-        except tf.errors.InvalidArgumentError as error:
-            reason = error.message.splitlines()[0]
-            rows.append({"image": path, "error": f"not an image TensorFlow can decode ({reason})"})
+        except MemoryError:
+            raise
+        except Exception as error:  # the bytes were read: a decoder failure is this file's row, as data prep skips it
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            rows.append({"image": path, "error": f"not an image that can be decoded ({reason})"})
             continue
         probs = classifier.probabilities_one(image)
         index = int(probs.argmax())

@@ -173,6 +173,31 @@ def test_the_test_split_is_staged_batch_by_batch_and_its_count_checked(sample_da
     assert scores.shape == (len(images), 2) and max(seen) <= 64 and sum(seen) == len(images)
 
 
+def test_a_photo_for_the_device_is_prepared_as_data_prep_stored_the_training_photos():
+    """EXIF orientation and transparency as data prep handles them (review: the served model's
+    decoder ignored the first and put transparent pixels on black)."""
+    import io
+
+    from PIL import Image
+
+    from tlp.components.lib.dataprep.encode import prepare_bytes
+
+    wide = np.zeros((40, 80, 3), dtype=np.uint8)
+    wide[:, :40] = (250, 0, 0)  # left half red, right half black
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: red on top
+    rotated = io.BytesIO()
+    Image.fromarray(wide).save(rotated, "JPEG", exif=exif, quality=95)
+    clear = io.BytesIO()
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(clear, "PNG")
+    for data in (rotated.getvalue(), clear.getvalue()):
+        stored = np.asarray(Image.open(io.BytesIO(prepare_bytes(data, 32))).convert("RGB"))
+        np.testing.assert_array_equal(litert.decode_for_device(data, 32), stored)
+    turned = litert.decode_for_device(rotated.getvalue(), 32)
+    assert turned[2, 16, 0] > 200 and turned[29, 16, 0] < 50  # red on top, as the camera held it
+    assert litert.decode_for_device(clear.getvalue(), 32).min() > 250  # transparent is white, not black
+
+
 def test_export_command_refuses_unknown_variants_and_a_missing_dataset(tmp_path, capsys):
     from tlp.pipelines.cli import main
 
