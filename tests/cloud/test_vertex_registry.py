@@ -130,3 +130,24 @@ def test_a_version_records_how_its_gap_was_measured(standin, sample_dataset, mod
     assert labels["gap_sample_photos"] == "20000_0000"
     version = open_registry(_uri(standin)).version("cats", "1")
     assert version.tags["gap_split"] == "test" and version.metrics["gap_sample_photos"] == 20000
+
+
+def test_litert_variants_are_recorded_with_the_version(standin, sample_dataset, model_dir, tmp_path):
+    """Issue 31.3 on Vertex AI: a version holds one artifact (the served model), so the variants stay
+    where the step wrote them and the version's record names that place, the files and their
+    metrics, in the update that reaches the stand-in; a local folder is refused in one sentence."""
+    register_model(_copy(model_dir, tmp_path, "lite", "lite"), sample_dataset, METRICS, _uri(standin))
+    registry = open_registry(_uri(standin))
+    where = registry.attach_files("cats", "1", "gs://tlp-staging/runs/litert", ["model_int8.tflite", "labels.txt"],
+                                  artifact_path="litert", metrics={"litert.int8.accuracy": 0.95},
+                                  tags={"litert.variants": "int8"})
+    assert where == "gs://tlp-staging/runs/litert"
+    [update] = [r for r in standin.find("PATCH", r"/models/") if "versionDescription" in (r.body or {})][-1:]
+    assert update.path.endswith("@1") or "@1" in update.path
+    assert "gs://tlp-staging/runs/litert" in update.body["versionDescription"]
+    tags = open_registry(_uri(standin)).version("cats", "1").tags
+    assert tags["litert.location"] == "gs://tlp-staging/runs/litert"
+    assert tags["litert.files"] == "model_int8.tflite,labels.txt" and tags["litert.variants"] == "int8"
+    assert tags["metric.litert.int8.accuracy"] == "0.950000"
+    with pytest.raises(ConfigError, match="on a local disk, where Vertex AI cannot keep them"):
+        registry.attach_files("cats", "1", str(tmp_path), ["labels.txt"], artifact_path="litert", metrics={}, tags={})
