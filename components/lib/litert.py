@@ -37,6 +37,7 @@ import numpy as np
 
 from tlp.components.lib import model as model_lib
 from tlp.components.lib.dataprep import records
+from tlp.components.lib.dataprep.encode import prepare_bytes
 from tlp.components.lib.registry import open_registry
 from tlp.components.lib.specs import LITERT_VARIANTS, ConfigError, ServiceError, parse_litert_variants
 
@@ -433,8 +434,6 @@ def decode_for_device(data: bytes, image_size: int) -> np.ndarray:
     import io
 
     from PIL import Image
-
-    from tlp.components.lib.dataprep.encode import prepare_bytes
 
     with Image.open(io.BytesIO(prepare_bytes(data, image_size))) as prepared:
         return np.asarray(prepared.convert("RGB"), dtype=np.uint8)
