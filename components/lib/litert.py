@@ -429,8 +429,8 @@ def table(measurements: dict, reasons: dict[str, str] | None = None) -> str:
 def decode_for_device(data: bytes, image_size: int) -> np.ndarray:
     """Encoded image -> uint8 [H, W, 3] as data prep stored the training photos (EXIF orientation,
     alpha over white, antialiased bilinear resize, JPEG q95, decoded again): what the model learnt
-    from, and what an app's own decoder and resize should come close to. Pillow only: TensorFlow and
-    the LiteRT interpreter in one process have ended in a double free here."""
+    from, and what an app's own decoder and resize should come close to. Data prep's own code, so
+    there is no second preparation path to drift from it."""
     import io
 
     from PIL import Image
